@@ -1,0 +1,17 @@
+"""nlpress.ir: the ONNX-based IR: load/save, graph helpers, dumps and diffs, verification."""
+
+from nlpress.ir.errors import ModelLoadError, NlpressError, UsageError, VerificationError
+from nlpress.ir.model import Model, file_sha256, load_model, load_onnx, save_model, save_onnx
+
+__all__ = [
+    "Model",
+    "ModelLoadError",
+    "NlpressError",
+    "UsageError",
+    "VerificationError",
+    "file_sha256",
+    "load_model",
+    "load_onnx",
+    "save_model",
+    "save_onnx",
+]

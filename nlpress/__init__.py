@@ -1,0 +1,1 @@
+"""nlpress: a compiler that makes NLP models smaller and faster."""

@@ -1,0 +1,28 @@
+"""The pass registry and the named pipelines; both are fixed at import and never mutated."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from nlpress.passes.base import Pass
+from nlpress.passes.cleanup import Cleanup
+from nlpress.passes.identity_elim import IdentityElim
+from nlpress.passes.pipeline import Pipeline, parse_pipeline
+
+PASSES: Mapping[str, type[Pass]] = MappingProxyType(
+    {cls.name: cls for cls in (Cleanup, IdentityElim)}
+)
+
+# Named pipelines are registered texts, not code paths: `-p O1` means exactly this text.
+NAMED_PIPELINES: Mapping[str, str] = MappingProxyType(
+    {
+        "O0": "cleanup",
+        "O1": "identity-elim,cleanup",
+    }
+)
+
+
+def parse(text: str) -> Pipeline:
+    """Parse pipeline text or a named pipeline against the registered passes."""
+    return parse_pipeline(text, PASSES, NAMED_PIPELINES)

@@ -1,0 +1,1 @@
+"""nlpress.targets: target descriptors, lowering through TVM, artifacts and their runtime."""
