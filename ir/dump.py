@@ -75,7 +75,7 @@ def _nodes(nodes: list[gs.Node], indent: str) -> list[str]:
         results = ", ".join(t.name for t in node.outputs)
         attrs = " ".join(f"{k}={_attr(v)}" for k, v in sorted(node.attrs.items()))
         op = f"{node.domain}.{node.op}" if node.domain else node.op
-        line = f"{indent}node {node.name} = {op}({args}) -> ({results})"
+        line = f"{indent}node {node.name or '_'} = {op}({args}) -> ({results})"
         lines.append(f"{line} {{{attrs}}}" if attrs else line)
         for key, value in sorted(node.attrs.items()):
             if isinstance(value, gs.Graph):
@@ -87,9 +87,10 @@ def _nodes(nodes: list[gs.Node], indent: str) -> list[str]:
 def _describe(tensor: gs.Tensor) -> str:
     if isinstance(tensor, gs.Constant):
         values = np.asarray(tensor.values)
+        kind = f"{tensor.name}: {values.dtype}[{','.join(map(str, values.shape))}]"
         if values.size <= _SHORT_LIST:
-            return f"{tensor.name}: {values.dtype}{list(values.shape)} = {values.ravel().tolist()}"
-        return f"{tensor.name}: {values.dtype}{list(values.shape)} #{value_digest(values)}"
+            return f"{kind} = {values.ravel().tolist()}"
+        return f"{kind} #{value_digest(values)}"
     dtype = np.dtype(tensor.dtype).name if tensor.dtype is not None else "?"
     shape = "?" if tensor.shape is None else ",".join(str(d) for d in tensor.shape)
     return f"{tensor.name}: {dtype}[{shape}]"

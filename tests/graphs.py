@@ -1,0 +1,50 @@
+"""A shared builder of tiny ONNX graphs for tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from nlpress.ir import Model
+
+OPSET = 17
+
+Dims = Sequence[int | str]
+
+
+def tensor(name: str, shape: Dims, elem_type: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+    """A graph input or output with a (possibly symbolic) shape."""
+    return helper.make_tensor_value_info(name, elem_type, list(shape))
+
+
+def initializer(name: str, value: np.ndarray) -> onnx.TensorProto:
+    """A constant weight."""
+    return numpy_helper.from_array(np.asarray(value), name)
+
+
+def build(
+    nodes: Sequence[onnx.NodeProto],
+    inputs: Sequence[onnx.ValueInfoProto],
+    outputs: Sequence[onnx.ValueInfoProto],
+    initializers: Sequence[onnx.TensorProto] = (),
+    opset: int = OPSET,
+) -> onnx.ModelProto:
+    """A checked ModelProto of the given nodes."""
+    graph = helper.make_graph(list(nodes), "test", list(inputs), list(outputs), list(initializers))
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    proto.ir_version = 8
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def model(*args: object, **kwargs: object) -> Model:
+    """Like `build`, imported into the IR."""
+    return Model.from_onnx(build(*args, **kwargs))  # type: ignore[arg-type]
+
+
+def weights(shape: Dims, seed: int = 0) -> np.ndarray:
+    """Seeded float32 weights."""
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
