@@ -57,7 +57,7 @@ class Model:
 
     def to_onnx(self) -> onnx.ModelProto:
         """Export the IR to a ModelProto."""
-        proto = gs.export_onnx(self.graph, do_type_check=False)
+        proto: onnx.ModelProto = gs.export_onnx(self.graph, do_type_check=False)
         proto.graph.initializer.extend(self.loose_initializers)
         proto.doc_string = self.doc_string
         onnx.helper.set_model_props(proto, self.metadata)
@@ -74,7 +74,7 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
     try:
-        proto = onnx.load(os.fspath(path), load_external_data=True)
+        proto: onnx.ModelProto = onnx.load(os.fspath(path), load_external_data=True)
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         raise ModelLoadError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
     try:

@@ -53,8 +53,9 @@ def export_bert_tiny_random(path: Path, seed: int = 0) -> None:
 
 def _export_bert(bert: Any, path: Path) -> None:
     torch = _import("torch")
+    module: Any = torch.nn.Module
 
-    class KeywordInputs(torch.nn.Module):  # type: ignore[misc]
+    class KeywordInputs(module):  # type: ignore[misc]
         """Passes token_type_ids by keyword, so the export's inputs are in the zoo's order."""
 
         def __init__(self, inner: Any) -> None:

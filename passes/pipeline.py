@@ -123,7 +123,9 @@ def parse_value(kind: Any, raw: str) -> Any:
 
 def _split_top_level(text: str) -> list[str]:
     """Split on commas outside braces."""
-    steps, depth, current = [], 0, []
+    steps: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         if char == "{":
             depth += 1

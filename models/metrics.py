@@ -1,0 +1,156 @@
+"""Fidelity of a candidate model against a reference on the evaluation text.
+
+Sentence embeddings are mean-pooled token embeddings over the attention mask, L2-normalized, as
+sentence-transformers computes them for all-MiniLM-L6-v2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from nlpress.ir import NlpressError
+from nlpress.models.text import Padding, encode, evaluation_pairs
+
+
+class Session(Protocol):
+    """What ONNX Runtime's InferenceSession and nlpress's artifact sessions both offer."""
+
+    def run(self, output_names: Sequence[str] | None, feeds: dict[str, Any]) -> list[Any]:
+        """Run the model on named feeds; outputs in order."""
+        ...
+
+    def get_inputs(self) -> Sequence[Any]:
+        """The inputs, each with `name` and `shape`."""
+        ...
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How closely a candidate's sentence embeddings follow a reference's.
+
+    Attributes:
+        mean_cosine: Mean cosine between candidate and reference embeddings of each sentence.
+        min_cosine: The smallest of those cosines.
+        recall_at_1: The candidate's paraphrase retrieval: the share of sentences whose nearest
+            neighbour among the other side of the pairs is their own paraphrase (both directions).
+        reference_recall_at_1: The same for the reference.
+        spearman: Spearman correlation of the two models' pairwise similarity matrices.
+        sentences: How many sentences were embedded.
+    """
+
+    mean_cosine: float
+    min_cosine: float
+    recall_at_1: float
+    reference_recall_at_1: float
+    spearman: float
+    sentences: int
+
+    def as_dict(self) -> dict[str, float]:
+        """The metrics as a JSON-ready mapping."""
+        return {k: float(v) for k, v in asdict(self).items()}
+
+
+def sentence_embeddings(
+    session: Session,
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    max_length: int = 128,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """L2-normalized mean-pooled embeddings, one row per text.
+
+    A session whose inputs have static batch or sequence dims is fed batches of exactly that
+    shape (padded with empty texts and to the static length).
+    """
+    static_batch, static_length = _static_dims(session)
+    batch = static_batch or batch_size
+    padding: Padding = "max_length" if static_length else "longest"
+    wanted = {i.name for i in session.get_inputs()}
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # batches of like lengths
+    rows: dict[int, np.ndarray] = {}
+    for start in range(0, len(texts), batch):
+        index = order[start : start + batch]
+        chunk = [texts[i] for i in index]
+        chunk += [""] * (batch - len(index)) if static_batch else []
+        feeds = encode(tokenizer, chunk, static_length or max_length, padding)
+        tokens = session.run(None, {k: v for k, v in feeds.items() if k in wanted})[0]
+        pooled = _mean_pool(np.asarray(tokens), feeds["attention_mask"])
+        rows.update(zip(index, pooled, strict=False))
+    return np.stack([rows[i] for i in range(len(texts))])
+
+
+def fidelity(
+    candidate: Session, reference: Session, tokenizer: Tokenizer, max_length: int = 128
+) -> Fidelity:
+    """Compare two models on the evaluation pairs."""
+    pairs = evaluation_pairs()
+    texts = [a for a, _ in pairs] + [b for _, b in pairs]
+    cand = sentence_embeddings(candidate, tokenizer, texts, max_length)
+    ref = sentence_embeddings(reference, tokenizer, texts, max_length)
+    if cand.shape != ref.shape:
+        raise NlpressError(
+            f"the candidate's embeddings have width {cand.shape[1]} and the reference's "
+            f"{ref.shape[1]}: compare a model with its own compressed versions"
+        )
+    cosines = np.sum(cand * ref, axis=1)
+    return Fidelity(
+        mean_cosine=float(np.mean(cosines)),
+        min_cosine=float(np.min(cosines)),
+        recall_at_1=recall_at_1(cand, len(pairs)),
+        reference_recall_at_1=recall_at_1(ref, len(pairs)),
+        spearman=spearman(cand @ cand.T, ref @ ref.T),
+        sentences=len(texts),
+    )
+
+
+def recall_at_1(embeddings: np.ndarray, pairs: int) -> float:
+    """Paraphrase retrieval over rows [a_0..a_n-1, b_0..b_n-1], both directions averaged."""
+    a, b = embeddings[:pairs], embeddings[pairs:]
+    similarity = a @ b.T
+    truth = np.arange(pairs)
+    forward = np.mean(np.argmax(similarity, axis=1) == truth)
+    backward = np.mean(np.argmax(similarity, axis=0) == truth)
+    return float((forward + backward) / 2)
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation of the upper triangles of two square matrices."""
+    upper = np.triu_indices(x.shape[0], k=1)
+    rx, ry = _ranks(x[upper]), _ranks(y[upper])
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Average ranks, ties sharing the mean of their positions."""
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    ranks = np.empty(len(values), dtype=np.float64)
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    for start, end in zip(starts, ends, strict=True):
+        ranks[order[start:end]] = (start + end - 1) / 2
+    return ranks
+
+
+def _mean_pool(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    if tokens.ndim != 3:
+        raise NlpressError(
+            f"the model's first output has shape {tokens.shape}; "
+            "sentence embeddings need token embeddings [batch, sequence, hidden]"
+        )
+    weights = mask[..., None].astype(np.float64)
+    pooled = (tokens.astype(np.float64) * weights).sum(axis=1) / np.maximum(weights.sum(1), 1e-9)
+    norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+    return pooled / np.maximum(norms, 1e-12)
+
+
+def _static_dims(session: Session) -> tuple[int | None, int | None]:
+    """The static batch and sequence sizes of the first input, where fixed."""
+    shape = list(session.get_inputs()[0].shape)
+    dims = [d if isinstance(d, int) else None for d in shape[:2]] + [None, None]
+    return dims[0], dims[1]

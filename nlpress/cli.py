@@ -1,0 +1,309 @@
+"""The `nlpress` command line.
+
+Exit codes: 0 done, 1 failed (one line on stderr; the traceback with --verbose), 2 bad usage,
+3 an accuracy budget was not met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from nlpress import compiler
+from nlpress.config import BuildConfig, load_config
+from nlpress.ir import NlpressError, UsageError, load_model, save_model
+from nlpress.ir.dump import diff_text, dump_text
+from nlpress.ir.summary import format_summary, summarize
+from nlpress.models import zoo
+from nlpress.passes import (
+    NAMED_PIPELINES,
+    PASSES,
+    DumpIR,
+    Instrument,
+    TimePasses,
+    VerifyEach,
+)
+from nlpress.passes.base import option_fields, parse_dims
+
+log = logging.getLogger("nlpress")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET = 0, 1, 2, 3
+
+
+class BudgetNotMet(NlpressError):
+    """An accuracy budget was not met: exit code 3."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="nlpress: %(message)s",
+    )
+    try:
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except UsageError as exc:
+        return _fail(args, f"error: {exc}", EXIT_USAGE)
+    except BudgetNotMet as exc:
+        return _fail(args, f"budget not met: {exc}", EXIT_BUDGET)
+    except NlpressError as exc:
+        return _fail(args, f"error: {exc}", EXIT_FAILED)
+    except KeyboardInterrupt:
+        return _fail(args, "interrupted", EXIT_FAILED)
+    except Exception as exc:
+        return _fail(args, f"internal error: {type(exc).__name__}: {exc}", EXIT_FAILED)
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    if args.verbose:
+        log.exception(message.splitlines()[0])
+    else:
+        print(f"nlpress: {message.splitlines()[0]}", file=sys.stderr)
+    return code
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+def _opt(args: argparse.Namespace) -> int:
+    config = load_config(args.config) if args.config else BuildConfig()
+    model = args.model or config.model
+    pipeline = args.pipeline or config.pipeline
+    output = args.output or config.output
+    if not (model and pipeline and output):
+        raise UsageError("opt needs MODEL, -p PIPELINE and -o OUT.onnx (flags or build file)")
+    shapes = {**config.shape, **dict(args.shape)}
+    instruments, timer = _instruments(args)
+    result = compiler.optimize(model, pipeline, shapes, instruments)
+    save_model(result.model, output)
+    if timer:
+        print(timer.report(), file=sys.stderr)
+    for record in result.records:
+        log.info("%s: changed=%s %s", record.text, record.changed, dict(record.stats))
+    return EXIT_OK
+
+
+def _compile(args: argparse.Namespace) -> int:
+    config = load_config(args.config) if args.config else BuildConfig()
+    model = args.model or config.model
+    target = args.target or config.target
+    output = args.output or config.output
+    if not (model and target and output):
+        raise UsageError("compile needs MODEL, -t TARGET and -o DIR (flags or build file)")
+    options: dict[str, Any] = {
+        "mcpu": args.mcpu or config.mcpu,
+        "mattr": tuple(args.mattr) or config.mattr,
+        "arch": args.arch or config.arch,
+    }
+    instruments, timer = _instruments(args)
+    path = compiler.compile(
+        model,
+        target,
+        output,
+        pipeline=args.pipeline or config.pipeline or "O1",
+        shapes={**config.shape, **dict(args.shape)},
+        instruments=instruments,
+        **{k: v for k, v in options.items() if v},
+    )
+    if timer:
+        print(timer.report(), file=sys.stderr)
+    print(path)
+    return EXIT_OK
+
+
+def _not_yet(args: argparse.Namespace) -> int:
+    raise NlpressError(f"'{args.command}' is not yet implemented")
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    path = Path(args.model)
+    manifest = None
+    if path.is_dir():
+        manifest_path = path / "manifest.json"
+        if not manifest_path.is_file():
+            raise NlpressError(f"{path}: not an nlpress artifact (no manifest.json)")
+        manifest = json.loads(manifest_path.read_text())
+        path = path / "model.onnx"
+    model, _, _ = compiler.resolve_model(path if manifest else args.model)
+    summary = summarize(model)
+    if manifest is not None:
+        summary["manifest"] = manifest
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_summary(summary))
+    return EXIT_OK
+
+
+def _diff(args: argparse.Namespace) -> int:
+    texts = [dump_text(compiler.resolve_model(m)[0]) for m in (args.a, args.b)]
+    sys.stdout.write(diff_text(texts[0], texts[1], args.a, args.b))
+    return EXIT_OK
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from nlpress.ir.verify import session
+    from nlpress.models.metrics import fidelity
+    from nlpress.models.text import load_tokenizer
+
+    reference, _, entry = compiler.resolve_model(args.reference)
+    candidate, _, _ = compiler.resolve_model(args.candidate)
+    tokenizer_path = args.tokenizer or (str(entry.tokenizer()) if entry else None)
+    if tokenizer_path is None:
+        raise UsageError("eval needs --tokenizer when the reference is not a zoo model")
+    result = fidelity(
+        session(candidate, optimize=True),
+        session(reference, optimize=True),
+        load_tokenizer(tokenizer_path),
+    )
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        for key, value in result.as_dict().items():
+            print(f"{key:<22} {value:.6f}" if key != "sentences" else f"{key:<22} {int(value)}")
+    return EXIT_OK
+
+
+def _passes(args: argparse.Namespace) -> int:
+    for name, cls in PASSES.items():
+        print(f"{name}: {cls.summary()}")
+        helps = cls.option_help()
+        for key, f in option_fields(cls).items():
+            default = f.default if f.default is not f.default_factory else f.default_factory()  # type: ignore[misc]
+            text = f.metadata.get("format", str)(default) if "format" in f.metadata else default
+            print(f"    {key} (default {text!s}): {helps.get(key, '')}")
+    print("named pipelines:")
+    for name, text in NAMED_PIPELINES.items():
+        print(f"    {name} = {text}")
+    return EXIT_OK
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    for entry in zoo.ZOO.values():
+        print(f"{entry.name:<18} {entry.description}")
+    return EXIT_OK
+
+
+def _models_get(args: argparse.Namespace) -> int:
+    save_model(load_model(zoo.model_path(zoo.get(args.name).name)), args.output)
+    print(args.output)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# argument parsing
+
+
+def _instruments(args: argparse.Namespace) -> tuple[list[Instrument], TimePasses | None]:
+    instruments: list[Instrument] = []
+    if args.dump_ir:
+        instruments.append(DumpIR(args.dump_ir))
+    if args.verify_each:
+        instruments.append(VerifyEach())
+    timer = TimePasses() if args.time_passes else None
+    if timer:
+        instruments.append(timer)
+    return instruments, timer
+
+
+def _shape_flag(text: str) -> tuple[str, tuple[int | str, ...]]:
+    name, sep, dims = text.partition("=")
+    if not sep or not name or not dims:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=DIMS, e.g. input_ids=1x128")
+    try:
+        return name, parse_dims(dims)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        type=_shape_flag,
+        metavar="NAME=DIMS",
+        help="fix an input's dims for every pass and the lowering (repeatable)",
+    )
+    p.add_argument("--config", metavar="FILE", help="a TOML build file ([build] table)")
+    p.add_argument("--dump-ir", metavar="DIR", help="write a text dump and a diff per pass")
+    p.add_argument("--time-passes", action="store_true", help="print each pass's time")
+    p.add_argument(
+        "--verify-each",
+        action="store_true",
+        help="check and compare outputs in ONNX Runtime after every pass",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nlpress", description="Compile NLP models smaller and faster."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details; tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("compile", help="optimize a model and lower it to an artifact folder")
+    p.add_argument("model", nargs="?", metavar="MODEL", help="an ONNX file or a zoo name")
+    p.add_argument("-t", "--target", help="x86, arm or cuda")
+    p.add_argument("-p", "--pipeline", help="pipeline text or a named pipeline (default O1)")
+    p.add_argument("-o", "--output", metavar="DIR")
+    p.add_argument("--mcpu", help="CPU to generate code for (x86: detected by default)")
+    p.add_argument("--mattr", action="append", default=[], help="target feature, e.g. +dotprod")
+    p.add_argument("--arch", help="CUDA architecture, e.g. sm_90")
+    _add_pipeline_flags(p)
+    p.set_defaults(handler=_compile)
+
+    p = sub.add_parser("opt", help="run a pipeline of passes on a model")
+    p.add_argument("model", nargs="?", metavar="MODEL", help="an ONNX file or a zoo name")
+    p.add_argument("-p", "--pipeline", help="pipeline text or a named pipeline")
+    p.add_argument("-o", "--output", metavar="OUT.onnx")
+    _add_pipeline_flags(p)
+    p.set_defaults(handler=_opt)
+
+    for name, text in (("run", "run an artifact or model"), ("bench", "time an artifact")):
+        p = sub.add_parser(name, help=f"{text} (not yet implemented)")
+        p.add_argument("model", metavar="DIR|MODEL")
+        p.set_defaults(handler=_not_yet)
+
+    p = sub.add_parser("inspect", help="ops, parameters, bytes, sparsity, inputs and outputs")
+    p.add_argument("model", metavar="MODEL|DIR")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_inspect)
+
+    p = sub.add_parser("diff", help="diff the text dumps of two models")
+    p.add_argument("a", metavar="A")
+    p.add_argument("b", metavar="B")
+    p.set_defaults(handler=_diff)
+
+    p = sub.add_parser("eval", help="fidelity of a candidate against a reference model")
+    p.add_argument("candidate", metavar="CANDIDATE")
+    p.add_argument("--reference", required=True, metavar="MODEL")
+    p.add_argument("--tokenizer", metavar="tokenizer.json")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_eval)
+
+    p = sub.add_parser("passes", help="every registered pass with its options and defaults")
+    p.set_defaults(handler=_passes)
+
+    p = sub.add_parser("models", help="the model zoo")
+    models = p.add_subparsers(dest="models_command", required=True, metavar="list|get")
+    q = models.add_parser("list", help="list the zoo's models")
+    q.set_defaults(handler=_models_list)
+    q = models.add_parser("get", help="write a zoo model to a file")
+    q.add_argument("name", metavar="NAME")
+    q.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+    q.set_defaults(handler=_models_get)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())
