@@ -111,6 +111,7 @@ def save_onnx(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
             save_as_external_data=True,
             all_tensors_to_one_file=True,
             location=data_name,
+            size_threshold=0,
         )
         os.replace(Path(staging) / data_name, path.parent / data_name)
         os.replace(staged, path)

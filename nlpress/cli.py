@@ -28,7 +28,7 @@ from nlpress.passes import (
     TimePasses,
     VerifyEach,
 )
-from nlpress.passes.base import option_fields, parse_dims
+from nlpress.passes.base import option_default, option_fields, option_text, parse_dims
 
 log = logging.getLogger("nlpress")
 
@@ -178,9 +178,8 @@ def _passes(args: argparse.Namespace) -> int:
         print(f"{name}: {cls.summary()}")
         helps = cls.option_help()
         for key, f in option_fields(cls).items():
-            default = f.default if f.default is not f.default_factory else f.default_factory()  # type: ignore[misc]
-            text = f.metadata.get("format", str)(default) if "format" in f.metadata else default
-            print(f"    {key} (default {text!s}): {helps.get(key, '')}")
+            default = option_text(f, option_default(f))
+            print(f"    {key} (default {default or 'none'}): {helps.get(key, '')}")
     print("named pipelines:")
     for name, text in NAMED_PIPELINES.items():
         print(f"    {name} = {text}")

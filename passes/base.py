@@ -72,7 +72,7 @@ class Pass(abc.ABC):
     def __str__(self) -> str:
         """The canonical pipeline text of this pass, every option included."""
         options = " ".join(
-            f"{key}={f.metadata.get('format', format_value)(getattr(self, f.name))}"
+            f"{key}={option_text(f, getattr(self, f.name))}"
             for key, f in option_fields(type(self)).items()
         )
         return f"{self.name}{{{options}}}" if options else self.name
@@ -91,6 +91,18 @@ class Pass(abc.ABC):
 def option_fields(cls: type[Pass]) -> dict[str, dataclasses.Field[Any]]:
     """The pass's options by kebab-case key."""
     return {f.name.replace("_", "-"): f for f in dataclasses.fields(cls) if f.init}
+
+
+def option_default(f: dataclasses.Field[Any]) -> Any:
+    """An option's default value."""
+    if f.default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def option_text(f: dataclasses.Field[Any], value: object) -> str:
+    """An option value as pipeline text, through the field's own format where it has one."""
+    return str(f.metadata.get("format", format_value)(value))
 
 
 def format_value(value: object) -> str:

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+from graphs import initializer, model, tensor
+
+from nlpress.ir import NlpressError
+from nlpress.ir.verify import session
+from nlpress.models import zoo
+from nlpress.models.metrics import fidelity, recall_at_1, sentence_embeddings, spearman
+from nlpress.models.text import load_tokenizer
+from onnx import TensorProto, helper
+
+
+def test_recall_at_1_counts_both_directions():
+    a = np.eye(3)
+    b = np.array([[1.0, 0, 0], [0, 0, 1], [0, 1, 0]])
+    assert recall_at_1(np.vstack([a, a]), 3) == 1.0
+    assert recall_at_1(np.vstack([a, b]), 3) == pytest.approx(1 / 3)
+
+
+def test_spearman_is_rank_correlation():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 6))
+    assert spearman(x, x**3) == pytest.approx(1.0)
+    assert spearman(x, -x) == pytest.approx(-1.0)
+
+
+def _embedding_model(width: int, scale: float = 1.0, seed: int = 0):
+    """input_ids -> Gather from a random table: token embeddings of a toy encoder."""
+    table = np.random.default_rng(seed).standard_normal((30522, width)).astype(np.float32)
+    return model(
+        [helper.make_node("Gather", ["table", "input_ids"], ["tokens"])],
+        [tensor("input_ids", ["batch", "sequence"], TensorProto.INT64)],
+        [tensor("tokens", ["batch", "sequence", width])],
+        [initializer("table", table * scale)],
+    )
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(str(zoo.get("minilm-l6").tokenizer()))
+
+
+def test_identical_models_have_perfect_fidelity(tokenizer):
+    reference = session(_embedding_model(8))
+    result = fidelity(session(_embedding_model(8, scale=3.0)), reference, tokenizer)
+    assert result.mean_cosine == pytest.approx(1.0, abs=1e-6)
+    assert result.recall_at_1 == result.reference_recall_at_1
+    assert result.spearman == pytest.approx(1.0)
+    assert result.sentences >= 300
+
+
+def test_a_different_model_has_lower_fidelity(tokenizer):
+    result = fidelity(session(_embedding_model(8, seed=1)), session(_embedding_model(8)), tokenizer)
+    assert result.min_cosine < result.mean_cosine < 0.9
+
+
+def test_widths_must_match(tokenizer):
+    with pytest.raises(NlpressError, match="width 8 and the reference's 16"):
+        fidelity(session(_embedding_model(8)), session(_embedding_model(16)), tokenizer)
+
+
+def test_embeddings_keep_text_order_and_fill_static_shapes(tokenizer):
+    texts = ["a much longer sentence about the weather in spring", "hi", "a middle one"]
+    dynamic = sentence_embeddings(session(_embedding_model(8)), tokenizer, texts)
+    one_by_one = np.vstack(
+        [sentence_embeddings(session(_embedding_model(8)), tokenizer, [t]) for t in texts]
+    )
+    np.testing.assert_allclose(dynamic, one_by_one, atol=1e-6)
+    assert dynamic.shape == (3, 8)

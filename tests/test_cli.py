@@ -1,0 +1,143 @@
+import json
+
+import pytest
+
+from nlpress.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from nlpress.ir import file_sha256, load_model
+from nlpress.ir.verify import compare, make_feeds
+from nlpress.passes import PASSES
+
+
+def nlpress(*argv, capsys=None):
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    return code
+
+
+def test_opt_with_dump_ir_keeps_outputs_equal(tiny_bert_path, tmp_path, capsys):
+    out, dumps = tmp_path / "o.onnx", tmp_path / "dumps"
+    args = ["opt", tiny_bert_path, "-p", "identity-elim,cleanup", "-o", out, "--dump-ir", dumps]
+    assert nlpress(*args, "--time-passes", "--verify-each") == EXIT_OK
+    assert "total" in capsys.readouterr().err
+    before, after = load_model(tiny_bert_path), load_model(out)
+    feeds = [make_feeds(before, {"batch": b, "sequence": s}, seed=b) for b, s in [(1, 7), (3, 16)]]
+    assert compare(before, after, feeds).worst <= 1e-5
+    assert len(after.graph.nodes) < len(before.graph.nodes)
+    assert (dumps / "01-identity-elim.diff").is_file() and (dumps / "02-cleanup.txt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "code", "words"),
+    [
+        ("nosuchpass", EXIT_USAGE, ["unknown pass 'nosuchpass'", *PASSES]),
+        ("cleanup{bogus=1}", EXIT_USAGE, ["unknown option 'bogus'", "remove-unused-inputs"]),
+    ],
+)
+def test_bad_pipelines_exit_2_and_say_what_is_valid(
+    tiny_bert_path, tmp_path, capsys, pipeline, code, words
+):
+    digest = file_sha256(tiny_bert_path)
+    out = tmp_path / "x.onnx"
+    assert nlpress("opt", tiny_bert_path, "-p", pipeline, "-o", out) == code
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert all(w in err for w in words)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert file_sha256(tiny_bert_path) == digest
+
+
+@pytest.mark.parametrize("cut", [0.5, None])
+def test_bad_input_files_exit_1_with_one_line_naming_the_file(
+    tiny_bert_path, tmp_path, capsys, cut
+):
+    bad = tmp_path / "bad.onnx"
+    data = tiny_bert_path.read_bytes()
+    bad.write_bytes(data[: int(len(data) * cut)] if cut else b"not a model at all")
+    digest = file_sha256(bad)
+    out = tmp_path / "x.onnx"
+    assert nlpress("opt", bad, "-p", "cleanup", "-o", out) == EXIT_FAILED
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(bad) in err
+    assert not out.exists()
+    assert file_sha256(bad) == digest
+
+
+def test_wrong_flags_are_usage_errors(tiny_bert_path, tmp_path, capsys):
+    assert nlpress("opt", tiny_bert_path, "-o", tmp_path / "x.onnx") == EXIT_USAGE
+    assert (
+        nlpress(
+            "opt",
+            tiny_bert_path,
+            "-p",
+            "cleanup",
+            "-o",
+            tmp_path / "x.onnx",
+            "--shape",
+            "input_ids",
+        )
+        == EXIT_USAGE
+    )
+    assert nlpress("frobnicate") == EXIT_USAGE
+    assert (
+        nlpress("opt", "no-such-zoo-model", "-p", "cleanup", "-o", tmp_path / "x.onnx")
+        == EXIT_USAGE
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_opt_reads_a_build_file(tiny_bert_path, tmp_path):
+    config = tmp_path / "build.toml"
+    out = tmp_path / "o.onnx"
+    config.write_text(f'[build]\nmodel = "{tiny_bert_path}"\npipeline = "O1"\noutput = "{out}"\n')
+    assert nlpress("opt", "--config", config) == EXIT_OK
+    assert out.is_file()
+    config.write_text('[build]\nmodle = "x"\n')
+    assert nlpress("opt", "--config", config) == EXIT_USAGE
+
+
+def test_inspect_json(tiny_bert_path, capsys):
+    assert nlpress("inspect", tiny_bert_path, "--json") == EXIT_OK
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["inputs"][0] == {
+        "name": "input_ids",
+        "dtype": "int64",
+        "shape": ["batch", "sequence"],
+    }
+    assert summary["parameters"] > 2_000_000
+    assert summary["ops"]["MatMul"] >= 8
+    assert summary["bytes_by_dtype"]["float32"] > 8_000_000
+    assert 0 < summary["sparsity"] < 0.01  # zero-initialized biases only
+
+
+def test_diff_of_a_model_with_itself_is_empty(tiny_bert_path, tmp_path, capsys):
+    assert nlpress("diff", tiny_bert_path, tiny_bert_path) == EXIT_OK
+    assert capsys.readouterr().out == ""
+    out = tmp_path / "o.onnx"
+    nlpress("opt", tiny_bert_path, "-p", "identity-elim", "-o", out)
+    capsys.readouterr()
+    assert nlpress("diff", tiny_bert_path, out) == EXIT_OK
+    assert "\n-node" in capsys.readouterr().out
+
+
+def test_eval_of_a_model_against_itself(tiny_bert_path, capsys):
+    args = ["eval", tiny_bert_path, "--reference", "bert-tiny-random", "--json"]
+    assert nlpress(*args) == EXIT_OK
+    result = json.loads(capsys.readouterr().out)
+    assert result["mean_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert result["recall_at_1"] == result["reference_recall_at_1"]
+    assert nlpress("eval", tiny_bert_path, "--reference", tiny_bert_path) == EXIT_USAGE
+    assert "--tokenizer" in capsys.readouterr().err
+
+
+def test_passes_and_models(tmp_path, capsys):
+    assert nlpress("passes") == EXIT_OK
+    listing = capsys.readouterr().out
+    assert all(f"{name}: " in listing for name in PASSES)
+    assert nlpress("models", "list") == EXIT_OK
+    assert "minilm-l6" in capsys.readouterr().out
+    out = tmp_path / "tiny.onnx"
+    assert nlpress("models", "get", "bert-tiny-random", "-o", out) == EXIT_OK
+    assert load_model(out).graph.inputs[0].name == "input_ids"
+    assert nlpress("models", "get", "nope", "-o", out) == EXIT_USAGE
