@@ -97,6 +97,15 @@ def resolve(model: str) -> tuple[Path, ZooModel | None]:
     raise UsageError(f"{model}: no such file, and no zoo model of that name ({', '.join(ZOO)})")
 
 
+def identify(sha256: str) -> ZooModel | None:
+    """The zoo model whose cached export has this sha256 (a copy from `models get`), if any."""
+    for entry in ZOO.values():
+        record = cache_dir() / f"{entry.name}.json"
+        if record.is_file() and _recorded_hash(record) == sha256:
+            return entry
+    return None
+
+
 def _export_atomically(entry: ZooModel, path: Path) -> None:
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{entry.name}.") as staging:
         staged = Path(staging) / path.name

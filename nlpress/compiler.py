@@ -25,7 +25,8 @@ def resolve_model(model: ModelLike) -> tuple[Model, str | None, zoo.ZooModel | N
     if isinstance(model, onnx.ModelProto):
         return Model.from_onnx(model), None, None
     path, entry = zoo.resolve(os.fspath(model))
-    return load_model(path), file_sha256(path), entry
+    ir_model, sha256 = load_model(path), file_sha256(path)
+    return ir_model, sha256, entry or zoo.identify(sha256)
 
 
 def with_shapes(pipeline: Pipeline, shapes: Shapes) -> Pipeline:

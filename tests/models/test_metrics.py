@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 from graphs import initializer, model, tensor
+from onnx import TensorProto, helper
 
 from nlpress.ir import NlpressError
 from nlpress.ir.verify import session
 from nlpress.models import zoo
 from nlpress.models.metrics import fidelity, recall_at_1, sentence_embeddings, spearman
 from nlpress.models.text import load_tokenizer
-from onnx import TensorProto, helper
 
 
 def test_recall_at_1_counts_both_directions():
