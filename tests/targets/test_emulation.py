@@ -1,0 +1,92 @@
+"""An aarch64 artifact, cross-compiled here, runs under qemu-user and matches numpy."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nlpress.targets import emulation
+
+# Runs on the emulated aarch64 Python with the TVM runtime library only (no compiler), as on a
+# deployment machine.
+RUN_SCRIPT = """
+import platform, sys
+import numpy as np
+import tvm
+from tvm.runtime.vm import VirtualMachine
+
+lib_path, x_path, out_path = sys.argv[1:]
+vm = VirtualMachine(tvm.runtime.load_module(lib_path), tvm.cpu())
+out = vm["main"](tvm.runtime.tensor(np.load(x_path)))
+np.save(out_path, out.numpy())
+print(platform.machine())
+"""
+
+
+SKIP_REASON = emulation.available()
+if SKIP_REASON is None and shutil.which("aarch64-linux-gnu-gcc") is None:
+    SKIP_REASON = "aarch64-linux-gnu-gcc not found: run .ci/setup-arm.sh"
+needs_emulation = pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))
+
+
+def _matmul_relu(w: np.ndarray) -> object:
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = w.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Relu", ["y"], ["z"])],
+        "matmul_relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, k])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, n])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _build_aarch64(model: object, out: Path) -> None:
+    import tvm
+    import tvm.support.cc
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    mod = from_onnx(model, keep_params_in_input=False)
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
+    relax.build(mod, target=target).export_library(
+        str(out), fcompile=tvm.support.cc.cross_compiler("aarch64-linux-gnu-gcc")
+    )
+
+
+@pytest.mark.slow
+@needs_emulation
+def test_aarch64_artifact_matches_numpy(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 8)).astype(np.float32)
+    x = rng.standard_normal((2, 16)).astype(np.float32)
+    _build_aarch64(_matmul_relu(w), tmp_path / "model.so")
+    np.save(tmp_path / "x.npy", x)
+
+    proc = emulation.run_python(
+        RUN_SCRIPT,
+        args=[str(tmp_path / "model.so"), str(tmp_path / "x.npy"), str(tmp_path / "z.npy")],
+        env={"TVM_USE_RUNTIME_LIB": "1"},
+    )
+
+    assert proc.stdout.split() == ["aarch64"]
+    np.testing.assert_allclose(np.load(tmp_path / "z.npy"), np.maximum(x @ w, 0), atol=1e-5)
+
+
+@pytest.mark.slow
+@needs_emulation
+def test_failure_raises_with_the_tail_of_stderr() -> None:
+    with pytest.raises(emulation.EmulationError, match=r"exited with 3:\n.*boom"):
+        emulation.run_python("import sys; print('boom', file=sys.stderr); sys.exit(3)")
+
+
+def test_unavailable_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")
+    assert emulation.available() == "qemu-aarch64 not found: run .ci/setup-arm.sh"
+    with pytest.raises(emulation.EmulationError, match="qemu-aarch64 not found"):
+        emulation.aarch64_root()
