@@ -13,10 +13,11 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
@@ -27,7 +28,7 @@ from nlpress.ir.errors import ModelLoadError, NlpressError
 _PROTOBUF_LIMIT = 2**31 - 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Model:
     """An ONNX model under compilation.
 
@@ -38,13 +39,15 @@ class Model:
         doc_string: The model's doc string.
         loose_initializers: Initializers that no node or output reads (graphsurgeon drops them on
             import; nlpress keeps them until `cleanup` removes them).
-
+        calibration: Batches of representative feeds that travel with the model for passes
+            that need data; never written to the ONNX file.
     """
 
     graph: gs.Graph
     metadata: dict[str, str] = field(default_factory=dict)
     doc_string: str = ""
     loose_initializers: tuple[onnx.TensorProto, ...] = ()
+    calibration: tuple[Mapping[str, np.ndarray], ...] = ()
 
     @classmethod
     def from_onnx(cls, proto: onnx.ModelProto) -> Model:

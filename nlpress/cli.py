@@ -83,7 +83,7 @@ def _opt(args: argparse.Namespace) -> int:
         raise UsageError("opt needs MODEL, -p PIPELINE and -o OUT.onnx (flags or build file)")
     shapes = {**config.shape, **dict(args.shape)}
     instruments, timer = _instruments(args)
-    result = compiler.optimize(model, pipeline, shapes, instruments)
+    result = compiler.optimize(model, pipeline, shapes, instruments, _calibration(args))
     save_model(result.model, output)
     if timer:
         print(timer.report(), file=sys.stderr)
@@ -112,6 +112,7 @@ def _compile(args: argparse.Namespace) -> int:
         pipeline=args.pipeline or config.pipeline or "O1",
         shapes={**config.shape, **dict(args.shape)},
         instruments=instruments,
+        calibration=_calibration(args),
         **{k: v for k, v in options.items() if v},
     )
     if timer:
@@ -133,8 +134,7 @@ def _inspect(args: argparse.Namespace) -> int:
             raise NlpressError(f"{path}: not an nlpress artifact (no manifest.json)")
         manifest = json.loads(manifest_path.read_text())
         path = path / "model.onnx"
-    model, _, _ = compiler.resolve_model(path if manifest else args.model)
-    summary = summarize(model)
+    summary = summarize(compiler.resolve_model(path if manifest else args.model).model)
     if manifest is not None:
         summary["manifest"] = manifest
     if args.json:
@@ -145,7 +145,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    texts = [dump_text(compiler.resolve_model(m)[0]) for m in (args.a, args.b)]
+    texts = [dump_text(compiler.resolve_model(m).model) for m in (args.a, args.b)]
     sys.stdout.write(diff_text(texts[0], texts[1], args.a, args.b))
     return EXIT_OK
 
@@ -155,15 +155,15 @@ def _eval(args: argparse.Namespace) -> int:
     from nlpress.models.metrics import fidelity
     from nlpress.models.text import load_tokenizer
 
-    reference, _, entry = compiler.resolve_model(args.reference)
-    candidate, _, _ = compiler.resolve_model(args.candidate)
-    tokenizer_path = args.tokenizer or (str(entry.tokenizer()) if entry else None)
-    if tokenizer_path is None:
+    reference = compiler.resolve_model(args.reference)
+    candidate = compiler.resolve_model(args.candidate)
+    tokenizer = compiler.tokenizer_path(args.tokenizer, reference.zoo)
+    if tokenizer is None:
         raise UsageError("eval needs --tokenizer when the reference is not a zoo model")
     result = fidelity(
-        session(candidate, optimize=True),
-        session(reference, optimize=True),
-        load_tokenizer(tokenizer_path),
+        session(candidate.model, optimize=True),
+        session(reference.model, optimize=True),
+        load_tokenizer(tokenizer),
     )
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
@@ -214,6 +214,10 @@ def _instruments(args: argparse.Namespace) -> tuple[list[Instrument], TimePasses
     return instruments, timer
 
 
+def _calibration(args: argparse.Namespace) -> compiler.Calibration:
+    return compiler.Calibration(args.calibration_text, args.tokenizer, args.calibration)
+
+
 def _shape_flag(text: str) -> tuple[str, tuple[int | str, ...]]:
     name, sep, dims = text.partition("=")
     if not sep or not name or not dims:
@@ -234,6 +238,21 @@ def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
         help="fix an input's dims for every pass and the lowering (repeatable)",
     )
     p.add_argument("--config", metavar="FILE", help="a TOML build file ([build] table)")
+    p.add_argument(
+        "--tokenizer",
+        metavar="ZOO-NAME|tokenizer.json",
+        help="the tokenizer for --calibration-text (zoo models bring their own)",
+    )
+    p.add_argument(
+        "--calibration-text",
+        metavar="FILE",
+        help="calibration sentences, one per line, for passes that need data",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="FEEDS.npz",
+        help="calibration feeds: input arrays sharing their first (batch) axis",
+    )
     p.add_argument("--dump-ir", metavar="DIR", help="write a text dump and a diff per pass")
     p.add_argument("--time-passes", action="store_true", help="print each pass's time")
     p.add_argument(
@@ -286,7 +305,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="fidelity of a candidate against a reference model")
     p.add_argument("candidate", metavar="CANDIDATE")
     p.add_argument("--reference", required=True, metavar="MODEL")
-    p.add_argument("--tokenizer", metavar="tokenizer.json")
+    p.add_argument("--tokenizer", metavar="ZOO-NAME|tokenizer.json")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_eval)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,21 +13,76 @@ import onnx
 
 from nlpress.ir import Model, UsageError, file_sha256, load_model
 from nlpress.models import zoo
+from nlpress.models.feeds import Feeds, batches_from_npz, batches_from_text
+from nlpress.models.text import calibration_sentences, load_tokenizer, read_sentences
 from nlpress.passes import Instrument, Pass, Pipeline, PipelineResult, parse, run_pipeline
 
 Shapes = Mapping[str, tuple[int | str, ...]]
 ModelLike = str | os.PathLike[str] | Model | onnx.ModelProto
 
 
-def resolve_model(model: ModelLike) -> tuple[Model, str | None, zoo.ZooModel | None]:
-    """A model argument as (IR model, sha256 of its file if any, zoo entry if any)."""
+@dataclass(frozen=True)
+class Calibration:
+    """Where calibration data comes from; a zoo model brings its own text when none is given.
+
+    Attributes:
+        text: A file of sentences, one per line (needs `tokenizer` unless the model is a zoo's).
+        tokenizer: A zoo model name or a tokenizer.json file.
+        feeds: An .npz of input arrays sharing their first (batch) axis.
+    """
+
+    text: str | None = None
+    tokenizer: str | None = None
+    feeds: str | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved model argument: the IR model, its file's sha256 and its zoo entry, if any."""
+
+    model: Model
+    sha256: str | None
+    zoo: zoo.ZooModel | None
+
+
+def resolve_model(model: ModelLike) -> Source:
+    """A model path, zoo name, ModelProto or IR model, loaded."""
     if isinstance(model, Model):
-        return model, None, None
+        return Source(model, None, None)
     if isinstance(model, onnx.ModelProto):
-        return Model.from_onnx(model), None, None
+        return Source(Model.from_onnx(model), None, None)
     path, entry = zoo.resolve(os.fspath(model))
     ir_model, sha256 = load_model(path), file_sha256(path)
-    return ir_model, sha256, entry or zoo.identify(sha256)
+    return Source(ir_model, sha256, entry or zoo.identify(sha256))
+
+
+def tokenizer_path(tokenizer: str | None, entry: zoo.ZooModel | None) -> str | None:
+    """A tokenizer.json path from a zoo name or path, else the zoo model's own, else None."""
+    if tokenizer:
+        return str(zoo.get(tokenizer).tokenizer()) if tokenizer in zoo.ZOO else tokenizer
+    return str(entry.tokenizer()) if entry else None
+
+
+def calibration_batches(
+    calibration: Calibration, entry: zoo.ZooModel | None, shapes: Shapes
+) -> tuple[Feeds, ...]:
+    """Calibration feeds from the given source, or the zoo model's own text, or none."""
+    if calibration.feeds:
+        return batches_from_npz(calibration.feeds)
+    if not (calibration.text or entry):
+        return ()
+    path = tokenizer_path(calibration.tokenizer, entry)
+    if path is None:
+        raise UsageError("--calibration-text needs --tokenizer (a zoo name or tokenizer.json)")
+    sentences = read_sentences(calibration.text) if calibration.text else calibration_sentences()
+    return batches_from_text(load_tokenizer(path), sentences, static=_static_text_shape(shapes))
+
+
+def _static_text_shape(shapes: Shapes) -> tuple[int, int] | None:
+    dims = tuple(shapes.get("input_ids", ()))
+    if len(dims) == 2 and isinstance(dims[0], int) and isinstance(dims[1], int):
+        return dims[0], dims[1]
+    return None
 
 
 def with_shapes(pipeline: Pipeline, shapes: Shapes) -> Pipeline:
@@ -50,25 +106,37 @@ def _merge_shapes(p: Pass, shapes: Shapes) -> Pass:
     return dataclasses.replace(p, shape={**p.shape, **shapes})  # type: ignore[attr-defined]
 
 
+def starting_with_fold(pipeline: Pipeline) -> Pipeline:
+    """The pipeline, with `fold` put first unless it already starts with it."""
+    if pipeline.passes and pipeline.passes[0].name == "fold":
+        return pipeline
+    return Pipeline((*parse("fold").passes, *pipeline.passes))
+
+
+def _prepare(
+    model: ModelLike, pipeline: Pipeline, shapes: Shapes, calibration: Calibration
+) -> tuple[Source, Pipeline]:
+    pipeline = with_shapes(pipeline, shapes)
+    source = resolve_model(model)
+    if any(p.needs_calibration for p in pipeline):
+        feeds = calibration_batches(calibration, source.zoo, shapes)
+        source = dataclasses.replace(
+            source, model=dataclasses.replace(source.model, calibration=feeds)
+        )
+    return source, pipeline
+
+
 def optimize(
     model: ModelLike,
     pipeline: str | Pipeline,
     shapes: Shapes | None = None,
     instruments: Sequence[Instrument] = (),
+    calibration: Calibration = Calibration(),
 ) -> PipelineResult:
     """Run a pipeline (text, named, or parsed) on a model path, zoo name or IR model."""
     parsed = parse(pipeline) if isinstance(pipeline, str) else pipeline
-    parsed = with_shapes(parsed, shapes or {})
-    ir_model, _, _ = resolve_model(model)
-    return run_pipeline(ir_model, parsed, instruments)
-
-
-def starting_with_fold(pipeline: Pipeline) -> Pipeline:
-    """The pipeline, with `fold` put first unless it already starts with it."""
-    if pipeline.passes and pipeline.passes[0].name == "fold":
-        return pipeline
-    fold: Pass = parse("fold").passes[0]
-    return Pipeline((fold, *pipeline.passes))
+    source, parsed = _prepare(model, parsed, shapes or {}, calibration)
+    return run_pipeline(source.model, parsed, instruments)
 
 
 def compile(
@@ -78,18 +146,19 @@ def compile(
     pipeline: str = "O1",
     shapes: Shapes | None = None,
     instruments: Sequence[Instrument] = (),
+    calibration: Calibration = Calibration(),
     **target_options: Any,
 ) -> Path:
     """Optimize a model (fold first) and lower it to an artifact folder for `target`."""
     from nlpress import targets
 
-    parsed = with_shapes(starting_with_fold(parse(pipeline)), shapes or {})
-    ir_model, sha256, entry = resolve_model(model)
     descriptor = targets.get_target(target, **target_options)
-    result = run_pipeline(ir_model, parsed, instruments)
+    parsed = starting_with_fold(parse(pipeline))
+    source, parsed = _prepare(model, parsed, shapes or {}, calibration)
+    result = run_pipeline(source.model, parsed, instruments)
     manifest = {
         "pipeline": str(parsed),
-        "source": {"sha256": sha256, "zoo": entry.name if entry else None},
+        "source": {"sha256": source.sha256, "zoo": source.zoo.name if source.zoo else None},
         "passes": [dataclasses.asdict(r) for r in result.records],
     }
     return targets.build_artifact(result.model, descriptor, Path(output), manifest=manifest)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +83,7 @@ def run_pipeline(
             instrument.after(index, p, model, result)
         records.append(PassRecord(str(p), result.changed, dict(result.stats), seconds))
         log.debug("%s: changed=%s in %.3f s", p.name, result.changed, seconds)
-        model = result.model
+        model = replace(result.model, calibration=model.calibration)
     return PipelineResult(model, tuple(records))
 
 

@@ -1,0 +1,74 @@
+"""Activation statistics on calibration data, shared by the passes that need data.
+
+Calibration feeds travel with the model (`Model.calibration`, batches of input feeds made by the
+front door from a zoo model's calibration text, `--calibration-text` with `--tokenizer`, or
+`--calibration FEEDS.npz`). A pass that needs data reads the activations of the tensors it cares
+about here, batch by batch, and reduces them as it likes; the model it receives is its teacher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from nlpress.ir import Model
+from nlpress.ir.verify import session
+from nlpress.passes.base import PreconditionError
+
+Feeds = Mapping[str, np.ndarray]
+
+
+def require_feeds(model: Model, pass_name: str) -> Sequence[Feeds]:
+    """The model's calibration batches, or a PreconditionError saying how to give some."""
+    if not model.calibration:
+        raise PreconditionError(
+            f"{pass_name} needs calibration data: use a zoo model, or give "
+            "--calibration-text FILE with --tokenizer, or --calibration FEEDS.npz"
+        )
+    return model.calibration
+
+
+def activations(
+    model: Model, tensors: Sequence[gs.Tensor], feeds: Sequence[Feeds]
+) -> Iterator[list[np.ndarray]]:
+    """The values of `tensors` on each calibration batch, in the order asked, batch by batch."""
+    proto = model.to_onnx()
+    outputs = {o.name for o in proto.graph.output}
+    names = [t.name for t in tensors]
+    for name in dict.fromkeys(names):
+        if name not in outputs:
+            proto.graph.output.append(onnx.ValueInfoProto(name=name))
+    sess = session(proto, optimize=True)
+    wanted = {i.name for i in sess.get_inputs()}
+    for batch in feeds:
+        values = sess.run(names, {k: v for k, v in batch.items() if k in wanted})
+        yield [np.asarray(v) for v in values]
+
+
+def as_rows(value: np.ndarray) -> np.ndarray:
+    """An activation [..., k] as rows [n, k] in float64, for statistics over all positions."""
+    return value.reshape(-1, value.shape[-1]).astype(np.float64)
+
+
+def second_moments(
+    model: Model, tensors: Sequence[gs.Tensor], feeds: Sequence[Feeds]
+) -> list[np.ndarray]:
+    """X^T X over every position of every batch, per tensor ([k, k] each)."""
+    grams: list[np.ndarray] = []
+    for values in activations(model, tensors, feeds):
+        rows = [as_rows(v) for v in values]
+        if not grams:
+            grams = [np.zeros((r.shape[1], r.shape[1])) for r in rows]
+        for gram, r in zip(grams, rows, strict=True):
+            gram += r.T @ r
+    return grams
+
+
+def channel_norms(
+    model: Model, tensors: Sequence[gs.Tensor], feeds: Sequence[Feeds]
+) -> list[np.ndarray]:
+    """The L2 norm of each input channel over all positions, per tensor ([k] each)."""
+    return [np.sqrt(np.diag(g)) for g in second_moments(model, tensors, feeds)]

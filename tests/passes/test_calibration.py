@@ -1,0 +1,91 @@
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from graphs import initializer, model, tensor, weights
+from onnx import helper
+
+from nlpress.compiler import Calibration, calibration_batches
+from nlpress.ir import NlpressError, UsageError
+from nlpress.models import zoo
+from nlpress.passes.base import PreconditionError
+from nlpress.passes.calibration import activations, channel_norms, require_feeds, second_moments
+
+
+def _two_layer():
+    return model(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+            helper.make_node("Relu", ["h"], ["r"], name="relu"),
+            helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2"),
+        ],
+        [tensor("x", ["batch", "seq", 4])],
+        [tensor("y", ["batch", "seq", 2])],
+        [initializer("w1", weights([4, 3], 1)), initializer("w2", weights([3, 2], 2))],
+    )
+
+
+def _batches(n=3):
+    rng = np.random.default_rng(0)
+    return tuple({"x": rng.standard_normal((2, 5, 4)).astype(np.float32)} for _ in range(n))
+
+
+def test_activations_are_the_intermediate_values():
+    m = _two_layer()
+    relu = next(n for n in m.graph.nodes if n.op == "Relu")
+    feeds = _batches()
+    for batch, (r, x) in zip(
+        feeds, activations(m, [relu.outputs[0], relu.inputs[0]], feeds), strict=True
+    ):
+        expected = batch["x"] @ weights([4, 3], 1)
+        np.testing.assert_allclose(x, expected, rtol=1e-5)
+        np.testing.assert_allclose(r, np.maximum(expected, 0), rtol=1e-5)
+
+
+def test_second_moments_and_channel_norms_cover_every_position():
+    m = _two_layer()
+    x = m.graph.inputs[0]
+    feeds = _batches()
+    rows = np.concatenate([b["x"].reshape(-1, 4) for b in feeds]).astype(np.float64)
+    (gram,) = second_moments(m, [x], feeds)
+    np.testing.assert_allclose(gram, rows.T @ rows, rtol=1e-6)
+    (norms,) = channel_norms(m, [x], feeds)
+    np.testing.assert_allclose(norms, np.linalg.norm(rows, axis=0), rtol=1e-6)
+
+
+def test_passes_that_need_data_say_how_to_give_it():
+    with pytest.raises(PreconditionError, match="--calibration-text FILE with --tokenizer"):
+        require_feeds(_two_layer(), "some-pass")
+    feeds = _batches(1)
+    assert require_feeds(replace(_two_layer(), calibration=feeds), "p") == feeds
+
+
+def test_zoo_models_bring_their_calibration_text():
+    entry = zoo.get("minilm-l6")
+    batches = calibration_batches(Calibration(), entry, {})
+    assert sum(len(b["input_ids"]) for b in batches) >= 200
+    static = calibration_batches(Calibration(), entry, {"input_ids": (4, 64)})
+    assert {b["input_ids"].shape for b in static} == {(4, 64)}
+    assert calibration_batches(Calibration(), None, {}) == ()
+
+
+def test_calibration_from_a_text_file_needs_a_tokenizer(tmp_path):
+    text = tmp_path / "sentences.txt"
+    text.write_text("the first sentence\nand a second, longer one\n")
+    with pytest.raises(UsageError, match="needs --tokenizer"):
+        calibration_batches(Calibration(text=str(text)), None, {})
+    (batch,) = calibration_batches(Calibration(str(text), "minilm-l6"), None, {})
+    assert batch["input_ids"].shape[0] == 2
+
+
+def test_calibration_from_npz(tmp_path):
+    path = tmp_path / "feeds.npz"
+    np.savez(path, input_ids=np.ones((40, 8), np.int64), attention_mask=np.ones((40, 8), np.int64))
+    batches = calibration_batches(Calibration(feeds=str(path)), None, {})
+    assert [len(b["input_ids"]) for b in batches] == [16, 16, 8]
+    np.savez(path, a=np.ones((4, 8)), b=np.ones((5, 8)))
+    with pytest.raises(NlpressError, match="sharing their first"):
+        calibration_batches(Calibration(feeds=str(path)), None, {})
+    path.write_bytes(b"not a zip")
+    with pytest.raises(NlpressError, match=r"not a readable \.npz"):
+        calibration_batches(Calibration(feeds=str(path)), None, {})
