@@ -1,0 +1,105 @@
+"""Teacher-guided recovery: refit a compressed linear layer to its teacher's outputs in closed form.
+
+A linear layer computes y = x W + b (W is [k, n]); the uncompressed model is the teacher. After
+compression the layer sees z = x P instead of x, where P [k, m] is what compression kept of the
+input: a selection of input channels when pruning, the first factor U when factorizing. Recovery
+picks the second half of the layer, B [m, n] and c [n], to match the teacher on calibration data:
+
+    min_{B, c}  sum over calibration positions ||z B + c - (x W + b)||^2  +  lambda ||B||^2
+
+With augmented rows x~ = [x, 1], P~ = blockdiag(P, 1), T = [W; b] and the calibration Gram
+G = sum x~^T x~, this is ridge regression with the closed-form solution
+
+    [B; c] = (P~^T G P~ + Lambda)^-1  P~^T G T,
+
+where Lambda is lambda on the diagonal of the first m rows (the bias is not damped), and lambda is
+`damping` times the mean diagonal of P~^T G P~. Only G ([k+1, k+1] per layer) is collected, so
+recovery costs one calibration run for all layers. It is knowledge distillation done layer by
+layer: each layer is fitted to what the teacher's layer outputs on the teacher's own inputs.
+
+The relative output error of any (P, B, c) follows from the same Gram:
+    E = tr((P~ S - T)^T G (P~ S - T)) / tr(T^T G T),  with S = [B; c].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from nlpress.ir import Model
+from nlpress.passes.calibration import Feeds, activations, as_rows
+
+DEFAULT_DAMPING = 1e-2
+
+
+def input_grams(
+    model: Model, inputs: Sequence[gs.Tensor], feeds: Sequence[Feeds]
+) -> list[np.ndarray]:
+    """The augmented Gram sum [x, 1]^T [x, 1] of each tensor over all calibration positions."""
+    grams: list[np.ndarray] = []
+    for values in activations(model, inputs, feeds):
+        rows = [_augmented(as_rows(v)) for v in values]
+        if not grams:
+            grams = [np.zeros((r.shape[1], r.shape[1])) for r in rows]
+        for gram, r in zip(grams, rows, strict=True):
+            gram += r.T @ r
+    return grams
+
+
+def refit(
+    gram: np.ndarray,
+    projection: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    damping: float = DEFAULT_DAMPING,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ridge-optimal (B [m, n], c [n]) for a layer whose input became x @ projection."""
+    p_aug = _augment_projection(projection)
+    target = _target(weight, bias)
+    lhs = p_aug.T @ gram @ p_aug
+    m = projection.shape[1]
+    ridge = damping * float(np.mean(np.diag(lhs)[:m])) if m else 0.0
+    lhs[np.arange(m), np.arange(m)] += ridge
+    solution = np.linalg.solve(lhs, p_aug.T @ gram @ target)
+    return solution[:m], solution[m]
+
+
+def output_error(
+    gram: np.ndarray,
+    projection: np.ndarray,
+    second: np.ndarray,
+    offset: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+) -> float:
+    """Relative squared output error of x @ projection @ second + offset against x @ W + b."""
+    target = _target(weight, bias)
+    residual = _augment_projection(projection) @ np.vstack([second, offset]) - target
+    denominator = float(np.trace(target.T @ gram @ target))
+    return float(np.trace(residual.T @ gram @ residual)) / max(denominator, 1e-30)
+
+
+def selection(kept: np.ndarray, size: int) -> np.ndarray:
+    """The projection [size, len(kept)] that keeps input channels `kept`."""
+    matrix = np.zeros((size, len(kept)))
+    matrix[kept, np.arange(len(kept))] = 1.0
+    return matrix
+
+
+def _augmented(rows: np.ndarray) -> np.ndarray:
+    return np.hstack([rows, np.ones((rows.shape[0], 1))])
+
+
+def _augment_projection(projection: np.ndarray) -> np.ndarray:
+    k, m = projection.shape
+    p_aug = np.zeros((k + 1, m + 1))
+    p_aug[:k, :m] = projection
+    p_aug[k, m] = 1.0
+    return p_aug
+
+
+def _target(weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    bias_row = np.zeros(weight.shape[1]) if bias is None else np.asarray(bias, np.float64)
+    return np.vstack([np.asarray(weight, np.float64), bias_row])
