@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 
@@ -132,3 +133,19 @@ def _match_gemm(node: gs.Node) -> WeightedMatMul | None:
         return None
     transposed = bool(node.attrs.get("transB", 0))
     return WeightedMatMul(node, activation, weight, 1, transposed, bias)
+
+
+def opset_imports(graph: gs.Graph) -> list[onnx.OperatorSetIdProto]:
+    """The graph's opset imports, the default domain's first (as a ModelProto lists them)."""
+    imports = list(graph.import_domains or [])
+    if not any(i.domain in ("", "ai.onnx") for i in imports):
+        imports.insert(0, onnx.helper.make_opsetid("", graph.opset))
+    return imports
+
+
+def opset_version(graph: gs.Graph, domain: str = "") -> int | None:
+    """The imported version of `domain` (the default ONNX domain unless named), or None."""
+    for item in opset_imports(graph):
+        if item.domain == domain or (not domain and item.domain == "ai.onnx"):
+            return int(item.version)
+    return None

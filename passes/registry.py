@@ -7,18 +7,20 @@ from types import MappingProxyType
 
 from nlpress.passes.base import Pass
 from nlpress.passes.cleanup import Cleanup
+from nlpress.passes.factorize_matmul import FactorizeMatmul
+from nlpress.passes.fold import Fold
 from nlpress.passes.identity_elim import IdentityElim
 from nlpress.passes.pipeline import Pipeline, parse_pipeline
 
 PASSES: Mapping[str, type[Pass]] = MappingProxyType(
-    {cls.name: cls for cls in (Cleanup, IdentityElim)}
+    {cls.name: cls for cls in (Cleanup, Fold, IdentityElim)}
 )
 
 # Named pipelines are registered texts, not code paths: `-p O1` means exactly this text.
 NAMED_PIPELINES: Mapping[str, str] = MappingProxyType(
     {
         "O0": "cleanup",
-        "O1": "identity-elim,cleanup",
+        "O1": "fold,identity-elim,cleanup",
     }
 )
 
