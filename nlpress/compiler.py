@@ -103,7 +103,7 @@ def _takes_shapes(p: Pass) -> bool:
 def _merge_shapes(p: Pass, shapes: Shapes) -> Pass:
     if not _takes_shapes(p):
         return p
-    return dataclasses.replace(p, shape={**p.shape, **shapes})  # type: ignore[attr-defined]
+    return dataclasses.replace(p, shape={**p.shape, **shapes})  # type: ignore[attr-defined,call-arg]
 
 
 def starting_with_fold(pipeline: Pipeline) -> Pipeline:
