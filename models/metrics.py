@@ -146,7 +146,8 @@ def _mean_pool(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
     weights = mask[..., None].astype(np.float64)
     pooled = (tokens.astype(np.float64) * weights).sum(axis=1) / np.maximum(weights.sum(1), 1e-9)
     norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-    return pooled / np.maximum(norms, 1e-12)
+    normalized: np.ndarray = pooled / np.maximum(norms, 1e-12)
+    return normalized
 
 
 def _static_dims(session: Session) -> tuple[int | None, int | None]:

@@ -1,1 +1,54 @@
-"""nlpress.targets: target descriptors, lowering through TVM, artifacts and their runtime."""
+"""nlpress.targets: target descriptors, lowering through TVM, artifacts and their runtime.
+
+Only this package imports TVM. `get_target` describes where an artifact runs, `build_artifact`
+lowers an optimized model into an artifact folder, and `load` runs one like an ONNX Runtime
+session (the runtime needs only numpy and the TVM runtime).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from nlpress.ir import Model
+from nlpress.targets.runtime import ArtifactError, FeedError, NodeArg, Session
+from nlpress.targets.target import (
+    ARM_FEATURES,
+    CUDA_ARCHES,
+    TARGET_NAMES,
+    Target,
+    TargetError,
+    get_target,
+)
+
+
+def build_artifact(
+    model: Model, target: Target, out_dir: Path, *, manifest: Mapping[str, Any]
+) -> Path:
+    """Lower an optimized model and write its artifact folder atomically (see artifact.py)."""
+    from nlpress.targets.artifact import build_artifact as build
+
+    return build(model, target, Path(out_dir), manifest=manifest)
+
+
+def load(path: str | os.PathLike[str], device_id: int = 0) -> Session:
+    """Load a compiled artifact folder; `run(output_names, feeds)` returns numpy arrays."""
+    return Session(path, device_id)
+
+
+__all__ = [
+    "ARM_FEATURES",
+    "CUDA_ARCHES",
+    "TARGET_NAMES",
+    "ArtifactError",
+    "FeedError",
+    "NodeArg",
+    "Session",
+    "Target",
+    "TargetError",
+    "build_artifact",
+    "get_target",
+    "load",
+]

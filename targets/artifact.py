@@ -1,0 +1,248 @@
+"""Writing an artifact folder: model.so, model.onnx, manifest.json, report.json.
+
+Everything is built in a private folder beside the output and renamed into place at the end, so
+a failed build leaves no half-written artifact (and an older artifact at the same path stays
+until the new one is complete).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from nlpress.ir import Model, UsageError, save_model
+from nlpress.ir.verify import make_feeds, run
+from nlpress.targets import lower
+from nlpress.targets.runtime import FORMAT_VERSION, LIBRARY, MANIFEST, Session, read_manifest
+from nlpress.targets.target import Target
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+REPORT = "report.json"
+
+# Symbolic dims take these sizes in the fidelity check the build runs on the host.
+FIDELITY_DIM = 8
+FIDELITY_BATCH = 2
+
+
+def build_artifact(
+    model: Model, target: Target, out_dir: Path, *, manifest: Mapping[str, Any]
+) -> Path:
+    """Lower an optimized model (fold already run) and write its artifact folder atomically.
+
+    Args:
+        model: The model after the pipeline; its input dims may be static or symbolic.
+        target: From `get_target`.
+        out_dir: The artifact folder; an existing artifact there is replaced, any other
+            non-empty folder is refused.
+        manifest: The caller's fields (pipeline text, source sha256, pass stats, ...), merged
+            under the lowering's own.
+
+    Returns:
+        `out_dir`.
+
+    Raises:
+        LoweringError: TVM could not import or build the model.
+        UsageError: `out_dir` is a non-empty folder that is not an artifact.
+
+    """
+    out_dir = Path(out_dir)
+    _check_replaceable(out_dir)
+    began = time.perf_counter()
+    with _staging(out_dir) as staging:
+        timings, facts = _lower(model, target, staging)
+        save_model(model, staging / ONNX_FILE)
+        fields = _manifest(model, target, manifest, facts)
+        fields["build_seconds"] = round(time.perf_counter() - began, 3)
+        _write_json(staging / MANIFEST, fields)
+        fidelity = _fidelity(model, target, staging)
+        fields["fidelity"] = {**dict(manifest.get("fidelity", {})), "tvm_vs_onnxruntime": fidelity}
+        _write_json(staging / MANIFEST, fields)
+        report = _report(model, target, fields, timings, staging)
+        _write_json(staging / REPORT, report)
+        _replace(staging, out_dir)
+    log.info("wrote %s (%s) in %.1f s", out_dir, target.name, time.perf_counter() - began)
+    return out_dir
+
+
+def _lower(model: Model, target: Target, staging: Path) -> tuple[dict[str, float], dict[str, Any]]:
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    mod = lower.import_onnx(model.to_onnx())
+    timings["import_seconds"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    executable = lower.build(mod, target)
+    timings["build_seconds"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    facts = lower.export(executable, target, staging / LIBRARY, staging / ".work")
+    shutil.rmtree(staging / ".work", ignore_errors=True)
+    timings["export_seconds"] = time.perf_counter() - clock
+    return {k: round(v, 3) for k, v in timings.items()}, facts
+
+
+def _manifest(
+    model: Model, target: Target, caller: Mapping[str, Any], facts: Mapping[str, Any]
+) -> dict[str, Any]:
+    import tvm
+
+    from nlpress import __version__
+
+    proto = model.to_onnx()
+    fields: dict[str, Any] = dict(caller)
+    fields.update(
+        {
+            "format_version": FORMAT_VERSION,
+            "nlpress_version": __version__,
+            "tvm_version": str(tvm.__version__),
+            "target": target.describe(),
+            "inputs": [_value_info(v) for v in _graph_inputs(proto)],
+            "outputs": [_value_info(v) for v in proto.graph.output],
+            "files": {"library": LIBRARY, "onnx": ONNX_FILE, "report": REPORT},
+        }
+    )
+    if facts:
+        fields.update(facts)
+    return fields
+
+
+def _graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    initializers = {i.name for i in proto.graph.initializer}
+    return [v for v in proto.graph.input if v.name not in initializers]
+
+
+def _value_info(value: onnx.ValueInfoProto) -> dict[str, Any]:
+    tensor_type = value.type.tensor_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+    dims: list[int | str | None] = []
+    for dim in tensor_type.shape.dim:
+        if dim.HasField("dim_value"):
+            dims.append(int(dim.dim_value))
+        else:
+            dims.append(dim.dim_param or None)
+    return {"name": value.name, "dtype": np.dtype(dtype).name, "shape": dims}
+
+
+def _fidelity(model: Model, target: Target, staging: Path) -> dict[str, Any]:
+    """Run the built library against ONNX Runtime on seeded feeds, where this host can."""
+    if not target.runs_on_host:
+        return {"checked": False, "reason": f"a {target.name} library does not run on this host"}
+    manifest = read_manifest(staging)
+    sizes = _fidelity_sizes(manifest["inputs"])
+    feeds = make_feeds(model, dims=sizes, seed=0)
+    expected = run(model, feeds)
+    session = Session(staging)
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
+    diffs = {name: _max_abs_diff(want, got[name]) for name, want in expected.items()}
+    return {"checked": True, "dims": sizes, "max_abs_diff": diffs, "worst": max(diffs.values())}
+
+
+def _max_abs_diff(want: np.ndarray, got: np.ndarray) -> float:
+    if want.shape != got.shape:
+        return float("inf")
+    if want.size == 0:
+        return 0.0
+    return float(np.max(np.abs(want.astype(np.float64) - got.astype(np.float64))))
+
+
+def _fidelity_sizes(inputs: list[Mapping[str, Any]]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for entry in inputs:
+        for axis, dim in enumerate(entry["shape"]):
+            if isinstance(dim, str):
+                sizes.setdefault(dim, FIDELITY_BATCH if axis == 0 else FIDELITY_DIM)
+    return sizes
+
+
+def _report(
+    model: Model,
+    target: Target,
+    manifest: Mapping[str, Any],
+    timings: Mapping[str, float],
+    staging: Path,
+) -> dict[str, Any]:
+    ops = collections.Counter(node.op for node in model.graph.nodes)
+    return {
+        "target": target.name,
+        "timings": dict(timings),
+        "library_bytes": (staging / LIBRARY).stat().st_size,
+        "onnx_nodes": sum(ops.values()),
+        "onnx_ops": dict(sorted(ops.items())),
+        "fidelity": manifest.get("fidelity", {}),
+        "device_code": manifest.get("device_code"),
+        "pipeline": manifest.get("pipeline"),
+    }
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir}: exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+        raise UsageError(f"{out_dir}: a non-empty folder that is not an nlpress artifact")
+
+
+@contextlib.contextmanager
+def _staging(out_dir: Path) -> Iterator[Path]:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replace(staging: Path, out_dir: Path) -> None:
+    """Rename the staged folder to `out_dir`, moving an older artifact aside first."""
+    _apply_umask(staging)
+    old = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+        os.replace(out_dir, old / out_dir.name)
+    os.replace(staging, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _apply_umask(staging: Path) -> None:
+    """Give the staged folder and files the modes a plain mkdir and open would have."""
+    umask = _umask()
+    staging.chmod(0o777 & ~umask)
+    for path in staging.iterdir():
+        path.chmod((0o777 if path.suffix == ".so" else 0o666) & ~umask)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for a moment)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def _write_json(path: Path, value: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(value, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return os.fspath(value)
+    return str(value)

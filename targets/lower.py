@@ -1,0 +1,203 @@
+"""Lowering: ONNX -> Relax (from_onnx) -> the target's Relax pipeline -> relax.build -> library.
+
+Symbolic input dims stay symbolic (one library serves every size); static dims stay static.
+An op TVM cannot import is named with the node that holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from nlpress.ir import NlpressError
+from nlpress.targets.target import Target
+
+log = logging.getLogger(__name__)
+
+
+class LoweringError(NlpressError):
+    """A model that TVM cannot import or build for the target."""
+
+
+class UnsupportedOpError(LoweringError):
+    """An ONNX op that TVM's importer has no converter for."""
+
+
+def import_onnx(proto: onnx.ModelProto) -> Any:
+    """Convert an ONNX model to a Relax IRModule; weights become constants.
+
+    Raises:
+        UnsupportedOpError: Ops TVM cannot import, each named with its first node.
+        LoweringError: A node TVM's converter failed on, named with its op.
+
+    """
+    from tvm.relax.frontend.onnx import onnx_frontend as frontend
+
+    _check_ops(proto, frontend._get_convert_map())
+    importer = _NamingImporter(None, None, keep_params_in_input=False, sanitize=True)
+    with _quiet():
+        try:
+            return importer.from_onnx(proto.graph, _opset(proto))
+        except LoweringError:
+            raise
+        except Exception as exc:
+            raise LoweringError(f"TVM could not import the model: {_first_line(exc)}") from exc
+
+
+def _check_ops(proto: onnx.ModelProto, convert_map: dict[str, Any]) -> None:
+    known = set(convert_map) | {"If", "Constant"}
+    missing: dict[str, str] = {}
+    for index, node in enumerate(proto.graph.node):
+        if node.op_type not in known or node.domain not in ("", "ai.onnx"):
+            missing.setdefault(_op_name(node), node.name or f"#{index}")
+    if missing:
+        listed = "; ".join(f"{op} (node {node!r})" for op, node in missing.items())
+        raise UnsupportedOpError(f"TVM's ONNX importer does not support: {listed}")
+
+
+def _op_name(node: onnx.NodeProto) -> str:
+    return f"{node.domain}.{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+
+
+def _opset(proto: onnx.ModelProto) -> int:
+    for entry in proto.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return 1
+
+
+def _importer_base() -> type:
+    from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter
+
+    return ONNXGraphImporter  # type: ignore[no-any-return]
+
+
+class _NamingImporter(_importer_base()):  # type: ignore[misc]
+    """TVM's importer, with the failing node's name and op in the error it raises."""
+
+    def _convert_operator(self, op_name: str, inputs: Any, attrs: Any, opset: int) -> Any:
+        try:
+            if op_name == "Range" and (arange := _symbolic_arange(self.bb, inputs)) is not None:
+                return arange
+            return super()._convert_operator(op_name, inputs, attrs, opset)
+        except Exception as exc:
+            node = attrs.get("tvm_custom", {}).get("name", "?")
+            raise LoweringError(
+                f"TVM could not import node {node!r} ({op_name}): {_first_line(exc)}"
+            ) from exc
+
+
+def _symbolic_arange(builder: Any, inputs: Any) -> Any:
+    """Range(const start, symbolic limit, const delta) as an arange of known symbolic length.
+
+    TVM's converter gives every Range with a dynamic bound a fresh length variable, so
+    `Range(0, Shape(x)[1], 1)` no longer has x's `sequence` length, and the attention masks
+    built from it lose their shapes. With constant integer start and delta, the length is
+    an expression of the limit, which Relax keeps.
+    """
+    import tvm
+    from tvm import relax
+
+    if len(inputs) != 3:
+        return None
+    start, limit, delta = inputs[0], inputs[1], inputs[2]
+    if not tvm.ir.is_prim_expr(limit):
+        return None
+    if not str(getattr(limit, "dtype", None) or limit.ty).startswith("int"):
+        return None
+    bounds = [_int_scalar(start), _int_scalar(delta)]
+    if None in bounds or bounds[1] == 0:
+        return None
+    dtype = str(start.ty.dtype)
+    return builder.normalize(relax.op.arange(bounds[0], limit, bounds[1], dtype))
+
+
+def _int_scalar(value: Any) -> int | None:
+    import tvm
+
+    if not isinstance(value, tvm.ir.GenericConst):
+        return None
+    array = value.value.numpy()
+    if array.size != 1 or array.dtype.kind not in "iu":
+        return None
+    return int(array.reshape(()))
+
+
+def relax_pipeline(target: Target, tvm_target: Any) -> Any:
+    """The Relax pipeline for the target: TVM's defaults (GPU schedules from s_tir.dlight)."""
+    from tvm import relax
+
+    if target.device == "cuda":
+        return relax.backend.cuda.get_default_pipeline(tvm_target)
+    return relax.backend.cpu_generic.get_default_pipeline(tvm_target)
+
+
+def tvm_target(target: Target) -> Any:
+    """The tvm.target.Target object of a descriptor."""
+    import tvm
+
+    if target.tvm_host is not None:
+        return tvm.target.Target(dict(target.tvm_target), host=dict(target.tvm_host))
+    return tvm.target.Target(dict(target.tvm_target))
+
+
+def build(mod: Any, target: Target) -> Any:
+    """relax.build the module for the target; returns the VM executable."""
+    from tvm import relax
+
+    compiled_for = tvm_target(target)
+    with _quiet():
+        try:
+            return relax.build(
+                mod, target=compiled_for, relax_pipeline=relax_pipeline(target, compiled_for)
+            )
+        except Exception as exc:
+            raise LoweringError(f"TVM build for {target.name} failed: {_first_line(exc)}") from exc
+
+
+def export(executable: Any, target: Target, path: Path, workspace: Path) -> dict[str, Any]:
+    """Write the library; returns facts about its device code (empty for CPU targets)."""
+    from tvm.support import cc
+
+    workspace.mkdir(parents=True, exist_ok=True)
+    if target.device == "cuda":
+        from nlpress.targets import cuda
+
+        return cuda.export(executable, target, path, workspace)
+    fcompile = cc.cross_compiler(target.cross_compiler) if target.cross_compiler else None
+    try:
+        executable.export_library(os.fspath(path), fcompile=fcompile, workspace_dir=workspace)
+    except Exception as exc:
+        raise LoweringError(
+            f"linking the {target.name} library failed: {_first_line(exc)}"
+        ) from exc
+    return {}
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Keep TVM's prints and warnings out of the user's terminal; log them at debug level."""
+    stream = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(stream):
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            if stream.getvalue().strip():
+                log.debug("tvm: %s", stream.getvalue().strip())
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    for line in reversed(lines):  # TVM puts the message after its traceback
+        if not line.startswith(("File ", "Traceback", "  ")):
+            return line[:500]
+    return type(exc).__name__

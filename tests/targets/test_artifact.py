@@ -1,0 +1,153 @@
+"""Artifacts from tiny graphs: x86 runs here; arm and cuda are built and inspected."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import graphs
+import numpy as np
+import pytest
+from onnx import helper
+
+from nlpress.ir import Model, UsageError
+from nlpress.ir.verify import run
+from nlpress.targets import FeedError, build_artifact, get_target, load
+from nlpress.targets.lower import LoweringError, UnsupportedOpError
+
+FEEDS = {
+    "x": np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32),
+    "ids": np.arange(9, dtype=np.int64).reshape(3, 3),
+}
+
+
+@pytest.fixture(scope="module")
+def x86_artifact(tiny_model: Model, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("x86") / "artifact"
+    return build_artifact(tiny_model, get_target("x86"), out, manifest={"pipeline": "fold"})
+
+
+def test_x86_artifact_matches_onnxruntime(tiny_model: Model, x86_artifact: Path) -> None:
+    assert sorted(os.listdir(x86_artifact)) == [
+        "manifest.json", "model.onnx", "model.so", "report.json"
+    ]  # fmt: skip
+    expected = run(tiny_model, FEEDS)
+    session = load(x86_artifact)
+    z, idf = session.run(None, FEEDS)
+    np.testing.assert_allclose(z, expected["z"], atol=1e-5)
+    np.testing.assert_array_equal(idf, expected["idf"])
+    [only] = session.run(["idf"], FEEDS)
+    np.testing.assert_array_equal(only, expected["idf"])
+
+
+def test_manifest_records_the_interface(x86_artifact: Path) -> None:
+    manifest = json.loads((x86_artifact / "manifest.json").read_text())
+    assert manifest["format_version"] == 1
+    assert manifest["pipeline"] == "fold"  # the caller's field, kept
+    assert manifest["target"]["name"] == "x86"
+    assert manifest["tvm_version"].startswith("0.27")
+    assert manifest["inputs"] == [
+        {"name": "x", "dtype": "float32", "shape": ["batch", 8]},
+        {"name": "ids", "dtype": "int64", "shape": ["batch", 3]},
+    ]
+    assert [o["name"] for o in manifest["outputs"]] == ["z", "idf"]
+    fidelity = manifest["fidelity"]["tvm_vs_onnxruntime"]
+    assert fidelity["checked"] and fidelity["worst"] < 1e-5
+    report = json.loads((x86_artifact / "report.json").read_text())
+    assert report["onnx_ops"] == {"Cast": 1, "MatMul": 1, "Relu": 1}
+
+
+def test_session_describes_inputs_like_onnxruntime(x86_artifact: Path) -> None:
+    session = load(x86_artifact)
+    [x, ids] = session.get_inputs()
+    assert (x.name, x.shape, x.type) == ("x", ["batch", 8], "tensor(float)")
+    assert (ids.name, ids.type) == ("ids", "tensor(int64)")
+    assert [o.name for o in session.get_outputs()] == ["z", "idf"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"x": None}, "feeds: missing x; the model's inputs: x, ids"),
+        ({"y": FEEDS["x"]}, "feeds: unknown y; the model's inputs: x, ids"),
+        ({"x": FEEDS["x"].astype(np.float64)}, "input x: dtype float64, expected float32"),
+        ({"x": FEEDS["x"][0]}, r"input x: rank 1 \(shape \[8\]\), expected rank 2 \[batch, 8\]"),
+        ({"x": np.zeros((3, 7), np.float32)}, "input x: dim 1 is 7, expected 8"),
+        ({"ids": FEEDS["ids"][:2]}, r"input ids: dim 0 \(batch\) is 2, but x gave batch = 3"),
+    ],
+)
+def test_bad_feeds_are_named(x86_artifact: Path, change: dict, message: str) -> None:
+    feeds = {**FEEDS, **change}
+    feeds = {k: v for k, v in feeds.items() if v is not None}
+    with pytest.raises(FeedError, match="^" + message):
+        load(x86_artifact).run(None, feeds)
+
+
+def test_unknown_output_name(x86_artifact: Path) -> None:
+    with pytest.raises(FeedError, match="unknown output 'w'; outputs: z, idf"):
+        load(x86_artifact).run(["w"], FEEDS)
+
+
+def test_feed_error_is_a_usage_error() -> None:
+    assert issubclass(FeedError, UsageError)
+
+
+def test_not_an_artifact(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="not an nlpress artifact"):
+        load(tmp_path)
+
+
+def _celu_model() -> Model:
+    return graphs.model(
+        [helper.make_node("Celu", ["x"], ["y"], name="act")],
+        [graphs.tensor("x", [2, 3])],
+        [graphs.tensor("y", [2, 3])],
+    )
+
+
+def test_unsupported_op_names_op_and_node(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedOpError, match=r"does not support: Celu \(node 'act'\)$"):
+        build_artifact(_celu_model(), get_target("x86"), tmp_path / "out", manifest={})
+    assert list(tmp_path.iterdir()) == []  # no artifact, no staging folder left
+
+
+def test_failed_build_keeps_the_old_artifact(x86_artifact: Path, tmp_path: Path) -> None:
+    out = tmp_path / "artifact"
+    shutil.copytree(x86_artifact, out)
+    before = (out / "model.so").read_bytes()
+    with pytest.raises(LoweringError):
+        build_artifact(_celu_model(), get_target("x86"), out, manifest={})
+    assert (out / "model.so").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]
+
+
+def test_rebuild_replaces_an_artifact(
+    tiny_model: Model, x86_artifact: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "artifact"
+    shutil.copytree(x86_artifact, out)
+    build_artifact(tiny_model, get_target("x86"), out, manifest={"pipeline": "again"})
+    assert json.loads((out / "manifest.json").read_text())["pipeline"] == "again"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]
+
+
+def test_refuses_a_folder_that_is_not_an_artifact(tiny_model: Model, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="not an nlpress artifact"):
+        build_artifact(tiny_model, get_target("x86"), tmp_path, manifest={})
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_arm_artifact_is_an_aarch64_library(tiny_model: Model, tmp_path: Path) -> None:
+    if shutil.which("aarch64-linux-gnu-gcc") is None:
+        pytest.skip("aarch64-linux-gnu-gcc not found: run .ci/setup-arm.sh")
+    out = build_artifact(
+        tiny_model, get_target("arm", mattr=["dotprod"]), tmp_path / "a", manifest={}
+    )
+    elf = (out / "model.so").read_bytes()
+    assert elf[:4] == b"\x7fELF" and int.from_bytes(elf[18:20], "little") == 183  # EM_AARCH64
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["target"]["tvm_target"]["mattr"] == ["+neon", "+dotprod"]
+    assert manifest["fidelity"]["tvm_vs_onnxruntime"]["checked"] is False
