@@ -5,14 +5,63 @@ from __future__ import annotations
 import os
 import zipfile
 from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from nlpress.ir import NlpressError
+from nlpress.ir import NlpressError, UsageError
 from nlpress.models.text import encode
 
 Feeds = Mapping[str, np.ndarray]
+
+
+class Session(Protocol):
+    """What ONNX Runtime's InferenceSession and nlpress's artifact sessions both offer."""
+
+    def run(self, output_names: Sequence[str] | None, feeds: dict[str, Any]) -> list[Any]:
+        """Run the model on named feeds; outputs in order."""
+        ...
+
+    def get_inputs(self) -> Sequence[Any]:
+        """The inputs, each with `name` and `shape`."""
+        ...
+
+    def get_outputs(self) -> Sequence[Any]:
+        """The outputs, each with `name` and `shape`."""
+        ...
+
+
+def static_dims(session: Session) -> tuple[int | None, int | None]:
+    """The static batch and sequence sizes of the first input, where fixed."""
+    shape = list(session.get_inputs()[0].shape or [])
+    dims = [d if isinstance(d, int) else None for d in shape[:2]] + [None, None]
+    return dims[0], dims[1]
+
+
+def text_feeds(
+    session: Session, tokenizer: Tokenizer, texts: Sequence[str], max_length: int = 128
+) -> dict[str, np.ndarray]:
+    """Tokenized `texts` shaped as the session takes them.
+
+    A static batch is filled up with empty texts and a static sequence length is padded to.
+    All three BERT inputs are returned (the mask is needed for pooling); `inputs_of` keeps those
+    the session takes.
+    """
+    batch, length = static_dims(session)
+    texts = list(texts)
+    if batch is not None:
+        if len(texts) > batch:
+            raise UsageError(f"the model takes batches of {batch}; got {len(texts)} texts")
+        texts += [""] * (batch - len(texts))
+    return encode(tokenizer, texts, length or max_length, "max_length" if length else "longest")
+
+
+def inputs_of(session: Session, feeds: Feeds) -> dict[str, np.ndarray]:
+    """The feeds that the session takes as inputs."""
+    wanted = {i.name for i in session.get_inputs()}
+    return {k: v for k, v in feeds.items() if k in wanted}
+
 
 CALIBRATION_BATCH = 16
 

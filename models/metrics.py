@@ -8,25 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from nlpress.ir import NlpressError
-from nlpress.models.text import Padding, encode, evaluation_pairs
-
-
-class Session(Protocol):
-    """What ONNX Runtime's InferenceSession and nlpress's artifact sessions both offer."""
-
-    def run(self, output_names: Sequence[str] | None, feeds: dict[str, Any]) -> list[Any]:
-        """Run the model on named feeds; outputs in order."""
-        ...
-
-    def get_inputs(self) -> Sequence[Any]:
-        """The inputs, each with `name` and `shape`."""
-        ...
+from nlpress.models.feeds import Session, inputs_of, static_dims, text_feeds
+from nlpress.models.text import evaluation_pairs
 
 
 @dataclass(frozen=True)
@@ -65,20 +53,16 @@ def sentence_embeddings(
     """L2-normalized mean-pooled embeddings, one row per text.
 
     A session whose inputs have static batch or sequence dims is fed batches of exactly that
-    shape (padded with empty texts and to the static length).
+    shape (padded with empty texts and to the static length); the attention mask must be one of
+    its inputs.
     """
-    static_batch, static_length = _static_dims(session)
-    batch = static_batch or batch_size
-    padding: Padding = "max_length" if static_length else "longest"
-    wanted = {i.name for i in session.get_inputs()}
+    batch = static_dims(session)[0] or batch_size
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # batches of like lengths
     rows: dict[int, np.ndarray] = {}
     for start in range(0, len(texts), batch):
         index = order[start : start + batch]
-        chunk = [texts[i] for i in index]
-        chunk += [""] * (batch - len(index)) if static_batch else []
-        feeds = encode(tokenizer, chunk, static_length or max_length, padding)
-        tokens = session.run(None, {k: v for k, v in feeds.items() if k in wanted})[0]
+        feeds = text_feeds(session, tokenizer, [texts[i] for i in index], max_length)
+        tokens = session.run(None, inputs_of(session, feeds))[0]
         pooled = _mean_pool(np.asarray(tokens), feeds["attention_mask"])
         rows.update(zip(index, pooled, strict=False))
     return np.stack([rows[i] for i in range(len(texts))])
@@ -148,10 +132,3 @@ def _mean_pool(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(pooled, axis=1, keepdims=True)
     normalized: np.ndarray = pooled / np.maximum(norms, 1e-12)
     return normalized
-
-
-def _static_dims(session: Session) -> tuple[int | None, int | None]:
-    """The static batch and sequence sizes of the first input, where fixed."""
-    shape = list(session.get_inputs()[0].shape)
-    dims = [d if isinstance(d, int) else None for d in shape[:2]] + [None, None]
-    return dims[0], dims[1]

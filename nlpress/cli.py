@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nlpress import compiler
 from nlpress.config import BuildConfig, load_config
 from nlpress.ir import NlpressError, UsageError, load_model, save_model
@@ -123,6 +125,47 @@ def _compile(args: argparse.Namespace) -> int:
 
 def _not_yet(args: argparse.Namespace) -> int:
     raise NlpressError(f"'{args.command}' is not yet implemented")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from nlpress.models.feeds import inputs_of, text_feeds
+    from nlpress.models.text import load_tokenizer
+
+    session, entry = compiler.open_session(args.model)
+    feeds = {name: _load_npy(path) for name, path in args.input}
+    if args.text:
+        tokenizer = compiler.tokenizer_path(args.tokenizer, entry)
+        if tokenizer is None:
+            raise UsageError("--text needs --tokenizer for a model that is not from the zoo")
+        texts = text_feeds(session, load_tokenizer(tokenizer), args.text)
+        feeds.update(inputs_of(session, texts))
+    if not feeds:
+        raise UsageError("run needs --input NAME=FILE.npy or --text")
+    outputs = session.run(None, feeds)
+    for node, value in zip(session.get_outputs(), outputs, strict=True):
+        array = np.asarray(value)
+        dims = ",".join(map(str, array.shape))
+        head = np.array2string(array.ravel()[:6], precision=5, separator=", ")
+        preview = head[:-1] + (", ...]" if array.size > 6 else "]")
+        print(f"{node.name}: {array.dtype}[{dims}] {preview}")
+        if args.save:
+            Path(args.save).mkdir(parents=True, exist_ok=True)
+            np.save(Path(args.save) / f"{node.name}.npy", array)
+    return EXIT_OK
+
+
+def _load_npy(path: str) -> np.ndarray:
+    try:
+        return np.asarray(np.load(path, allow_pickle=False))
+    except (OSError, ValueError) as exc:
+        raise NlpressError(f"{path}: not a readable .npy array ({exc})") from exc
+
+
+def _input_flag(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=FILE.npy")
+    return name, path
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -287,10 +330,24 @@ def _parser() -> argparse.ArgumentParser:
     _add_pipeline_flags(p)
     p.set_defaults(handler=_opt)
 
-    for name, text in (("run", "run an artifact or model"), ("bench", "time an artifact")):
-        p = sub.add_parser(name, help=f"{text} (not yet implemented)")
-        p.add_argument("model", metavar="DIR|MODEL")
-        p.set_defaults(handler=_not_yet)
+    p = sub.add_parser("run", help="run an artifact (TVM) or a model (ONNX Runtime) on inputs")
+    p.add_argument("model", metavar="DIR|MODEL")
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        type=_input_flag,
+        metavar="NAME=FILE.npy",
+        help="an input array (repeatable)",
+    )
+    p.add_argument("--text", action="append", default=[], help="a sentence (repeatable)")
+    p.add_argument("--tokenizer", metavar="ZOO-NAME|tokenizer.json")
+    p.add_argument("--save", metavar="DIR", help="also write every output as NAME.npy")
+    p.set_defaults(handler=_run)
+
+    p = sub.add_parser("bench", help="time an artifact (not yet implemented)")
+    p.add_argument("model", metavar="DIR|MODEL")
+    p.set_defaults(handler=_not_yet)
 
     p = sub.add_parser("inspect", help="ops, parameters, bytes, sparsity, inputs and outputs")
     p.add_argument("model", metavar="MODEL|DIR")

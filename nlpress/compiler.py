@@ -11,9 +11,9 @@ from typing import Any
 
 import onnx
 
-from nlpress.ir import Model, UsageError, file_sha256, load_model
+from nlpress.ir import Model, UsageError, file_sha256, load_model, verify
 from nlpress.models import zoo
-from nlpress.models.feeds import Feeds, batches_from_npz, batches_from_text
+from nlpress.models.feeds import Feeds, Session, batches_from_npz, batches_from_text
 from nlpress.models.text import calibration_sentences, load_tokenizer, read_sentences
 from nlpress.passes import Instrument, Pass, Pipeline, PipelineResult, parse, run_pipeline
 
@@ -162,3 +162,16 @@ def compile(
         "passes": [dataclasses.asdict(r) for r in result.records],
     }
     return targets.build_artifact(result.model, descriptor, Path(output), manifest=manifest)
+
+
+def open_session(model: str | os.PathLike[str]) -> tuple[Session, zoo.ZooModel | None]:
+    """A session for an artifact folder (TVM) or a model (ONNX Runtime), and its zoo entry."""
+    path = Path(model)
+    if path.is_dir():
+        from nlpress import targets
+
+        session = targets.load(path)
+        name = session.manifest.get("source", {}).get("zoo")
+        return session, zoo.ZOO.get(name) if isinstance(name, str) else None
+    source = resolve_model(model)
+    return verify.session(source.model, optimize=True), source.zoo

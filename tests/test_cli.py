@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from nlpress.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
@@ -146,3 +147,64 @@ def test_passes_and_models(tmp_path, capsys):
     assert nlpress("models", "get", "bert-tiny-random", "-o", out) == EXIT_OK
     assert load_model(out).graph.inputs[0].name == "input_ids"
     assert nlpress("models", "get", "nope", "-o", out) == EXIT_USAGE
+
+
+STATIC = [
+    "--shape",
+    "input_ids=1x16",
+    "--shape",
+    "attention_mask=1x16",
+    "--shape",
+    "token_type_ids=1x16",
+]
+
+
+def test_compile_then_run_and_inspect_the_artifact(tiny_bert_path, tmp_path, capsys):
+    artifact = tmp_path / "x86"
+    assert nlpress("compile", "bert-tiny-random", "-t", "x86", "-o", artifact, *STATIC) == EXIT_OK
+    assert capsys.readouterr().out.strip() == str(artifact)
+    assert sorted(p.name for p in artifact.iterdir()) >= ["manifest.json", "model.onnx", "model.so"]
+
+    assert (
+        nlpress("run", artifact, "--text", "a sentence to embed", "--save", tmp_path / "out")
+        == EXIT_OK
+    )
+    printed = capsys.readouterr().out
+    assert printed.startswith("last_hidden_state: float32[1,16,64] [")
+    tvm_out = np.load(tmp_path / "out" / "last_hidden_state.npy")
+    assert (
+        nlpress(
+            "run", "bert-tiny-random", "--text", "a sentence to embed", "--save", tmp_path / "ort"
+        )
+        == EXIT_OK
+    )
+    ort_out = np.load(tmp_path / "ort" / "last_hidden_state.npy")
+    n = ort_out.shape[1]  # ORT pads to the text's length; the artifact to its static 16
+    np.testing.assert_allclose(tvm_out[:, :n], ort_out, atol=1e-4)
+
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.ones((1, 16), np.int64))
+    capsys.readouterr()
+    feeds = [f"--input={name}={ids}" for name in ("input_ids", "attention_mask", "token_type_ids")]
+    assert nlpress("run", artifact, *feeds) == EXIT_OK
+    np.save(ids, np.ones((1, 15), np.int64))
+    assert nlpress("run", artifact, *feeds) == EXIT_USAGE
+    assert "input_ids" in capsys.readouterr().err
+
+    assert nlpress("inspect", artifact, "--json") == EXIT_OK
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["manifest"]["source"]["zoo"] == "bert-tiny-random"
+    assert summary["manifest"]["pipeline"].startswith("fold{shape=input_ids:1x16")
+
+
+def test_compile_errors_name_what_is_valid(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert nlpress("compile", "bert-tiny-random", "-t", "tpu", "-o", out) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "x86" in err and "arm" in err and "cuda" in err
+    assert (
+        nlpress("compile", "bert-tiny-random", "-t", "cuda", "--arch", "sm_1", "-o", out)
+        == EXIT_USAGE
+    )
+    assert "sm_80" in capsys.readouterr().err
+    assert not out.exists()
