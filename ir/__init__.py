@@ -1,7 +1,15 @@
 """nlpress.ir: the ONNX-based IR: load/save, graph helpers, dumps and diffs, verification."""
 
 from nlpress.ir.errors import ModelLoadError, NlpressError, UsageError, VerificationError
-from nlpress.ir.model import Model, file_sha256, load_model, load_onnx, save_model, save_onnx
+from nlpress.ir.model import (
+    Model,
+    copy_file,
+    file_sha256,
+    load_model,
+    load_onnx,
+    save_model,
+    save_onnx,
+)
 
 __all__ = [
     "Model",
@@ -9,6 +17,7 @@ __all__ = [
     "NlpressError",
     "UsageError",
     "VerificationError",
+    "copy_file",
     "file_sha256",
     "load_model",
     "load_onnx",

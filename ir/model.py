@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -124,6 +125,15 @@ def save_onnx(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
 def save_model(model: Model, path: str | os.PathLike[str]) -> Path:
     """Export the IR and write it atomically."""
     return save_onnx(model.to_onnx(), path)
+
+
+def copy_file(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Copy a file byte for byte, atomically."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+    return target
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

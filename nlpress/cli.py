@@ -18,7 +18,7 @@ import numpy as np
 
 from nlpress import compiler
 from nlpress.config import BuildConfig, load_config
-from nlpress.ir import NlpressError, UsageError, load_model, save_model
+from nlpress.ir import NlpressError, UsageError, copy_file, save_model
 from nlpress.ir.dump import diff_text, dump_text
 from nlpress.ir.summary import format_summary, summarize
 from nlpress.models import zoo
@@ -236,7 +236,7 @@ def _models_list(args: argparse.Namespace) -> int:
 
 
 def _models_get(args: argparse.Namespace) -> int:
-    save_model(load_model(zoo.model_path(zoo.get(args.name).name)), args.output)
+    copy_file(zoo.model_path(zoo.get(args.name).name), args.output)
     print(args.output)
     return EXIT_OK
 
