@@ -53,6 +53,21 @@ def as_rows(value: np.ndarray) -> np.ndarray:
     return value.reshape(-1, value.shape[-1]).astype(np.float64)
 
 
+def token_rows(value: np.ndarray, batch: Feeds) -> np.ndarray:
+    """`as_rows(value)`, without the padding positions when the batch has an attention mask.
+
+    An activation `[batch, sequence, ..., k]` whose leading dims match `attention_mask` keeps
+    only the rows of real tokens; any other activation keeps every row.
+    """
+    rows = as_rows(value)
+    mask = batch.get("attention_mask")
+    if mask is None or value.ndim < 3 or tuple(value.shape[:2]) != tuple(np.shape(mask)):
+        return rows
+    per_row = int(np.prod(value.shape[2:-1], dtype=np.int64))
+    keep = np.repeat(np.asarray(mask).reshape(-1) != 0, per_row)
+    return np.asarray(rows[keep])
+
+
 def second_moments(
     model: Model, tensors: Sequence[gs.Tensor], feeds: Sequence[Feeds]
 ) -> list[np.ndarray]:

@@ -54,15 +54,22 @@ def refit(
     weight: np.ndarray,
     bias: np.ndarray | None,
     damping: float = DEFAULT_DAMPING,
+    cross: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The ridge-optimal (B [m, n], c [n]) for a layer whose input became x @ projection."""
+    """The ridge-optimal (B [m, n], c [n]) for a layer whose input became x @ projection.
+
+    `cross` is the Gram [x_s, 1]^T [x_t, 1] between the compressed model's inputs x_s to this
+    layer (then `gram` is theirs) and the teacher's x_t, for sequential recovery, where earlier
+    layers are compressed already and the layer is fitted to the teacher's outputs on the
+    teacher's inputs: the right-hand side becomes P~^T cross T. By default x_s = x_t.
+    """
     p_aug = _augment_projection(projection)
     target = _target(weight, bias)
     lhs = p_aug.T @ gram @ p_aug
     m = projection.shape[1]
     ridge = damping * float(np.mean(np.diag(lhs)[:m])) if m else 0.0
     lhs[np.arange(m), np.arange(m)] += ridge
-    solution = np.linalg.solve(lhs, p_aug.T @ gram @ target)
+    solution = np.linalg.solve(lhs, p_aug.T @ (gram if cross is None else cross) @ target)
     return solution[:m], solution[m]
 
 
@@ -79,6 +86,42 @@ def output_error(
     residual = _augment_projection(projection) @ np.vstack([second, offset]) - target
     denominator = float(np.trace(target.T @ gram @ target))
     return float(np.trace(residual.T @ gram @ residual)) / max(denominator, 1e-30)
+
+
+def refit_masked(
+    gram: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    mask: np.ndarray,
+    damping: float = DEFAULT_DAMPING,
+    fit_bias: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ridge-optimal (W' [k, n], c [n]) when output j may only read the inputs `mask[:, j]`.
+
+    Each output column is `refit` on its own: projection = selection(kept inputs of column j),
+    target = column j of [W; b]. Columns that keep the same inputs share one solve; pruned
+    weights stay exactly zero. Without `fit_bias` the offset is held at zero (for a layer that
+    has no bias to put it in).
+    """
+    k, n = weight.shape
+    rhs = gram @ _target(weight, bias)
+    second, offset = np.zeros((k, n)), np.zeros(n)
+    keys = np.packbits(np.asarray(mask, bool), axis=0).T
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    for group, column in enumerate(first):
+        columns = np.flatnonzero(inverse.reshape(-1) == group)
+        rows = np.flatnonzero(mask[:, column])
+        rows = np.append(rows, k) if fit_bias else rows
+        if not len(rows):
+            continue
+        lhs = gram[np.ix_(rows, rows)]
+        m = len(rows) - 1 if fit_bias else len(rows)
+        ridge = damping * float(np.mean(np.diag(lhs)[:m])) if m else 0.0
+        lhs[np.arange(m), np.arange(m)] += ridge
+        solution = np.linalg.solve(lhs, rhs[np.ix_(rows, columns)])
+        second[np.ix_(rows[:m], columns)] = solution[:m]
+        offset[columns] = solution[m] if fit_bias else 0.0
+    return second, offset
 
 
 def selection(kept: np.ndarray, size: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from nlpress.passes.identity_elim import IdentityElim
 from nlpress.passes.pipeline import Pipeline, parse_pipeline
 
 PASSES: Mapping[str, type[Pass]] = MappingProxyType(
-    {cls.name: cls for cls in (Cleanup, Fold, IdentityElim)}
+    {cls.name: cls for cls in (Cleanup, FactorizeMatmul, Fold, IdentityElim)}
 )
 
 # Named pipelines are registered texts, not code paths: `-p O1` means exactly this text.

@@ -1,0 +1,232 @@
+"""factorize-matmul on minilm-l6: fidelity per method, randomized vs exact SVD, and latency.
+
+    python benchmarks/factorize.py [--param-ratio 0.6] [--no-compile] [--out benchmarks/out]
+
+Writes factorize.json and factorize.md under --out (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+import nlpress
+from nlpress.ir import load_model, save_model
+from nlpress.ir.graph import weighted_matmuls
+from nlpress.ir.verify import session
+from nlpress.models import zoo
+from nlpress.models.metrics import fidelity
+from nlpress.models.text import encode, load_tokenizer
+from nlpress.passes.factorize_matmul import randomized_svd
+
+MODEL = "minilm-l6"
+SHAPES = {"input_ids": (1, 128), "attention_mask": (1, 128), "token_type_ids": (1, 128)}
+CONFIGS = [
+    ("svd", False),
+    ("svd", True),
+    ("activation", False),
+    ("activation", True),
+    ("randomized", False),
+]
+
+
+def pipeline(method: str, recover: bool, ratio: float) -> str:
+    options = f"param-ratio={ratio} method={method} recover={str(recover).lower()} include=encoder"
+    return f"fold,factorize-matmul{{{options}}},cleanup"
+
+
+def model_params(model: nlpress.ir.Model) -> int:
+    return int(sum(np.asarray(init.dims).prod() for init in model.to_onnx().graph.initializer))
+
+
+def fidelity_rows(ratio: float, out: Path) -> tuple[list[dict[str, object]], dict[str, float]]:
+    tokenizer = load_tokenizer(str(zoo.get(MODEL).tokenizer()))
+    reference_model = load_model(zoo.model_path(MODEL))
+    reference = session(reference_model, optimize=True)
+    rows = []
+    for method, recover in CONFIGS:
+        text = pipeline(method, recover, ratio)
+        began = time.perf_counter()
+        result = nlpress.optimize(MODEL, text)
+        seconds = time.perf_counter() - began
+        stats = next(r.stats for r in result.records if r.text.startswith("factorize-matmul"))
+        save_model(result.model, out / f"minilm-{method}-{'rec' if recover else 'plain'}.onnx")
+        f = fidelity(session(result.model, optimize=True), reference, tokenizer)
+        rows.append(
+            {
+                "method": method,
+                "recover": recover,
+                "pipeline": text,
+                "mean_cosine": f.mean_cosine,
+                "min_cosine": f.min_cosine,
+                "recall_at_1": f.recall_at_1,
+                "reference_recall_at_1": f.reference_recall_at_1,
+                "spearman": f.spearman,
+                "matrix_params_before": stats["params_before"],
+                "matrix_params_after": stats["params_after"],
+                "model_params": model_params(result.model),
+                "flops_ratio": stats["flops_after"] / stats["flops_before"],
+                "layer_output_error_mean": stats.get("output_error_mean", float("nan")),
+                "pass_seconds": seconds,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows, {"model_params": model_params(reference_model)}
+
+
+def randomized_vs_exact(ratio: float) -> list[dict[str, float]]:
+    model = load_model(zoo.model_path(MODEL))
+    seen: dict[tuple[int, int], np.ndarray] = {}
+    for layer in weighted_matmuls(model.graph):
+        if "encoder" in (layer.node.name or ""):
+            seen.setdefault(layer.weight.values.shape, np.asarray(layer.weight.values))
+    rows = []
+    for (k, n), weight in seen.items():
+        w = weight.astype(np.float64)
+        rank = int(ratio * k * n / (k + n))
+        exact_s, exact_err = _timed(lambda w=w, rank=rank: _exact(w, rank))
+        random_s, random_err = _timed(lambda w=w, rank=rank: _randomized(w, rank))
+        rows.append(
+            {
+                "k": k,
+                "n": n,
+                "r": rank,
+                "exact_ms": exact_s * 1e3,
+                "randomized_ms": random_s * 1e3,
+                "exact_weight_error": exact_err,
+                "randomized_weight_error": random_err,
+            }
+        )
+    return rows
+
+
+def _timed(work, repeats: int = 5) -> tuple[float, float]:
+    times, value = [], 0.0
+    for _ in range(repeats):
+        began = time.perf_counter()
+        value = work()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times), value
+
+
+def _exact(w: np.ndarray, rank: int) -> float:
+    u, s, vt = np.linalg.svd(w, full_matrices=False)
+    return _error(w, (u[:, :rank] * s[:rank]) @ vt[:rank])
+
+
+def _randomized(w: np.ndarray, rank: int) -> float:
+    u, s, vt = randomized_svd(w, rank, seed=0)
+    return _error(w, (u * s) @ vt)
+
+
+def _error(w: np.ndarray, approx: np.ndarray) -> float:
+    return float(np.linalg.norm(w - approx) / np.linalg.norm(w))
+
+
+def latency(ratio: float, out: Path, compile_x86: bool, runs: int = 10) -> dict[str, object]:
+    tokenizer = load_tokenizer(str(zoo.get(MODEL).tokenizer()))
+    feeds = encode(tokenizer, ["a sentence to embed for timing"], 128, "max_length")
+    fact = pipeline("activation", True, ratio)
+    base = "fold,cleanup"
+    result: dict[str, object] = {"batch": 1, "sequence": 128, "runs": runs}
+    fixed = {"shape": ",".join(f"{k}:{'x'.join(map(str, v))}" for k, v in SHAPES.items())}
+    sessions = {}
+    for name, text in (("dense", base), ("factorized", fact)):
+        model = nlpress.optimize(MODEL, text, shapes=SHAPES).model
+        sessions[f"ort_{name}"] = session(model, optimize=True)
+    if compile_x86:
+        for name, text in (("dense", base), ("factorized", fact)):
+            began = time.perf_counter()
+            path = nlpress.compile(MODEL, "x86", out / f"x86-{name}", pipeline=text, shapes=SHAPES)
+            result[f"x86_{name}_compile_s"] = time.perf_counter() - began
+            sessions[f"x86_{name}"] = nlpress.load(path)
+    result.update(fixed)
+    for prefix in ("ort", "x86"):
+        pair = [f"{prefix}_dense", f"{prefix}_factorized"]
+        if not all(p in sessions for p in pair):
+            continue
+        medians = _alternating({p: sessions[p] for p in pair}, feeds, runs)
+        result.update({f"{p}_median_ms": m for p, m in medians.items()})
+        result[f"{prefix}_speedup"] = medians[pair[0]] / medians[pair[1]]
+    return result
+
+
+def _alternating(
+    sessions: dict[str, object], feeds: dict[str, np.ndarray], runs: int
+) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for s in sessions.values():
+        for _ in range(2):
+            s.run(None, _feeds_for(s, feeds))  # type: ignore[attr-defined]
+    for _ in range(runs):
+        for name, s in sessions.items():
+            one = _feeds_for(s, feeds)
+            began = time.perf_counter()
+            s.run(None, one)  # type: ignore[attr-defined]
+            times[name].append(time.perf_counter() - began)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
+def _feeds_for(s: object, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    wanted = {i.name for i in s.get_inputs()}  # type: ignore[attr-defined]
+    return {k: v for k, v in feeds.items() if k in wanted}
+
+
+def markdown(report: dict[str, object]) -> str:
+    lines = [
+        f"# factorize-matmul on {MODEL}, encoder FFN + attention, "
+        f"param-ratio={report['param_ratio']}",
+        "",
+        "| method | recover | mean cos | min cos | recall@1 | matrix params | model params |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in report["fidelity"]:  # type: ignore[attr-defined]
+        lines.append(
+            f"| {r['method']} | {r['recover']} | {r['mean_cosine']:.4f} | {r['min_cosine']:.4f} "
+            f"| {r['recall_at_1']:.4f} | {r['matrix_params_before'] / 1e6:.2f}M -> "
+            f"{r['matrix_params_after'] / 1e6:.2f}M | {r['model_params'] / 1e6:.2f}M |"
+        )
+    lines += [
+        "",
+        "| k x n | r | exact ms | randomized ms | exact weight err | randomized weight err |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in report["randomized"]:  # type: ignore[attr-defined]
+        lines.append(
+            f"| {r['k']}x{r['n']} | {r['r']} | {r['exact_ms']:.1f} | {r['randomized_ms']:.1f} "
+            f"| {r['exact_weight_error']:.4f} | {r['randomized_weight_error']:.4f} |"
+        )
+    lines += ["", "```", json.dumps(report.get("latency", {}), indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--param-ratio", type=float, default=0.6)
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--only", choices=["fidelity", "randomized", "latency"])
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, object] = {"param_ratio": args.param_ratio, "fidelity": [], "randomized": []}
+    if args.only in (None, "randomized"):
+        report["randomized"] = randomized_vs_exact(args.param_ratio)
+        print(json.dumps(report["randomized"]), flush=True)
+    if args.only in (None, "fidelity"):
+        rows, reference = fidelity_rows(args.param_ratio, args.out)
+        report["fidelity"], report["reference"] = rows, reference
+    if args.only in (None, "latency"):
+        report["latency"] = latency(args.param_ratio, args.out, not args.no_compile)
+        print(json.dumps(report["latency"]), flush=True)
+    suffix = f"-{args.only}" if args.only else ""
+    (args.out / f"factorize{suffix}.json").write_text(json.dumps(report, indent=2))
+    (args.out / f"factorize{suffix}.md").write_text(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

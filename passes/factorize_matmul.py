@@ -1,0 +1,798 @@
+"""factorize-matmul: MatMul(x, W[k,n]) -> MatMul(MatMul(x, U[k,r]), V[r,n]).
+
+Each selected dense layer y = x W (+ b) with a constant weight becomes two thinner layers through
+an intermediate of width r. That saves parameters and FLOPs only when r (k + n) < k n, i.e.
+r < k n / (k + n); a layer whose chosen rank does not meet that is left as it was (and the stats
+say so). The bias stays where it was: the Add after a MatMul, or the Gemm's C.
+
+Methods (the factors are split evenly, U = A S_r^1/2 and V = S_r^1/2 B, so neither factor has a
+much larger range than the other, which suits quantize-insert afterwards):
+
+- `svd`: truncated SVD of W. By Eckart-Young it minimizes ||W - U V||_F, and that error is the
+  tail of the singular values: ||W - U V||_F^2 = sum_{i > r} s_i^2.
+- `randomized`: the same truncation found by randomized SVD (Halko, Martinsson and Tropp 2011:
+  a Gaussian sketch of r + 10 columns, two power iterations, QR, then an exact SVD of the small
+  projected matrix); its time and weight error are in the stats, to set beside the exact one.
+- `activation`: what matters is the layer's output on real inputs, not W. With X the calibration
+  inputs (all positions as rows) and C = X^T X their second moment, the output error of a
+  replacement W' is ||X (W - W')||_F^2 = tr((W - W')^T C (W - W'))) = ||R (W - W')||_F^2 with
+  R = C^1/2 (symmetric square root, damped: C + lambda I with lambda = `damping` times the mean
+  of diag C, so that R is invertible). Substituting M = R W, the best rank-r M' is M's truncated
+  SVD (Eckart-Young again), so W' = R^-1 M_r = (R^-1 U_r S_r^1/2)(S_r^1/2 V_r^T): whitening,
+  truncating, un-whitening. Its relative output error is the tail of M's singular values,
+  sum_{i > r} s_i(M)^2 / sum_i s_i(M)^2 (exact with no damping), and `energy=` on this method
+  keeps a share of the output energy rather than of the weight's.
+
+Recovery (`recover=true`) keeps the first factor U and refits the second, V and the bias, by
+ridge regression to the unfactorized layer's outputs on the calibration inputs
+(`passes.recovery.refit` with projection U): teacher-guided, layer by layer, in closed form. A
+layer without a bias gets none (its bias is held at zero).
+
+Rank selection (at most one of these; with none, param-ratio=0.5):
+
+- `param-ratio=p`: r = floor(p k n / (k + n)), so the factors hold about a share p of the
+  matrix's parameters and FLOPs ("cut parameters by 40%" is param-ratio=0.6).
+- `rank-ratio=q`: r = round(q min(k, n)), a share of the full rank.
+- `energy=e`: the fewest singular values holding a share e of the squared singular values.
+- `budget-cosine=c`: per layer, the smallest r whose outputs on the calibration data have cosine
+  at least c with the unfactorized layer's (the cosine of the two output matrices as vectors),
+  found by bisection.
+
+Statistics on calibration data come from one run of the teacher: the augmented Gram
+[x, 1]^T [x, 1] of each distinct layer input (`passes.recovery.input_grams`). A layer's relative
+output error is ||Y' - Y||_F / ||Y||_F on those inputs (Y the layer's outputs with bias).
+Factorized layers are marked by their node names (`.../lowrank_u`, `.../lowrank_v`) and are never
+factorized again, so a second run changes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from nlpress.ir import Model
+from nlpress.ir.graph import WeightedMatMul, is_graph_output, producer, weighted_matmuls
+from nlpress.passes.base import Pass, PassResult, PreconditionError
+from nlpress.passes.calibration import Feeds, activations, as_rows, require_feeds
+from nlpress.passes.recovery import input_grams, refit
+
+Method = Literal["svd", "randomized", "activation"]
+METHODS: tuple[str, ...] = ("svd", "randomized", "activation")
+Allocation = Literal["uniform", "global"]
+ALLOCATIONS: tuple[str, ...] = ("uniform", "global")
+
+# Node-name suffixes that mark the two halves of a factorized layer.
+MARK_U = "/lowrank_u"
+MARK_V = "/lowrank_v"
+
+# A weight with at least this share of exact zeros was made sparse (prune-sparsify); a dense
+# low-rank factorization would undo that, so such layers are skipped.
+SPARSE_SHARE = 0.25
+
+# Passes after which factorize-matmul cannot run, and why.
+_CONFLICTS: Mapping[str, str] = {
+    "quantize-insert": (
+        "quantize-insert turns each weight into a DequantizeLinear output, so no constant "
+        "weight is left to factorize, and factors made afterwards would be float again"
+    ),
+}
+
+_OVERSAMPLE = 10
+_POWER_ITERATIONS = 2
+_FLOAT_KINDS = "f"
+
+
+@dataclass(frozen=True)
+class FactorizeMatmul(Pass):
+    """Factorize constant-weight MatMul/Gemm layers into two thinner ones (low rank).
+
+    Options:
+        rank-ratio: Keep this share of each matrix's full rank, r = round(q min(k, n)), in (0, 1].
+        energy: Keep the fewest singular values that hold this share of their squared sum, in
+            (0, 1] (with method=activation: of the output energy on calibration data).
+        param-ratio: Choose r = floor(p k n / (k + n)) so the factors hold about this share p of
+            the matrix's parameters and FLOPs, in (0, 1); 0.6 cuts them by 40%. The default
+            (0.5) when no other rank option is given.
+        budget-cosine: Per layer, the smallest rank whose outputs on calibration data keep at
+            least this cosine with the unfactorized layer's, in (0, 1).
+        method: svd (truncated SVD of W), randomized (randomized SVD, for large matrices) or
+            activation (SVD whitened by the calibration inputs' second moment, minimizing the
+            error in the layer's outputs).
+        allocation: uniform (each matrix gets the rank its own option value gives) or global
+            (with param-ratio only: the selected matrices together keep that share of their
+            parameters, and ranks go where a parameter removes the largest share of a layer's
+            relative squared error; a layer that would get nearly all of its useful rank stays
+            dense).
+        recover: Refit the second factor and the bias to the unfactorized layer's outputs on
+            calibration data (ridge regression in closed form).
+        sequential: Factorize layer by layer in graph order, each fitted on the inputs it sees
+            once the layers before it are factorized (and, with recover, to the teacher's outputs
+            on the teacher's inputs), so errors do not pile up; one calibration run per group of
+            layers sharing an input. Needs calibration data.
+        damping: Ridge strength for recovery and for whitening, relative to the mean diagonal
+            of the Gram matrix; >= 0.
+        include: Regexes on node names; only matching layers are factorized (default: all).
+        exclude: Regexes on node names; matching layers are left as they are.
+        seed: Seed of the randomized SVD's sketch.
+    """
+
+    name = "factorize-matmul"
+    tolerance = None
+    needs_calibration = True
+
+    rank_ratio: float | None = None
+    energy: float | None = None
+    param_ratio: float | None = None
+    budget_cosine: float | None = None
+    method: Method = "svd"
+    allocation: Allocation = "uniform"
+    recover: bool = False
+    sequential: bool = False
+    damping: float = 1e-2
+    include: tuple[str, ...] = field(default=())
+    exclude: tuple[str, ...] = field(default=())
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        chosen = [n for n in _SELECTORS if getattr(self, n) is not None]
+        if len(chosen) > 1:
+            names = ", ".join(n.replace("_", "-") for n in chosen)
+            raise ValueError(
+                f"give at most one of rank-ratio, energy, param-ratio, budget-cosine; got {names}"
+            )
+        if not chosen:
+            object.__setattr__(self, "param_ratio", 0.5)
+        _check_range("rank-ratio", self.rank_ratio, 0.0, 1.0, closed_high=True)
+        _check_range("energy", self.energy, 0.0, 1.0, closed_high=True)
+        _check_range("param-ratio", self.param_ratio, 0.0, 1.0, closed_high=False)
+        _check_range("budget-cosine", self.budget_cosine, 0.0, 1.0, closed_high=False)
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(
+                f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}"
+            )
+        if self.allocation == "global" and self.param_ratio is None:
+            raise ValueError("allocation=global spends a parameter budget: give param-ratio")
+        if self.sequential and self.allocation == "global":
+            raise ValueError("allocation=global needs every layer at once: not with sequential")
+        if not self.damping >= 0:
+            raise ValueError(f"damping must be >= 0, got {self.damping}")
+        for pattern in (*self.include, *self.exclude):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"bad regex {pattern!r}: {exc}") from exc
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether this configuration cannot run without calibration feeds."""
+        return (
+            self.method == "activation"
+            or self.recover
+            or self.sequential
+            or self.budget_cosine is not None
+        )
+
+    def check_order(self, earlier: Sequence[Pass]) -> None:
+        """Refuse to follow a pass that leaves no float constant weights to factorize."""
+        for p in earlier:
+            if p.name in _CONFLICTS:
+                raise PreconditionError(
+                    f"{self.name} cannot run after {p.name}: {_CONFLICTS[p.name]}; "
+                    f"put {self.name} before {p.name}"
+                )
+
+    def requires(self, model: Model) -> None:
+        """Need calibration data where the options use it; refuse already-quantized weights."""
+        quantized = _quantized_layer(model.graph)
+        if quantized is not None:
+            raise PreconditionError(
+                f"{self.name}: the weights are already quantized (DequantizeLinear feeds "
+                f"{quantized!r}); run {self.name} before quantize-insert"
+            )
+        if self.needs_data:
+            require_feeds(model, self.name)
+
+    def run(self, model: Model) -> PassResult:
+        """Factorize the selected layers of a copy of `model`."""
+        out = model.copy()
+        layers = [layer for layer in weighted_matmuls(out.graph) if self._selected(layer.node)]
+        stats = Stats()
+        names = set(out.graph.tensors())
+        if self.sequential:
+            for group in _groups(layers):
+                grams = paired_grams(out, model, group[0].activation, model.calibration)
+                plans = [p for layer in group if (p := self._plan(out.graph, layer, grams, stats))]
+                self._apply(out.graph, plans, None, names, stats)
+        else:
+            grams_by_input = _grams(out, layers, self.needs_data)
+            plans = [
+                plan
+                for layer in layers
+                if (
+                    plan := self._plan(
+                        out.graph, layer, grams_by_input.get(id(layer.activation)), stats
+                    )
+                )
+            ]
+            ranks = self._global_ranks(plans) if self.allocation == "global" else None
+            self._apply(out.graph, plans, ranks, names, stats)
+        return PassResult(out, stats.factorized > 0, stats.as_dict())
+
+    def _apply(
+        self,
+        graph: gs.Graph,
+        plans: Sequence[Plan],
+        ranks: Sequence[int] | None,
+        names: set[str],
+        stats: Stats,
+    ) -> None:
+        for index, plan in enumerate(plans):
+            began = time.perf_counter()
+            fit = self.fit(plan.decomposition, None if ranks is None else ranks[index])
+            seconds = plan.seconds + time.perf_counter() - began
+            k, n = plan.dense.weight.shape
+            if fit.rank >= useful_rank_limit(k, n):
+                stats.skip(plan.label, "no_gain", rank=fit.rank)
+                continue
+            _rewrite(graph, plan.layer, plan.dense, fit, names)
+            stats.add(plan.label, k, n, fit, plan.decomposition, seconds)
+
+    def _selected(self, node: gs.Node) -> bool:
+        name = node.name or ""
+        if name.endswith((MARK_U, MARK_V)):
+            return False
+        if self.include and not any(re.search(p, name) for p in self.include):
+            return False
+        return not any(re.search(p, name) for p in self.exclude)
+
+    def _plan(
+        self, graph: gs.Graph, layer: WeightedMatMul, grams: Grams | None, stats: Stats
+    ) -> Plan | None:
+        label = layer.node.name or f"#{len(stats.layers)}"
+        dense = _dense_layer(graph, layer)
+        if isinstance(dense, str):
+            stats.skip(label, dense)
+            return None
+        began = time.perf_counter()
+        decomposition = self.decompose(dense.weight, dense.bias, grams)
+        return Plan(label, layer, dense, decomposition, time.perf_counter() - began)
+
+    def factorize(
+        self, weight: np.ndarray, bias: np.ndarray | None, grams: Grams | np.ndarray | None
+    ) -> Fit:
+        """The factors of one layer y = x W + b (grams: of its calibration inputs, or None)."""
+        return self.fit(self.decompose(weight, bias, grams))
+
+    def decompose(
+        self, weight: np.ndarray, bias: np.ndarray | None, grams: Grams | np.ndarray | None
+    ) -> Decomposition:
+        """The singular triplets of W (or of R W, whitened) that the factors are cut from."""
+        if isinstance(grams, np.ndarray):
+            grams = Grams(grams)
+        gram = None if grams is None else grams.student
+        whitening = None
+        if self.method == "activation":
+            if gram is None:
+                raise PreconditionError(f"{self.name}: method=activation needs calibration data")
+            whitening = whiteners(gram[:-1, :-1], self.damping)
+        target = weight if whitening is None else whitening[0] @ weight
+        k, n = weight.shape
+        cap = max(1, useful_rank_limit(k, n) - 1)
+        if self.method == "randomized":
+            explicit = self.allocation == "uniform" and (
+                self.rank_ratio is not None or self.param_ratio is not None
+            )
+            rank = min(cap + 1, _explicit_rank(self, k, n)) if explicit else cap
+            u, s, vt = randomized_svd(target, rank, self.seed)
+        else:
+            u, s, vt = np.linalg.svd(target, full_matrices=False)
+        energy = float(np.sum(target * target))
+        return Decomposition(u, s, vt, energy, whitening, weight, bias, grams)
+
+    def fit(self, decomposition: Decomposition, rank: int | None = None) -> Fit:
+        """The factors at `rank`, or at the rank the options select."""
+        if rank is not None:
+            return self._fit(decomposition, rank)
+        if self.budget_cosine is not None:
+            return self._search(decomposition)
+        k, n = decomposition.weight.shape
+        return self._fit(decomposition, select_rank(self, decomposition, k, n))
+
+    def _fit(self, d: Decomposition, rank: int) -> Fit:
+        rank = max(1, min(rank, len(d.s)))
+        root = np.sqrt(d.s[:rank])
+        first = d.u[:, :rank] * root
+        if d.whitening is not None:
+            first = d.whitening[1] @ first
+        second = root[:, None] * d.vt[:rank]
+        offset = d.bias
+        if self.recover:
+            if d.grams is None:
+                raise PreconditionError(f"{self.name}: recover=true needs calibration data")
+            gram, cross = _bias_grams(d.grams, d.bias)
+            second, fitted = refit(gram, first, d.weight, d.bias, self.damping, cross)
+            offset = None if d.bias is None else fitted
+        return Fit(rank, first, second, offset)
+
+    def _search(self, d: Decomposition) -> Fit:
+        assert self.budget_cosine is not None
+        if d.grams is None:
+            raise PreconditionError(f"{self.name}: budget-cosine needs calibration data")
+        k, n = d.weight.shape
+        low, high = 1, min(len(d.s), max(1, useful_rank_limit(k, n) - 1))
+        best = self._fit(d, high)
+        if fit_cosine(d.grams, best, d.weight, d.bias) < self.budget_cosine:
+            # Not even the largest rank that saves anything meets the budget.
+            return replace(best, rank=high + 1)
+        while low < high:
+            middle = (low + high) // 2
+            fit = self._fit(d, middle)
+            if fit_cosine(d.grams, fit, d.weight, d.bias) >= self.budget_cosine:
+                best, high = fit, middle
+            else:
+                low = middle + 1
+        return best
+
+    def _global_ranks(self, plans: Sequence[Plan]) -> list[int]:
+        """Ranks that spend param-ratio of all the plans' parameters where they cut most error."""
+        ratio = self.param_ratio if self.param_ratio is not None else 0.5
+        shapes = [p.decomposition.weight.shape for p in plans]
+        budget = ratio * sum(k * n for k, n in shapes) - sum(k + n for k, n in shapes)
+        ranks = [1] * len(plans)
+        candidates = []
+        for index, (plan, (k, n)) in enumerate(zip(plans, shapes, strict=True)):
+            d = plan.decomposition
+            cap = min(len(d.s), max(1, useful_rank_limit(k, n) - 1))
+            gains = d.s[1:cap].astype(np.float64) ** 2 / max(d.energy, 1e-300) / (k + n)
+            candidates += [(float(g), index, k + n) for g in gains]
+        # Singular values come sorted, so each layer's gains fall: taking the best share of
+        # error removed per parameter first keeps every layer's kept values a leading run.
+        for _, index, cost in sorted(candidates, key=lambda c: -c[0]):
+            if cost > budget:
+                break
+            budget -= cost
+            ranks[index] += 1
+        for index, (k, n) in enumerate(shapes):
+            cap = max(1, useful_rank_limit(k, n) - 1)
+            if ranks[index] >= cap:
+                ranks[index] = cap + 1  # as costly as the dense layer: keep it dense
+        return ranks
+
+
+_SELECTORS = ("rank_ratio", "energy", "param_ratio", "budget_cosine")
+
+
+def _check_range(
+    name: str, value: float | None, low: float, high: float, *, closed_high: bool
+) -> None:
+    if value is None:
+        return
+    above = value > high if closed_high else value >= high
+    if not value > low or above:
+        bracket = "]" if closed_high else ")"
+        raise ValueError(f"{name} must be in ({low:g}, {high:g}{bracket}, got {value}")
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A layer's factors: y ~ (x @ first) @ second + bias, at rank `rank`."""
+
+    rank: int
+    first: np.ndarray
+    second: np.ndarray
+    bias: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class Decomposition:
+    """A layer's singular triplets (of W, or of R W with whitening = (R, R^-1)) and its data."""
+
+    u: np.ndarray
+    s: np.ndarray
+    vt: np.ndarray
+    energy: float
+    whitening: tuple[np.ndarray, np.ndarray] | None
+    weight: np.ndarray
+    bias: np.ndarray | None
+    grams: Grams | None
+
+
+@dataclass(frozen=True)
+class Grams:
+    """Augmented Grams of a layer's calibration inputs [x, 1].
+
+    Attributes:
+        student: Of the inputs the layer sees in the model being rewritten.
+        cross: student^T teacher, when earlier layers changed what the layer sees (sequential).
+        teacher: Of the teacher's inputs to the layer (sequential only).
+    """
+
+    student: np.ndarray
+    cross: np.ndarray | None = None
+    teacher: np.ndarray | None = None
+
+    @property
+    def target(self) -> np.ndarray:
+        """The Gram of the inputs the teacher's outputs are computed on."""
+        return self.student if self.teacher is None else self.teacher
+
+    @property
+    def mixed(self) -> np.ndarray:
+        """student^T teacher (the student's own Gram when they are the same)."""
+        return self.student if self.cross is None else self.cross
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A layer about to be factorized: where it is, its dense form and its decomposition."""
+
+    label: str
+    layer: WeightedMatMul
+    dense: DenseLayer
+    decomposition: Decomposition
+    seconds: float
+
+
+@dataclass(frozen=True)
+class DenseLayer:
+    """A layer's effective float64 weight [k, n] and bias [n], and where its bias lives."""
+
+    weight: np.ndarray
+    bias: np.ndarray | None
+    bias_tensor: gs.Constant | None
+    bias_node: gs.Node | None
+
+
+def useful_rank_limit(k: int, n: int) -> int:
+    """The smallest rank at which factorizing a k x n matrix saves nothing: ceil(kn / (k+n))."""
+    return -(-k * n // (k + n))
+
+
+def select_rank(options: FactorizeMatmul, d: Decomposition, k: int, n: int) -> int:
+    """The rank that rank-ratio, energy or param-ratio asks for, given a decomposition."""
+    s = d.s
+    if options.energy is not None:
+        kept = np.cumsum(s.astype(np.float64) ** 2) / max(d.energy, 1e-300)
+        index = int(np.searchsorted(kept, options.energy * (1 - 1e-12)))
+        return min(index + 1, len(s))
+    return _explicit_rank(options, k, n)
+
+
+def _explicit_rank(options: FactorizeMatmul, k: int, n: int) -> int:
+    if options.rank_ratio is not None:
+        return max(1, round(options.rank_ratio * min(k, n)))
+    ratio = options.param_ratio if options.param_ratio is not None else 0.5
+    return max(1, int(ratio * k * n / (k + n)))
+
+
+def randomized_svd(
+    matrix: np.ndarray, rank: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The leading `rank` singular triplets of `matrix` by a seeded randomized range finder."""
+    rng = np.random.default_rng(seed)
+    k, n = matrix.shape
+    width = min(rank + _OVERSAMPLE, k, n)
+    basis, _ = np.linalg.qr(matrix @ rng.standard_normal((n, width)))
+    for _ in range(_POWER_ITERATIONS):
+        side, _ = np.linalg.qr(matrix.T @ basis)
+        basis, _ = np.linalg.qr(matrix @ side)
+    u, s, vt = np.linalg.svd(basis.T @ matrix, full_matrices=False)
+    return (basis @ u)[:, :rank], s[:rank], vt[:rank]
+
+
+def whiteners(second_moment: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
+    """R = (C + lambda I)^1/2 and its inverse, lambda = damping * mean(diag C)."""
+    size = second_moment.shape[0]
+    ridge = damping * float(np.mean(np.diag(second_moment))) if size else 0.0
+    values, vectors = np.linalg.eigh(second_moment + ridge * np.eye(size))
+    values = np.maximum(values, max(float(values.max(initial=0.0)), 1e-300) * 1e-12)
+    root = np.sqrt(values)
+    return (vectors * root) @ vectors.T, (vectors / root) @ vectors.T
+
+
+def fit_cosine(grams: Grams, fit: Fit, weight: np.ndarray, bias: np.ndarray | None) -> float:
+    """Cosine between the teacher layer's outputs and the factorized ones, over all positions."""
+    target = _affine(np.eye(weight.shape[0]), weight, bias)
+    approx = _affine(fit.first, fit.second, fit.bias)
+    cross = float(np.sum((grams.mixed @ target) * approx))
+    norms = float(np.sum((grams.target @ target) * target))
+    norms *= float(np.sum((grams.student @ approx) * approx))
+    return cross / max(float(np.sqrt(max(norms, 0.0))), 1e-300)
+
+
+def relative_error(grams: Grams, fit: Fit, weight: np.ndarray, bias: np.ndarray | None) -> float:
+    """||Y' - Y||_F / ||Y||_F: factorized outputs Y' against the teacher layer's outputs Y."""
+    target = _affine(np.eye(weight.shape[0]), weight, bias)
+    approx = _affine(fit.first, fit.second, fit.bias)
+    reference = float(np.sum((grams.target @ target) * target))
+    cross = float(np.sum((grams.mixed @ target) * approx))
+    own = float(np.sum((grams.student @ approx) * approx))
+    return float(np.sqrt(max(own - 2 * cross + reference, 0.0) / max(reference, 1e-300)))
+
+
+def _affine(first: np.ndarray, second: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """The [k+1, n] matrix mapping [x, 1] to x first second + bias."""
+    offset = np.zeros(second.shape[1]) if bias is None else bias
+    return np.vstack([first @ second, offset])
+
+
+def _bias_grams(grams: Grams, bias: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The Grams to refit with: a layer without bias gets its constant column decoupled."""
+    if bias is None:
+        return _decoupled(grams.student, 1.0), (
+            None if grams.cross is None else _decoupled(grams.cross, 0.0)
+        )
+    return grams.student, grams.cross
+
+
+def _decoupled(gram: np.ndarray, corner: float) -> np.ndarray:
+    out = gram.copy()
+    out[-1, :] = 0.0
+    out[:, -1] = 0.0
+    out[-1, -1] = corner
+    return out
+
+
+def _groups(layers: Sequence[WeightedMatMul]) -> list[list[WeightedMatMul]]:
+    """The layers grouped by the tensor they read, in graph order."""
+    groups: dict[int, list[WeightedMatMul]] = {}
+    for layer in layers:
+        groups.setdefault(id(layer.activation), []).append(layer)
+    return list(groups.values())
+
+
+def paired_grams(
+    student: Model, teacher: Model, tensor: gs.Tensor, feeds: Sequence[Feeds]
+) -> Grams:
+    """Grams of `tensor` in the student and, by name, in the teacher, over the calibration data.
+
+    The two models are copies of one graph, so the tensor is found in the teacher by its name.
+    """
+    twin = teacher.graph.tensors().get(tensor.name)
+    if twin is None:
+        raise PreconditionError(f"{tensor.name!r} is not in the teacher model")
+    own = cross = theirs = np.zeros((0, 0))
+    pairs = zip(
+        activations(student, [tensor], feeds), activations(teacher, [twin], feeds), strict=True
+    )
+    for (mine,), (reference,) in pairs:
+        xs, xt = _augmented_rows(mine), _augmented_rows(reference)
+        if own.size == 0:
+            own, cross, theirs = (np.zeros((xs.shape[1], xs.shape[1])) for _ in range(3))
+        own += xs.T @ xs
+        cross += xs.T @ xt
+        theirs += xt.T @ xt
+    return Grams(own, cross, theirs)
+
+
+def _augmented_rows(value: np.ndarray) -> np.ndarray:
+    rows = as_rows(value)
+    return np.hstack([rows, np.ones((rows.shape[0], 1))])
+
+
+def _grams(model: Model, layers: Sequence[WeightedMatMul], needed: bool) -> dict[int, Grams]:
+    """The augmented Gram of each distinct layer input, keyed by the tensor's identity."""
+    if not layers or not (needed or model.calibration):
+        return {}
+    inputs = list({id(layer.activation): layer.activation for layer in layers}.values())
+    grams = input_grams(model, inputs, model.calibration)
+    return {id(t): Grams(g) for t, g in zip(inputs, grams, strict=True)}
+
+
+def _dense_layer(graph: gs.Graph, layer: WeightedMatMul) -> DenseLayer | str:
+    """The layer as y = x W + b in float64, or the reason it cannot be factorized."""
+    values = np.asarray(layer.weight.values)
+    if values.dtype.kind not in _FLOAT_KINDS:
+        return "not_float"
+    if layer.weight_index != 1:
+        return "weight_first"
+    if len(layer.weight.outputs) > 1:
+        return "shared_weight"
+    if values.size and np.mean(values == 0) >= SPARSE_SHARE:
+        return "sparse"
+    if layer.node.op == "Gemm":
+        return _gemm_layer(layer, values)
+    bias, bias_node = _bias_add(graph, layer.node)
+    bias_values = None if bias is None else np.asarray(bias.values, np.float64).reshape(-1)
+    return DenseLayer(values.astype(np.float64), bias_values, bias, bias_node)
+
+
+def _gemm_layer(layer: WeightedMatMul, values: np.ndarray) -> DenseLayer | str:
+    alpha = float(layer.node.attrs.get("alpha", 1.0))
+    beta = float(layer.node.attrs.get("beta", 1.0))
+    if alpha == 0.0:
+        return "gemm_alpha_zero"
+    weight = alpha * (values.T if layer.transposed else values).astype(np.float64)
+    if layer.bias is None or beta == 0.0:
+        return DenseLayer(weight, None, None, None)
+    c = np.asarray(layer.bias.values, np.float64)
+    n = weight.shape[1]
+    if c.size not in (1, n) or (c.ndim == 2 and c.shape[0] != 1) or c.ndim > 2:
+        return "gemm_bias_shape"
+    return DenseLayer(weight, beta * np.broadcast_to(c.reshape(-1), (n,)), layer.bias, None)
+
+
+def _bias_add(graph: gs.Graph, node: gs.Node) -> tuple[gs.Constant | None, gs.Node | None]:
+    """The constant [n] bias of the Add that alone reads a MatMul's output, if there is one."""
+    result = node.outputs[0]
+    readers = list(result.outputs)
+    if len(readers) != 1 or readers[0].op != "Add" or is_graph_output(graph, result):
+        return None, None
+    add = readers[0]
+    others = [t for t in add.inputs if t is not result]
+    if len(others) != 1 or not isinstance(others[0], gs.Constant):
+        return None, None
+    values = np.asarray(others[0].values)
+    n = np.asarray(node.inputs[1].values).shape[1]
+    if values.dtype.kind not in _FLOAT_KINDS or values.size != n or values.shape[-1] != n:
+        return None, None
+    return others[0], add
+
+
+def _rewrite(
+    graph: gs.Graph, layer: WeightedMatMul, dense: DenseLayer, fit: Fit, names: set[str]
+) -> None:
+    """Put MatMul(x, U) before the layer's node and make that node read (h, V)."""
+    node, dtype = layer.node, np.asarray(layer.weight.values).dtype
+    base = node.name or layer.weight.name
+    first = gs.Constant(_fresh(names, f"{layer.weight.name}_lowrank_u"), fit.first.astype(dtype))
+    second_values = _second_values(layer, fit)
+    second = gs.Constant(
+        _fresh(names, f"{layer.weight.name}_lowrank_v"), second_values.astype(dtype)
+    )
+    hidden = gs.Variable(_fresh(names, f"{base}/lowrank_h"), dtype=dtype)
+    matmul = gs.Node(
+        "MatMul",
+        _fresh_node(graph, base + MARK_U),
+        inputs=[layer.activation, first],
+        outputs=[hidden],
+    )
+    inputs = list(node.inputs)
+    inputs[0], inputs[1] = hidden, second
+    if fit.bias is not None and dense.bias_tensor is not None:
+        _replace_bias(layer, dense, fit.bias, inputs, names)
+    node.inputs = inputs
+    node.name = base + MARK_V
+    graph.nodes.insert(graph.nodes.index(node), matmul)
+
+
+def _second_values(layer: WeightedMatMul, fit: Fit) -> np.ndarray:
+    if layer.node.op != "Gemm":
+        return fit.second
+    second = fit.second / float(layer.node.attrs.get("alpha", 1.0))
+    return second.T if layer.transposed else second
+
+
+def _replace_bias(
+    layer: WeightedMatMul,
+    dense: DenseLayer,
+    bias: np.ndarray,
+    inputs: list[gs.Tensor],
+    names: set[str],
+) -> None:
+    """Give the layer its refitted bias, in the tensor and node where its old bias was."""
+    old = dense.bias_tensor
+    assert old is not None
+    dtype = np.asarray(old.values).dtype
+    if layer.node.op == "Gemm":
+        values = bias / float(layer.node.attrs.get("beta", 1.0))
+        shape = old.values.shape if old.values.size == bias.size else bias.shape
+        new = gs.Constant(_fresh(names, f"{old.name}_refit"), values.reshape(shape).astype(dtype))
+        inputs[2] = new
+        return
+    add = dense.bias_node
+    assert add is not None
+    new = gs.Constant(
+        _fresh(names, f"{old.name}_refit"), bias.reshape(old.values.shape).astype(dtype)
+    )
+    add.inputs = [new if t is old else t for t in add.inputs]
+
+
+def _fresh(names: set[str], wanted: str) -> str:
+    name, suffix = wanted, 1
+    while name in names:
+        suffix += 1
+        name = f"{wanted}_{suffix}"
+    names.add(name)
+    return name
+
+
+def _fresh_node(graph: gs.Graph, wanted: str) -> str:
+    taken = {n.name for n in graph.nodes}
+    name, suffix = wanted, 1
+    while name in taken:
+        suffix += 1
+        name = f"{wanted}_{suffix}"
+    return name
+
+
+def _quantized_layer(graph: gs.Graph) -> str | None:
+    """The name of a MatMul/Gemm whose weight comes from DequantizeLinear, if there is one."""
+    for node in graph.nodes:
+        if node.op not in ("MatMul", "Gemm"):
+            continue
+        for tensor in node.inputs[:2]:
+            source = producer(tensor)
+            if (
+                source is not None
+                and source.op == "DequantizeLinear"
+                and isinstance(source.inputs[0], gs.Constant)
+            ):
+                return str(node.name)
+    return None
+
+
+@dataclass
+class Stats:
+    """Per-layer and total numbers of one run."""
+
+    layers: dict[str, dict[str, float]] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    factorized: int = 0
+
+    def skip(self, label: str, reason: str, rank: int | None = None) -> None:
+        """Record a layer left as it was, and why."""
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        entry: dict[str, float] = {f"skipped_{reason}": 1.0}
+        if rank is not None:
+            entry["r"] = float(rank)
+        self.layers[label] = entry
+
+    def add(
+        self,
+        label: str,
+        k: int,
+        n: int,
+        fit: Fit,
+        decomposition: Decomposition,
+        seconds: float,
+    ) -> None:
+        """Record a factorized layer."""
+        self.factorized += 1
+        approx = fit.first @ fit.second
+        entry = {
+            "k": float(k),
+            "n": float(n),
+            "r": float(fit.rank),
+            "params_before": float(k * n),
+            "params_after": float(fit.rank * (k + n)),
+            "flops_before": float(2 * k * n),
+            "flops_after": float(2 * fit.rank * (k + n)),
+            "weight_error": _relative(approx - decomposition.weight, decomposition.weight),
+            "seconds": seconds,
+        }
+        d = decomposition
+        if d.grams is not None:
+            entry["output_error"] = relative_error(d.grams, fit, d.weight, d.bias)
+        self.layers[label] = entry
+
+    def as_dict(self) -> dict[str, float]:
+        """Totals, then `layer.<node name>.<stat>` for every layer considered."""
+        done = [e for e in self.layers.values() if "params_after" in e]
+        totals: dict[str, float] = {
+            "factorized": float(self.factorized),
+            **{f"skipped_{r}": float(c) for r, c in sorted(self.skipped.items())},
+        }
+        for key in ("params_before", "params_after", "flops_before", "flops_after", "seconds"):
+            totals[key] = float(sum(e[key] for e in done))
+        if done:
+            totals["param_ratio"] = totals["params_after"] / totals["params_before"]
+        errors = [e["output_error"] for e in done if "output_error" in e]
+        if errors:
+            totals["output_error_mean"] = float(np.mean(errors))
+            totals["output_error_max"] = float(np.max(errors))
+        for label, entry in self.layers.items():
+            totals.update({f"layer.{label}.{k}": v for k, v in entry.items()})
+        return totals
+
+
+def _relative(difference: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.linalg.norm(difference) / max(float(np.linalg.norm(reference)), 1e-300))
