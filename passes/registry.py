@@ -11,9 +11,10 @@ from nlpress.passes.factorize_matmul import FactorizeMatmul
 from nlpress.passes.fold import Fold
 from nlpress.passes.identity_elim import IdentityElim
 from nlpress.passes.pipeline import Pipeline, parse_pipeline
+from nlpress.passes.prune_sparsify import PruneSparsify
 
 PASSES: Mapping[str, type[Pass]] = MappingProxyType(
-    {cls.name: cls for cls in (Cleanup, FactorizeMatmul, Fold, IdentityElim)}
+    {cls.name: cls for cls in (Cleanup, FactorizeMatmul, Fold, IdentityElim, PruneSparsify)}
 )
 
 # Named pipelines are registered texts, not code paths: `-p O1` means exactly this text.

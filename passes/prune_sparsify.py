@@ -1,0 +1,490 @@
+"""prune-sparsify: W[k,n] -> W * mask (unstructured, N:M) | W[kept rows/columns] (neurons, heads).
+
+Data-aware pruning after training, with a little calibration data, and teacher-guided recovery.
+
+Importance (`criterion`): `magnitude` scores a weight by |W_ij|; `activation` by
+|W_ij| * ||x_i||, the calibration L2 norm of its input channel (Wanda). Whole neurons and heads
+are scored by the energy they put into the layer that reads them, tr(W_g^T G_gg W_g) with G the
+calibration Gram of that layer's input (or the product of the Frobenius norms of the producing
+columns and consuming rows under `magnitude`; see `prune_patterns`). `obs` (neurons and heads
+with recovery) chooses the groups greedily by what removing them costs after the refit (optimal
+brain surgeon on the consumer's damped Gram: cost_g = tr(S_g^T ((H^-1)_gg)^-1 S_g), then S and
+H^-1 are updated in closed form); for weight patterns it ranks like `activation`.
+
+Patterns:
+
+- `unstructured`: prune `sparsity` of each layer's weights, ranked within each output column
+  (`scope=layer`), or the lowest scores over all layers together (`scope=global`).
+- `N:M` (e.g. 2:4): exactly N kept weights in every M consecutive input weights of each output
+  (layers whose input width is not a multiple of M are skipped and counted).
+- `neurons`: FFN intermediate neurons are removed for real: the columns of the up projection(s)
+  and their bias, per-channel constants of the activation chain, and the rows of the down
+  projection, so the matrices become smaller dense matrices.
+- `heads`: attention heads are removed from the Q/K/V projections (columns and bias), from the
+  output projection (rows), and from the Reshape constants that carry the head count.
+
+Structures are found by shape of the graph (`prune_structure`); what is not recognized is
+counted in the stats (`ffn_unrecognized`, `attention_unrecognized`) and left alone.
+
+Recovery (`recover`, on by default for neurons and heads): the model the pass receives is the
+teacher. For every pruned layer y = x W + b, with x the teacher's input to that layer on the
+calibration data, recovery refits what is left by ridge regression so that the pruned layer's
+outputs match the teacher's (`recovery.py` derives it):
+
+    [B; c] = (P~^T G P~ + Lambda)^-1 P~^T G [W; b],   G = sum [x, 1]^T [x, 1]
+
+For neurons and heads the pruned layer is the consumer (down projection, attention output
+projection) and P = selection(kept rows): the kept channels are unchanged in value (the producer
+columns are only sliced), so one closed-form refit of the consumer recovers the removed
+channels' contribution as far as the kept ones can express it. For unstructured and N:M masks,
+each output column j is refitted on its own kept inputs K_j (P = selection(K_j),
+`recovery.refit_masked`), and pruned weights stay exactly zero. The stats give the relative
+calibration output error E = tr(R^T G R) / tr(T^T G T) of each layer before and after the refit.
+
+`budget-cosine`: after pruning, the cosine between the pruned model's first output and the
+teacher's is measured on the calibration data (mean-pooled over real tokens when the output is
+`[batch, sequence, hidden]` and the feeds have an attention mask, else per flattened row). While
+it is below the budget, the unit with the largest remaining layer error has its sparsity halved
+(an N:M unit becomes dense) and the model is pruned again.
+
+Idempotence: masks keep the largest scores, so pruning an already-pruned model at the same
+sparsity selects the zeros and reports `changed=False`. Structured sparsity is relative to the
+original width, which the pass records in the model's metadata (`nlpress.prune-sparsify.widths`,
+by consumer node name); a second run at the same sparsity finds the target already met.
+
+Lowering: neurons and heads need none (smaller dense MatMuls). Unstructured and N:M weights are
+zeros inside dense tensors here; sparse kernels for them are not this pass's work.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import ClassVar, Literal
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from nlpress.ir import Model
+from nlpress.ir.verify import infer_shapes, session
+from nlpress.passes.base import Pass, PassResult, PreconditionError
+from nlpress.passes.calibration import Feeds, require_feeds
+from nlpress.passes.prune_edits import (
+    Edit,
+    Settings,
+    Statistics,
+    Unit,
+    Writer,
+    collect,
+    original_groups,
+    plan_groups,
+    plan_weights,
+)
+from nlpress.passes.prune_patterns import global_masks, scores
+from nlpress.passes.prune_structure import (
+    Linear,
+    activation_nodes,
+    attention_blocks,
+    ffn_pairs,
+    linears,
+)
+from nlpress.passes.recovery import DEFAULT_DAMPING
+
+WIDTHS_KEY = "nlpress.prune-sparsify.widths"
+_STRUCTURED = ("neurons", "heads")
+_DEFAULT_SPARSITY = {"unstructured": 0.5, "neurons": 0.25, "heads": 0.25}
+_N_M = re.compile(r"^(\d+):(\d+)$")
+
+
+@dataclass(frozen=True)
+class PruneSparsify(Pass):
+    """Prune weights, FFN neurons or attention heads by importance, with teacher-guided recovery.
+
+    Options:
+        pattern: `unstructured`, `N:M` (e.g. `2:4`: N kept in every M consecutive input
+            weights), `neurons` (FFN intermediate neurons, removed for real) or `heads`
+            (attention heads, removed for real).
+        sparsity: The fraction to prune: of each layer's weights (unstructured), or of each
+            FFN's neurons or each block's heads, relative to the original width. Default 0.5
+            for unstructured, 0.25 for neurons and heads; N:M fixes it, so leave it out there.
+        criterion: `magnitude` (|W|), `activation` (|W| times the calibration norm of each
+            input channel, as Wanda; for neurons and heads, the group's calibration output
+            energy) or `obs` (neurons and heads: the groups whose removal the refit compensates
+            best, chosen greedily; weights: as `activation`).
+        scope: `layer` (every layer pruned to `sparsity`, ranked within each output) or
+            `global` (one threshold over all layers; unstructured only).
+        recover: Refit each pruned layer to the unpruned model's outputs on the calibration
+            data (closed-form ridge regression). Default: on for neurons and heads, off for
+            unstructured and N:M.
+        damping: The refit's ridge, relative to the mean input energy.
+        exclude: Comma-separated glob patterns; a layer is skipped when the name of one of its
+            MatMul/Gemm nodes or weights matches one.
+        budget-cosine: A least cosine between the pruned and the unpruned model's first output
+            on the calibration data; the most damaged layers are pruned less until it is met.
+    """
+
+    name: ClassVar[str] = "prune-sparsify"
+    tolerance: ClassVar[float | None] = None
+    needs_calibration: ClassVar[bool] = True
+
+    pattern: str = "unstructured"
+    sparsity: float | None = None
+    criterion: Literal["magnitude", "activation", "obs"] = "activation"
+    scope: Literal["layer", "global"] = "layer"
+    recover: bool | None = None
+    damping: float = DEFAULT_DAMPING
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+    budget_cosine: float | None = None
+
+    def __post_init__(self) -> None:
+        n_m = _N_M.match(self.pattern)
+        if self.pattern not in _DEFAULT_SPARSITY and not n_m:
+            raise ValueError(
+                f"pattern {self.pattern!r}: expected unstructured, neurons, heads or N:M (2:4)"
+            )
+        if n_m and not 0 < int(n_m.group(1)) < int(n_m.group(2)):
+            raise ValueError(f"pattern {self.pattern}: N:M needs 0 < N < M")
+        if n_m and self.sparsity is not None:
+            raise ValueError(f"pattern {self.pattern} fixes the sparsity; leave sparsity out")
+        if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"sparsity {self.sparsity}: expected 0 <= sparsity < 1")
+        if self.scope == "global" and self.pattern != "unstructured":
+            raise ValueError("scope=global works with pattern=unstructured only")
+        if self.damping < 0:
+            raise ValueError(f"damping {self.damping}: expected >= 0")
+        if self.budget_cosine is not None and not 0.0 < self.budget_cosine <= 1.0:
+            raise ValueError(f"budget-cosine {self.budget_cosine}: expected 0 < budget <= 1")
+
+    @property
+    def level(self) -> float:
+        """The sparsity to prune to (a pattern's default when none was given)."""
+        if self.n_m is not None:
+            n, m = self.n_m
+            return 1.0 - n / m
+        return _DEFAULT_SPARSITY[self.pattern] if self.sparsity is None else self.sparsity
+
+    @property
+    def n_m(self) -> tuple[int, int] | None:
+        """(N, M) for an N:M pattern, else None."""
+        match = _N_M.match(self.pattern)
+        return (int(match.group(1)), int(match.group(2))) if match else None
+
+    @property
+    def recovering(self) -> bool:
+        """Whether pruned layers are refitted."""
+        return self.pattern in _STRUCTURED if self.recover is None else self.recover
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether this configuration reads calibration data."""
+        return self.criterion != "magnitude" or self.recovering or self.budget_cosine is not None
+
+    def check_order(self, earlier: Sequence[Pass]) -> None:
+        """Pruning reads float weights: it must come before quantization."""
+        for p in earlier:
+            if p.name.startswith("quantize"):
+                raise PreconditionError(
+                    f"{self.name} must run before {p.name}: it prunes float weights, which "
+                    f"{p.name} has moved behind quantize/dequantize nodes"
+                )
+
+    def requires(self, model: Model) -> None:
+        """The pattern must find something to prune, and data must be there when needed."""
+        self._units(_working(model, self.pattern == "heads"))
+        if self.needs_data:
+            require_feeds(model, self.name)
+
+    def run(self, model: Model) -> PassResult:
+        """Prune a copy of `model` (the teacher)."""
+        work = _working(model, self.pattern == "heads")
+        units, found = self._units(work)
+        before = _size_stats(work.graph)
+        if not units:
+            return PassResult(model.copy(), False, {**found, **_suffix(before, "before")})
+        feeds = require_feeds(model, self.name) if self.needs_data else ()
+        full = self.recovering or self.budget_cosine is not None
+        stats = collect(work, units, feeds, full) if feeds else Statistics()
+        recorded = _recorded_widths(model)
+        planner = _Planner(self, units, stats, recorded)
+        levels = {unit.name: self.level for unit in units}
+        edits = planner.plan(levels)
+        writer = Writer(work.graph)
+        writer.apply(edits)
+        budget: dict[str, float] = {}
+        if self.budget_cosine is not None:
+            edits, budget = _meet_budget(
+                self.budget_cosine, model, work, writer, planner, levels, edits, feeds
+            )
+        if not edits:
+            writer.undo()
+            return PassResult(model.copy(), False, {**found, **_suffix(before, "before")})
+        out = _finish(work, edits, recorded)
+        after = _size_stats(out.graph)
+        summary = {
+            **found,
+            **_suffix(before, "before"),
+            **_suffix(after, "after"),
+            **_edit_stats(edits),
+            **budget,
+        }
+        return PassResult(out, True, summary)
+
+    def _units(self, model: Model) -> tuple[list[Unit], dict[str, float]]:
+        graph = model.graph
+        layers = linears(graph)
+        if self.pattern == "neurons":
+            units, found = _ffn_units(graph, layers)
+        elif self.pattern == "heads":
+            units, found = _head_units(graph, layers)
+        else:
+            units, found = self._weight_units(layers)
+        kept = [u for u in units if not self._excluded(u)]
+        found["units_excluded"] = len(units) - len(kept)
+        found["units"] = len(kept)
+        return kept, found
+
+    def _weight_units(self, layers: list[Linear]) -> tuple[list[Unit], dict[str, float]]:
+        if not layers:
+            raise PreconditionError(
+                f"{self.name}: the graph has no MatMul/Gemm with a constant 2-D float weight"
+            )
+        units, shared, indivisible = [], 0, 0
+        for lin in layers:
+            if len(lin.matmul.weight.outputs) > 1:
+                shared += 1
+            elif self.n_m is not None and lin.shape[0] % self.n_m[1]:
+                indivisible += 1
+            else:
+                units.append(Unit("weights", lin))
+        found: dict[str, float] = {"layers_found": len(layers), "skipped_shared_weight": shared}
+        if self.n_m is not None:
+            found["skipped_not_multiple_of_m"] = indivisible
+        return units, found
+
+    def _excluded(self, unit: Unit) -> bool:
+        names = [n for lin in unit.linears for n in (lin.name, lin.matmul.weight.name)]
+        return any(fnmatch.fnmatchcase(n, p) for n in names for p in self.exclude)
+
+
+@dataclass
+class _Planner:
+    """Plans edits for given per-unit sparsity levels, caching each (unit, level)."""
+
+    options: PruneSparsify
+    units: list[Unit]
+    stats: Statistics
+    recorded: Mapping[str, int]
+    cache: dict[tuple[str, float], Edit | None] = field(default_factory=dict)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        opts = self.options
+        if opts.scope == "global":
+            criterion = opts.criterion != "magnitude"
+            layer_scores = [
+                scores(u.consumer.weight(), self.stats.norm(u) if criterion else None)
+                for u in self.units
+            ]
+            masks = global_masks(layer_scores, opts.level)
+            self.masks = {u.name: m for u, m in zip(self.units, masks, strict=True)}
+
+    def plan(self, levels: Mapping[str, float]) -> list[Edit]:
+        """The edits of every unit at its level (units with nothing to prune left out)."""
+        edits = []
+        for unit in self.units:
+            key = (unit.name, levels[unit.name])
+            if key not in self.cache:
+                self.cache[key] = self._plan(unit, levels[unit.name])
+            edit = self.cache[key]
+            if edit is not None:
+                edits.append(edit)
+        return edits
+
+    def _plan(self, unit: Unit, level: float) -> Edit | None:
+        if level <= 0.0:
+            return None
+        opts = self.options
+        settings = Settings(opts.criterion, opts.recovering, opts.damping, opts.n_m)
+        if unit.kind == "weights":
+            mask = self.masks.get(unit.name) if level == opts.level else None
+            return plan_weights(unit, level, self.stats, settings, mask)
+        original = original_groups(unit, self.recorded)
+        return plan_groups(unit, level, original, self.stats, settings)
+
+
+def _working(model: Model, with_shapes: bool) -> Model:
+    """A copy to analyse and rewrite; shape-inferred for heads (side inputs need shapes)."""
+    work = model.copy()
+    if with_shapes:
+        try:
+            work = replace(infer_shapes(model), calibration=model.calibration)
+        except (onnx.shape_inference.InferenceError, RuntimeError, ValueError):
+            work = model.copy()
+    work.graph.toposort()
+    return work
+
+
+def _ffn_units(graph: gs.Graph, layers: list[Linear]) -> tuple[list[Unit], dict[str, float]]:
+    pairs = ffn_pairs(graph, layers)
+    if not pairs:
+        raise PreconditionError(
+            "pattern=neurons found no FFN it recognizes (MatMul(+bias) -> elementwise "
+            "activation -> MatMul(+bias), the intermediate read only by that chain); "
+            "run fold first, or use pattern=unstructured"
+        )
+    covered = {id(n) for p in pairs for n in p.chain}
+    unrecognized = sum(id(n) not in covered for n in activation_nodes(graph))
+    found: dict[str, float] = {"ffn_pairs_found": len(pairs), "ffn_unrecognized": unrecognized}
+    return [Unit("neurons", p) for p in pairs], found
+
+
+def _head_units(graph: gs.Graph, layers: list[Linear]) -> tuple[list[Unit], dict[str, float]]:
+    blocks = attention_blocks(graph, layers)
+    if not blocks:
+        raise PreconditionError(
+            "pattern=heads found no attention it recognizes (Q/K/V projections -> Reshape "
+            "[.., heads, head_dim] -> Transpose -> MatMul/Softmax -> ... -> Reshape back -> "
+            "output projection); run fold first (static shapes help), or use pattern=neurons"
+        )
+    covered = {id(n) for b in blocks for n in b.region}
+    softmaxes = [n for n in graph.nodes if n.op in ("Softmax", "LogSoftmax")]
+    found: dict[str, float] = {
+        "attention_blocks_found": len(blocks),
+        "attention_unrecognized": sum(id(n) not in covered for n in softmaxes),
+    }
+    return [Unit("heads", b) for b in blocks], found
+
+
+def _recorded_widths(model: Model) -> dict[str, int]:
+    try:
+        value = json.loads(model.metadata.get(WIDTHS_KEY, "{}"))
+    except json.JSONDecodeError:
+        return {}
+    return {str(k): int(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def _finish(work: Model, edits: Sequence[Edit], recorded: Mapping[str, int]) -> Model:
+    """The rewritten model: dead constants dropped, structured widths recorded in metadata."""
+    work.graph.toposort()
+    structured = [e for e in edits if e.kept is not None]
+    if not structured:
+        return work
+    widths = dict(recorded)
+    for edit in structured:
+        widths[edit.unit.name] = original_groups(edit.unit, recorded)
+    metadata = {**work.metadata, WIDTHS_KEY: json.dumps(widths, sort_keys=True)}
+    return replace(work, metadata=metadata)
+
+
+def _size_stats(graph: gs.Graph) -> dict[str, float]:
+    params = nonzero = 0
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant) and tensor.values.dtype.kind == "f":
+            params += tensor.values.size
+            nonzero += int(np.count_nonzero(tensor.values))
+    dense = sparse = 0
+    for lin in linears(graph):
+        k, n = lin.shape
+        dense += 2 * k * n
+        sparse += 2 * int(np.count_nonzero(lin.matmul.weight.values))
+    return {
+        "params": float(params),
+        "nonzero_params": float(nonzero),
+        "matmul_flops_per_token": float(dense),
+        "nonzero_matmul_flops_per_token": float(sparse),
+    }
+
+
+def _suffix(values: Mapping[str, float], suffix: str) -> dict[str, float]:
+    return {f"{key}_{suffix}": value for key, value in values.items()}
+
+
+def _edit_stats(edits: Sequence[Edit]) -> dict[str, float]:
+    stats: dict[str, float] = {"units_pruned": float(len(edits))}
+    before = [e.error_before for e in edits if e.error_before is not None]
+    after = [e.error_after for e in edits if e.error_after is not None]
+    if before:
+        stats["recovery_error_before"] = float(np.mean(before))
+    if after:
+        stats["recovery_error_after"] = float(np.mean(after))
+    for edit in edits:
+        stats[f"sparsity:{edit.unit.name}"] = edit.sparsity
+        if edit.error_before is not None:
+            stats[f"recovery_error_before:{edit.unit.name}"] = edit.error_before
+        if edit.error_after is not None:
+            stats[f"recovery_error_after:{edit.unit.name}"] = edit.error_after
+    return stats
+
+
+# --- the cosine budget -----------------------------------------------------------------------
+
+
+def _meet_budget(
+    budget: float,
+    teacher: Model,
+    work: Model,
+    writer: Writer,
+    planner: _Planner,
+    levels: dict[str, float],
+    edits: list[Edit],
+    feeds: Sequence[Feeds],
+) -> tuple[list[Edit], dict[str, float]]:
+    """Halve the sparsity of the most damaged unit until the output cosine meets the budget."""
+    reference = _first_outputs(teacher, feeds)
+    first = cosine = _cosine(reference, _first_outputs(work, feeds), feeds)
+    relaxed = 0
+    while cosine < budget and edits:
+        worst = max(edits, key=lambda e: e.error).unit.name
+        levels[worst] = _relaxed(levels[worst], planner.options.n_m is not None)
+        relaxed += 1
+        writer.undo()
+        edits = planner.plan(levels)
+        writer.apply(edits)
+        cosine = _cosine(reference, _first_outputs(work, feeds), feeds) if edits else 1.0
+    stats = {
+        "budget_cosine_first": first,
+        "budget_cosine": cosine,
+        "budget_met": float(cosine >= budget),
+        "budget_relaxations": float(relaxed),
+    }
+    return edits, stats
+
+
+def _relaxed(level: float, n_m: bool) -> float:
+    half = level / 2
+    return 0.0 if n_m or half < 0.01 else half
+
+
+def _first_outputs(model: Model, feeds: Sequence[Feeds]) -> list[np.ndarray]:
+    sess = session(model, optimize=True)
+    name = sess.get_outputs()[0].name
+    wanted = {i.name for i in sess.get_inputs()}
+    results = []
+    for batch in feeds:
+        value = sess.run([name], {k: v for k, v in batch.items() if k in wanted})[0]
+        results.append(np.asarray(value, np.float64))
+    return results
+
+
+def _cosine(
+    reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], feeds: Sequence[Feeds]
+) -> float:
+    """Mean cosine of mean-pooled (or flattened) rows of the first output."""
+    cosines = []
+    for ref, cand, batch in zip(reference, candidate, feeds, strict=True):
+        a, b = _pooled(ref, batch), _pooled(cand, batch)
+        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        cosines.append(np.sum(a * b, axis=1) / np.maximum(norms, 1e-30))
+    return float(np.mean(np.concatenate(cosines))) if cosines else 1.0
+
+
+def _pooled(value: np.ndarray, batch: Feeds) -> np.ndarray:
+    mask = batch.get("attention_mask")
+    if value.ndim == 3 and mask is not None and tuple(np.shape(mask)) == value.shape[:2]:
+        weights = np.asarray(mask, np.float64)[..., None]
+        return np.asarray((value * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9))
+    return value.reshape(value.shape[0], -1) if value.ndim else value.reshape(1, 1)
