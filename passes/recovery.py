@@ -29,7 +29,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from nlpress.ir import Model
-from nlpress.passes.calibration import Feeds, activations, as_rows
+from nlpress.passes.calibration import Feeds, second_moments
 
 DEFAULT_DAMPING = 1e-2
 
@@ -38,14 +38,7 @@ def input_grams(
     model: Model, inputs: Sequence[gs.Tensor], feeds: Sequence[Feeds]
 ) -> list[np.ndarray]:
     """The augmented Gram sum [x, 1]^T [x, 1] of each tensor over all calibration positions."""
-    grams: list[np.ndarray] = []
-    for values in activations(model, inputs, feeds):
-        rows = [_augmented(as_rows(v)) for v in values]
-        if not grams:
-            grams = [np.zeros((r.shape[1], r.shape[1])) for r in rows]
-        for gram, r in zip(grams, rows, strict=True):
-            gram += r.T @ r
-    return grams
+    return second_moments(model, inputs, feeds, augment=True)
 
 
 def refit(
@@ -129,10 +122,6 @@ def selection(kept: np.ndarray, size: int) -> np.ndarray:
     matrix = np.zeros((size, len(kept)))
     matrix[kept, np.arange(len(kept))] = 1.0
     return matrix
-
-
-def _augmented(rows: np.ndarray) -> np.ndarray:
-    return np.hstack([rows, np.ones((rows.shape[0], 1))])
 
 
 def _augment_projection(projection: np.ndarray) -> np.ndarray:
