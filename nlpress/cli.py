@@ -76,11 +76,14 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> int:
 # commands
 
 
-def _opt(args: argparse.Namespace) -> int:
+def _settings(args: argparse.Namespace, *names: str) -> tuple[BuildConfig, list[Any]]:
+    """The build file (if any) and each named setting: the flag if given, else the file's."""
     config = load_config(args.config) if args.config else BuildConfig()
-    model = args.model or config.model
-    pipeline = args.pipeline or config.pipeline
-    output = args.output or config.output
+    return config, [getattr(args, name) or getattr(config, name) for name in names]
+
+
+def _opt(args: argparse.Namespace) -> int:
+    config, (model, pipeline, output) = _settings(args, "model", "pipeline", "output")
     if not (model and pipeline and output):
         raise UsageError("opt needs MODEL, -p PIPELINE and -o OUT.onnx (flags or build file)")
     shapes = {**config.shape, **dict(args.shape)}
@@ -95,10 +98,7 @@ def _opt(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    config = load_config(args.config) if args.config else BuildConfig()
-    model = args.model or config.model
-    target = args.target or config.target
-    output = args.output or config.output
+    config, (model, target, output) = _settings(args, "model", "target", "output")
     if not (model and target and output):
         raise UsageError("compile needs MODEL, -t TARGET and -o DIR (flags or build file)")
     options: dict[str, Any] = {
