@@ -131,13 +131,77 @@ def _int_scalar(value: Any) -> int | None:
     return int(array.reshape(()))
 
 
-def relax_pipeline(target: Target, tvm_target: Any) -> Any:
-    """The Relax pipeline for the target: TVM's defaults (GPU schedules from s_tir.dlight)."""
+def relax_pipeline(target: Target, tvm_target: Any, records: Path | None = None) -> Any:
+    """The Relax pipeline for the target.
+
+    GPU: TVM's CUDA pipeline (schedules from s_tir.dlight). CPU: TVM's CPU passes with fast
+    approximations of exp, erf and tanh, then the kernels' schedules: tuned ones from
+    `records` (a MetaSchedule database folder) where it has them, nlpress's default rules
+    for the rest. Kernels left with a plain loop nest are logged at warning level.
+    """
     from tvm import relax
 
     if target.device == "cuda":
         return relax.backend.cuda.get_default_pipeline(tvm_target)
-    return relax.backend.cpu_generic.get_default_pipeline(tvm_target)
+    return _cpu_pipeline(tvm_target, records)
+
+
+def _cpu_pipeline(tvm_target: Any, records: Path | None) -> Any:
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    @tvm.transform.module_pass(opt_level=0, name="NlpressCpuPipeline")  # type: ignore[untyped-decorator]
+    def _pipeline(mod: Any, _ctx: Any) -> Any:
+        with tvm_target:
+            mod, unscheduled = cpu_kernels(mod, tvm_target, records)
+            if unscheduled:
+                log.warning("unscheduled kernels: %s", ", ".join(unscheduled))
+            return tvm.transform.Sequential(
+                [*cpu.dataflow_lower_passes(tvm_target), *cpu.finalize_passes(tvm_target)]
+            )(mod)
+
+    return _pipeline
+
+
+def cpu_kernels(
+    mod: Any, tvm_target: Any, records: Path | None = None, *, default_schedules: bool = True
+) -> tuple[Any, list[str]]:
+    """Legalize and fuse a Relax module into CPU kernels (PrimFuncs), then schedule them.
+
+    Args:
+        mod: The Relax module from `import_onnx`.
+        tvm_target: The tvm.target.Target of a CPU.
+        records: A MetaSchedule database folder; its schedules win over the default rules.
+        default_schedules: Apply nlpress's default rules (off: TVM's plain loop nests).
+
+    Returns:
+        The module, and the names of the kernels left without a schedule.
+
+    """
+    import tvm
+    from tvm import relax, tirx
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from nlpress.targets import schedules
+
+    with tvm_target:
+        mod = tvm.transform.Sequential(
+            [
+                *cpu.library_dispatch_passes(tvm_target),
+                relax.transform.FastMathTransform(),
+                *cpu.legalize_passes(tvm_target),
+            ]
+        )(mod)
+        if records is not None:
+            mod = relax.transform.MetaScheduleApplyDatabase(os.fspath(records))(mod)
+        if default_schedules:
+            return schedules.schedule_module(mod, tvm_target)
+    names = [
+        g.name_hint
+        for g, f in mod.functions_items()
+        if isinstance(f, tirx.PrimFunc) and not schedules.is_scheduled(f)
+    ]
+    return mod, sorted(names)
 
 
 def tvm_target(target: Target) -> Any:
@@ -149,16 +213,29 @@ def tvm_target(target: Target) -> Any:
     return tvm.target.Target(dict(target.tvm_target))
 
 
-def build(mod: Any, target: Target) -> Any:
-    """relax.build the module for the target; returns the VM executable."""
+def build(mod: Any, target: Target, records: str | os.PathLike[str] | None = None) -> Any:
+    """relax.build the module for the target; returns the VM executable.
+
+    Args:
+        mod: The Relax module from `import_onnx`.
+        target: The target descriptor.
+        records: A MetaSchedule tuning-records folder whose schedules the CPU build reuses;
+            default the folder of an enclosing `tuning.using_records` block, if any.
+
+    """
     from tvm import relax
 
+    from nlpress.targets import tuning
+
+    folder = Path(records) if records is not None else tuning.active_records()
+    if folder is not None and not tuning.has_records(folder):
+        log.warning("no tuning records in %s: building with the default schedules", folder)
+        folder = None
     compiled_for = tvm_target(target)
+    pipeline = relax_pipeline(target, compiled_for, folder)
     with _quiet():
         try:
-            return relax.build(
-                mod, target=compiled_for, relax_pipeline=relax_pipeline(target, compiled_for)
-            )
+            return relax.build(mod, target=compiled_for, relax_pipeline=pipeline)
         except Exception as exc:
             raise LoweringError(f"TVM build for {target.name} failed: {_first_line(exc)}") from exc
 

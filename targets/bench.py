@@ -1,0 +1,235 @@
+"""Side-by-side timing of a compiled artifact and ONNX Runtime on the same feeds.
+
+Runs alternate (artifact, ORT, artifact, ...) after a warm-up, so that both see the same load on
+a shared machine; medians are reported with the load average. Both use `threads` threads: ORT
+through its intra-op pool, TVM through TVM_NUM_THREADS (set here unless the caller set it;
+TVM reads it when its thread pool starts, so before the process's first TVM kernel runs).
+TVM pins its threads to cores unless TVM_BIND_THREADS=0; ORT does not, and on a shared machine
+a pinned thread waits for its busy core while another is idle, so this sets it to 0 too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from nlpress.ir import Model
+from nlpress.targets.runtime import Session
+
+log = logging.getLogger(__name__)
+
+Feeds = dict[str, np.ndarray]
+DEFAULT_THREADS = 2
+WARMUP = 3
+
+
+def compare_with_ort(
+    artifact_dir: str | os.PathLike[str],
+    onnx_model: str | os.PathLike[str] | onnx.ModelProto | Model,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    runs: int = 20,
+    *,
+    feeds: Mapping[str, np.ndarray] | None = None,
+    threads: int = DEFAULT_THREADS,
+    warmup: int = WARMUP,
+) -> dict[str, Any]:
+    """Time an x86 artifact against ONNX Runtime (fp32, CPU) and compare their outputs.
+
+    Args:
+        artifact_dir: A compiled artifact for this host.
+        onnx_model: The model ORT runs (a path, ModelProto or IR model), usually the original.
+        shapes: Dims per input name, for inputs with symbolic dims; static dims need none.
+        runs: Timed runs of each, alternating.
+        feeds: The inputs; default seeded random ones (ids in [0, 2)) of the given shapes.
+        threads: Threads for both runtimes.
+        warmup: Untimed runs of each first.
+
+    Returns:
+        JSON-ready facts: medians in ms ("nlpress_ms", "ort_ms"), "ratio" (nlpress / ORT),
+        "max_abs_diff" per output and "worst", the threads each used, the load average.
+
+    """
+    os.environ.setdefault("TVM_NUM_THREADS", str(threads))
+    os.environ.setdefault("TVM_BIND_THREADS", "0")  # ORT does not pin its threads either
+    session = Session(artifact_dir)
+    ort_session = _ort_session(onnx_model, threads)
+    inputs = dict(feeds) if feeds is not None else _random_feeds(session, shapes or {})
+    ours, theirs = _alternate(
+        lambda: session.run(None, inputs), lambda: ort_session.run(None, inputs), runs, warmup
+    )
+    names = [o.name for o in session.get_outputs()]
+    diffs = _diffs(names, session.run(None, inputs), ort_session.run(names, inputs))
+    return {
+        "runs": runs,
+        "threads": {"nlpress": tvm_threads(), "onnxruntime": threads},
+        "tvm_bind_threads": os.environ["TVM_BIND_THREADS"],
+        "shapes": {name: list(array.shape) for name, array in inputs.items()},
+        "nlpress_ms": _median_ms(ours),
+        "ort_ms": _median_ms(theirs),
+        "ratio": round(statistics.median(ours) / statistics.median(theirs), 3),
+        "max_abs_diff": diffs,
+        "worst": max(diffs.values(), default=0.0),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def tvm_threads() -> int:
+    """The threads TVM's CPU thread pool runs parallel loops on."""
+    import tvm
+
+    return int(tvm.get_global_func("runtime.NumThreads")())
+
+
+def _ort_session(model: str | os.PathLike[str] | onnx.ModelProto | Model, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if isinstance(model, Model):
+        model = model.to_onnx()
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def _random_feeds(session: Session, shapes: Mapping[str, Sequence[int]]) -> Feeds:
+    rng = np.random.default_rng(0)
+    feeds: Feeds = {}
+    for arg in session.get_inputs():
+        given = list(shapes.get(arg.name, arg.shape))
+        dims = [d for d in given if isinstance(d, int)]
+        if len(dims) != len(given):
+            raise ValueError(f"input {arg.name} has symbolic dims {given}: give its shape")
+        if np.dtype(arg.dtype).kind in "iub":
+            feeds[arg.name] = rng.integers(0, 2, size=dims).astype(arg.dtype)
+        else:
+            feeds[arg.name] = rng.standard_normal(dims).astype(arg.dtype)
+    return feeds
+
+
+def _alternate(
+    first: Callable[[], Any], second: Callable[[], Any], runs: int, warmup: int
+) -> tuple[list[float], list[float]]:
+    """Seconds per run of each, run alternately after `warmup` untimed runs of each."""
+    for _ in range(warmup):
+        first()
+        second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(runs):
+        for fn, out in ((first, times[0]), (second, times[1])):
+            began = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - began)
+    return times
+
+
+def _diffs(names: list[str], ours: list[np.ndarray], theirs: list[np.ndarray]) -> dict[str, float]:
+    result = {}
+    for name, a, b in zip(names, ours, theirs, strict=True):
+        same = a.shape == b.shape
+        delta = np.abs(a.astype(np.float64) - b.astype(np.float64)) if same else None
+        result[name] = float(delta.max()) if delta is not None and delta.size else 0.0
+        if not same:
+            result[name] = float("inf")
+    return result
+
+
+def _median_ms(seconds: list[float]) -> float:
+    return round(statistics.median(seconds) * 1e3, 3)
+
+
+def profile_kernels(
+    model: onnx.ModelProto,
+    target: Any,
+    *,
+    default_schedules: bool = True,
+    records: Path | None = None,
+    repeat: int = 5,
+) -> list[dict[str, Any]]:
+    """Time each kernel of a static-shape model alone on random inputs; costliest first.
+
+    Args:
+        model: A model with static input shapes (fold with shapes first).
+        target: A CPU Target descriptor that runs on this host.
+        default_schedules: Schedule with nlpress's rules (off: TVM's plain loop nests).
+        records: Tuning records to apply first.
+        repeat: Timed calls per kernel (the median is kept).
+
+    Returns:
+        Rows of "kernel", "calls" (per model run), "ms" (one call), "total_ms" and
+        "scheduled".
+
+    """
+    from nlpress.targets import lower
+
+    tvm_target = lower.tvm_target(target)
+    mod, unscheduled = lower.cpu_kernels(
+        lower.import_onnx(model), tvm_target, records, default_schedules=default_schedules
+    )
+    calls = _kernel_calls(mod)
+    rows = []
+    for name, count in calls.items():
+        ms = time_kernel(mod[name], tvm_target, repeat)
+        rows.append(
+            {
+                "kernel": name,
+                "calls": count,
+                "ms": round(ms, 4),
+                "total_ms": round(ms * count, 3),
+                "scheduled": name not in unscheduled,
+            }
+        )
+    return sorted(rows, key=lambda row: -float(row["total_ms"]))
+
+
+def _kernel_calls(mod: Any) -> dict[str, int]:
+    """How many times `main` calls each PrimFunc."""
+    import tvm
+    from tvm import relax
+
+    counts: dict[str, int] = {}
+
+    def visit(expr: Any) -> None:
+        if isinstance(expr, relax.Call) and expr.op.same_as(tvm.ir.Op.get("relax.call_tir")):
+            name = expr.args[0].name_hint
+            counts[name] = counts.get(name, 0) + 1
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return counts
+
+
+def time_kernel(func: Any, tvm_target: Any, repeat: int) -> float:
+    """Milliseconds per call of one PrimFunc on seeded random inputs (median of `repeat`)."""
+    import tvm
+
+    library = tvm.compile(
+        tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), tvm_target
+    )
+    rng = np.random.default_rng(0)
+    args = [tvm.runtime.tensor(_random_array(rng, param)) for param in func.params]
+    library["main"](*args)
+    times = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        library["main"](*args)
+        times.append(time.perf_counter() - began)
+    return statistics.median(times) * 1e3
+
+
+def _random_array(rng: np.random.Generator, param: Any) -> np.ndarray:
+    shape = [int(dim) for dim in param.shape]
+    dtype = str(param.dtype)
+    if dtype == "bool":
+        return rng.integers(0, 2, size=shape).astype(bool)
+    if np.dtype(dtype).kind in "iu":
+        return rng.integers(0, 2, size=shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)

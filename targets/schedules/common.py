@@ -1,0 +1,140 @@
+"""Shared helpers of the CPU schedule rules: the target's vector width, loop extents, inlining."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Target features that widen the float vector registers LLVM can use (bits).
+_WIDTHS = (("avx512f", 512), ("avx2", 256), ("avx", 256), ("neon", 128), ("sse", 128))
+# x86 CPUs with AVX-512 that nlpress's x86 target may name (LLVM's names, by prefix).
+_AVX512_CPUS = (
+    "znver4", "znver5", "skylake-avx512", "cascadelake", "cooperlake", "cannonlake",
+    "icelake", "tigerlake", "sapphirerapids", "emeraldrapids", "graniterapids",
+    "rocketlake", "alderlake-avx512", "x86-64-v4", "knl", "knm", "diamondrapids",
+)  # fmt: skip
+_AVX2_CPUS = (
+    "haswell", "broadwell", "skylake", "alderlake", "raptorlake", "meteorlake", "znver1",
+    "znver2", "znver3", "x86-64-v3", "arrowlake", "lunarlake", "gracemont",
+)  # fmt: skip
+
+
+# Kernels with less work than this (elements, or multiply-adds for matmuls) run on one thread:
+# a parallel launch is a barrier, costly when the cores are shared.
+PARALLEL_MIN_WORK = 1 << 18
+
+
+def worth_parallel(work: int | None) -> bool:
+    """Whether a kernel of `work` elements (None: unknown, symbolic) should run in parallel."""
+    return work is None or work >= PARALLEL_MIN_WORK
+
+
+def block_work(sch: Any, block: Any) -> int | None:
+    """The product of the block's axis extents (None when one is symbolic)."""
+    from tvm import tirx
+
+    work = 1
+    for iv in sch.get(block).iter_vars:
+        if not isinstance(iv.dom.extent, tirx.IntImm):
+            return None
+        work *= int(iv.dom.extent.value)
+    return work
+
+
+def vector_bits(target: Any) -> int:
+    """The width in bits of the float vector registers the target's code may use."""
+    if target.kind.name != "llvm":
+        return 128
+    attrs = target.attrs
+    triple = str(attrs.get("mtriple", ""))
+    features = " ".join(str(a) for a in attrs.get("mattr", []))
+    for feature, bits in _WIDTHS:
+        if f"+{feature}" in features:
+            return bits
+    if triple.startswith(("aarch64", "arm")):
+        return 128
+    cpu = str(attrs.get("mcpu", ""))
+    if cpu.startswith(_AVX512_CPUS):
+        return 512
+    if cpu.startswith(_AVX2_CPUS):
+        return 256
+    return 128
+
+
+def vector_lanes(target: Any, dtype_bits: int) -> int:
+    """How many elements of `dtype_bits` bits one vector register holds (at least 2)."""
+    return max(vector_bits(target) // max(dtype_bits, 8), 2)
+
+
+def static_extent(sch: Any, loop: Any) -> int | None:
+    """The loop's extent when it is a constant, else None."""
+    from tvm import tirx
+
+    extent = sch.get(loop).extent
+    return int(extent.value) if isinstance(extent, tirx.IntImm) else None
+
+
+def split_vector(sch: Any, loop: Any, lanes: int) -> Any:
+    """Vectorize `loop` by `lanes` (its whole length when shorter); returns the vector loop."""
+    extent = static_extent(sch, loop)
+    if extent is not None and extent <= lanes:
+        if extent > 1:
+            sch.vectorize(loop)
+        return loop
+    if extent is not None and extent % lanes:
+        lanes = _largest_divisor(extent, lanes)
+        if lanes < 2:
+            return loop
+    _, inner = sch.split(loop, factors=[None, lanes])
+    sch.vectorize(inner)
+    return inner
+
+
+def _largest_divisor(extent: int, limit: int) -> int:
+    """The largest power-of-two divisor of `extent` that is at most `limit`."""
+    lanes = 1
+    while lanes * 2 <= limit and extent % (lanes * 2) == 0:
+        lanes *= 2
+    return lanes
+
+
+def inline_intermediates(sch: Any, keep: Any) -> None:
+    """Inline every block but `keep` and the outputs into its readers, where it can be."""
+    from tvm.s_tir.dlight.analysis import get_root_block
+
+    outputs = {sch.get(b) for b in sch.get_output_blocks(get_root_block(sch))}
+    for block in sch.get_child_blocks(get_root_block(sch)):
+        stmt = sch.get(block)
+        if stmt in outputs or (keep is not None and stmt.same_as(sch.get(keep))):
+            continue
+        try:
+            sch.compute_inline(block)
+        except Exception:  # a block that cannot be inlined stays a block
+            continue
+
+
+def inline_producers(sch: Any, block: Any) -> None:
+    """Inline every injective producer of `block` that can be inlined, transitively."""
+    while True:
+        inlined = 0
+        for producer in sch.get_producers(block):
+            try:
+                sch.compute_inline(producer)
+                inlined += 1
+            except Exception:  # a producer that cannot be inlined stays a block
+                continue
+        if not inlined:
+            return
+
+
+def inline_consumers(sch: Any, block: Any) -> bool:
+    """Inline every consumer chain of `block` into it; returns whether none is left."""
+    while True:
+        inlined = 0
+        for consumer in sch.get_consumers(block):
+            try:
+                sch.reverse_compute_inline(consumer)
+                inlined += 1
+            except Exception:  # a consumer that cannot be inlined stays a block
+                continue
+        if not inlined:
+            return not sch.get_consumers(block)

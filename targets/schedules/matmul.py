@@ -1,0 +1,143 @@
+"""Matmul rule: dense and batched matmul (any layout), with their fused prologue and epilogue.
+
+The reduction block is normalized to C[S, I, J] += A[S, I, K] * B[S, J, K] (dlight's reindex),
+then tiled for registers: each task of the parallel loop computes an MR x NR tile of C over the
+whole K, with NR a multiple of the vector width (J innermost, vectorized) and the MR rows
+unrolled, accumulating in a small local buffer that LLVM keeps in registers. The bias, GELU,
+residual add and other elementwise consumers are applied while the tile is written back (with
+symbolic rows or columns, in one elementwise pass after the matmul instead).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from nlpress.targets.schedules import common
+
+# Rows of the register tile; columns are NR_VECTORS vectors.
+MR = 8
+NR_VECTORS = 2
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A register tile: `rows` x `cols` elements of C, `lanes` elements per vector."""
+
+    rows: int
+    cols: int
+    lanes: int
+
+
+def tile_for(target: Any, dtype_bits: int) -> Tile:
+    """The register tile for the target: 8 x 32 floats on AVX-512, 6 x 16 on AVX2 and NEON."""
+    lanes = common.vector_lanes(target, dtype_bits)
+    if common.vector_bits(target) >= 512:
+        return Tile(MR, NR_VECTORS * lanes, lanes)
+    return Tile(6, max(16, NR_VECTORS * lanes), lanes)
+
+
+class Matmul:
+    """Schedule rule for kernels whose one reduction block is a matmul (batched or not)."""
+
+    def apply(self, func: Any, target: Any, tunable: bool) -> Any:
+        """A schedule of `func`, or None when it is not a matmul with elementwise neighbours."""
+        from tvm import s_tir
+
+        sch = s_tir.Schedule(func)
+        main = _matmul_block(sch)
+        if main is None:
+            return None
+        common.inline_intermediates(sch, main)
+        _normalize(sch, main)
+        common.inline_producers(sch, main)
+        tile = tile_for(target, _dtype_bits(sch, main))
+        _tile(sch, main, tile, target)
+        return sch
+
+
+def _matmul_block(sch: Any) -> Any:
+    """The single gemm-like reduction block, if every other block is injective."""
+    from tvm.s_tir.dlight.analysis import get_root_block
+    from tvm.s_tir.dlight.gpu.matmul import get_index_map
+
+    reductions = []
+    for block in sch.get_child_blocks(get_root_block(sch)):
+        kinds = {int(iv.iter_type) for iv in sch.get(block).iter_vars}
+        if kinds - {0}:
+            reductions.append(block)
+    if len(reductions) != 1 or not sch.get_loops(reductions[0]):
+        return None
+    stmt = sch.get(reductions[0])
+    if len(stmt.reads) < 2 or len(stmt.writes) != 1 or get_index_map(stmt) is None:
+        return None
+    return reductions[0]
+
+
+def _normalize(sch: Any, main: Any) -> None:
+    """Rewrite the block to iterate (S, I, J, K) over reindexed A[S,I,K], B[S,J,K], C[S,I,J]."""
+    from tvm.s_tir.dlight.gpu.matmul import get_index_map
+
+    reindex_a = sch.reindex(main, ("read", 0))
+    reindex_b = sch.reindex(main, ("read", 1))
+    reindex_c = sch.reindex(main, ("write", 0))
+    maps = get_index_map(sch.get(main))
+    assert maps is not None
+    sch.transform_layout(reindex_a, ("write", 0), maps[1])
+    sch.transform_layout(reindex_b, ("write", 0), maps[2])
+    sch.transform_layout(reindex_c, ("read", 0), maps[3])
+    sch.transform_block_layout(main, maps[0])
+
+
+def _dtype_bits(sch: Any, main: Any) -> int:
+    return int(sch.get(main).writes[0].source.dtype.bits)
+
+
+def _tile(sch: Any, main: Any, tile: Tile, target: Any) -> None:
+    """Register-tile the normalized block, write back with the epilogue, parallelize."""
+    batch, i, j, k = sch.get_loops(main)
+    static = None not in (common.static_extent(sch, i), common.static_extent(sch, j))
+    rows = _fit(common.static_extent(sch, i), tile.rows)
+    cols = _fit(common.static_extent(sch, j), tile.cols)
+    io, ii = sch.split(i, factors=[None, rows])
+    jo, ji = sch.split(j, factors=[None, cols])
+    sch.reorder(batch, jo, io, k, ii, ji)
+    if static:
+        _write_back_per_tile(sch, main, io, tile.lanes)
+    vector = common.split_vector(sch, ji, tile.lanes)
+    if vector != ji:
+        sch.unroll(sch.get_loops(main)[-2])
+    sch.unroll(ii)
+    if common.worth_parallel(common.block_work(sch, main)):
+        sch.parallel(sch.fuse(batch, jo, io))
+    sch.decompose_reduction(main, k)
+    if not static:
+        _write_back_after(sch, main, target)
+
+
+def _write_back_per_tile(sch: Any, main: Any, tile_loop: Any, lanes: int) -> None:
+    """Accumulate each tile in a local buffer; apply the epilogue as the tile is stored."""
+    write_back = sch.cache_write(main, 0, "local")
+    sch.reverse_compute_at(write_back, tile_loop, preserve_unit_loops=True)
+    common.inline_consumers(sch, write_back)
+    common.split_vector(sch, sch.get_loops(write_back)[-1], lanes)
+
+
+def _write_back_after(sch: Any, main: Any, target: Any) -> None:
+    """Symbolic rows or columns: the epilogue runs as one elementwise pass after the matmul.
+
+    (A store computed at the tile loop would lose the bounds check of a partial tile when its
+    size is symbolic.)
+    """
+    from nlpress.targets.schedules.elementwise import schedule_block
+
+    for store in sch.get_consumers(main):
+        common.inline_consumers(sch, store)
+        schedule_block(sch, store, target)
+
+
+def _fit(extent: int | None, size: int) -> int:
+    """The tile size along an axis of `extent` elements: `size`, or the whole axis if smaller."""
+    if extent is None or extent >= size:
+        return size
+    return max(extent, 1)

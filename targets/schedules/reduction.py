@@ -1,0 +1,128 @@
+"""Row-reduction rule: softmax, layer norm, mean and other reductions over the inner axes.
+
+Blocks must share their leading spatial axes (the rows). Each reduction is split by the vector
+width and rfactored, so that its partial results accumulate in vector lanes instead of one
+serial chain; the rows run in parallel, every block is computed per row, and the elementwise
+blocks are vectorized.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nlpress.targets.schedules import common
+
+
+class RowReduction:
+    """Schedule rule for kernels mixing row reductions and elementwise blocks."""
+
+    def apply(self, func: Any, target: Any, tunable: bool) -> Any:
+        """A schedule of `func`, or None when its blocks do not share leading spatial axes."""
+        from tvm import s_tir
+        from tvm.s_tir.dlight.analysis import get_root_block
+
+        sch = s_tir.Schedule(func)
+        _inline_single_use(sch)
+        blocks = sch.get_child_blocks(get_root_block(sch))
+        kinds = [_kinds(sch, b) for b in blocks]
+        if not any("R" in k for k in kinds) or any(not _is_row_block(k) for k in kinds):
+            return None
+        rows = min(len(k) - len(k.lstrip("S")) for k in kinds)
+        work = [common.block_work(sch, b) for b in blocks]
+        parallel = common.worth_parallel(None if None in work else max(w or 0 for w in work))
+        lanes = common.vector_lanes(target, _dtype_bits(sch, blocks[-1]))
+        partials = [
+            name
+            for block, kind in zip(blocks, kinds, strict=True)
+            if "R" in kind and (name := _vector_partials(sch, block, lanes))
+        ]
+        _per_row(sch, rows, lanes, parallel)
+        for name in partials:
+            _vectorize_lanes(sch, sch.get_sblock(name))
+        return sch
+
+
+def _kinds(sch: Any, block: Any) -> str:
+    return "".join("S" if int(iv.iter_type) == 0 else "R" for iv in sch.get(block).iter_vars)
+
+
+def _is_row_block(kinds: str) -> bool:
+    """Spatial axes first, then (for a reduction) reduction axes only."""
+    leading = len(kinds) - len(kinds.lstrip("S"))
+    return leading > 0 and "S" not in kinds[leading:]
+
+
+def _dtype_bits(sch: Any, block: Any) -> int:
+    writes = sch.get(block).writes
+    return int(writes[0].source.dtype.bits) if writes else 32
+
+
+def _inline_single_use(sch: Any) -> None:
+    """Inline spatial blocks read by one block only (more readers would recompute them)."""
+    from tvm.s_tir.dlight.analysis import get_root_block
+
+    root = get_root_block(sch)
+    outputs = {sch.get(b) for b in sch.get_output_blocks(root)}
+    for block in sch.get_child_blocks(root):
+        if sch.get(block) in outputs or "R" in _kinds(sch, block):
+            continue
+        if len(sch.get_consumers(block)) == 1:
+            try:
+                sch.compute_inline(block)
+            except Exception:  # a block that cannot be inlined stays a block
+                continue
+
+
+def _vector_partials(sch: Any, block: Any, lanes: int) -> str | None:
+    """Accumulate a reduction over its innermost axis in `lanes` partial results.
+
+    Returns:
+        The name of the block of partial results, or None when the reduction stays serial.
+
+    """
+    inner = sch.get_loops(block)[-1]
+    extent = common.static_extent(sch, inner)
+    if extent is None or extent < 2 * lanes or extent % lanes:
+        return None
+    _, lane = sch.split(inner, factors=[None, lanes])
+    try:
+        partial = sch.rfactor(lane, factor_axis=len(sch.get(block).writes[0].region))
+    except Exception:  # a reducer rfactor does not know stays serial
+        return None
+    return str(sch.get(partial).name_hint)
+
+
+def _vectorize_lanes(sch: Any, partial: Any) -> None:
+    """Move the lane axis of a block of partial results innermost and vectorize it.
+
+    compute_at left one loop per block axis, in axis order, under the row loop; the lane axis
+    is the one that indexes the last dim of the partial results.
+    """
+    stmt = sch.get(partial)
+    lane_var = stmt.writes[0].region[-1].min
+    axes = [iv.var for iv in stmt.iter_vars]
+    loops = sch.get_loops(partial)[-len(axes) :]
+    matches = [i for i, var in enumerate(axes) if var.same_as(lane_var)]
+    if len(matches) != 1:
+        return
+    lane = loops[matches[0]]
+    sch.reorder(*[loop for loop in loops if loop != lane], lane)
+    sch.vectorize(lane)
+
+
+def _per_row(sch: Any, rows: int, lanes: int, parallel: bool) -> None:
+    """Compute every block under the output's row loop; run the rows in parallel if asked."""
+    from tvm.s_tir.dlight.analysis import get_root_block
+
+    blocks = sch.get_child_blocks(get_root_block(sch))
+    last = blocks[-1]
+    loops = sch.get_loops(last)
+    row = sch.fuse(*loops[:rows]) if rows > 1 else loops[0]
+    for block in reversed(blocks[:-1]):
+        sch.compute_at(block, row, preserve_unit_loops=True)
+    if parallel and common.static_extent(sch, row) != 1:
+        sch.parallel(row)
+    for block in sch.get_child_blocks(get_root_block(sch)):
+        inner = sch.get_loops(block)
+        if "R" not in _kinds(sch, block) and len(inner) > 1:
+            common.split_vector(sch, inner[-1], lanes)

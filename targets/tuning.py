@@ -1,0 +1,206 @@
+"""MetaSchedule tuning on top of the default schedules, with records a later build reuses.
+
+`tune` searches schedules for a model's CPU kernels and stores them in a records folder (a
+MetaSchedule JSON database). A build given that folder (`lower.build(..., records=DIR)`, or
+any build inside `using_records(DIR)`) takes each kernel's best tuned schedule from it and
+schedules the rest with the default rules, without tuning again. Records are keyed by the
+kernel's structure, so they serve every model and shape that has the same kernels on the same
+target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from nlpress.targets.target import Target, TargetError
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+# Seconds a MetaSchedule build or run worker may take; a fresh worker imports TVM first, and
+# on a loaded machine that alone can take half a minute (MetaSchedule's default is 30 s).
+WORKER_TIMEOUT = 180
+# Timed calls of a default schedule when it is stored as a record (the median counts).
+SEED_REPEAT = 9
+
+_RECORDS: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "nlpress_tuning_records", default=None
+)
+
+
+@contextlib.contextmanager
+def using_records(records: str | os.PathLike[str] | None) -> Iterator[None]:
+    """Builds inside this block reuse the tuning records in `records` (None: no records)."""
+    token = _RECORDS.set(Path(records) if records is not None else None)
+    try:
+        yield
+    finally:
+        _RECORDS.reset(token)
+
+
+def active_records() -> Path | None:
+    """The records folder of the innermost `using_records` block, if any."""
+    return _RECORDS.get()
+
+
+def has_records(records: str | os.PathLike[str]) -> bool:
+    """Whether `records` holds a MetaSchedule database."""
+    folder = Path(records)
+    return (folder / "database_workload.json").is_file() and (
+        folder / "database_tuning_record.json"
+    ).is_file()
+
+
+def tune(
+    mod: Any,
+    target: Target,
+    trials: int,
+    records: str | os.PathLike[str],
+    *,
+    progress: Progress | None = None,
+    seed: int = 0,
+) -> Path:
+    """Tune the CPU kernels of a Relax module with MetaSchedule; records go to `records`.
+
+    Args:
+        mod: The Relax module from `lower.import_onnx`.
+        target: A CPU target descriptor.
+        trials: Total measured candidates over all kernels (e.g. 64 per kernel that matters).
+        records: The records folder; created if missing, added to if it has records already.
+        progress: Called with a line after every measured batch (default: log at info).
+        seed: The search's random seed.
+
+    Returns:
+        The records folder.
+
+    Raises:
+        TargetError: A target this machine cannot run (arm, cuda, another x86 CPU).
+
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    from nlpress.targets import lower
+
+    if not target.runs_on_host:
+        raise TargetError(
+            "tuning measures kernels on this machine: it needs the x86 target of this host's "
+            f"CPU (no --mcpu), not {target.name}"
+        )
+    folder = Path(records)
+    folder.mkdir(parents=True, exist_ok=True)
+    tvm_target = tuning_target(target)
+    kernels, _ = lower.cpu_kernels(mod, tvm_target, default_schedules=False)
+    report = progress or (lambda line: log.info("%s", line))
+    seeded = seed_with_defaults(kernels, tvm_target, folder)
+    report(f"tuning: {seeded} kernels start from their default schedules")
+    callbacks = [*ms.MeasureCallback.create("default"), _progress_callback(trials, report)]
+    with _quiet_tvm():
+        ms.relax_integration.tune_relax(
+            kernels,
+            params={},
+            target=tvm_target,
+            work_dir=os.fspath(folder),
+            max_trials_global=trials,
+            num_trials_per_iter=min(64, max(trials, 1)),
+            builder=ms.builder.LocalBuilder(timeout_sec=WORKER_TIMEOUT),
+            runner=ms.runner.LocalRunner(timeout_sec=WORKER_TIMEOUT),
+            measure_callbacks=callbacks,
+            seed=seed,
+        )
+    return folder
+
+
+@contextlib.contextmanager
+def _quiet_tvm() -> Iterator[None]:
+    """Keep MetaSchedule's per-task INFO logs out of the user's log (they go to files)."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def seed_with_defaults(kernels: Any, tvm_target: Any, records: Path) -> int:
+    """Store each kernel's default schedule, timed here, as a tuning record.
+
+    The search then starts from it, and a kernel whose tuned schedules are all slower keeps
+    its default one: records never make a build slower than the default rules do.
+
+    Returns:
+        How many kernels got a record.
+
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    from nlpress.targets import schedules
+    from nlpress.targets.bench import time_kernel
+
+    database = ms.database.JSONDatabase(work_dir=os.fspath(records))
+    seeded = 0
+    for task in ms.relax_integration.extract_tasks(kernels, tvm_target):
+        workload_mod = task.dispatched[0]
+        func = workload_mod["main"]
+        sch = schedules.schedule_func(func, tvm_target, name=task.task_name)
+        if sch is None:
+            continue
+        seconds = time_kernel(sch.mod["main"], tvm_target, SEED_REPEAT) / 1e3
+        record = ms.database.TuningRecord(
+            sch.trace,
+            database.commit_workload(workload_mod),
+            [seconds],
+            tvm_target,
+            ms.arg_info.ArgInfo.from_prim_func(func),
+        )
+        database.commit_tuning_record(record)
+        seeded += 1
+    return seeded
+
+
+def tune_model(
+    model: Any,
+    target: Target,
+    trials: int,
+    records: str | os.PathLike[str],
+    *,
+    progress: Progress | None = None,
+) -> Path:
+    """`tune` for an ONNX ModelProto (after fold, with the shapes it will be built with)."""
+    from nlpress.targets import lower
+
+    return tune(lower.import_onnx(model), target, trials, records, progress=progress)
+
+
+def tuning_target(target: Target) -> Any:
+    """The tvm Target MetaSchedule measures on: the descriptor's, with its core count."""
+    import tvm
+
+    cores = os.cpu_count() or 1
+    return tvm.target.Target({**dict(target.tvm_target), "num-cores": cores})
+
+
+def _progress_callback(trials: int, report: Progress) -> Any:
+    """A MeasureCallback that reports the measured candidates and the kernel after each batch."""
+    from tvm.s_tir.meta_schedule.measure_callback.measure_callback import _PyMeasureCallback
+
+    began = time.perf_counter()
+    measured = [0]
+
+    def apply(scheduler: Any, task_id: int, candidates: Any, builds: Any, runs: Any) -> None:
+        measured[0] += len(candidates)
+        tasks = scheduler.tasks_
+        report(
+            f"tuning: {measured[0]}/{trials} trials, kernel {task_id + 1}/{len(tasks)} "
+            f"{tasks[task_id].ctx.task_name}, {time.perf_counter() - began:.0f} s"
+        )
+
+    return _PyMeasureCallback(apply)

@@ -1,0 +1,214 @@
+"""The default CPU schedules: each rule applies to its kernels and keeps them exact, odd shapes too.
+
+Every kernel is built twice for this host, plain and scheduled, and run on the same seeded
+inputs; results must match to float rounding (reductions may sum in another order).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te, topi
+from tvm.script import tirx as T
+
+from nlpress.targets import get_target, lower, schedules
+from nlpress.targets.schedules import Elementwise, Matmul, RowReduction, common
+
+HOST = lower.tvm_target(get_target("x86"))
+ARM = lower.tvm_target(get_target("arm"))
+AVX2 = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"})
+
+
+def _func(build: Callable[[], list[te.Tensor]]) -> Any:
+    return te.create_prim_func(build())
+
+
+def _dense(m: int, k: int, n: int, epilogue: bool = True) -> list[te.Tensor]:
+    x = te.placeholder((m, k), name="x")
+    w = te.placeholder((k, n), name="w")
+    b = te.placeholder((n,), name="b")
+    r = te.reduce_axis((0, k), name="r")
+    y = te.compute((m, n), lambda i, j: te.sum(x[i, r] * w[r, j], axis=r), name="mm")
+    if not epilogue:
+        return [x, w, b, y]
+    z = te.compute((m, n), lambda i, j: y[i, j] + b[j], name="bias")
+    g = te.compute((m, n), lambda i, j: z[i, j] * (te.erf(z[i, j] * 0.7071) + 1.0) * 0.5)
+    return [x, w, b, g]
+
+
+def _dense_transposed(m: int, k: int, n: int) -> list[te.Tensor]:
+    x = te.placeholder((m, k), name="x")
+    w = te.placeholder((n, k), name="w")
+    res = te.placeholder((m, n), name="res")
+    r = te.reduce_axis((0, k), name="r")
+    y = te.compute((m, n), lambda i, j: te.sum(x[i, r] * w[j, r], axis=r), name="mm")
+    return [x, w, res, te.compute((m, n), lambda i, j: y[i, j] + res[i, j], name="residual")]
+
+
+def _batched(b: int, m: int, k: int, n: int) -> list[te.Tensor]:
+    x = te.placeholder((1, b, m, k), name="x")
+    y = te.placeholder((1, b, k, n), name="y")
+    r = te.reduce_axis((0, k), name="r")
+    out = te.compute(
+        (1, b, m, n), lambda o, h, i, j: te.sum(x[o, h, i, r] * y[o, h, r, j], axis=r), name="bmm"
+    )
+    return [x, y, out]
+
+
+def _symbolic_attention_scores() -> list[te.Tensor]:
+    """Q @ K^T + mask with symbolic batch and sequence: partial tiles of unknown size."""
+    batch, seq = te.var("batch", dtype="int64"), te.var("seq", dtype="int64")
+    heads, depth = tvm.tirx.const(12, "int64"), tvm.tirx.const(32, "int64")
+    q = te.placeholder((batch, heads, seq, depth), name="q")
+    k = te.placeholder((batch, heads, depth, seq), name="k")
+    mask = te.placeholder((batch, seq, seq), name="mask")
+    r = te.reduce_axis((tvm.tirx.const(0, "int64"), depth), name="r")
+    shape = (batch, heads, seq, seq)
+    s = te.compute(shape, lambda b, h, i, j: te.sum(q[b, h, i, r] * k[b, h, r, j], axis=r))
+    return [q, k, mask, te.compute(shape, lambda b, h, i, j: s[b, h, i, j] + mask[b, i, j])]
+
+
+def _softmax(rows: int, cols: int) -> list[te.Tensor]:
+    x = te.placeholder((1, rows, cols), name="x")
+    return [x, topi.nn.softmax(x, axis=-1)]
+
+
+def _layer_norm(rows: int, cols: int) -> list[te.Tensor]:
+    x = te.placeholder((1, rows, cols), name="x")
+    gamma = te.placeholder((cols,), name="gamma")
+    beta = te.placeholder((cols,), name="beta")
+    return [x, gamma, beta, topi.nn.layer_norm(x, gamma, beta, axis=[-1], epsilon=1e-12)]
+
+
+def _transpose_add(a: int, b: int, c: int) -> list[te.Tensor]:
+    x = te.placeholder((a, b, c), name="x")
+    y = te.placeholder((b, a, c), name="y")
+    t = topi.transpose(x, (1, 0, 2))
+    return [x, y, te.compute((b, a, c), lambda i, j, k: t[i, j, k] + y[i, j, k] * 2.0)]
+
+
+@T.prim_func(s_tir=True)
+def _middle_sum(a: T.Buffer((5, 7, 9), "float32"), c: T.Buffer((5, 9), "float32")) -> None:
+    for i, k, j in T.grid(5, 7, 9):
+        with T.sblock("sum"):
+            vi, vk, vj = T.axis.remap("SRS", [i, k, j])
+            with T.init():
+                c[vi, vj] = T.float32(0)
+            c[vi, vj] = c[vi, vj] + a[vi, vk, vj]
+
+
+def _run(func: Any, mod: Any, sizes: dict[str, int]) -> list[np.ndarray]:
+    library = tvm.compile(mod, target=HOST)
+    rng = np.random.default_rng(0)
+    args = []
+    for param in func.params:
+        shape = [int(d) if isinstance(d, tvm.tirx.IntImm) else sizes[d.name] for d in param.shape]
+        args.append(tvm.runtime.tensor(rng.standard_normal(shape).astype(str(param.dtype))))
+    library["main"](*args)
+    return [a.numpy() for a in args]
+
+
+def _check(func: Any, rule: Any, target: Any = HOST, sizes: dict[str, int] | None = None) -> None:
+    """The rule applies, and the scheduled kernel computes what the plain one does.
+
+    Symbolic dims take their size from `sizes`, by name.
+    """
+    sizes = sizes or {}
+    func = func.with_attr("global_symbol", "main")
+    sch = rule.apply(func, target, False)
+    assert sch is not None, f"{type(rule).__name__} did not apply"
+    plain = _run(func, tvm.IRModule({"main": func}), sizes)
+    if target is HOST:
+        scheduled = _run(func, sch.mod, sizes)
+        np.testing.assert_allclose(scheduled[-1], plain[-1], rtol=1e-5, atol=1e-5)
+    else:  # another ISA: it must at least compile
+        tvm.compile(sch.mod, target=target)
+
+
+@pytest.mark.parametrize("shape", [(128, 384, 384), (7, 13, 19), (2, 40, 33), (50, 64, 48)])
+def test_matmul_with_bias_and_gelu(shape: tuple[int, int, int]) -> None:
+    _check(_func(lambda: _dense(*shape)), Matmul())
+
+
+def test_matrix_vector_product_goes_to_the_row_rule() -> None:
+    gemv = _func(lambda: _dense(1, 40, 33))
+    assert Matmul().apply(gemv.with_attr("global_symbol", "main"), HOST, False) is None
+    _check(gemv, RowReduction())
+
+
+@pytest.mark.parametrize("shape", [(9, 17, 23), (32, 48, 64)])
+def test_matmul_transposed_weights_and_residual(shape: tuple[int, int, int]) -> None:
+    _check(_func(lambda: _dense_transposed(*shape)), Matmul())
+
+
+@pytest.mark.parametrize("shape", [(12, 128, 32, 128), (3, 5, 11, 7), (2, 33, 17, 32)])
+def test_batched_matmul_of_attention(shape: tuple[int, int, int, int]) -> None:
+    _check(_func(lambda: _batched(*shape)), Matmul())
+
+
+@pytest.mark.parametrize(("batch", "seq"), [(2, 40), (3, 77), (1, 1)])
+def test_matmul_with_symbolic_rows_and_columns(batch: int, seq: int) -> None:
+    _check(_func(_symbolic_attention_scores), Matmul(), sizes={"batch": batch, "seq": seq})
+
+
+@pytest.mark.parametrize("shape", [(12, 128), (5, 37), (3, 48)])
+def test_softmax(shape: tuple[int, int]) -> None:
+    _check(_func(lambda: _softmax(*shape)), RowReduction())
+
+
+@pytest.mark.parametrize("shape", [(128, 384), (7, 40), (3, 13)])
+def test_layer_norm(shape: tuple[int, int]) -> None:
+    _check(_func(lambda: _layer_norm(*shape)), RowReduction())
+
+
+@pytest.mark.parametrize("shape", [(12, 128, 32), (3, 5, 7), (1, 1, 1)])
+def test_elementwise_transpose_add(shape: tuple[int, int, int]) -> None:
+    _check(_func(lambda: _transpose_add(*shape)), Elementwise())
+
+
+@pytest.mark.parametrize("target", [ARM, AVX2], ids=["arm", "avx2"])
+def test_rules_compile_for_other_isas(target: Any) -> None:
+    _check(_func(lambda: _dense(33, 40, 50)), Matmul(), target)
+    _check(_func(lambda: _softmax(5, 48)), RowReduction(), target)
+
+
+def test_vector_width_follows_the_target() -> None:
+    assert common.vector_bits(HOST) in (256, 512)
+    assert common.vector_bits(AVX2) == 256
+    assert common.vector_bits(ARM) == 128
+    assert common.vector_lanes(ARM, 32) == 4
+
+
+def test_rules_decline_what_they_do_not_know() -> None:
+    middle = _middle_sum.with_attr("global_symbol", "main")
+    assert Matmul().apply(middle, HOST, False) is None
+    assert RowReduction().apply(middle, HOST, False) is None
+    assert Elementwise().apply(middle, HOST, False) is None
+    assert Matmul().apply(_func(lambda: _softmax(4, 8)), HOST, False) is None
+
+
+def test_schedule_module_lists_unscheduled_kernels() -> None:
+    dense = _func(lambda: _dense(8, 16, 32)).with_attr("global_symbol", "dense")
+    middle = _middle_sum.with_attr("global_symbol", "middle")
+    mod = tvm.IRModule({"dense": dense, "middle": middle})
+    mod, unscheduled = schedules.schedule_module(mod, HOST)
+    assert unscheduled == ["middle"]
+    assert mod["dense"].attrs[schedules.SCHEDULED]
+
+
+def test_build_names_unscheduled_kernels_in_a_warning(
+    tiny_model: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mod = lower.import_onnx(tiny_model.to_onnx())
+    with caplog.at_level(logging.WARNING, logger="nlpress.targets.lower"):
+        lower.build(mod, get_target("x86"))
+    assert "unscheduled kernels" not in caplog.text
+    monkeypatch.setattr(schedules, "default_rules", lambda: ())
+    with caplog.at_level(logging.WARNING, logger="nlpress.targets.lower"):
+        lower.build(mod, get_target("x86"))
+    assert "unscheduled kernels: cast, fused_matmul_relu" in caplog.text

@@ -1,0 +1,80 @@
+"""Tuning records: default schedules seed them, builds reuse them, MetaSchedule adds to them."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tvm import relax, runtime
+
+from nlpress.ir import Model
+from nlpress.ir.verify import run
+from nlpress.targets import get_target, lower, tuning
+
+FEEDS = {
+    "x": np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32),
+    "ids": np.arange(9, dtype=np.int64).reshape(3, 3),
+}
+
+
+def _static(tiny_model: Model) -> Model:
+    """The tiny model with batch fixed at 3 (records are per shape)."""
+    proto = tiny_model.to_onnx()
+    for value in (*proto.graph.input, *proto.graph.output):
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.ClearField("dim_param")
+        dim.dim_value = 3
+    return Model.from_onnx(proto)
+
+
+def _outputs(executable: object) -> list[np.ndarray]:
+    vm = relax.VirtualMachine(executable, runtime.cpu())
+    result = vm["main"](runtime.tensor(FEEDS["x"]), runtime.tensor(FEEDS["ids"]))
+    return [result[i].numpy() for i in range(len(result))]
+
+
+def test_seeded_records_are_reused(tiny_model: Model, tmp_path: Path) -> None:
+    model, target = _static(tiny_model), get_target("x86")
+    kernels, _ = lower.cpu_kernels(
+        lower.import_onnx(model.to_onnx()), tuning.tuning_target(target), default_schedules=False
+    )
+    assert tuning.seed_with_defaults(kernels, tuning.tuning_target(target), tmp_path) >= 1
+    assert tuning.has_records(tmp_path)
+    _, unscheduled = lower.cpu_kernels(
+        lower.import_onnx(model.to_onnx()), lower.tvm_target(target), tmp_path,
+        default_schedules=False,
+    )  # fmt: skip
+    assert "fused_matmul_relu" not in unscheduled  # its schedule came from the records
+    with tuning.using_records(tmp_path):
+        z, idf = _outputs(lower.build(lower.import_onnx(model.to_onnx()), target))
+    expected = run(model, FEEDS)
+    np.testing.assert_allclose(z, expected["z"], atol=1e-5)
+    np.testing.assert_array_equal(idf, expected["idf"])
+
+
+def test_a_folder_without_records_builds_with_defaults(
+    tiny_model: Model, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="nlpress.targets.lower"):
+        lower.build(lower.import_onnx(tiny_model.to_onnx()), get_target("x86"), tmp_path)
+    assert "no tuning records" in caplog.text
+
+
+def test_using_records_is_scoped(tmp_path: Path) -> None:
+    assert tuning.active_records() is None
+    with tuning.using_records(tmp_path):
+        assert tuning.active_records() == tmp_path
+    assert tuning.active_records() is None
+
+
+@pytest.mark.slow
+def test_tune_reports_progress_and_stores_records(tiny_model: Model, tmp_path: Path) -> None:
+    lines: list[str] = []
+    model = _static(tiny_model)
+    tuning.tune_model(model.to_onnx(), get_target("x86"), 1, tmp_path, progress=lines.append)
+    assert any("1/1 trials" in line for line in lines)
+    assert tuning.has_records(tmp_path)
+    z, _ = _outputs(lower.build(lower.import_onnx(model.to_onnx()), get_target("x86"), tmp_path))
+    np.testing.assert_allclose(z, run(model, FEEDS)["z"], atol=1e-5)
