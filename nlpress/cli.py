@@ -115,6 +115,9 @@ def _compile(args: argparse.Namespace) -> int:
         shapes={**config.shape, **dict(args.shape)},
         instruments=instruments,
         calibration=_calibration(args),
+        tune=args.tune,
+        tuning_records=args.tuning_records,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
         **{k: v for k, v in options.items() if v},
     )
     if timer:
@@ -123,8 +126,25 @@ def _compile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _not_yet(args: argparse.Namespace) -> int:
-    raise NlpressError(f"'{args.command}' is not yet implemented")
+def _bench(args: argparse.Namespace) -> int:
+    from nlpress.targets.bench import compare_with_ort
+
+    artifact = Path(args.artifact)
+    if not (artifact / "manifest.json").is_file():
+        raise UsageError(f"{artifact}: bench takes an artifact folder (from nlpress compile)")
+    shapes = {name: dims for name, dims in args.shape}
+    result = compare_with_ort(artifact, artifact / "model.onnx", shapes, runs=args.runs)
+    if not args.vs_ort:
+        result = {k: v for k, v in result.items() if not k.startswith(("ort", "ratio"))}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    print(f"nlpress   {result['nlpress_ms']:.2f} ms (median of {args.runs})")
+    if args.vs_ort:
+        print(f"ORT       {result['ort_ms']:.2f} ms")
+        print(f"ratio     {result['ratio']:.3f} (nlpress / ORT)")
+    print(f"max diff  {result['worst']:.3g}")
+    return EXIT_OK
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -320,6 +340,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mcpu", help="CPU to generate code for (x86: detected by default)")
     p.add_argument("--mattr", action="append", default=[], help="target feature, e.g. +dotprod")
     p.add_argument("--arch", help="CUDA architecture, e.g. sm_90")
+    p.add_argument(
+        "--tune",
+        type=int,
+        default=0,
+        metavar="TRIALS",
+        help="tune the kernels with MetaSchedule for this many trials first",
+    )
+    p.add_argument(
+        "--tuning-records",
+        metavar="DIR",
+        help="where tuning records are kept; a later compile reuses them",
+    )
     _add_pipeline_flags(p)
     p.set_defaults(handler=_compile)
 
@@ -345,9 +377,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--save", metavar="DIR", help="also write every output as NAME.npy")
     p.set_defaults(handler=_run)
 
-    p = sub.add_parser("bench", help="time an artifact (not yet implemented)")
-    p.add_argument("model", metavar="DIR|MODEL")
-    p.set_defaults(handler=_not_yet)
+    p = sub.add_parser("bench", help="time an artifact, beside ONNX Runtime with --vs-ort")
+    p.add_argument("artifact", metavar="DIR")
+    p.add_argument(
+        "--vs-ort",
+        action="store_true",
+        help="also time ONNX Runtime (2 threads) on the artifact's model.onnx",
+    )
+    p.add_argument("--runs", type=int, default=20, help="timed runs of each (default 20)")
+    p.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        type=_shape_flag,
+        metavar="NAME=DIMS",
+        help="dims of a symbolic input (random feeds are made)",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_bench)
 
     p = sub.add_parser("inspect", help="ops, parameters, bytes, sparsity, inputs and outputs")
     p.add_argument("model", metavar="MODEL|DIR")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,11 +147,21 @@ def compile(
     shapes: Shapes | None = None,
     instruments: Sequence[Instrument] = (),
     calibration: Calibration = Calibration(),
+    tune: int = 0,
+    tuning_records: str | os.PathLike[str] | None = None,
+    progress: Callable[[str], None] | None = None,
     **target_options: Any,
 ) -> Path:
-    """Optimize a model (fold first) and lower it to an artifact folder for `target`."""
-    from nlpress import targets
+    """Optimize a model (fold first) and lower it to an artifact folder for `target`.
 
+    With `tune` > 0, MetaSchedule tunes the model's kernels for that many trials first and
+    stores the records in `tuning_records`; a build with `tuning_records` reuses them.
+    """
+    from nlpress import targets
+    from nlpress.targets import tuning
+
+    if tune and tuning_records is None:
+        raise UsageError("--tune needs --tuning-records DIR to keep what it finds")
     descriptor = targets.get_target(target, **target_options)
     parsed = starting_with_fold(parse(pipeline))
     source, parsed = _prepare(model, parsed, shapes or {}, calibration)
@@ -161,7 +171,12 @@ def compile(
         "source": {"sha256": source.sha256, "zoo": source.zoo.name if source.zoo else None},
         "passes": [dataclasses.asdict(r) for r in result.records],
     }
-    return targets.build_artifact(result.model, descriptor, Path(output), manifest=manifest)
+    if tune and tuning_records is not None:
+        tuning.tune_model(
+            result.model.to_onnx(), descriptor, tune, tuning_records, progress=progress
+        )
+    with tuning.using_records(tuning_records):
+        return targets.build_artifact(result.model, descriptor, Path(output), manifest=manifest)
 
 
 def open_session(model: str | os.PathLike[str]) -> tuple[Session, zoo.ZooModel | None]:

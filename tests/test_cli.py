@@ -191,6 +191,12 @@ def test_compile_then_run_and_inspect_the_artifact(tiny_bert_path, tmp_path, cap
     assert nlpress("run", artifact, *feeds) == EXIT_USAGE
     assert "input_ids" in capsys.readouterr().err
 
+    assert nlpress("bench", artifact, "--vs-ort", "--runs", "3", "--json") == EXIT_OK
+    timing = json.loads(capsys.readouterr().out)
+    assert timing["nlpress_ms"] > 0 and timing["ort_ms"] > 0 and timing["worst"] < 1e-4
+    assert nlpress("bench", tiny_bert_path) == EXIT_USAGE
+
+    capsys.readouterr()
     assert nlpress("inspect", artifact, "--json") == EXIT_OK
     summary = json.loads(capsys.readouterr().out)
     assert summary["manifest"]["source"]["zoo"] == "bert-tiny-random"
@@ -207,4 +213,8 @@ def test_compile_errors_name_what_is_valid(tmp_path, capsys):
         == EXIT_USAGE
     )
     assert "sm_80" in capsys.readouterr().err
+    assert (
+        nlpress("compile", "bert-tiny-random", "-t", "x86", "--tune", "8", "-o", out) == EXIT_USAGE
+    )
+    assert "--tuning-records" in capsys.readouterr().err
     assert not out.exists()
