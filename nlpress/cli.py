@@ -291,15 +291,13 @@ def _shape_flag(text: str) -> tuple[str, tuple[int | str, ...]]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _add_shape_flag(p: argparse.ArgumentParser, help_text: str) -> None:
+    kind = {"action": "append", "default": [], "type": _shape_flag, "metavar": "NAME=DIMS"}
+    p.add_argument("--shape", help=help_text, **kind)
+
+
 def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--shape",
-        action="append",
-        default=[],
-        type=_shape_flag,
-        metavar="NAME=DIMS",
-        help="fix an input's dims for every pass and the lowering (repeatable)",
-    )
+    _add_shape_flag(p, "fix an input's dims for every pass and the lowering (repeatable)")
     p.add_argument("--config", metavar="FILE", help="a TOML build file ([build] table)")
     p.add_argument(
         "--tokenizer",
@@ -385,14 +383,7 @@ def _parser() -> argparse.ArgumentParser:
         help="also time ONNX Runtime (2 threads) on the artifact's model.onnx",
     )
     p.add_argument("--runs", type=int, default=20, help="timed runs of each (default 20)")
-    p.add_argument(
-        "--shape",
-        action="append",
-        default=[],
-        type=_shape_flag,
-        metavar="NAME=DIMS",
-        help="dims of a symbolic input (random feeds are made)",
-    )
+    _add_shape_flag(p, "dims of a symbolic input (random feeds are made)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_bench)
 
