@@ -292,8 +292,14 @@ def _shape_flag(text: str) -> tuple[str, tuple[int | str, ...]]:
 
 
 def _add_shape_flag(p: argparse.ArgumentParser, help_text: str) -> None:
-    kind = {"action": "append", "default": [], "type": _shape_flag, "metavar": "NAME=DIMS"}
-    p.add_argument("--shape", help=help_text, **kind)
+    p.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        type=_shape_flag,
+        help=help_text,
+        metavar="NAME=DIMS",
+    )
 
 
 def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
