@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 # Target features that widen the float vector registers LLVM can use (bits).
@@ -114,27 +115,24 @@ def inline_intermediates(sch: Any, keep: Any) -> None:
 
 def inline_producers(sch: Any, block: Any) -> None:
     """Inline every injective producer of `block` that can be inlined, transitively."""
-    while True:
-        inlined = 0
-        for producer in sch.get_producers(block):
-            try:
-                sch.compute_inline(producer)
-                inlined += 1
-            except Exception:  # a producer that cannot be inlined stays a block
-                continue
-        if not inlined:
-            return
+    _inline_until_fixed(lambda: sch.get_producers(block), sch.compute_inline)
 
 
 def inline_consumers(sch: Any, block: Any) -> bool:
     """Inline every consumer chain of `block` into it; returns whether none is left."""
+    _inline_until_fixed(lambda: sch.get_consumers(block), sch.reverse_compute_inline)
+    return not sch.get_consumers(block)
+
+
+def _inline_until_fixed(neighbours: Callable[[], Any], inline: Callable[[Any], None]) -> None:
+    """Inline the neighbours `neighbours()` returns, again and again, until none can be."""
     while True:
         inlined = 0
-        for consumer in sch.get_consumers(block):
+        for neighbour in neighbours():
             try:
-                sch.reverse_compute_inline(consumer)
+                inline(neighbour)
                 inlined += 1
-            except Exception:  # a consumer that cannot be inlined stays a block
+            except Exception:  # a block that cannot be inlined stays a block
                 continue
         if not inlined:
-            return not sch.get_consumers(block)
+            return
