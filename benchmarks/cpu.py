@@ -3,11 +3,13 @@
 For each (batch, seq) it compiles minilm-l6 with static shapes (default schedules, or the
 tuning records of --records), then runs the artifact and ONNX Runtime fp32 (the original
 model, all graph optimizations, 2 intra-op threads) alternately on real-text feeds after a
-warm-up, and reports the medians, the ratio nlpress/ORT, the compile time and the largest
-absolute difference of the outputs. --profile adds the time of each kernel at 1x128, with
-TVM's plain loop nests and with the schedules. Writes cpu.json and cpu.md into --out.
+warm-up (each timed run after a pause that lets both thread pools go idle; see
+nlpress.targets.bench), and reports the medians, the ratio nlpress/ORT, the compile time and
+the largest absolute difference of the outputs. --profile adds the time of each kernel at
+1x128, with TVM's plain loop nests and with the schedules. Writes cpu.json and cpu.md into --out.
 
-    python benchmarks/cpu.py [--shapes 1x128 8x128] [--runs 20] [--records DIR] [--profile]
+    python benchmarks/cpu.py [--shapes 1x128 8x128] [--runs 20] [--settle 0.2]
+                             [--records DIR] [--profile]
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="*", default=["1x128", "8x128"])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=THREADS)
+    parser.add_argument(
+        "--settle", type=float, default=0.2, help="seconds of pause before each timed run"
+    )
     parser.add_argument("--records", help="tuning records folder to build with")
     parser.add_argument("--profile", action="store_true", help="time each kernel at 1x128")
     parser.add_argument("--out", default="benchmarks/out")
@@ -67,6 +72,7 @@ def measure(shape: str, args: argparse.Namespace) -> dict[str, Any]:
             runs=args.runs,
             feeds=text_feeds(batch, seq),
             threads=args.threads,
+            settle=args.settle,
         )
     row = {"shape": shape, "compile_s": round(compile_s, 1), **result}
     row["records"] = args.records

@@ -1,11 +1,17 @@
 """Side-by-side timing of a compiled artifact and ONNX Runtime on the same feeds.
 
 Runs alternate (artifact, ORT, artifact, ...) after a warm-up, so that both see the same load on
-a shared machine; medians are reported with the load average. Both use `threads` threads: ORT
-through its intra-op pool, TVM through TVM_NUM_THREADS (set here unless the caller set it;
-TVM reads it when its thread pool starts, so before the process's first TVM kernel runs).
-TVM pins its threads to cores unless TVM_BIND_THREADS=0; ORT does not, and on a shared machine
-a pinned thread waits for its busy core while another is idle, so this sets it to 0 too.
+a shared machine; medians are reported with the load average. Each timed run starts after a
+pause (`SETTLE_S`): both runtimes keep their worker threads spinning for tens of milliseconds
+after a run (measured here: about 45 ms of CPU for ORT, 115 ms for TVM), and a spinning pool of
+one runtime would otherwise take a core from the other's next run. With the pause, each run
+starts from the same idle state, as a request arriving at a deployed model does.
+
+Both use `threads` threads: ORT through its intra-op pool, TVM through TVM_NUM_THREADS (set
+here unless the caller set it; TVM reads it when its thread pool starts, so before the process's
+first TVM kernel runs). TVM pins its threads to cores unless TVM_BIND_THREADS=0; ORT does not,
+and on a shared machine a pinned thread waits for its busy core while another is idle, so this
+sets it to 0 too.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ log = logging.getLogger(__name__)
 Feeds = dict[str, np.ndarray]
 DEFAULT_THREADS = 2
 WARMUP = 3
+# Seconds between timed runs: longer than either runtime's worker threads keep spinning.
+SETTLE_S = 0.2
 
 
 def compare_with_ort(
@@ -40,6 +48,7 @@ def compare_with_ort(
     feeds: Mapping[str, np.ndarray] | None = None,
     threads: int = DEFAULT_THREADS,
     warmup: int = WARMUP,
+    settle: float = SETTLE_S,
 ) -> dict[str, Any]:
     """Time an x86 artifact against ONNX Runtime (fp32, CPU) and compare their outputs.
 
@@ -51,6 +60,7 @@ def compare_with_ort(
         feeds: The inputs; default seeded random ones (ids in [0, 2)) of the given shapes.
         threads: Threads for both runtimes.
         warmup: Untimed runs of each first.
+        settle: Seconds of pause before each timed run (0: back to back).
 
     Returns:
         JSON-ready facts: medians in ms ("nlpress_ms", "ort_ms"), "ratio" (nlpress / ORT),
@@ -63,12 +73,17 @@ def compare_with_ort(
     ort_session = _ort_session(onnx_model, threads)
     inputs = dict(feeds) if feeds is not None else _random_feeds(session, shapes or {})
     ours, theirs = _alternate(
-        lambda: session.run(None, inputs), lambda: ort_session.run(None, inputs), runs, warmup
+        lambda: session.run(None, inputs),
+        lambda: ort_session.run(None, inputs),
+        runs,
+        warmup,
+        settle,
     )
     names = [o.name for o in session.get_outputs()]
     diffs = _diffs(names, session.run(None, inputs), ort_session.run(names, inputs))
     return {
         "runs": runs,
+        "settle_s": settle,
         "threads": {"nlpress": tvm_threads(), "onnxruntime": threads},
         "tvm_bind_threads": os.environ["TVM_BIND_THREADS"],
         "shapes": {name: list(array.shape) for name, array in inputs.items()},
@@ -117,7 +132,7 @@ def _random_feeds(session: Session, shapes: Mapping[str, Sequence[int]]) -> Feed
 
 
 def _alternate(
-    first: Callable[[], Any], second: Callable[[], Any], runs: int, warmup: int
+    first: Callable[[], Any], second: Callable[[], Any], runs: int, warmup: int, settle: float
 ) -> tuple[list[float], list[float]]:
     """Seconds per run of each, run alternately after `warmup` untimed runs of each."""
     for _ in range(warmup):
@@ -126,6 +141,7 @@ def _alternate(
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(runs):
         for fn, out in ((first, times[0]), (second, times[1])):
+            time.sleep(settle)
             began = time.perf_counter()
             fn()
             out.append(time.perf_counter() - began)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import graphs
@@ -15,6 +16,7 @@ from onnx import helper
 from nlpress.ir import Model, UsageError
 from nlpress.ir.verify import run
 from nlpress.targets import FeedError, build_artifact, get_target, load
+from nlpress.targets.bench import compare_with_ort
 from nlpress.targets.lower import LoweringError, UnsupportedOpError
 
 FEEDS = {
@@ -151,3 +153,12 @@ def test_arm_artifact_is_an_aarch64_library(tiny_model: Model, tmp_path: Path) -
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["target"]["tvm_target"]["mattr"] == ["+neon", "+dotprod"]
     assert manifest["fidelity"]["tvm_vs_onnxruntime"]["checked"] is False
+
+
+def test_side_by_side_timing_pauses_between_runs(tiny_model: Model, x86_artifact: Path) -> None:
+    began = time.perf_counter()
+    result = compare_with_ort(x86_artifact, tiny_model, feeds=FEEDS, runs=3, warmup=1, settle=0.05)
+    assert time.perf_counter() - began >= 2 * 3 * 0.05
+    assert result["settle_s"] == 0.05
+    assert result["worst"] < 1e-5
+    assert result["nlpress_ms"] > 0 and result["ort_ms"] > 0
