@@ -108,7 +108,7 @@ def _manifest(
             "nlpress_version": __version__,
             "tvm_version": str(tvm.__version__),
             "target": target.describe(),
-            "inputs": [_value_info(v) for v in _graph_inputs(proto)],
+            "inputs": _inputs(proto),
             "outputs": [_value_info(v) for v in proto.graph.output],
             "files": {"library": LIBRARY, "onnx": ONNX_FILE, "report": REPORT},
         }
@@ -116,6 +116,44 @@ def _manifest(
     if facts:
         fields.update(facts)
     return fields
+
+
+def _inputs(proto: onnx.ModelProto) -> list[dict[str, Any]]:
+    """The graph inputs' manifest entries; integer inputs that index a table get "index_range"."""
+    ranges = _index_ranges(proto)
+    entries = []
+    for value in _graph_inputs(proto):
+        entry = _value_info(value)
+        if value.name in ranges:
+            entry["index_range"] = list(ranges[value.name])
+        entries.append(entry)
+    return entries
+
+
+def _index_ranges(proto: onnx.ModelProto) -> dict[str, tuple[int, int]]:
+    """The valid values of graph inputs used as Gather indices into a constant table.
+
+    An index out of [-rows, rows - 1] is undefined in ONNX; TVM's compiled gather reads outside
+    the table (or crashes), so the runtime checks feeds against these bounds first.
+    """
+    tables = {i.name: list(i.dims) for i in proto.graph.initializer}
+    inputs = {v.name for v in _graph_inputs(proto)}
+    origin = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "Cast"}
+    ranges: dict[str, tuple[int, int]] = {}
+    for node in proto.graph.node:
+        if node.op_type != "Gather" or node.input[0] not in tables:
+            continue
+        source = node.input[1]
+        while source in origin:
+            source = origin[source]
+        if source not in inputs:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        dims = tables[node.input[0]]
+        rows = int(dims[axis if axis >= 0 else axis + len(dims)])
+        low, high = ranges.get(source, (-rows, rows - 1))
+        ranges[source] = (max(low, -rows), min(high, rows - 1))
+    return ranges
 
 
 def _graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

@@ -58,6 +58,11 @@ class Session:
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
         self._inputs = [_node_arg(v) for v in self.manifest["inputs"]]
+        self._index_ranges = {
+            str(v["name"]): (int(v["index_range"][0]), int(v["index_range"][1]))
+            for v in self.manifest["inputs"]
+            if "index_range" in v
+        }
         self._outputs = [_node_arg(v) for v in self.manifest["outputs"]]
         self._device_kind = self.manifest["target"]["device"]
         self._vm, self._device = _load_vm(self.path / LIBRARY, self._device_kind, device_id)
@@ -79,7 +84,7 @@ class Session:
 
         """
         wanted = self._output_indices(output_names)
-        arrays = check_feeds(self._inputs, feeds)
+        arrays = check_feeds(self._inputs, feeds, self._index_ranges)
         import tvm
 
         args = [tvm.runtime.tensor(a, self._device) for a in arrays]
@@ -120,8 +125,15 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
-def check_feeds(inputs: Sequence[NodeArg], feeds: Mapping[str, Any]) -> list[np.ndarray]:
-    """The feeds as arrays in input order, after checking names, dtypes and shapes."""
+def check_feeds(
+    inputs: Sequence[NodeArg],
+    feeds: Mapping[str, Any],
+    index_ranges: Mapping[str, tuple[int, int]] | None = None,
+) -> list[np.ndarray]:
+    """The feeds as arrays in input order, after checking names, dtypes, shapes and values.
+
+    `index_ranges` gives the valid values of the inputs that index a table (token ids).
+    """
     names = [i.name for i in inputs]
     missing = [n for n in names if n not in feeds]
     extra = [n for n in feeds if n not in names]
@@ -130,7 +142,21 @@ def check_feeds(inputs: Sequence[NodeArg], feeds: Mapping[str, Any]) -> list[np.
         parts += [f"unknown {', '.join(extra)}"] if extra else []
         raise FeedError(f"feeds: {'; '.join(parts)}; the model's inputs: {', '.join(names)}")
     bound: dict[str, tuple[int, str]] = {}
-    return [_checked(arg, feeds[arg.name], bound) for arg in inputs]
+    arrays = [_checked(arg, feeds[arg.name], bound) for arg in inputs]
+    for arg, array in zip(inputs, arrays, strict=True):
+        if index_ranges and arg.name in index_ranges and array.size:
+            _check_indices(arg.name, array, *index_ranges[arg.name])
+    return arrays
+
+
+def _check_indices(name: str, array: np.ndarray, low: int, high: int) -> None:
+    smallest, largest = int(array.min()), int(array.max())
+    if smallest < low or largest > high:
+        wrong = smallest if smallest < low else largest
+        raise FeedError(
+            f"input {name}: value {wrong} is out of range [{low}, {high}] "
+            f"(it indexes a table of {high + 1} rows)"
+        )
 
 
 def _checked(arg: NodeArg, value: Any, bound: dict[str, tuple[int, str]]) -> np.ndarray:
