@@ -139,10 +139,14 @@ def relax_pipeline(target: Target, tvm_target: Any, records: Path | None = None)
     `records` (a MetaSchedule database folder) where it has them, nlpress's default rules
     for the rest. Kernels left with a plain loop nest are logged at warning level.
     """
+    import tvm
     from tvm import relax
 
     if target.device == "cuda":
-        return relax.backend.cuda.get_default_pipeline(tvm_target)
+        from nlpress.targets import quantized
+
+        cuda = relax.backend.cuda.get_default_pipeline(tvm_target)
+        return tvm.transform.Sequential([quantized.qdq_matmul_pass(packed=False), cuda])
     return _cpu_pipeline(tvm_target, records)
 
 
@@ -182,11 +186,12 @@ def cpu_kernels(
     from tvm import relax, tirx
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from nlpress.targets import schedules
+    from nlpress.targets import quantized, schedules
 
     with tvm_target:
         mod = tvm.transform.Sequential(
             [
+                quantized.qdq_matmul_pass(packed=True),
                 *cpu.library_dispatch_passes(tvm_target),
                 relax.transform.FastMathTransform(),
                 *cpu.legalize_passes(tvm_target),

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from nlpress.targets.schedules.elementwise import Elementwise
+from nlpress.targets.schedules.int8 import Int8Matmul
 from nlpress.targets.schedules.matmul import Matmul
 from nlpress.targets.schedules.reduction import RowReduction
 
@@ -28,7 +29,7 @@ class Rule(Protocol):
 
 def default_rules() -> tuple[Rule, ...]:
     """The CPU rules, most specific first."""
-    return (Matmul(), RowReduction(), Elementwise())
+    return (Int8Matmul(), Matmul(), RowReduction(), Elementwise())
 
 
 def schedule_module(
@@ -85,6 +86,7 @@ def schedule_func(
 
 __all__ = [
     "Elementwise",
+    "Int8Matmul",
     "Matmul",
     "RowReduction",
     "Rule",

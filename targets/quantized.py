@@ -1,0 +1,517 @@
+"""QDQ MatMul -> int matmul: dq(x_q) @ dq(W_q) + b -> (x_q @ W_q - zp_x colsum(W_q)) s_x s_w + b.
+
+The Relax rewrite runs right after `from_onnx`, before legalization, for every target. It takes
+a `matmul` whose left operand is `dequantize(x_q, s_x, zp_x)` of a per-tensor uint8 activation
+(static QuantizeLinear or DynamicQuantizeLinear) and whose right operand is
+`dequantize(W_q, s_w, 0, axis=1)` of a constant int8 [k, n] weight (per-channel or per-tensor
+scale, zero zero-point), and an optional float bias added to its result. The quantize of x stays:
+it is real work (float -> uint8). What replaces the float matmul:
+
+- on CPU targets, one kernel (`call_te`) that accumulates uint8 x int8 products in int32 over
+  a weight repacked at compile time into VNNI blocks, `W_p[n/16, k/4, 16, 4]` (zero-padded to
+  multiples of 16 columns and 4 rows), then applies the zero-point correction with the
+  precomputed column sums, the scales and the bias in its epilogue. The integer schedule rule
+  (`schedules/int8.py`) tensorizes its inner 16x4 block with the target's dot-product
+  instruction (vpdpbusd on AVX-512 VNNI) or vectorizes it plainly elsewhere;
+- on CUDA, the same arithmetic in Relax ops (`matmul(x_q, W_q, out_dtype="int32")` and
+  elementwise ops), which legalization and dlight's GPU rules turn into kernels.
+
+The weights are stored as int8 constants (plus an int32 column sum and a float scale per
+column), so the library holds a quarter of the float weight bytes. Two companions: a Gather of
+a dequantized constant table (an embedding) gathers int8 rows and dequantizes only those, so
+the table stays int8 too; and DynamicQuantizeLinear's max(x) and min(x) over a whole tensor
+become two row reductions, which the row-reduction schedule takes. Anything else (int8
+activations, per-channel activation scales, nonzero weight zero-points, batched matmuls of two
+activations) is left in float.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# The VNNI block of the packed weight: 16 output columns x 4 reduction rows, 64 bytes.
+BLOCK_N = 16
+BLOCK_K = 4
+# The name hint of the CPU kernel (its reduction block is `ACC_BLOCK`).
+KERNEL_NAME = "qmatmul"
+ACC_BLOCK = "qmatmul_acc"
+
+
+@dataclass(frozen=True)
+class _Weight:
+    """The constant quantized weight of a QDQ MatMul, in numpy."""
+
+    q: np.ndarray  # int8 [k, n]
+    scale: np.ndarray  # float32 [n]
+
+
+@dataclass(frozen=True)
+class _Match:
+    """One QDQ MatMul (and the bias Add it absorbs) found in the original function."""
+
+    x_q: Any  # the uint8 activation (a Relax expression of the original function)
+    x_scale: Any
+    x_zero_point: Any
+    weight: _Weight
+    bias: np.ndarray | None  # float32 [n]
+    output: Any  # the Relax Var whose value the integer matmul replaces
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What to rewrite in one function: QDQ MatMuls, full-range reductions, QDQ gathers."""
+
+    matmuls: list[_Match]
+    ranges: set[Any]
+    gathers: dict[Any, tuple[Any, Any]]  # var -> (dequantize call, indices)
+
+    def __bool__(self) -> bool:
+        return bool(self.matmuls or self.ranges or self.gathers)
+
+
+def pack_weight(w_q: np.ndarray) -> np.ndarray:
+    """Repack an int8 [k, n] weight into zero-padded VNNI blocks [n/16, k/4, 16, 4].
+
+    `packed[j // 16, i // 4, j % 16, i % 4] == w_q[i, j]`; padding rows and columns are zero.
+    """
+    k, n = w_q.shape
+    kp, np_ = _round_up(k, BLOCK_K), _round_up(n, BLOCK_N)
+    padded = np.zeros((kp, np_), dtype=np.int8)
+    padded[:k, :n] = w_q
+    blocks = padded.reshape(kp // BLOCK_K, BLOCK_K, np_ // BLOCK_N, BLOCK_N)
+    return np.ascontiguousarray(blocks.transpose(2, 0, 3, 1))
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def rewrite_qdq_matmuls(mod: Any, packed: bool = True) -> Any:
+    """Replace every QDQ MatMul of the module's Relax functions by integer arithmetic.
+
+    Args:
+        mod: A Relax IRModule, as `from_onnx` imports it.
+        packed: Emit the CPU kernel over VNNI-packed weights (True), or Relax ops that any
+            target legalizes (False; CUDA).
+
+    Returns:
+        The rewritten module (the same object when nothing matched).
+
+    """
+    from tvm import relax
+
+    plans = {
+        gvar: _Plan(_find_matches(func), _full_ranges(func), _find_gathers(func))
+        for gvar, func in mod.functions_items()
+        if isinstance(func, relax.Function)
+    }
+    plans = {gvar: plan for gvar, plan in plans.items() if plan}
+    if not plans:
+        return mod
+    for gvar, plan in plans.items():
+        mod = _rewriter(mod, plan, packed).rewrite(gvar)
+    count = sum(len(plan.matmuls) for plan in plans.values())
+    log.debug("rewrote %d QDQ MatMuls to integer matmuls (packed=%s)", count, packed)
+    return relax.transform.DeadCodeElimination()(mod)
+
+
+def qdq_matmul_pass(packed: bool = True) -> Any:
+    """`rewrite_qdq_matmuls` as a TVM module pass, for Relax pipelines."""
+    import tvm
+
+    @tvm.transform.module_pass(opt_level=0, name="NlpressQdqMatmul")  # type: ignore[untyped-decorator]
+    def _pass(mod: Any, _ctx: Any) -> Any:
+        return rewrite_qdq_matmuls(mod, packed)
+
+    return _pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Matching
+
+
+def _bindings(func: Any) -> Iterator[Any]:
+    from tvm import relax
+
+    body = func.body
+    if not isinstance(body, relax.SeqExpr):
+        return
+    for block in body.blocks:
+        yield from block.bindings
+
+
+def _find_matches(func: Any) -> list[_Match]:
+    """The QDQ MatMuls of `func`, each with the bias Add it can absorb."""
+    from tvm import relax
+
+    values = {b.var: b.value for b in _bindings(func) if isinstance(b, relax.VarBinding)}
+    uses = _use_counts(func)
+    matches: dict[Any, _Match] = {}
+    for var, value in values.items():
+        found = _match_matmul(value, values)
+        if found is not None:
+            matches[var] = _Match(*found, bias=None, output=var)
+    for var, value in values.items():
+        bias = _bias_of(value, matches, uses)
+        if bias is not None:
+            matmul_var, vector = bias
+            old = matches.pop(matmul_var)
+            matches[var] = _Match(
+                old.x_q, old.x_scale, old.x_zero_point, old.weight, vector, output=var
+            )
+    return list(matches.values())
+
+
+def _full_ranges(func: Any) -> set[Any]:
+    """The vars bound to max(x) or min(x) over every axis of an x of rank 2 or more.
+
+    DynamicQuantizeLinear's range: a reduction to one scalar runs on one thread, unvectorized;
+    as a reduction of each row, then of the row results, it takes the row-reduction schedule.
+    """
+    found = set()
+    for binding in _bindings(func):
+        value = binding.value
+        if _op_name(value) not in ("relax.max", "relax.min") or value.attrs.axis is not None:
+            continue
+        if _ndim(value.args[0]) >= 2 and not value.attrs.keepdims:
+            found.add(binding.var)
+    return found
+
+
+def _find_gathers(func: Any) -> dict[Any, tuple[Any, Any]]:
+    """Gathers of rows of a dequantized constant table (an embedding): var -> (dequantize, ids).
+
+    They gather int8 rows and dequantize only those, so the table stays int8 in the library
+    (a dequantize of a constant would be folded into a float table).
+    """
+    from tvm import relax
+
+    values = {b.var: b.value for b in _bindings(func) if isinstance(b, relax.VarBinding)}
+    found = {}
+    for var, value in values.items():
+        take = _call_of(value, "relax.take", values)
+        if take is None or take.attrs.axis is None or int(take.attrs.axis) != 0:
+            continue
+        dequantize = _call_of(take.args[0], "relax.dequantize", values)
+        if dequantize is None or not all(_is_const(a) for a in dequantize.args):
+            continue
+        table = dequantize.args[0]
+        float_result = str(dequantize.attrs.out_dtype) == "float32"
+        if _dtype(table) in ("int8", "uint8") and _ndim(table) == 2 and float_result:
+            found[var] = (dequantize, take.args[1])
+    return found
+
+
+def _use_counts(func: Any) -> dict[Any, int]:
+    from tvm import relax
+
+    counts: dict[Any, int] = {}
+
+    def visit(expr: Any) -> None:
+        if isinstance(expr, relax.Var):
+            counts[expr] = counts.get(expr, 0) + 1
+
+    relax.analysis.post_order_visit(func.body, visit)
+    return counts
+
+
+def _call_of(expr: Any, op_name: str, values: dict[Any, Any]) -> Any:
+    """The Call of `op_name` that `expr` is or is bound to, else None."""
+    from tvm import relax
+
+    if isinstance(expr, relax.Var) and expr in values:
+        expr = values[expr]
+    return expr if _op_name(expr) == op_name else None
+
+
+def _op_name(expr: Any) -> str | None:
+    """The name of the operator `expr` calls (e.g. "relax.matmul"), None if not an op call."""
+    import tvm
+    from tvm import relax
+
+    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+        return str(expr.op.name)
+    return None
+
+
+def _match_matmul(value: Any, values: dict[Any, Any]) -> tuple[Any, Any, Any, _Weight] | None:
+    """(x_q, s_x, zp_x, weight) when `value` is matmul(dequantize(x_q), dequantize(W_q))."""
+    matmul = _call_of(value, "relax.matmul", values)
+    if matmul is None or matmul.attrs.out_dtype not in (None, "", "float32"):
+        return None
+    left = _call_of(matmul.args[0], "relax.dequantize", values)
+    right = _call_of(matmul.args[1], "relax.dequantize", values)
+    if left is None or right is None:
+        return None
+    activation = _activation(left)
+    weight = _weight(right)
+    if activation is None or weight is None:
+        return None
+    return (*activation, weight)
+
+
+def _activation(dequantize: Any) -> tuple[Any, Any, Any] | None:
+    """(x_q, s_x, zp_x) of a per-tensor uint8 dequantize with a float32 result, else None."""
+    x_q, scale, zero_point = dequantize.args
+    if _dtype(x_q) != "uint8" or str(dequantize.attrs.out_dtype) != "float32":
+        return None
+    if _ndim(x_q) not in (2, 3) or _dtype(scale) != "float32" or _dtype(zero_point) != "uint8":
+        return None
+    if not (_is_scalar(scale) and _is_scalar(zero_point)):
+        return None
+    return x_q, scale, zero_point
+
+
+def _weight(dequantize: Any) -> _Weight | None:
+    """The constant int8 [k, n] weight with per-column or per-tensor scale and zero zero-point."""
+    w_q, scale, zero_point = dequantize.args
+    if not all(_is_const(a) for a in (w_q, scale, zero_point)):
+        return None
+    q, s, zp = (a.value.numpy() for a in (w_q, scale, zero_point))
+    if q.dtype != np.int8 or q.ndim != 2 or s.dtype != np.float32 or np.any(zp != 0):
+        return None
+    n = q.shape[1]
+    if s.size == 1:
+        s = np.full(n, s.reshape(()), dtype=np.float32)
+    elif s.shape != (n,) or int(dequantize.attrs.axis) not in (1, -1):
+        return None
+    return _Weight(q, s.astype(np.float32))
+
+
+def _bias_of(
+    value: Any, matches: dict[Any, _Match], uses: dict[Any, int]
+) -> tuple[Any, np.ndarray] | None:
+    """(matmul var, bias [n]) when `value` adds a constant float bias to a matched matmul."""
+    if _op_name(value) != "relax.add":
+        return None
+    for mm, other in (value.args, value.args[::-1]):
+        if mm in matches and uses.get(mm, 0) == 1 and _is_const(other):
+            bias = other.value.numpy()
+            n = matches[mm].weight.q.shape[1]
+            fits = bias.size == n and bias.shape[-1:] == (n,) and bias.ndim <= _ndim(mm)
+            if bias.dtype == np.float32 and fits:
+                return mm, bias.reshape(n)
+    return None
+
+
+def _is_const(expr: Any) -> bool:
+    import tvm
+
+    return isinstance(expr, tvm.ir.GenericConst)
+
+
+def _dtype(expr: Any) -> str:
+    dtype = getattr(expr.ty, "dtype", None)
+    return str(getattr(dtype, "dtype", dtype or ""))
+
+
+def _ndim(expr: Any) -> int:
+    return int(getattr(expr.ty, "ndim", -1))
+
+
+def _shape(expr: Any) -> list[Any] | None:
+    """The dims of a tensor expression (ints or symbolic PrimExprs), None when unknown."""
+    shape = getattr(expr.ty, "shape", None)
+    return list(shape.values) if shape is not None and hasattr(shape, "values") else None
+
+
+def _is_scalar(expr: Any) -> bool:
+    shape = _shape(expr)
+    return shape is not None and all(int(getattr(d, "value", 0)) == 1 for d in shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rewriting
+
+
+def _rewriter_base() -> type:
+    from tvm import relax
+
+    return relax.PyExprMutator  # type: ignore[no-any-return]
+
+
+def _make_rewriter() -> type:
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Rewriter(_rewriter_base()):  # type: ignore[misc]
+        """Re-emits a function, replacing each matched output by its integer matmul."""
+
+        def __init__(self, mod: Any, plan: _Plan, packed: bool) -> None:
+            super().__init__(mod)
+            self.mod_ = mod
+            self.matches = {m.output: m for m in plan.matmuls}
+            self.ranges = plan.ranges
+            self.gathers = plan.gathers
+            self.packed = packed
+
+        def rewrite(self, gvar: Any) -> Any:
+            func = self.visit_expr(self.mod_[gvar])
+            self.builder_.update_func(gvar, func)
+            return self.builder_.get()
+
+        def visit_var_binding_(self, binding: Any) -> None:
+            new = self._replacement(binding)
+            if new is None:
+                super().visit_var_binding_(binding)
+                return
+            if not isinstance(binding.var, relax.DataflowVar):  # an output of the block
+                new = self.builder_.emit_output(new)
+            self.set_var_remap(binding.var, new)
+
+        def _replacement(self, binding: Any) -> Any:
+            """The new var of a binding the plan rewrites, else None."""
+            bb, visit = self.builder_, self.visit_expr
+            if binding.var in self.ranges:
+                return _emit_range(bb, binding, visit)
+            static = _static_shape_of(binding.value)
+            if static is not None:  # frees the dequantized tables whose shape was asked
+                return bb.emit(relax.ShapeExpr(static))
+            if binding.var in self.gathers:
+                return _emit_gather(bb, *self.gathers[binding.var], visit)
+            match = self.matches.get(binding.var)
+            if match is None:
+                return None
+            return (_emit_packed if self.packed else _emit_relax_ops)(bb, match, visit)
+
+    return Rewriter
+
+
+def _static_shape_of(value: Any) -> list[int] | None:
+    """The dims of `shape_of(x)` when x's shape is static, else None."""
+    if _op_name(value) != "relax.shape_of":
+        return None
+    shape = _shape(value.args[0])
+    if shape is None or not all(hasattr(d, "value") for d in shape):
+        return None
+    return [int(d.value) for d in shape]
+
+
+def _rewriter(mod: Any, plan: _Plan, packed: bool) -> Any:
+    return _make_rewriter()(mod, plan, packed)
+
+
+def _emit_gather(bb: Any, dequantize: Any, indices: Any, visit: Any) -> Any:
+    """take(dequantize(T_q, s, zp), ids) as (take(T_q, ids) - zp) * s, per row or column."""
+    from tvm import relax
+
+    op = relax.op
+    table, scale, zero_point = dequantize.args
+    ids = visit(indices)
+    rows = op.astype(op.take(table, ids, axis=0), "float32")
+    per_row = _ndim(scale) == 1 and int(dequantize.attrs.axis) == 0 and not _is_scalar(scale)
+    if per_row:  # one scale per table row: gather it with the row
+        scale = op.expand_dims(op.take(scale, ids, axis=0), -1)
+        zero_point = op.expand_dims(op.take(zero_point, ids, axis=0), -1)
+    centered = op.subtract(rows, op.astype(zero_point, "float32"))
+    return bb.emit(op.multiply(centered, scale))
+
+
+def _emit_range(bb: Any, binding: Any, visit: Any) -> Any:
+    """max(x) as max(max(x, axis=-1)) (min alike): two row reductions, the second short."""
+    from tvm import relax
+
+    reduce = relax.op.max if binding.value.op.name == "relax.max" else relax.op.min
+    rows = bb.emit(reduce(visit(binding.value.args[0]), axis=[-1]))
+    if _ndim(rows) > 1:
+        rows = bb.emit(relax.op.reshape(rows, (-1,)))
+    # As one row of a [1, rows] tensor, the last stage is a row reduction too.
+    last = bb.emit(reduce(relax.op.reshape(rows, (1, -1)), axis=[-1]))
+    return bb.emit(relax.op.reshape(last, ()))
+
+
+def _scalar(bb: Any, expr: Any) -> Any:
+    """A 0-d view of a one-element tensor."""
+    from tvm import relax
+
+    if _ndim(expr) == 0:
+        return expr
+    return bb.emit(relax.op.reshape(expr, ()))
+
+
+def _emit_packed(bb: Any, match: _Match, visit: Any) -> Any:
+    """The CPU form: one kernel over the VNNI-packed weight; returns the new output var."""
+    from tvm import relax
+
+    x_q = visit(match.x_q)
+    q = match.weight.q
+    k, n = q.shape
+    kp, np_ = _round_up(k, BLOCK_K), _round_up(n, BLOCK_N)
+    if kp != k:
+        pad = [0, 0] * (_ndim(x_q) - 1) + [0, kp - k]
+        x_q = bb.emit(relax.op.nn.pad(x_q, pad, pad_value=0.0))
+    colsum = _padded(q.astype(np.int32).sum(axis=0, dtype=np.int32), np_)
+    args = [
+        x_q,
+        relax.const(pack_weight(q), "int8"),
+        relax.const(colsum, "int32"),
+        _scalar(bb, visit(match.x_zero_point)),
+        _scalar(bb, visit(match.x_scale)),
+        relax.const(_padded(match.weight.scale, np_), "float32"),
+    ]
+    if match.bias is not None:
+        args.append(relax.const(_padded(match.bias.astype(np.float32), np_), "float32"))
+    out = bb.emit(bb.call_te(_te_qmatmul, *args, primfunc_name_hint=KERNEL_NAME))
+    if np_ != n:
+        out = bb.emit(relax.op.strided_slice(out, axes=[_ndim(x_q) - 1], begin=[0], end=[n]))
+    return out
+
+
+def _padded(vector: np.ndarray, size: int) -> np.ndarray:
+    out = np.zeros(size, dtype=vector.dtype)
+    out[: vector.size] = vector
+    return out
+
+
+def _te_qmatmul(
+    a: Any, w: Any, colsum: Any, zero_point: Any, x_scale: Any, w_scale: Any, bias: Any = None
+) -> Any:
+    """The kernel: int32 sums of uint8 x int8 products over packed W, then the float epilogue.
+
+    `a` is [..., k] (k a multiple of 4); the result is [..., n] with n a multiple of 16.
+    """
+    from tvm import te
+
+    *lead, depth = a.shape
+    cols = w.shape[0] * BLOCK_N
+    k = te.reduce_axis((0, depth), name="k")
+
+    def product(*index: Any) -> Any:
+        *rows, j = index
+        weight = w[j // BLOCK_N, k // BLOCK_K, j % BLOCK_N, k % BLOCK_K]
+        return te.sum(a[(*rows, k)].astype("int32") * weight.astype("int32"), axis=k)
+
+    acc = te.compute((*lead, cols), product, name=ACC_BLOCK)
+
+    def scaled(*index: Any) -> Any:
+        j = index[-1]
+        centered = acc[index] - zero_point[()].astype("int32") * colsum[j]
+        value = centered.astype("float32") * (x_scale[()] * w_scale[j])
+        return value if bias is None else value + bias[j]
+
+    return te.compute((*lead, cols), scaled, name="qmatmul_scale")
+
+
+def _emit_relax_ops(bb: Any, match: _Match, visit: Any) -> Any:
+    """The portable form in Relax ops (for CUDA's dlight rules); returns the new output var."""
+    from tvm import relax
+
+    op = relax.op
+    x_q = visit(match.x_q)
+    q = match.weight.q
+    colsum = q.astype(np.int32).sum(axis=0, dtype=np.int32)
+    acc = bb.emit(op.matmul(x_q, relax.const(q, "int8"), out_dtype="int32"))
+    zero_point = op.astype(_scalar(bb, visit(match.x_zero_point)), "int32")
+    centered = bb.emit(op.subtract(acc, op.multiply(zero_point, relax.const(colsum, "int32"))))
+    scale = op.multiply(_scalar(bb, visit(match.x_scale)), relax.const(match.weight.scale))
+    out = bb.emit(op.multiply(op.astype(centered, "float32"), scale))
+    if match.bias is not None:
+        out = bb.emit(op.add(out, relax.const(match.bias.astype(np.float32))))
+    return out
