@@ -12,9 +12,13 @@ from nlpress.passes.fold import Fold
 from nlpress.passes.identity_elim import IdentityElim
 from nlpress.passes.pipeline import Pipeline, parse_pipeline
 from nlpress.passes.prune_sparsify import PruneSparsify
+from nlpress.passes.quantize_insert import QuantizeInsert
 
 PASSES: Mapping[str, type[Pass]] = MappingProxyType(
-    {cls.name: cls for cls in (Cleanup, FactorizeMatmul, Fold, IdentityElim, PruneSparsify)}
+    {
+        cls.name: cls
+        for cls in (Cleanup, FactorizeMatmul, Fold, IdentityElim, PruneSparsify, QuantizeInsert)
+    }
 )
 
 # Named pipelines are registered texts, not code paths: `-p O1` means exactly this text.
@@ -22,6 +26,7 @@ NAMED_PIPELINES: Mapping[str, str] = MappingProxyType(
     {
         "O0": "cleanup",
         "O1": "fold,identity-elim,cleanup",
+        "int8": "fold,quantize-insert{budget-cosine=0.997},cleanup",
     }
 )
 

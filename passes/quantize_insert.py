@@ -1,0 +1,702 @@
+"""quantize-insert: MatMul(x, W) -> MatMul(DQ(Q(x)), DQ(W_q)), int8 weights, uint8 activations.
+
+The QDQ format (the lowering relies on exactly this):
+
+- Weight W [k, n] of MatMul(x, W) (an initializer, the second input): an int8 initializer
+  W_q [k, n] and DequantizeLinear(W_q, scale, zero_point, axis=1), scale float32 [n] (per output
+  channel, the default) or a scalar (`per-channel=false`), zero_point int8 zeros of the scale's
+  shape. Symmetric: scale = max|W[:, j]| / 127, values rounded half to even and clipped to
+  [-127, 127]. A Gemm (transA=0) is first rewritten as MatMul(x, alpha W or alpha W^T) followed
+  by Add(beta C) when it has a bias, so every quantized layer is a MatMul.
+- Static activations (`mode=static`): x -> QuantizeLinear(x, s, zp) -> DequantizeLinear(q, s, zp)
+  -> MatMul input 0, s a float32 scalar, zp a uint8 scalar (asymmetric uint8, as ONNX Runtime's
+  default and x86 VNNI's u8 x s8). One Q/DQ pair serves every MatMul reading the same tensor
+  (Q, K and V share one).
+- Dynamic activations (`mode=dynamic`): x -> DynamicQuantizeLinear(x) -> (y uint8, y_scale,
+  y_zero_point) -> DequantizeLinear(y, y_scale, y_zero_point) -> MatMul input 0: per tensor and
+  per call (per-row dynamic quantization is not expressible in plain QDQ).
+- The bias Add after a MatMul stays float, untouched.
+- Attention's batched MatMuls (`attention=true`; both inputs computed): input 0 as a static
+  activation above (uint8 asymmetric); input 1 int8 symmetric, QuantizeLinear(x, s, 0) ->
+  DequantizeLinear, s = max|x| / 127 a float32 scalar and an int8 zero point 0 (u8 x s8 like the
+  weights). With `mode=dynamic` both inputs go through DynamicQuantizeLinear (uint8 x uint8).
+
+Activation ranges come from calibration on token rows, padding excluded (`quantize_ranges`:
+minmax, percentile, entropy, mse).
+
+SmoothQuant (`smooth=ALPHA`): for the layers reading one tensor x, s_j = max|x_j|^alpha /
+max|W_j|^(1 - alpha) (W_j: row j of every layer's weight), x becomes x / s and each weight
+diag(s) W, which leaves the float model unchanged and moves range from the activation into the
+per-channel-quantized weights. The division is folded into x's producer when it is a
+LayerNormalization with constant scale and bias (both divided by s) or a Mul by a constant (the
+constant divided by s); other readers of x (e.g. a residual Add) then read x * s through an
+inserted Mul. Otherwise a Mul(x, 1 / s) is inserted before the quantized layers.
+
+Fidelity budget (`budget-cosine=c`): the cosine between the quantized and the input model's first
+output (mean-pooled over real tokens, as sentence embeddings are) is measured on the calibration
+data (in ONNX Runtime, with its QDQ fusions). Below c, each quantized layer's sensitivity is
+measured on a few calibration batches spread over the set (how much the cosine rises when that
+layer alone stays float), and the most sensitive layers stay float, one by one, until c is met
+on all of the calibration data. Their names are recorded in the model's metadata
+(`nlpress.quantize-insert.float`), so a second run keeps them float too and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import ClassVar, Literal
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from nlpress.ir import Model
+from nlpress.ir.graph import is_graph_output, opset_version, producer, weighted_matmuls
+from nlpress.ir.verify import session
+from nlpress.passes.base import Pass, PassResult, PreconditionError
+from nlpress.passes.calibration import Feeds, activations, require_feeds, token_rows
+from nlpress.passes.quantize_ranges import (
+    TensorStats,
+    activation_range,
+    int8_scale,
+    pooled_cosine,
+    quantize_weight,
+    smooth_factors,
+    uint8_params,
+)
+
+log = logging.getLogger(__name__)
+
+FLOAT_KEY = "nlpress.quantize-insert.float"
+MIN_OPSET = 13
+Mode = Literal["static", "dynamic"]
+Method = Literal["minmax", "percentile", "entropy", "mse"]
+_QDQ = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+# Layer sensitivities for the budget are measured on about this many calibration batches.
+SENSITIVITY_BATCHES = 4
+
+
+@dataclass(frozen=True)
+class QuantizeInsert(Pass):
+    """Quantize MatMul/Gemm layers to int8 weights and uint8 activations with QDQ pairs.
+
+    Options:
+        mode: static (activation ranges from calibration) or dynamic (DynamicQuantizeLinear
+            per tensor and call).
+        calibration: How static ranges are chosen from the calibration histograms: minmax,
+            percentile, entropy (KL divergence, as TensorRT) or mse (least quantization error).
+        percentile: The percentile kept by calibration=percentile, in (50, 100].
+        per-channel: Weight scales per output channel (true) or one per matrix (false).
+        attention: Also quantize attention's batched MatMuls (both inputs computed).
+        smooth: SmoothQuant migration strength alpha in [0, 1]: activation channel j is divided
+            by s_j = max|x_j|^alpha / max|W_j|^(1 - alpha) and weight row j multiplied by it
+            (none: off). Needs calibration data.
+        exclude: Layers kept in float: node names, regexes searched in node names, or op types
+            (e.g. Gemm).
+        budget-cosine: A least cosine between the quantized and the input model's first output
+            on the calibration data, in (0, 1); the layers whose quantization hurts it most stay
+            in float until it is met.
+    """
+
+    name: ClassVar[str] = "quantize-insert"
+    tolerance: ClassVar[float | None] = None
+    needs_calibration: ClassVar[bool] = True
+
+    mode: Mode = "static"
+    calibration: Method = "mse"
+    percentile: float = 99.99
+    per_channel: bool = True
+    attention: bool = False
+    smooth: float | None = None
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+    budget_cosine: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("static", "dynamic"):
+            raise ValueError(f"mode {self.mode!r}: expected static or dynamic")
+        if self.calibration not in ("minmax", "percentile", "entropy", "mse"):
+            raise ValueError(
+                f"calibration {self.calibration!r}: expected minmax, percentile, entropy or mse"
+            )
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile {self.percentile}: expected 50 < percentile <= 100")
+        if self.smooth is not None and not 0.0 <= self.smooth <= 1.0:
+            raise ValueError(f"smooth {self.smooth}: expected an alpha in [0, 1]")
+        if self.budget_cosine is not None and not 0.0 < self.budget_cosine < 1.0:
+            raise ValueError(f"budget-cosine {self.budget_cosine}: expected 0 < budget < 1")
+        for pattern in self.exclude:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"exclude {pattern!r} is not a valid regex ({exc}); escape it to match "
+                    "a name literally"
+                ) from exc
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether this configuration reads calibration data."""
+        return self.mode == "static" or self.smooth is not None or self.budget_cosine is not None
+
+    def requires(self, model: Model) -> None:
+        """QDQ with axis needs opset 13; something must be quantizable; data where needed."""
+        version = opset_version(model.graph) or 0
+        if version < MIN_OPSET:
+            raise PreconditionError(
+                f"{self.name}: per-channel QuantizeLinear/DequantizeLinear need opset "
+                f">= {MIN_OPSET}, the model has {version}; re-export it at a newer opset"
+            )
+        if not _candidates(model.graph, self.attention) and not _quantized(model.graph):
+            raise PreconditionError(
+                f"{self.name}: the graph has no MatMul/Gemm with a constant 2-D float weight "
+                "to quantize"
+            )
+        if self.needs_data:
+            require_feeds(model, self.name)
+
+    def run(self, model: Model) -> PassResult:
+        """Quantize a copy of `model` (the teacher)."""
+        work = model.copy()
+        work.graph.toposort()
+        recorded = _recorded_float(model)
+        layers, skipped = self._layers(work.graph, recorded)
+        if not layers:
+            return PassResult(model.copy(), False, {**skipped, "layers_quantized": 0.0})
+        feeds = require_feeds(model, self.name) if self.needs_data else ()
+        smoothing = self._smooth(work, layers, feeds) if self.smooth is not None else {}
+        ranges = self._ranges(work, layers, feeds) if self.mode == "static" else {}
+        plan = Plan(self, work, layers, ranges, {})
+        everything = frozenset(range(len(layers)))
+        selected: frozenset[int] = everything
+        budget: dict[str, float] = {}
+        if self.budget_cosine is not None:
+            selected, budget = _meet_budget(self.budget_cosine, model, plan, feeds)
+        if not selected:
+            return PassResult(model.copy(), False, {**skipped, **budget, "layers_quantized": 0.0})
+        out = plan.build(selected)
+        kept = [layers[i].label for i in sorted(everything - selected)]
+        if kept:
+            metadata = {**out.metadata, FLOAT_KEY: json.dumps(sorted({*recorded, *kept}))}
+            out = replace(out, metadata=metadata)
+        stats = {**skipped, **smoothing, **budget, **_size_stats(model, out, plan, selected)}
+        return PassResult(out, True, stats)
+
+    def _layers(
+        self, graph: gs.Graph, recorded: Iterable[str]
+    ) -> tuple[list[Layer], dict[str, float]]:
+        """The layers to quantize (Gemms rewritten as MatMul + Add), and counts of the others."""
+        recorded = set(recorded)
+        layers: list[Layer] = []
+        skipped = {"layers_excluded": 0.0, "layers_float_recorded": 0.0}
+        for layer in _candidates(graph, self.attention):
+            reason = (
+                "excluded"
+                if self._excluded(layer.node)
+                else "float_recorded"
+                if layer.label in recorded
+                else None
+            )
+            if reason is None:
+                layers.append(layer)
+            else:
+                skipped[f"layers_{reason}"] += 1
+                skipped[f"layer.{layer.label}.{reason}"] = 1.0
+        for layer in layers:
+            if layer.node.op == "Gemm":
+                _gemm_as_matmul(graph, layer.node)
+        return [_as_matmul(layer) for layer in layers], skipped
+
+    def _excluded(self, node: gs.Node) -> bool:
+        name = node.name or ""
+        return any(p == node.op or p == name or re.search(p, name) for p in self.exclude)
+
+    def _smooth(
+        self, work: Model, layers: Sequence[Layer], feeds: Sequence[Feeds]
+    ) -> dict[str, float]:
+        """Apply SmoothQuant to every group of weight layers sharing an input."""
+        groups = _groups([layer for layer in layers if layer.weight is not None])
+        stats = collect(work, [g[0].activation for g in groups], feeds, channels=True)
+        counts = {"smoothed_groups": 0.0, "smooth_folded": 0.0, "smooth_mul": 0.0}
+        assert self.smooth is not None
+        for group, tensor_stats in zip(groups, stats, strict=True):
+            assert tensor_stats.channel_max is not None
+            folded = _smooth_group(work.graph, group, tensor_stats.channel_max, self.smooth)
+            counts["smoothed_groups"] += 1
+            counts["smooth_folded" if folded else "smooth_mul"] += 1
+        work.graph.toposort()
+        return counts
+
+    def _ranges(
+        self, work: Model, layers: Sequence[Layer], feeds: Sequence[Feeds]
+    ) -> dict[str, tuple[float, float]]:
+        """The static range of every quantized activation, by tensor name."""
+        tensors = {id(t): t for layer in layers for t in layer.inputs}
+        stats = collect(work, list(tensors.values()), feeds, channels=False)
+        return {
+            t.name: activation_range(s.histogram, self.calibration, self.percentile)
+            for t, s in zip(tensors.values(), stats, strict=True)
+        }
+
+
+@dataclass
+class Layer:
+    """A MatMul to quantize.
+
+    Attributes:
+        node: The MatMul node in the working graph.
+        label: Its name in stats and metadata.
+        weight: The constant weight [k, n], or None for attention's batched MatMul.
+    """
+
+    node: gs.Node
+    label: str
+    weight: gs.Constant | None
+
+    @property
+    def activation(self) -> gs.Tensor:
+        """Input 0."""
+        return self.node.inputs[0]
+
+    @property
+    def inputs(self) -> list[gs.Tensor]:
+        """The computed inputs that get activation Q/DQ."""
+        return [self.activation] if self.weight is not None else list(self.node.inputs[:2])
+
+
+def _candidates(graph: gs.Graph, attention: bool) -> list[Layer]:
+    """Float-weight MatMul/Gemm layers (and attention MatMuls) not yet quantized."""
+    found: list[Layer] = []
+    weighted = set()
+    for match in weighted_matmuls(graph):
+        weighted.add(id(match.node))
+        values = np.asarray(match.weight.values)
+        if match.weight_index != 1 or values.dtype.kind != "f" or _from_dq(match.activation):
+            continue
+        found.append(Layer(match.node, _label(match.node, len(found)), match.weight))
+    if attention:
+        for node in graph.nodes:
+            if node.op == "MatMul" and id(node) not in weighted and _attention_matmul(node):
+                found.append(Layer(node, _label(node, len(found)), None))
+    order = {id(n): i for i, n in enumerate(graph.nodes)}
+    return sorted(found, key=lambda layer: order[id(layer.node)])
+
+
+def _attention_matmul(node: gs.Node) -> bool:
+    inputs = node.inputs[:2]
+    return not any(isinstance(t, gs.Constant) or _from_dq(t) for t in inputs) and all(
+        t.dtype in (None, np.float32) for t in inputs
+    )
+
+
+def _from_dq(tensor: gs.Tensor) -> bool:
+    source = producer(tensor)
+    return source is not None and source.op in _QDQ
+
+
+def _quantized(graph: gs.Graph) -> bool:
+    return any(node.op == "DequantizeLinear" for node in graph.nodes)
+
+
+def _label(node: gs.Node, index: int) -> str:
+    return str(node.name) if node.name else f"#{index}"
+
+
+def _as_matmul(layer: Layer) -> Layer:
+    """The layer after its Gemm (if it was one) became a MatMul."""
+    weight = layer.node.inputs[1] if layer.weight is not None else None
+    assert weight is None or isinstance(weight, gs.Constant)
+    return Layer(layer.node, layer.label, weight)
+
+
+def _gemm_as_matmul(graph: gs.Graph, node: gs.Node) -> None:
+    """Rewrite Gemm(x, W, C) in place as MatMul(x, alpha op(W)) (+ Add(beta C))."""
+    weight = node.inputs[1]
+    assert isinstance(weight, gs.Constant)
+    values = np.asarray(weight.values)
+    alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
+    matrix = (values.T if node.attrs.get("transB", 0) else values) * alpha
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    names = set(graph.tensors())
+    node.op, node.attrs = "MatMul", {}
+    node.inputs = [
+        node.inputs[0],
+        gs.Constant(_fresh(names, weight.name), matrix.astype(values.dtype)),
+    ]
+    if bias is None or beta == 0.0:
+        return
+    assert isinstance(bias, gs.Constant)
+    result = node.outputs[0]
+    product = gs.Variable(_fresh(names, f"{result.name}_matmul"), dtype=result.dtype)
+    offset = np.asarray(bias.values) * np.asarray(beta, dtype=np.asarray(bias.values).dtype)
+    add = gs.Node(
+        "Add",
+        _fresh_node(graph, f"{node.name}/bias"),
+        inputs=[product, gs.Constant(_fresh(names, bias.name), offset)],
+        outputs=[result],
+    )
+    node.outputs = [product]
+    graph.nodes.insert(graph.nodes.index(node) + 1, add)
+
+
+# --- calibration ------------------------------------------------------------------------------
+
+
+def collect(
+    model: Model, tensors: Sequence[gs.Tensor], feeds: Sequence[Feeds], channels: bool
+) -> list[TensorStats]:
+    """Histograms (and per-channel max |x| with `channels`) of tensors over real-token rows."""
+    stats = [TensorStats() for _ in tensors]
+    if not tensors:
+        return stats
+    for batch, values in zip(feeds, activations(model, tensors, feeds), strict=True):
+        for stat, value in zip(stats, values, strict=True):
+            stat.add(token_rows(value, batch), channels)
+    return stats
+
+
+# --- SmoothQuant ------------------------------------------------------------------------------
+
+
+def _groups(layers: Sequence[Layer]) -> list[list[Layer]]:
+    groups: dict[int, list[Layer]] = {}
+    for layer in layers:
+        groups.setdefault(id(layer.activation), []).append(layer)
+    return list(groups.values())
+
+
+def _smooth_group(
+    graph: gs.Graph, group: Sequence[Layer], channel_max: np.ndarray, alpha: float
+) -> bool:
+    """Divide the group's input by s and multiply its weights' rows by s; True if folded."""
+    constants = [layer.weight for layer in group if layer.weight is not None]
+    weights = [np.asarray(c.values) for c in constants]
+    weight_max = np.max([np.max(np.abs(w), axis=1) for w in weights], axis=0)
+    factors = smooth_factors(channel_max.astype(np.float64), weight_max.astype(np.float64), alpha)
+    names = set(graph.tensors())
+    for layer, constant, w in zip(group, constants, weights, strict=True):
+        scaled = gs.Constant(
+            _fresh(names, f"{constant.name}_smooth"), (factors[:, None] * w).astype(w.dtype)
+        )
+        layer.node.inputs[1] = scaled
+        layer.weight = scaled
+    tensor = group[0].activation
+    if _fold_division(graph, tensor, factors, names):
+        readers = {id(layer.node) for layer in group}
+        _compensate(
+            graph, tensor, [n for n in tensor.outputs if id(n) not in readers], factors, names
+        )
+        return True
+    divided = _mul(graph, tensor, 1.0 / factors, names, "smooth")
+    for layer in group:
+        layer.node.inputs[0] = divided
+    return False
+
+
+def _fold_division(
+    graph: gs.Graph, tensor: gs.Tensor, factors: np.ndarray, names: set[str]
+) -> bool:
+    """Divide `tensor` by `factors` inside its producer (LayerNorm or Mul by a constant)."""
+    source = producer(tensor)
+    if source is None or is_graph_output(graph, tensor):
+        return False
+    if source.op == "LayerNormalization" and source.attrs.get("axis", -1) == -1:
+        params = source.inputs[1:3]
+        if not all(isinstance(p, gs.Constant) and p.values.shape == factors.shape for p in params):
+            return False
+        for index, param in enumerate(params, start=1):
+            source.inputs[index] = _divided(param, factors, names)
+        return True
+    if source.op == "Mul":
+        constant = [t for t in source.inputs if isinstance(t, gs.Constant)]
+        if len(constant) != 1 or not _broadcasts_on_last(constant[0], factors.size):
+            return False
+        index = next(i for i, t in enumerate(source.inputs) if t is constant[0])
+        source.inputs[index] = _divided(constant[0], factors, names)
+        return True
+    return False
+
+
+def _broadcasts_on_last(constant: gs.Constant, width: int) -> bool:
+    shape = constant.values.shape
+    return all(d == 1 for d in shape[:-1]) and (not shape or shape[-1] in (1, width))
+
+
+def _divided(constant: gs.Constant, factors: np.ndarray, names: set[str]) -> gs.Constant:
+    values = np.asarray(constant.values)
+    shape = (*values.shape[:-1], factors.size) if values.ndim else (factors.size,)
+    divided = np.broadcast_to(values, shape) / factors.reshape(-1)
+    return gs.Constant(_fresh(names, f"{constant.name}_smooth"), divided.astype(values.dtype))
+
+
+def _compensate(
+    graph: gs.Graph,
+    tensor: gs.Tensor,
+    readers: Sequence[gs.Node],
+    factors: np.ndarray,
+    names: set[str],
+) -> None:
+    """Give `readers` back the undivided tensor through Mul(tensor, factors)."""
+    if not readers:
+        return
+    restored = _mul(graph, tensor, factors, names, "unsmooth")
+    for reader in readers:
+        reader.inputs = [restored if t is tensor else t for t in reader.inputs]
+
+
+def _mul(
+    graph: gs.Graph, tensor: gs.Tensor, factors: np.ndarray, names: set[str], tag: str
+) -> gs.Variable:
+    out = gs.Variable(_fresh(names, f"{tensor.name}_{tag}"), dtype=tensor.dtype)
+    constant = gs.Constant(
+        _fresh(names, f"{tensor.name}_{tag}_factors"), factors.astype(np.float32)
+    )
+    graph.nodes.append(
+        gs.Node(
+            "Mul",
+            _fresh_node(graph, f"{tensor.name}/{tag}"),
+            inputs=[tensor, constant],
+            outputs=[out],
+        )
+    )
+    return out
+
+
+# --- the QDQ rewrite --------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """Everything needed to write the QDQ graph for any subset of the layers.
+
+    Attributes:
+        options: The pass.
+        work: The float (canonicalized, smoothed) model the layers live in.
+        layers: The layers that may be quantized.
+        ranges: Static activation ranges by tensor name (empty in dynamic mode).
+        weights: Quantized weights by layer index, filled on first use.
+    """
+
+    options: QuantizeInsert
+    work: Model
+    layers: list[Layer]
+    ranges: dict[str, tuple[float, float]]
+    weights: dict[int, tuple[np.ndarray, np.ndarray]]
+
+    def quantized_weight(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Layer `index`'s int8 weight and scale."""
+        if index not in self.weights:
+            weight = self.layers[index].weight
+            assert weight is not None
+            self.weights[index] = quantize_weight(
+                np.asarray(weight.values), self.options.per_channel
+            )
+        return self.weights[index]
+
+    def build(self, selected: Iterable[int]) -> Model:
+        """A copy of the working model with the `selected` layers quantized."""
+        out = self.work.copy()
+        position = {id(n): i for i, n in enumerate(self.work.graph.nodes)}
+        writer = _Writer(out.graph, self.options.mode, self.ranges)
+        for index in sorted(selected):
+            layer = self.layers[index]
+            node = out.graph.nodes[position[id(layer.node)]]
+            if layer.weight is None:
+                node.inputs[0] = writer.activation(node.inputs[0], signed=False)
+                node.inputs[1] = writer.activation(node.inputs[1], signed=True)
+            else:
+                node.inputs[0] = writer.activation(node.inputs[0], signed=False)
+                node.inputs[1] = writer.weight(node, *self.quantized_weight(index))
+        out.graph.toposort()
+        return out
+
+
+class _Writer:
+    """Adds Q/DQ nodes to a graph, one activation pair per tensor."""
+
+    def __init__(self, graph: gs.Graph, mode: str, ranges: Mapping[str, tuple[float, float]]):
+        self.graph, self.mode, self.ranges = graph, mode, ranges
+        self.names = set(graph.tensors())
+        self.done: dict[tuple[int, bool], gs.Variable] = {}
+
+    def activation(self, tensor: gs.Tensor, signed: bool) -> gs.Variable:
+        """The dequantized twin of `tensor` (made once per tensor and signedness)."""
+        key = (id(tensor), signed and self.mode == "static")
+        if key not in self.done:
+            self.done[key] = (
+                self._dynamic(tensor) if self.mode == "dynamic" else self._static(tensor, key[1])
+            )
+        return self.done[key]
+
+    def _static(self, tensor: gs.Tensor, signed: bool) -> gs.Variable:
+        lo, hi = self.ranges[tensor.name]
+        zero: np.integer
+        if signed:
+            scale, zero = int8_scale(max(-lo, hi)), np.int8(0)
+        else:
+            scale, zero = uint8_params(lo, hi)
+        params = [
+            self._constant(f"{tensor.name}_scale", np.asarray(scale, np.float32)),
+            self._constant(f"{tensor.name}_zero_point", np.asarray(zero)),
+        ]
+        quantized = self._variable(f"{tensor.name}_quantized", np.asarray(zero).dtype.type)
+        self._node("QuantizeLinear", tensor.name, [tensor, *params], [quantized])
+        return self._dequantize(tensor.name, [quantized, *params])
+
+    def _dynamic(self, tensor: gs.Tensor) -> gs.Variable:
+        outputs = [
+            self._variable(f"{tensor.name}_quantized", np.uint8),
+            self._variable(f"{tensor.name}_scale", np.float32),
+            self._variable(f"{tensor.name}_zero_point", np.uint8),
+        ]
+        self._node("DynamicQuantizeLinear", tensor.name, [tensor], outputs)
+        return self._dequantize(tensor.name, outputs)
+
+    def weight(self, node: gs.Node, values: np.ndarray, scale: np.ndarray) -> gs.Variable:
+        """DequantizeLinear(W_q, scale, 0, axis=1) in place of the node's weight."""
+        base = node.inputs[1].name
+        inputs = [
+            self._constant(f"{base}_quantized", values),
+            self._constant(f"{base}_scale", scale),
+            self._constant(f"{base}_zero_point", np.zeros(scale.shape, np.int8)),
+        ]
+        return self._dequantize(base, inputs, axis=1)
+
+    def _dequantize(
+        self, base: str, inputs: list[gs.Tensor], axis: int | None = None
+    ) -> gs.Variable:
+        out = self._variable(f"{base}_dequantized", np.float32)
+        self._node("DequantizeLinear", base, inputs, [out], {} if axis is None else {"axis": axis})
+        return out
+
+    def _node(
+        self,
+        op: str,
+        base: str,
+        inputs: list[gs.Tensor],
+        outputs: list[gs.Tensor],
+        attrs: dict[str, int] | None = None,
+    ) -> None:
+        name = _fresh_node(self.graph, f"{base}/{op}")
+        self.graph.nodes.append(gs.Node(op, name, attrs or {}, inputs, outputs))
+
+    def _constant(self, name: str, values: np.ndarray) -> gs.Constant:
+        return gs.Constant(_fresh(self.names, name), values)
+
+    def _variable(self, name: str, dtype: type) -> gs.Variable:
+        return gs.Variable(_fresh(self.names, name), dtype=dtype)
+
+
+def _fresh(names: set[str], wanted: str) -> str:
+    name, suffix = wanted, 1
+    while name in names:
+        suffix += 1
+        name = f"{wanted}_{suffix}"
+    names.add(name)
+    return name
+
+
+def _fresh_node(graph: gs.Graph, wanted: str) -> str:
+    taken = {n.name for n in graph.nodes}
+    name, suffix = wanted, 1
+    while name in taken:
+        suffix += 1
+        name = f"{wanted}_{suffix}"
+    return name
+
+
+# --- the fidelity budget ----------------------------------------------------------------------
+
+
+def _meet_budget(
+    budget: float, teacher: Model, plan: Plan, feeds: Sequence[Feeds]
+) -> tuple[frozenset[int], dict[str, float]]:
+    """Keep the most sensitive layers in float until the output cosine meets `budget`."""
+    reference = first_outputs(teacher, feeds)
+    every = max(1, len(feeds) // SENSITIVITY_BATCHES)
+    few, few_reference = feeds[::every], reference[::every]
+
+    def score(selected: frozenset[int], subset: bool = False) -> float:
+        data, want = (few, few_reference) if subset else (feeds, reference)
+        return pooled_cosine(want, first_outputs(plan.build(selected), data), data)
+
+    selected = frozenset(range(len(plan.layers)))
+    first = cosine = score(selected)
+    stats: dict[str, float] = {"budget_cosine_first": first}
+    if cosine < budget:
+        base = score(selected, subset=True)
+        gains = {i: score(selected - {i}, subset=True) - base for i in selected}
+        for i, gain in gains.items():
+            stats[f"layer.{plan.layers[i].label}.sensitivity"] = gain
+        for i in sorted(gains, key=lambda i: -gains[i]):
+            if cosine >= budget:
+                break
+            selected = selected - {i}
+            cosine = score(selected) if selected else 1.0
+            stats[f"layer.{plan.layers[i].label}.float_budget"] = 1.0
+            log.debug("kept %s in float: cosine %.5f", plan.layers[i].label, cosine)
+    stats.update({"budget_cosine": cosine, "budget_met": float(cosine >= budget)})
+    return selected, stats
+
+
+def first_outputs(model: Model, feeds: Sequence[Feeds]) -> list[np.ndarray]:
+    """The model's first output on each batch, in ONNX Runtime (with its QDQ fusions)."""
+    sess = session(model, optimize=True)
+    name = sess.get_outputs()[0].name
+    wanted = {i.name for i in sess.get_inputs()}
+    return [
+        np.asarray(sess.run([name], {k: v for k, v in batch.items() if k in wanted})[0])
+        for batch in feeds
+    ]
+
+
+# --- stats and metadata -----------------------------------------------------------------------
+
+
+def _recorded_float(model: Model) -> list[str]:
+    try:
+        value = json.loads(model.metadata.get(FLOAT_KEY, "[]"))
+    except json.JSONDecodeError:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _size_stats(
+    before: Model, after: Model, plan: Plan, selected: frozenset[int]
+) -> dict[str, float]:
+    weight_before = weight_after = 0
+    stats: dict[str, float] = {}
+    for index, layer in enumerate(plan.layers):
+        if index not in selected:
+            stats.setdefault(f"layer.{layer.label}.float_budget", 1.0)
+            continue
+        stats[f"layer.{layer.label}.quantized"] = 1.0
+        if layer.weight is not None:
+            values, scale = plan.quantized_weight(index)
+            weight_before += np.asarray(layer.weight.values).nbytes
+            weight_after += values.nbytes + scale.nbytes + scale.size  # int8 zero points
+        for tensor in layer.inputs:
+            if tensor.name in plan.ranges:
+                lo, hi = plan.ranges[tensor.name]
+                stats[f"activation.{tensor.name}.range"] = hi - lo
+    weight_layers = [i for i in selected if plan.layers[i].weight is not None]
+    stats.update(
+        {
+            "layers_quantized": float(len(weight_layers)),
+            "attention_quantized": float(len(selected) - len(weight_layers)),
+            "layers_float": float(len(plan.layers) - len(selected)),
+            "weight_bytes_before": float(weight_before),
+            "weight_bytes_after": float(weight_after),
+            "model_bytes_before": float(_constant_bytes(before.graph)),
+            "model_bytes_after": float(_constant_bytes(after.graph)),
+        }
+    )
+    return stats
+
+
+def _constant_bytes(graph: gs.Graph) -> int:
+    return sum(
+        np.asarray(t.values).nbytes for t in graph.tensors().values() if isinstance(t, gs.Constant)
+    )
