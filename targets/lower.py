@@ -139,14 +139,10 @@ def relax_pipeline(target: Target, tvm_target: Any, records: Path | None = None)
     `records` (a MetaSchedule database folder) where it has them, nlpress's default rules
     for the rest. Kernels left with a plain loop nest are logged at warning level.
     """
-    import tvm
-    from tvm import relax
-
     if target.device == "cuda":
-        from nlpress.targets import quantized
+        from nlpress.targets.schedules import int8_gpu
 
-        cuda = relax.backend.cuda.get_default_pipeline(tvm_target)
-        return tvm.transform.Sequential([quantized.qdq_matmul_pass(packed=False), cuda])
+        return int8_gpu.cuda_pipeline(tvm_target)
     return _cpu_pipeline(tvm_target, records)
 
 
@@ -187,11 +183,13 @@ def cpu_kernels(
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from nlpress.targets import quantized, schedules
+    from nlpress.targets.schedules import int8_intrinsics
 
+    offset = int8_intrinsics.activation_offset(tvm_target)
     with tvm_target:
         mod = tvm.transform.Sequential(
             [
-                quantized.qdq_matmul_pass(packed=True),
+                quantized.qdq_matmul_pass(packed=True, activation_offset=offset),
                 *cpu.library_dispatch_passes(tvm_target),
                 relax.transform.FastMathTransform(),
                 *cpu.legalize_passes(tvm_target),

@@ -13,8 +13,10 @@ it is real work (float -> uint8). What replaces the float matmul:
   precomputed column sums, the scales and the bias in its epilogue. The integer schedule rule
   (`schedules/int8.py`) tensorizes its inner 16x4 block with the target's dot-product
   instruction (vpdpbusd on AVX-512 VNNI) or vectorizes it plainly elsewhere;
-- on CUDA, the same arithmetic in Relax ops (`matmul(x_q, W_q, out_dtype="int32")` and
-  elementwise ops), which legalization and dlight's GPU rules turn into kernels.
+- on CUDA, the same kernel over the transposed weight W^T [n, k] with the activations
+  shifted by 128 into int8 (and the zero point with them), whose runs of four k the rule of
+  `schedules/int8_gpu.py` feeds to __dp4a. (A portable form in Relax ops, `packed=False`,
+  `matmul(x_q, W_q, out_dtype="int32")` and elementwise ops, remains for any target.)
 
 The weights are stored as int8 constants (plus an int32 column sum and a float scale per
 column), so the library holds a quarter of the float weight bytes. Two companions: a Gather of
@@ -93,13 +95,20 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def rewrite_qdq_matmuls(mod: Any, packed: bool = True) -> Any:
+def rewrite_qdq_matmuls(
+    mod: Any, packed: bool = True, activation_offset: int = 0, transposed: bool = False
+) -> Any:
     """Replace every QDQ MatMul of the module's Relax functions by integer arithmetic.
 
     Args:
         mod: A Relax IRModule, as `from_onnx` imports it.
         packed: Emit the CPU kernel over VNNI-packed weights (True), or Relax ops that any
             target legalizes (False; CUDA).
+        activation_offset: Packed kernels only: subtract it from each uint8 activation in the
+            products and from the zero point in the correction (exact either way); 128 moves
+            the activations into int8 for ARM's sdot (and CUDA's signed __dp4a).
+        transposed: Emit the kernel over the transposed weight W^T [n, k] instead (k padded
+            to a multiple of 4), whose runs of four k feed CUDA's __dp4a; overrides `packed`.
 
     Returns:
         The rewritten module (the same object when nothing matched).
@@ -116,19 +125,21 @@ def rewrite_qdq_matmuls(mod: Any, packed: bool = True) -> Any:
     if not plans:
         return mod
     for gvar, plan in plans.items():
-        mod = _rewriter(mod, plan, packed).rewrite(gvar)
+        mod = _rewriter(mod, plan, packed, activation_offset, transposed).rewrite(gvar)
     count = sum(len(plan.matmuls) for plan in plans.values())
     log.debug("rewrote %d QDQ MatMuls to integer matmuls (packed=%s)", count, packed)
     return relax.transform.DeadCodeElimination()(mod)
 
 
-def qdq_matmul_pass(packed: bool = True) -> Any:
+def qdq_matmul_pass(
+    packed: bool = True, activation_offset: int = 0, transposed: bool = False
+) -> Any:
     """`rewrite_qdq_matmuls` as a TVM module pass, for Relax pipelines."""
     import tvm
 
     @tvm.transform.module_pass(opt_level=0, name="NlpressQdqMatmul")  # type: ignore[untyped-decorator]
     def _pass(mod: Any, _ctx: Any) -> Any:
-        return rewrite_qdq_matmuls(mod, packed)
+        return rewrite_qdq_matmuls(mod, packed, activation_offset, transposed)
 
     return _pass
 
@@ -344,13 +355,17 @@ def _make_rewriter() -> type:
     class Rewriter(_rewriter_base()):  # type: ignore[misc]
         """Re-emits a function, replacing each matched output by its integer matmul."""
 
-        def __init__(self, mod: Any, plan: _Plan, packed: bool) -> None:
+        def __init__(
+            self, mod: Any, plan: _Plan, packed: bool, offset: int, transposed: bool
+        ) -> None:
             super().__init__(mod)
             self.mod_ = mod
             self.matches = {m.output: m for m in plan.matmuls}
             self.ranges = plan.ranges
             self.gathers = plan.gathers
             self.packed = packed
+            self.offset = offset
+            self.transposed = transposed
 
         def rewrite(self, gvar: Any) -> Any:
             func = self.visit_expr(self.mod_[gvar])
@@ -379,7 +394,9 @@ def _make_rewriter() -> type:
             match = self.matches.get(binding.var)
             if match is None:
                 return None
-            return (_emit_packed if self.packed else _emit_relax_ops)(bb, match, visit)
+            if self.packed or self.transposed:
+                return _emit_packed(bb, match, visit, self.offset, self.transposed)
+            return _emit_relax_ops(bb, match, visit)
 
     return Rewriter
 
@@ -394,8 +411,10 @@ def _static_shape_of(value: Any) -> list[int] | None:
     return [int(d.value) for d in shape]
 
 
-def _rewriter(mod: Any, plan: _Plan, packed: bool) -> Any:
-    return _make_rewriter()(mod, plan, packed)
+def _rewriter(
+    mod: Any, plan: _Plan, packed: bool, offset: int = 0, transposed: bool = False
+) -> Any:
+    return _make_rewriter()(mod, plan, packed, offset, transposed)
 
 
 def _emit_gather(bb: Any, dequantize: Any, indices: Any, visit: Any) -> Any:
@@ -436,21 +455,23 @@ def _scalar(bb: Any, expr: Any) -> Any:
     return bb.emit(relax.op.reshape(expr, ()))
 
 
-def _emit_packed(bb: Any, match: _Match, visit: Any) -> Any:
-    """The CPU form: one kernel over the VNNI-packed weight; returns the new output var."""
+def _emit_packed(
+    bb: Any, match: _Match, visit: Any, offset: int = 0, transposed: bool = False
+) -> Any:
+    """One kernel over the VNNI-packed (CPU) or transposed (GPU) weight; returns the output."""
     from tvm import relax
 
     x_q = visit(match.x_q)
     q = match.weight.q
     k, n = q.shape
-    kp, np_ = _round_up(k, BLOCK_K), _round_up(n, BLOCK_N)
+    kp, np_ = _round_up(k, BLOCK_K), n if transposed else _round_up(n, BLOCK_N)
     if kp != k:
         pad = [0, 0] * (_ndim(x_q) - 1) + [0, kp - k]
         x_q = bb.emit(relax.op.nn.pad(x_q, pad, pad_value=0.0))
     colsum = _padded(q.astype(np.int32).sum(axis=0, dtype=np.int32), np_)
     args = [
         x_q,
-        relax.const(pack_weight(q), "int8"),
+        relax.const(_transpose_weight(q) if transposed else pack_weight(q), "int8"),
         relax.const(colsum, "int32"),
         _scalar(bb, visit(match.x_zero_point)),
         _scalar(bb, visit(match.x_scale)),
@@ -458,9 +479,18 @@ def _emit_packed(bb: Any, match: _Match, visit: Any) -> Any:
     ]
     if match.bias is not None:
         args.append(relax.const(_padded(match.bias.astype(np.float32), np_), "float32"))
-    out = bb.emit(bb.call_te(_te_qmatmul, *args, primfunc_name_hint=KERNEL_NAME))
+    kwargs = {"offset": offset, "transposed": transposed, "primfunc_name_hint": KERNEL_NAME}
+    out = bb.emit(bb.call_te(_te_qmatmul, *args, **kwargs))
     if np_ != n:
         out = bb.emit(relax.op.strided_slice(out, axes=[_ndim(x_q) - 1], begin=[0], end=[n]))
+    return out
+
+
+def _transpose_weight(w_q: np.ndarray) -> np.ndarray:
+    """W^T [n, k] of an int8 [k, n] weight, k zero-padded to a multiple of 4."""
+    k, n = w_q.shape
+    out = np.zeros((n, _round_up(k, BLOCK_K)), dtype=np.int8)
+    out[:, :k] = w_q.T
     return out
 
 
@@ -471,28 +501,46 @@ def _padded(vector: np.ndarray, size: int) -> np.ndarray:
 
 
 def _te_qmatmul(
-    a: Any, w: Any, colsum: Any, zero_point: Any, x_scale: Any, w_scale: Any, bias: Any = None
+    a: Any,
+    w: Any,
+    colsum: Any,
+    zero_point: Any,
+    x_scale: Any,
+    w_scale: Any,
+    bias: Any = None,
+    *,
+    offset: int = 0,
+    transposed: bool = False,
 ) -> Any:
     """The kernel: int32 sums of uint8 x int8 products over packed W, then the float epilogue.
 
-    `a` is [..., k] (k a multiple of 4); the result is [..., n] with n a multiple of 16.
+    `a` is [..., k] (k a multiple of 4); the result is [..., n] with n a multiple of 16. With an
+    `offset`, the products take `a - offset` and the correction `zero_point - offset`. A
+    `transposed` weight is W^T [n, k] (n any).
     """
     from tvm import te
 
     *lead, depth = a.shape
-    cols = w.shape[0] * BLOCK_N
+    cols = w.shape[0] if transposed else w.shape[0] * BLOCK_N
     k = te.reduce_axis((0, depth), name="k")
 
     def product(*index: Any) -> Any:
         *rows, j = index
-        weight = w[j // BLOCK_N, k // BLOCK_K, j % BLOCK_N, k % BLOCK_K]
-        return te.sum(a[(*rows, k)].astype("int32") * weight.astype("int32"), axis=k)
+        packed_at = (j // BLOCK_N, k // BLOCK_K, j % BLOCK_N, k % BLOCK_K)
+        weight = w[j, k] if transposed else w[packed_at]
+        activation = a[(*rows, k)].astype("int32")
+        if offset:
+            activation = activation - offset
+        return te.sum(activation * weight.astype("int32"), axis=k)
 
     acc = te.compute((*lead, cols), product, name=ACC_BLOCK)
 
     def scaled(*index: Any) -> Any:
         j = index[-1]
-        centered = acc[index] - zero_point[()].astype("int32") * colsum[j]
+        shifted = zero_point[()].astype("int32")
+        if offset:
+            shifted = shifted - offset
+        centered = acc[index] - shifted * colsum[j]
         value = centered.astype("float32") * (x_scale[()] * w_scale[j])
         return value if bias is None else value + bias[j]
 

@@ -4,10 +4,11 @@ It takes the kernels of `targets/quantized.py` (int32 sums of uint8 x int8 produ
 packed in 16x4 blocks, with a float epilogue). The rows are fused; each task of the parallel loop
 computes an MR x (NB*16) tile of C over the whole k, accumulating in a local buffer. The inner
 16 columns x 4 reduction steps match one 64-byte block of the packed weight and are tensorized
-with the target's dot-product instruction: vpdpbusd (AVX-512 VNNI, u8 x s8 -> s32). Targets
-without it (AVX2, plain NEON, ARM with +dotprod, whose sdot multiplies s8 x s8) get the same
-tiling with the 16 columns vectorized. The epilogue (zero-point correction, scales, bias and
-fused elementwise consumers) is applied as each tile is stored.
+with the target's dot-product instruction: vpdpbusd (AVX-512 VNNI, u8 x s8 -> s32), or NEON's
+usdot (+i8mm) or sdot (+dotprod, over activations shifted by 128; `int8_intrinsics.py`).
+Targets without one (AVX2, plain NEON) get the same tiling with the 16 columns vectorized.
+The epilogue (zero-point correction, scales, bias and fused elementwise consumers) is applied
+as each tile is stored.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import functools
 import logging
 from typing import Any
 
-from nlpress.targets.schedules import common
+from nlpress.targets.schedules import common, int8_intrinsics
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ def dot_intrinsic(target: Any) -> str | None:
         return None
     if codegen.target_has_features("avx512vnni", target):
         return _register_intrinsics()["avx512vnni"]
-    return None
+    arm = int8_intrinsics.arm_dot_intrinsic(target)
+    return None if arm is None else arm.name
 
 
 @functools.cache
@@ -100,7 +102,10 @@ class Int8Matmul:
         if main is None:
             return None
         common.inline_intermediates(sch, main)
-        _tile(sch, main, target, dot_intrinsic(target))
+        intrinsic = dot_intrinsic(target)
+        if not int8_intrinsics.fits(sch.get(main), intrinsic):
+            intrinsic = None  # a kernel built for another activation offset: vectorized
+        _tile(sch, main, target, intrinsic)
         return sch
 
 

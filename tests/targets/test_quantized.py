@@ -389,7 +389,7 @@ def test_cuda_artifact_holds_the_integer_kernel(tmp_path: Path) -> None:
     model = Model.from_onnx(_qdq_matmul(16, 64, 48))
     out = build_artifact(model, get_target("cuda", arch="sm_80"), tmp_path / "a", manifest={})
     kernels = {k for image in device_code(out / "model.so") for k in image.kernels}
-    assert any(k.startswith("fused_matmul") for k in kernels), kernels
+    assert any(k.startswith("fused_qmatmul") for k in kernels), kernels
 
 
 EMULATION_SKIP = emulation.available()
