@@ -165,16 +165,18 @@ def _tile(sch: Any, main: Any, target: Any, intrinsic: str | None) -> None:
     _write_back(sch, main, jo, target)
     if common.worth_parallel(common.block_work(sch, main)):
         sch.parallel(sch.fuse(*outer, io, jo))
+    tensorize = intrinsic is not None and depth % BLOCK_K == 0
+    if not tensorize:  # the 4-step reduction outside, the 16 columns in one vector
+        sch.reorder(ki, ji)
+        sch.vectorize(ji)
+        sch.unroll(ki)
     init = sch.decompose_reduction(main, ko)
     *_, init_rows, init_blocks, init_columns = sch.get_loops(init)
     sch.vectorize(init_columns)
     sch.unroll(init_blocks)
     sch.unroll(init_rows)
-    if intrinsic is not None and depth % BLOCK_K == 0:
+    if tensorize:
         sch.tensorize(ji, intrinsic)
-    else:
-        sch.vectorize(ji)
-        sch.unroll(ki)
     sch.unroll(jb)
     sch.unroll(ii)
 

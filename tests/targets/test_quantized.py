@@ -359,6 +359,11 @@ def test_rule_takes_the_kernel_and_tensorizes_it(caplog: pytest.LogCaptureFixtur
 def test_targets_without_vnni_vectorize_instead() -> None:
     avx2 = lower.tvm_target(AVX2)
     assert int8.dot_intrinsic(avx2) is None
+    plain, _ = lower.cpu_kernels(
+        lower.import_onnx(_qdq_matmul(16, 64, 48)), avx2, default_schedules=False
+    )
+    (loop_nest,) = [f for n, f in _kernels(plain).items() if "qmatmul" in n]
+    assert schedules.Int8Matmul().apply(loop_nest, avx2, False) is not None  # no fallback
     kernel = _scheduled_kernel(_qdq_matmul(16, 64, 48), avx2)
     asm = _assembly(kernel, avx2)
     assert "vpdpbusd" not in asm and "vpmulld" in asm
