@@ -12,7 +12,9 @@ Exact constant and shape folding, run to a fixed point. Each round analyses the 
   ones; batch and sequence stay symbolic.
 - Constant folding: every node whose inputs are all constant is run in ONNX Runtime (the kernels
   that run the model, so the result is exact) unless its result would exceed `max-bytes` and be
-  larger than its inputs: folding never inflates the model.
+  larger than its inputs: folding never inflates the model. DequantizeLinear is never folded:
+  its integer input is how a quantized model stores its weights (quantize-insert's QDQ form),
+  and the lowering turns it into integer arithmetic.
 - No-ops are removed: Identity, inference Dropout, Cast to the same type, Reshape/Expand/Slice to
   the same shape, Transpose by the identity, a one-input Concat, Where with a constant condition,
   x + 0, x - 0, x * 1, x / 1 (when the output keeps x's shape and type).
@@ -213,11 +215,15 @@ def _fold_constants(graph: gs.Graph, shapes: Shapes, max_bytes: int) -> int:
     return count
 
 
+# Never evaluated: Constant (already a value), DequantizeLinear (quantized storage).
+_KEPT = frozenset({"Constant", "DequantizeLinear"})
+
+
 def _candidates(graph: gs.Graph, shapes: Shapes, max_bytes: int) -> list[gs.Node]:
     chosen: set[int] = set()
     result = []
     for node in graph.nodes:
-        if node.op in NOT_EVALUABLE or node.op == "Constant" or _has_subgraph(node):
+        if node.op in NOT_EVALUABLE or node.op in _KEPT or _has_subgraph(node):
             continue
         if not node.outputs or node.domain not in (None, "", "ai.onnx", "com.microsoft"):
             continue

@@ -77,6 +77,21 @@ def test_size_guard_keeps_a_huge_broadcast() -> None:
     assert "Expand" not in ops(folds_exactly(m, Fold(max_bytes=1 << 20)))
 
 
+def test_quantized_weights_stay_quantized() -> None:
+    """DequantizeLinear of an int8 weight is storage, not a constant to fold (4x the bytes)."""
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w_q", "scale", "zero"], ["w"], axis=1),
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+    ]
+    inits = [
+        initializer("w_q", np.arange(32, dtype=np.int8).reshape(8, 4)),
+        initializer("scale", np.full(4, 0.5, np.float32)),
+        initializer("zero", np.zeros(4, np.int8)),
+    ]
+    m = model(nodes, [tensor("x", [2, 8])], [tensor("y", [2, 4])], inits)
+    assert ops(folds_exactly(m, Fold(max_bytes=1 << 20))) == ["DequantizeLinear", "MatMul"]
+
+
 def test_static_shapes_fold_every_shape_chain_and_rewrite_inputs() -> None:
     m = shape_chain_model()
     out = folds_exactly(m, Fold(shape={"x": (2, 5, 32)}), dims={"batch": 2, "seq": 5})
