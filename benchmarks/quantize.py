@@ -1,4 +1,4 @@
-"""quantize-insert on all-MiniLM-L6-v2: fidelity and size of int8 models beside ORT's quantizer.
+"""quantize-insert on all-MiniLM-L6-v2: fidelity, size and latency of int8 beside ORT's quantizer.
 
 Every configuration runs `fold,quantize-insert{...},cleanup` on minilm-l6 (dynamic batch and
 sequence), calibrated on the project's calibration text, and is compared with the fp32 model
@@ -9,12 +9,15 @@ reproduce) and, for the `ort_opt_*` columns, with its own QDQ fusions. Beside th
 `onnxruntime.quantization.quantize_dynamic(per_channel=True, op_types_to_quantize=["MatMul"])`
 on the same fp32 model.
 
-With `--latency`, each nlpress configuration is also compiled for x86 at 1x128
-(`nlpress.compile`) and timed against ONNX Runtime fp32 and ORT's dynamic model (2 intra-op
-threads, medians of alternating runs); model.so sizes are reported. Writes quantize.json and
-quantize.md into --out.
+With `--latency NAME ...`, those configurations (and the fp32 model, for the size) are compiled
+for x86 with static shapes 1x128 and 8x128 (`nlpress.compile`, which calibrates at that shape),
+and each artifact is measured: its fidelity on the evaluation text (padded to 128, as it takes
+them), its latency beside ORT's dynamic int8 model and ORT fp32 (`compare_with_ort`: 2 threads,
+alternating runs with a settle pause, on tokenized evaluation sentences), and its model.so size
+beside the fp32 artifact's. Writes quantize.json and quantize.md into --results; models and
+artifacts go to --out.
 
-    python benchmarks/quantize.py [--only NAME ...] [--latency] [--runs N] [--out DIR]
+    python benchmarks/quantize.py [--only NAME ...] [--latency NAME ...] [--runs N]
 """
 
 from __future__ import annotations
@@ -23,16 +26,14 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from nlpress.compiler import optimize
 from nlpress.ir import Model
@@ -40,58 +41,93 @@ from nlpress.ir.verify import session
 from nlpress.models import zoo
 from nlpress.models.metrics import fidelity
 from nlpress.models.text import encode, evaluation_pairs, load_tokenizer
+from nlpress.passes.registry import NAMED_PIPELINES
 
 log = logging.getLogger("benchmarks.quantize")
 
-SHAPES = {"input_ids": (1, 128), "attention_mask": (1, 128), "token_type_ids": (1, 128)}
 CONFIGS: Mapping[str, str] = {
-    "static-minmax": "calibration=minmax",
-    "static-percentile": "calibration=percentile",
-    "static-entropy": "calibration=entropy",
-    "static-mse": "calibration=mse",
-    "static-minmax-smooth0.5": "calibration=minmax smooth=0.5",
-    "static-mse-budget0.997": "calibration=mse budget-cosine=0.997",
-    "dynamic": "mode=dynamic",
-    "dynamic-budget0.997": "mode=dynamic budget-cosine=0.997",
+    "int8": NAMED_PIPELINES["int8"],
+    "int8-no-embeddings": (
+        "fold,quantize-insert{smooth=0.8 budget-cosine=0.997 embeddings=false},cleanup"
+    ),
+    "static-mse-budget0.997": "fold,quantize-insert{budget-cosine=0.997},cleanup",
+    "static-minmax": "fold,quantize-insert{calibration=minmax},cleanup",
+    "static-percentile": "fold,quantize-insert{calibration=percentile},cleanup",
+    "static-entropy": "fold,quantize-insert{calibration=entropy},cleanup",
+    "static-mse": "fold,quantize-insert{calibration=mse},cleanup",
+    "static-minmax-smooth0.5": "fold,quantize-insert{calibration=minmax smooth=0.5},cleanup",
+    "static-mse-smooth0.5": "fold,quantize-insert{smooth=0.5},cleanup",
+    "static-mse-smooth0.8": "fold,quantize-insert{smooth=0.8},cleanup",
+    "dynamic": "fold,quantize-insert{mode=dynamic},cleanup",
+    "dynamic-budget0.997": "fold,quantize-insert{mode=dynamic budget-cosine=0.997},cleanup",
 }
-DEFAULT = ("static-minmax", "static-mse", "static-mse-budget0.997", "dynamic")
+DEFAULT = ("int8", "static-mse", "static-mse-budget0.997", "dynamic", "dynamic-budget0.997")
+ARTIFACT_SHAPES = ((1, 128), (8, 128))
+ORT_DYNAMIC = "minilm-ort-dynamic.onnx"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--only", nargs="*", default=list(DEFAULT), choices=list(CONFIGS))
     parser.add_argument("--no-ort", action="store_true", help="skip ORT's quantize_dynamic")
-    parser.add_argument("--latency", action="store_true", help="compile x86 artifacts and time")
+    parser.add_argument(
+        "--latency", nargs="*", default=[], choices=list(CONFIGS), help="compile these for x86"
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="measure artifacts already in --out as they are"
+    )
+    parser.add_argument(
+        "--arm",
+        action="store_true",
+        help="only: compile -p int8 for arm (+dotprod) at 8x128, run it under emulation and "
+        "compare it with the x86 artifact; added to the results already written",
+    )
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--out", default="benchmarks/out")
+    parser.add_argument("--results", default="benchmarks/results")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = Path(args.out)
+    out, results = Path(args.out), Path(args.results)
     tokenizer = load_tokenizer(str(zoo.get("minilm-l6").tokenizer()))
+    if args.arm:
+        report = json.loads((results / "quantize.json").read_text())
+        report["arm"] = arm_check(tokenizer, out)
+        write(report, results)
+        return
     reference = optimize("minilm-l6", "fold,cleanup").model
     ref_session = session(reference, optimize=True)
+    report: dict[str, Any] = {"load_average_start": os.getloadavg(), "cpus": os.cpu_count()}
     rows = [describe("fp32", "fold,cleanup", reference, ref_session, ref_session, tokenizer)]
-    if not args.no_ort:
+    report["models"] = rows
+    if not args.no_ort or args.latency:
         rows.append(ort_dynamic(reference, ref_session, tokenizer, out))
-        write(rows, out)
+        write(report, results)
     for name in args.only:
-        pipeline = f"fold,quantize-insert{{{CONFIGS[name]}}},cleanup"
         began = time.perf_counter()
-        result = optimize("minilm-l6", pipeline)
+        result = optimize("minilm-l6", CONFIGS[name])
         seconds = time.perf_counter() - began
-        row = describe(name, pipeline, result.model, None, ref_session, tokenizer)
+        row = describe(name, CONFIGS[name], result.model, None, ref_session, tokenizer)
         stats = result.records[1].stats
         row["pass_seconds"] = seconds
-        row.update({k: v for k, v in stats.items() if not k.startswith(("layer.", "activation."))})
-        row["float_layers"] = sorted(
-            k.split(".", 1)[1].rsplit(".", 1)[0] for k in stats if k.endswith(".float_budget")
-        )
+        row.update({k: v for k, v in stats.items() if not k.startswith(_PER_LAYER)})
+        row["float_layers"] = _float_layers(stats)
         rows.append(row)
         log.info("%s: cosine %.5f recall@1 %.4f", name, row["mean_cosine"], row["recall_at_1"])
-        write(rows, out)
+        write(report, results)
     if args.latency:
-        latency(rows, reference, tokenizer, out, args.runs)
-        write(rows, out)
+        report["artifacts"] = []
+        artifacts(report, args.latency, ref_session, tokenizer, out, args.runs, results, args.reuse)
+    report["load_average_end"] = os.getloadavg()
+    write(report, results)
+
+
+_PER_LAYER = ("layer.", "activation.", "table.")
+
+
+def _float_layers(stats: Mapping[str, float]) -> list[str]:
+    return sorted(
+        k.split(".", 1)[1].rsplit(".", 1)[0] for k in stats if k.endswith(".float_budget")
+    )
 
 
 def describe(
@@ -144,90 +180,198 @@ def ort_dynamic(reference: Model, ref_session: Any, tokenizer: Any, out: Path) -
     return row
 
 
-def latency(
-    rows: list[dict[str, Any]], reference: Model, tokenizer: Any, out: Path, runs: int
+def artifacts(
+    report: dict[str, Any],
+    names: Sequence[str],
+    ref_session: Any,
+    tokenizer: Any,
+    out: Path,
+    runs: int,
+    results: Path,
+    reuse: bool = False,
 ) -> None:
-    """Compile nlpress's int8 models for x86 at 1x128 and time them beside ORT fp32 and int8."""
+    """Compile the fp32 model and each configuration for x86 at each shape, and measure them."""
     import nlpress
+    from nlpress.targets.bench import compare_with_ort
 
-    feeds = dict(
-        encode(tokenizer, [" ".join(a for a, _ in evaluation_pairs()[:12])], 128, "max_length")
-    )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    fp32 = ort.InferenceSession(reference.to_onnx().SerializeToString(), options)
-    ort_int8 = ort.InferenceSession(os.fspath(out / "minilm-ort-dynamic.onnx"), options)
-    os.environ.setdefault("TVM_NUM_THREADS", "2")
-    os.environ.setdefault("TVM_BIND_THREADS", "0")
-    for row in rows:
-        if row["name"] == "fp32":
-            row["ort_ms"] = _median(lambda: fp32.run(None, feeds), runs)
-            continue
-        if row["name"].startswith("ort-"):
-            row["ort_ms"], row["ort_fp32_ms"] = alternate(
-                lambda: ort_int8.run(None, feeds), lambda: fp32.run(None, feeds), runs
-            )
-            continue
-        path = out / f"x86-quantize-{row['name']}"
-        try:
-            nlpress.compile("minilm-l6", "x86", path, pipeline=row["pipeline"], shapes=SHAPES)
-        except Exception as exc:  # the lowering may not take every QDQ form yet
-            log.warning("%s: compile failed: %s: %s", row["name"], type(exc).__name__, exc)
-            row["artifact_error"] = f"{type(exc).__name__}: {exc}"
-            continue
-        artifact = nlpress.load(path)
-        row["artifact_ms"], row["ort_fp32_ms"] = alternate(
-            lambda a=artifact: a.run(None, feeds), lambda: fp32.run(None, feeds), runs
-        )
-        row["model_so_bytes"] = (path / "model.so").stat().st_size
-
-
-def alternate(
-    first: Callable[[], Any], second: Callable[[], Any], runs: int
-) -> tuple[float, float]:
-    """Median milliseconds of two callables run alternately after three warm-up rounds."""
-    for _ in range(3):
-        first(), second()
-    a, b = [], []
-    for _ in range(runs):
-        for fn, times in ((first, a), (second, b)):
+    rows: list[dict[str, Any]] = report["artifacts"]
+    fp32_bytes: dict[tuple[int, int], int] = {}
+    ort_int8, ort_fp32 = out / ORT_DYNAMIC, out / "minilm-fp32.onnx"
+    onnx.save(optimize("minilm-l6", "fold,cleanup").model.to_onnx(), os.fspath(ort_fp32))
+    for name in ("fp32", *names):
+        pipeline = CONFIGS.get(name, "fold,cleanup")
+        for batch, length in ARTIFACT_SHAPES if name != "fp32" else ARTIFACT_SHAPES[:1]:
+            shape = f"{batch}x{length}"
+            path = out / f"x86-quantize-{name}-{shape}"
+            shapes = {n: (batch, length) for n in ("input_ids", "attention_mask", "token_type_ids")}
             began = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - began)
-    return statistics.median(a) * 1e3, statistics.median(b) * 1e3
+            reused = reuse and (path / "model.so").exists()
+            try:
+                if not reused:
+                    nlpress.compile("minilm-l6", "x86", path, pipeline=pipeline, shapes=shapes)
+            except Exception as exc:  # report what does not lower and go on
+                log.warning("%s %s: compile failed: %s: %s", name, shape, type(exc).__name__, exc)
+                rows.append({"name": name, "shape": shape, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            row: dict[str, Any] = {
+                "name": name,
+                "pipeline": pipeline,
+                "shape": shape,
+                "compile_seconds": None if reused else time.perf_counter() - began,
+                "model_so_bytes": (path / "model.so").stat().st_size,
+            }
+            if name == "fp32":
+                fp32_bytes[(batch, length)] = row["model_so_bytes"]
+            else:
+                row["so_vs_fp32"] = row["model_so_bytes"] / fp32_bytes[ARTIFACT_SHAPES[0]]
+                quality = fidelity(nlpress.load(path), ref_session, tokenizer)
+                row.update({f"artifact_{k}": v for k, v in quality.as_dict().items()})
+                feeds = eval_feeds(tokenizer, batch, length)
+                vs_int8 = compare_with_ort(path, ort_int8, feeds=feeds, runs=runs)
+                vs_fp32 = compare_with_ort(path, ort_fp32, feeds=feeds, runs=runs)
+                row.update(
+                    {
+                        "artifact_ms": vs_int8["nlpress_ms"],
+                        "ort_int8_ms": vs_int8["ort_ms"],
+                        "ratio_vs_ort_int8": vs_int8["ratio"],
+                        "artifact_ms_2": vs_fp32["nlpress_ms"],
+                        "ort_fp32_ms": vs_fp32["ort_ms"],
+                        "ratio_vs_ort_fp32": vs_fp32["ratio"],
+                        "threads": vs_int8["threads"],
+                        "load_average": vs_int8["load_average"],
+                    }
+                )
+            rows.append(row)
+            log.info("%s", json.dumps(row, default=_plain))
+            write(report, results)
 
 
-def _median(fn: Callable[[], Any], runs: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(runs):
-        began = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times) * 1e3
+def arm_check(tokenizer: Any, out: Path, name: str = "int8") -> dict[str, Any]:
+    """The arm (+dotprod) int8 artifact under emulation beside the x86 one, at 8x128."""
+    import nlpress
+    from nlpress.targets.arm import run_emulated
 
-
-def write(rows: list[dict[str, Any]], out: Path) -> None:
-    """quantize.json and a markdown table."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "quantize.json").write_text(json.dumps(rows, indent=2, default=_plain))
-    head = (
-        "| model | mean cos | min cos | recall@1 (fp32) | ORT-optimized cos | bytes | "
-        "float layers | x86 ms | ORT ms |\n|---|---|---|---|---|---|---|---|---|\n"
+    batch, length = ARTIFACT_SHAPES[-1]
+    shape = f"{batch}x{length}"
+    x86 = out / f"x86-quantize-{name}-{shape}"
+    arm = out / f"arm-quantize-{name}-{shape}"
+    shapes = {n: (batch, length) for n in ("input_ids", "attention_mask", "token_type_ids")}
+    began = time.perf_counter()
+    nlpress.compile(
+        "minilm-l6", "arm", arm, pipeline=CONFIGS[name], shapes=shapes, mattr=["dotprod"]
     )
+    compiled = time.perf_counter() - began
+    feeds = eval_feeds(tokenizer, batch, length)
+    host = nlpress.load(x86)
+    wanted = {i.name for i in host.get_inputs()}
+    feeds = {k: v for k, v in feeds.items() if k in wanted}
+    began = time.perf_counter()
+    emulated = run_emulated(arm, [feeds])[0][0]
+    ran = time.perf_counter() - began
+    native = np.asarray(host.run(None, feeds)[0])
+    mask = feeds["attention_mask"][..., None].astype(np.float64)
+    pooled = [(np.asarray(v, np.float64) * mask).sum(1) / mask.sum(1) for v in (emulated, native)]
+    cosine = np.sum(pooled[0] * pooled[1], 1) / (
+        np.linalg.norm(pooled[0], axis=1) * np.linalg.norm(pooled[1], axis=1)
+    )
+    diff = np.abs(emulated.astype(np.float64) - native)
+    written = session(onnx.load(os.fspath(x86 / "model.onnx"))).run(None, feeds)[0]
+    ort_diff = np.abs(native - np.asarray(written, np.float64))
+    real = feeds["attention_mask"].astype(bool)
+    return {
+        "pipeline": CONFIGS[name],
+        "shape": shape,
+        "target": "arm (aarch64-linux-gnu, +neon +dotprod), qemu-user",
+        "compile_seconds": compiled,
+        "emulated_seconds": ran,
+        "model_so_bytes": (arm / "model.so").stat().st_size,
+        "max_abs_diff_vs_x86": float(diff.max()),
+        "mean_abs_diff_vs_x86_real_tokens": float(diff[real].mean()),
+        "max_abs_diff_vs_x86_real_tokens": float(diff[real].max()),
+        "x86_vs_ort_max_abs_diff": float(ort_diff.max()),
+        "x86_vs_ort_max_abs_diff_real_tokens": float(ort_diff[real].max()),
+        "x86_vs_ort_mean_abs_diff_real_tokens": float(ort_diff[real].mean()),
+        "max_abs_output": float(np.abs(native).max()),
+        "min_sentence_cosine_vs_x86": float(cosine.min()),
+    }
+
+
+def eval_feeds(tokenizer: Any, batch: int, length: int) -> dict[str, np.ndarray]:
+    """The first `batch` evaluation sentences, tokenized and padded to `length`."""
+    texts = [a for a, _ in evaluation_pairs()[:batch]]
+    return dict(encode(tokenizer, texts, length, "max_length"))
+
+
+def write(report: Mapping[str, Any], results: Path) -> None:
+    """quantize.json and quantize.md (two tables: pass-level models, x86 artifacts)."""
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "quantize.json").write_text(json.dumps(report, indent=2, default=_plain) + "\n")
     lines = [
+        "| model | mean cos | min cos | recall@1 (fp32) | ORT-optimized cos | bytes | "
+        "float layers | pass s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
         f"| {r['name']} | {r['mean_cosine']:.4f} | {r['min_cosine']:.4f} | "
         f"{r['recall_at_1']:.4f} ({r['reference_recall_at_1']:.4f}) | "
         f"{r['ort_opt_mean_cosine']:.4f} | {r['model_bytes'] / 1e6:.1f} MB | "
-        f"{len(r.get('float_layers', []))} | {_ms(r.get('artifact_ms'))} | {_ms(r.get('ort_ms'))} |"
-        for r in rows
+        f"{len(r.get('float_layers', []))} | {_num(r.get('pass_seconds'), 0)} |"
+        for r in report["models"]
     ]
-    (out / "quantize.md").write_text(head + "\n".join(lines) + "\n")
+    if report.get("artifacts"):
+        lines += [
+            "",
+            "| x86 artifact | shape | mean cos | min cos | recall@1 (fp32) | ms | ORT int8 ms | "
+            "ratio vs ORT int8 | ORT fp32 ms | ratio vs ORT fp32 | model.so | vs fp32 .so |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [_artifact_line(r) for r in report["artifacts"]]
+    lines += [
+        "",
+        f"load average (1, 5, 15 min) at the start: {_load(report, 'start')}; "
+        f"at the end: {_load(report, 'end')}; {report.get('cpus')} CPUs.",
+    ]
+    arm = report.get("arm")
+    if arm:
+        lines += [
+            "",
+            f"ARM: `{arm['pipeline']}` at {arm['shape']} for {arm['target']}: max |arm - x86| "
+            f"{arm['max_abs_diff_vs_x86']:.2e} (real tokens: max "
+            f"{arm['max_abs_diff_vs_x86_real_tokens']:.2e}, mean "
+            f"{arm['mean_abs_diff_vs_x86_real_tokens']:.2e}; outputs "
+            f"up to {arm['max_abs_output']:.2f}), least sentence cosine to x86 "
+            f"{arm['min_sentence_cosine_vs_x86']:.6f}; model.so {arm['model_so_bytes'] / 1e6:.1f} "
+            f"MB; the emulated run took {arm['emulated_seconds']:.0f} s. For scale, the x86 "
+            f"artifact against ONNX Runtime running the same QDQ graph as written: max "
+            f"{arm['x86_vs_ort_max_abs_diff']:.2e} (real tokens: max "
+            f"{arm['x86_vs_ort_max_abs_diff_real_tokens']:.2e}, mean "
+            f"{arm['x86_vs_ort_mean_abs_diff_real_tokens']:.2e}).",
+        ]
+    lines += ["", *(f"- {note}" for note in report.get("notes", []))]
+    (results / "quantize.md").write_text("\n".join(lines).rstrip() + "\n")
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+def _artifact_line(r: Mapping[str, Any]) -> str:
+    if "error" in r:
+        return f"| {r['name']} | {r['shape']} | {r['error']} |"
+    recall = r.get("artifact_recall_at_1")
+    return (
+        f"| {r['name']} | {r['shape']} | {_num(r.get('artifact_mean_cosine'), 4)} | "
+        f"{_num(r.get('artifact_min_cosine'), 4)} | {_num(recall, 4)} "
+        f"({_num(r.get('artifact_reference_recall_at_1'), 4)}) | {_num(r.get('artifact_ms'), 1)} | "
+        f"{_num(r.get('ort_int8_ms'), 1)} | {_num(r.get('ratio_vs_ort_int8'), 3)} | "
+        f"{_num(r.get('ort_fp32_ms'), 1)} | {_num(r.get('ratio_vs_ort_fp32'), 3)} | "
+        f"{r['model_so_bytes'] / 1e6:.1f} MB | {_num(r.get('so_vs_fp32'), 3)} |"
+    )
+
+
+def _load(report: Mapping[str, Any], when: str) -> str:
+    value = report.get(f"load_average_{when}")
+    return "-" if value is None else ", ".join(f"{x:.2f}" for x in value)
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _plain(value: Any) -> Any:

@@ -16,6 +16,12 @@ The QDQ format (the lowering relies on exactly this):
   y_zero_point) -> DequantizeLinear(y, y_scale, y_zero_point) -> MatMul input 0: per tensor and
   per call (per-row dynamic quantization is not expressible in plain QDQ).
 - The bias Add after a MatMul stays float, untouched.
+- Embedding tables (`embeddings=true`, the default): a constant float table T [rows, d] read
+  only by Gathers on axis 0 (word, position and token-type embeddings) becomes an int8
+  initializer T_q [rows, d] and DequantizeLinear(T_q, scale, zero_point, axis=0) feeding those
+  Gathers, scale float32 [rows] (one per row: each token's vector keeps its own range),
+  zero_point int8 zeros [rows], symmetric and rounded as the weights. Tables are always
+  quantized (the budget below does not keep them float, but it measures the model with them).
 - Attention's batched MatMuls (`attention=true`; both inputs computed): input 0 as a static
   activation above (uint8 asymmetric); input 1 int8 symmetric, QuantizeLinear(x, s, 0) ->
   DequantizeLinear, s = max|x| / 127 a float32 scalar and an int8 zero point 0 (u8 x s8 like the
@@ -35,10 +41,12 @@ inserted Mul. Otherwise a Mul(x, 1 / s) is inserted before the quantized layers.
 Fidelity budget (`budget-cosine=c`): the cosine between the quantized and the input model's first
 output (mean-pooled over real tokens, as sentence embeddings are) is measured on the calibration
 data (in ONNX Runtime, with its QDQ fusions). Below c, each quantized layer's sensitivity is
-measured on a few calibration batches spread over the set (how much the cosine rises when that
-layer alone stays float), and the most sensitive layers stay float, one by one, until c is met
-on all of the calibration data. Their names are recorded in the model's metadata
-(`nlpress.quantize-insert.float`), so a second run keeps them float too and changes nothing.
+measured on calibration batches holding about 64 sequences, spread over the set (how much the
+cosine rises when that layer alone stays float), and the most sensitive layers stay float: as
+many as the summed sensitivities predict, then one more or one fewer at a time, until the least
+count that meets c on all of the calibration data is found. Their names are recorded in the
+model's metadata (`nlpress.quantize-insert.float`), so a second run keeps them float too and
+changes nothing.
 """
 
 from __future__ import annotations
@@ -63,6 +71,7 @@ from nlpress.passes.quantize_ranges import (
     activation_range,
     int8_scale,
     pooled_cosine,
+    quantize_rows,
     quantize_weight,
     smooth_factors,
     uint8_params,
@@ -75,8 +84,9 @@ MIN_OPSET = 13
 Mode = Literal["static", "dynamic"]
 Method = Literal["minmax", "percentile", "entropy", "mse"]
 _QDQ = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
-# Layer sensitivities for the budget are measured on about this many calibration batches.
-SENSITIVITY_BATCHES = 4
+# Layer sensitivities for the budget are measured on calibration batches holding about this
+# many sequences, spread over the set (4 batches of 16, or 64 of one at a static batch of 1).
+SENSITIVITY_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,8 @@ class QuantizeInsert(Pass):
             (none: off). Needs calibration data.
         exclude: Layers kept in float: node names, regexes searched in node names, or op types
             (e.g. Gemm).
+        embeddings: Also store the constant tables read by Gather (embeddings) as int8, one
+            symmetric scale per row.
         budget-cosine: A least cosine between the quantized and the input model's first output
             on the calibration data, in (0, 1); the layers whose quantization hurts it most stay
             in float until it is met.
@@ -112,6 +124,7 @@ class QuantizeInsert(Pass):
     attention: bool = False
     smooth: float | None = None
     exclude: tuple[str, ...] = field(default_factory=tuple)
+    embeddings: bool = True
     budget_cosine: float | None = None
 
     def __post_init__(self) -> None:
@@ -149,10 +162,14 @@ class QuantizeInsert(Pass):
                 f"{self.name}: per-channel QuantizeLinear/DequantizeLinear need opset "
                 f">= {MIN_OPSET}, the model has {version}; re-export it at a newer opset"
             )
-        if not _candidates(model.graph, self.attention) and not _quantized(model.graph):
+        if (
+            not _candidates(model.graph, self.attention)
+            and not self._tables(model.graph)
+            and not _quantized(model.graph)
+        ):
             raise PreconditionError(
                 f"{self.name}: the graph has no MatMul/Gemm with a constant 2-D float weight "
-                "to quantize"
+                "(nor a constant table read by Gather) to quantize"
             )
         if self.needs_data:
             require_feeds(model, self.name)
@@ -163,18 +180,19 @@ class QuantizeInsert(Pass):
         work.graph.toposort()
         recorded = _recorded_float(model)
         layers, skipped = self._layers(work.graph, recorded)
-        if not layers:
+        tables = self._tables(work.graph)
+        if not layers and not tables:
             return PassResult(model.copy(), False, {**skipped, "layers_quantized": 0.0})
-        feeds = require_feeds(model, self.name) if self.needs_data else ()
+        feeds = require_feeds(model, self.name) if self.needs_data and layers else ()
         smoothing = self._smooth(work, layers, feeds) if self.smooth is not None else {}
         ranges = self._ranges(work, layers, feeds) if self.mode == "static" else {}
-        plan = Plan(self, work, layers, ranges, {})
+        plan = Plan(self, work, layers, ranges, {}, tables)
         everything = frozenset(range(len(layers)))
         selected: frozenset[int] = everything
         budget: dict[str, float] = {}
-        if self.budget_cosine is not None:
+        if self.budget_cosine is not None and layers:
             selected, budget = _meet_budget(self.budget_cosine, model, plan, feeds)
-        if not selected:
+        if not selected and not tables:
             return PassResult(model.copy(), False, {**skipped, **budget, "layers_quantized": 0.0})
         out = plan.build(selected)
         kept = [layers[i].label for i in sorted(everything - selected)]
@@ -208,6 +226,12 @@ class QuantizeInsert(Pass):
             if layer.node.op == "Gemm":
                 _gemm_as_matmul(graph, layer.node)
         return [_as_matmul(layer) for layer in layers], skipped
+
+    def _tables(self, graph: gs.Graph) -> list[Table]:
+        """The constant tables to store as int8 (none unless `embeddings`)."""
+        if not self.embeddings:
+            return []
+        return [t for t in _tables(graph) if not any(self._excluded(n) for n in t.readers)]
 
     def _excluded(self, node: gs.Node) -> bool:
         name = node.name or ""
@@ -264,6 +288,40 @@ class Layer:
     def inputs(self) -> list[gs.Tensor]:
         """The computed inputs that get activation Q/DQ."""
         return [self.activation] if self.weight is not None else list(self.node.inputs[:2])
+
+
+@dataclass
+class Table:
+    """A constant table read only by Gathers on axis 0 (an embedding).
+
+    Attributes:
+        constant: The float table [rows, d] in the working graph.
+        readers: The Gather nodes reading it, in graph order.
+    """
+
+    constant: gs.Constant
+    readers: list[gs.Node]
+
+
+def _tables(graph: gs.Graph) -> list[Table]:
+    """The float 2-D constants that only Gathers on axis 0 read, as their data input."""
+    found: dict[int, Table] = {}
+    for node in graph.nodes:
+        if node.op != "Gather" or not node.inputs or not isinstance(node.inputs[0], gs.Constant):
+            continue
+        table = node.inputs[0]
+        values = np.asarray(table.values)
+        if values.ndim != 2 or values.dtype.kind != "f" or int(node.attrs.get("axis", 0)) != 0:
+            continue
+        if isinstance(node.inputs[1], gs.Constant):
+            continue  # fold's business: a constant gather is a constant
+        found.setdefault(id(table), Table(table, [])).readers.append(node)
+    return [t for t in found.values() if _only_gathered(t)]
+
+
+def _only_gathered(table: Table) -> bool:
+    readers = {id(n) for n in table.readers}
+    return all(id(n) in readers for n in table.constant.outputs)
 
 
 def _candidates(graph: gs.Graph, attention: bool) -> list[Layer]:
@@ -477,6 +535,7 @@ class Plan:
         layers: The layers that may be quantized.
         ranges: Static activation ranges by tensor name (empty in dynamic mode).
         weights: Quantized weights by layer index, filled on first use.
+        tables: The constant tables stored as int8 in every build.
     """
 
     options: QuantizeInsert
@@ -484,6 +543,15 @@ class Plan:
     layers: list[Layer]
     ranges: dict[str, tuple[float, float]]
     weights: dict[int, tuple[np.ndarray, np.ndarray]]
+    tables: list[Table] = field(default_factory=list)
+    quantized_tables: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def quantized_table(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Table `index` as int8 rows and one scale per row."""
+        if index not in self.quantized_tables:
+            values = np.asarray(self.tables[index].constant.values)
+            self.quantized_tables[index] = quantize_rows(values)
+        return self.quantized_tables[index]
 
     def quantized_weight(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Layer `index`'s int8 weight and scale."""
@@ -509,6 +577,11 @@ class Plan:
             else:
                 node.inputs[0] = writer.activation(node.inputs[0], signed=False)
                 node.inputs[1] = writer.weight(node, *self.quantized_weight(index))
+        for index, table in enumerate(self.tables):
+            readers = [out.graph.nodes[position[id(n)]] for n in table.readers]
+            dequantized = writer.table(table.constant.name, *self.quantized_table(index))
+            for reader in readers:
+                reader.inputs[0] = dequantized
         out.graph.toposort()
         return out
 
@@ -564,6 +637,15 @@ class _Writer:
         ]
         return self._dequantize(base, inputs, axis=1)
 
+    def table(self, base: str, values: np.ndarray, scale: np.ndarray) -> gs.Variable:
+        """DequantizeLinear(T_q, scale, 0, axis=0): a table with one scale per row."""
+        inputs = [
+            self._constant(f"{base}_quantized", values),
+            self._constant(f"{base}_scale", scale),
+            self._constant(f"{base}_zero_point", np.zeros(scale.shape, np.int8)),
+        ]
+        return self._dequantize(base, inputs, axis=0)
+
     def _dequantize(
         self, base: str, inputs: list[gs.Tensor], axis: int | None = None
     ) -> gs.Variable:
@@ -613,32 +695,80 @@ def _fresh_node(graph: gs.Graph, wanted: str) -> str:
 def _meet_budget(
     budget: float, teacher: Model, plan: Plan, feeds: Sequence[Feeds]
 ) -> tuple[frozenset[int], dict[str, float]]:
-    """Keep the most sensitive layers in float until the output cosine meets `budget`."""
+    """Keep the most sensitive layers in float until the output cosine meets `budget`.
+
+    One model (one ONNX Runtime session) per layer set tried: the fully quantized one on all
+    the data (its cosine on the sensitivity batches taken from the same outputs), one per layer
+    on the sensitivity batches, then the count of float layers that the summed sensitivities
+    predict, checked on all the data and moved one layer at a time to the least that meets it.
+    """
     reference = first_outputs(teacher, feeds)
-    every = max(1, len(feeds) // SENSITIVITY_BATCHES)
-    few, few_reference = feeds[::every], reference[::every]
+    few = sensitivity_batches(feeds)
+    scores = 0
 
-    def score(selected: frozenset[int], subset: bool = False) -> float:
-        data, want = (few, few_reference) if subset else (feeds, reference)
-        return pooled_cosine(want, first_outputs(plan.build(selected), data), data)
+    def cosine(outputs: Sequence[np.ndarray], index: Sequence[int]) -> float:
+        return pooled_cosine([reference[i] for i in index], outputs, [feeds[i] for i in index])
 
-    selected = frozenset(range(len(plan.layers)))
-    first = cosine = score(selected)
+    def score(selected: frozenset[int], index: Sequence[int]) -> float:
+        nonlocal scores
+        if not selected and not plan.tables:
+            return 1.0  # the float model itself
+        scores += 1
+        return cosine(first_outputs(plan.build(selected), [feeds[i] for i in index]), index)
+
+    everything = frozenset(range(len(plan.layers)))
+    every = range(len(feeds))
+    outputs = first_outputs(plan.build(everything), feeds)
+    scores += 1
+    first = cosine(outputs, every)
     stats: dict[str, float] = {"budget_cosine_first": first}
-    if cosine < budget:
-        base = score(selected, subset=True)
-        gains = {i: score(selected - {i}, subset=True) - base for i in selected}
+    selected, result = everything, first
+    if first < budget:
+        base = cosine([outputs[i] for i in few], few)
+        gains = {i: score(everything - {i}, few) - base for i in everything}
         for i, gain in gains.items():
             stats[f"layer.{plan.layers[i].label}.sensitivity"] = gain
-        for i in sorted(gains, key=lambda i: -gains[i]):
-            if cosine >= budget:
-                break
-            selected = selected - {i}
-            cosine = score(selected) if selected else 1.0
+        order = sorted(gains, key=lambda i: -gains[i])
+        count = _predicted_count(first, [gains[i] for i in order], budget)
+        results = {0: first}
+
+        def at(count: int) -> float:
+            if count not in results:
+                results[count] = score(everything - set(order[:count]), every)
+                log.debug("%d layers float: cosine %.5f", count, results[count])
+            return results[count]
+
+        while count < len(order) and at(count) < budget:
+            count += 1
+        while count > 1 and at(count) >= budget and at(count - 1) >= budget:
+            count -= 1
+        selected, result = everything - set(order[:count]), at(count)
+        for i in order[:count]:
             stats[f"layer.{plan.layers[i].label}.float_budget"] = 1.0
-            log.debug("kept %s in float: cosine %.5f", plan.layers[i].label, cosine)
-    stats.update({"budget_cosine": cosine, "budget_met": float(cosine >= budget)})
+    stats.update(
+        {"budget_cosine": result, "budget_met": float(result >= budget), "budget_models": scores}
+    )
     return selected, stats
+
+
+def _predicted_count(first: float, gains: Sequence[float], budget: float) -> int:
+    """The fewest layers (most sensitive first) whose summed gains lift `first` to `budget`."""
+    total = first
+    for count, gain in enumerate(gains, start=1):
+        total += max(gain, 0.0)
+        if total >= budget:
+            return count
+    return len(gains)
+
+
+def sensitivity_batches(feeds: Sequence[Feeds], rows: int = SENSITIVITY_ROWS) -> list[int]:
+    """Indices of calibration batches spread evenly over the set, about `rows` rows in all."""
+    if not feeds:
+        return []
+    sizes = [len(next(iter(batch.values()))) if batch else 1 for batch in feeds]
+    count = min(len(feeds), max(1, -(-rows * len(feeds) // max(sum(sizes), 1))))
+    spread = np.linspace(0, len(feeds) - 1, count).round().astype(int)
+    return sorted({int(i) for i in spread})
 
 
 def first_outputs(model: Model, feeds: Sequence[Feeds]) -> list[np.ndarray]:
@@ -681,9 +811,18 @@ def _size_stats(
             if tensor.name in plan.ranges:
                 lo, hi = plan.ranges[tensor.name]
                 stats[f"activation.{tensor.name}.range"] = hi - lo
+    table_before = table_after = 0
+    for index, table in enumerate(plan.tables):
+        values, scale = plan.quantized_table(index)
+        table_before += np.asarray(table.constant.values).nbytes
+        table_after += values.nbytes + scale.nbytes + scale.size
+        stats[f"table.{table.constant.name}.quantized"] = 1.0
     weight_layers = [i for i in selected if plan.layers[i].weight is not None]
     stats.update(
         {
+            "tables_quantized": float(len(plan.tables)),
+            "table_bytes_before": float(table_before),
+            "table_bytes_after": float(table_after),
             "layers_quantized": float(len(weight_layers)),
             "attention_quantized": float(len(selected) - len(weight_layers)),
             "layers_float": float(len(plan.layers) - len(selected)),

@@ -203,6 +203,12 @@ def quantize_weight(weight: np.ndarray, per_channel: bool) -> tuple[np.ndarray, 
     return values, scale
 
 
+def quantize_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A table [rows, d] as (int8 values [rows, d], float32 scale [rows]), symmetric per row."""
+    values, scale = quantize_weight(table.T, per_channel=True)
+    return np.ascontiguousarray(values.T), scale
+
+
 def smooth_factors(channel_max: np.ndarray, weight_max: np.ndarray, alpha: float) -> np.ndarray:
     """SmoothQuant's s_j = max|x_j|^alpha / max|W_j|^(1 - alpha), 1 where either is zero."""
     valid = (channel_max > 0) & (weight_max > 0)

@@ -26,7 +26,7 @@ NAMED_PIPELINES: Mapping[str, str] = MappingProxyType(
     {
         "O0": "cleanup",
         "O1": "fold,identity-elim,cleanup",
-        "int8": "fold,quantize-insert{budget-cosine=0.997},cleanup",
+        "int8": "fold,quantize-insert{smooth=0.8 budget-cosine=0.997},cleanup",
     }
 )
 

@@ -2,15 +2,21 @@ import dataclasses
 import json
 
 import numpy as np
+import onnx_graphsurgeon as gs
 import pytest
 from graphs import initializer, model, tensor
-from onnx import helper
+from onnx import TensorProto, helper
 
 from nlpress.ir.verify import check, run
 from nlpress.passes import PASSES, OptionError, PreconditionError, parse
 from nlpress.passes.base import option_fields
 from nlpress.passes.instruments import VerifyEach, run_pipeline
-from nlpress.passes.quantize_insert import FLOAT_KEY, QuantizeInsert
+from nlpress.passes.quantize_insert import (
+    FLOAT_KEY,
+    QuantizeInsert,
+    _predicted_count,
+    sensitivity_batches,
+)
 from nlpress.passes.quantize_ranges import Histogram, activation_range, entropy_threshold
 
 K, N, SEQ = 16, 12, 8
@@ -250,6 +256,89 @@ def test_gemm_becomes_matmul_and_add():
     assert not QuantizeInsert(exclude=("Gemm",)).run(m).changed
 
 
+ROWS = 40
+
+
+def _table(seed=3):
+    table = np.random.default_rng(seed).standard_normal((ROWS, K)).astype(np.float32)
+    table[5] *= 30.0  # a row with a much larger range than the others
+    return table
+
+
+def _embedded(feeds=None):
+    """ids[batch, 8] -> Gather(T) + Gather(P, positions) -> MatMul(W) -> y."""
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["e"], name="word/Gather"),
+        helper.make_node("Gather", ["positions", "pos"], ["p"], name="position/Gather"),
+        helper.make_node("Add", ["e", "p"], ["x"], name="sum"),
+        helper.make_node("MatMul", ["x", "w"], ["y"], name="dense/MatMul"),
+    ]
+    inits = [
+        initializer("table", _table()),
+        initializer("positions", _table(seed=4)[:SEQ]),
+        initializer("w", _weight()),
+    ]
+    inputs = [
+        tensor("ids", ["batch", SEQ], TensorProto.INT64),
+        tensor("pos", [SEQ], TensorProto.INT64),
+    ]
+    m = model(nodes, inputs, [tensor("y", ["batch", SEQ, N])], inits)
+    if feeds is None:
+        rng = np.random.default_rng(7)
+        feeds = tuple(
+            {"ids": rng.integers(0, ROWS, (4, SEQ)), "pos": np.arange(SEQ)} for _ in range(3)
+        )
+    return dataclasses.replace(m, calibration=feeds)
+
+
+def test_embedding_tables_become_int8_with_one_scale_per_row():
+    m = _embedded()
+    result = QuantizeInsert().run(m)
+    check(result.model)
+    dq = next(n for n in result.model.graph.nodes if n.inputs[0].name == "table_quantized")
+    values, scale, zero = (np.asarray(t.values) for t in dq.inputs)
+    assert dq.attrs["axis"] == 0 and _node(result.model, "word/Gather").inputs[0] is dq.outputs[0]
+    assert values.dtype == np.int8 and values.shape == (ROWS, K)
+    assert scale.dtype == np.float32 and scale.shape == (ROWS,)
+    assert zero.dtype == np.int8 and zero.shape == (ROWS,) and not zero.any()
+    table = _table()
+    np.testing.assert_allclose(scale, np.abs(table).max(axis=1) / 127, rtol=1e-6)
+    assert np.abs(values).max(axis=1).tolist() == [127] * ROWS
+    dequantized = values * scale[:, None]
+    assert np.all(np.abs(dequantized - table) <= scale[:, None] / 2 * (1 + 1e-5))
+    assert result.stats["tables_quantized"] == 2
+    assert result.stats["table_bytes_before"] == 4 * (ROWS + SEQ) * K
+    assert result.stats["table_bytes_after"] == (ROWS + SEQ) * K + 5 * (ROWS + SEQ)
+    for feeds in m.calibration:
+        want, got = run(m, feeds)["y"], run(result.model, feeds)["y"]
+        assert _relative(want, got) < 0.03
+    again = QuantizeInsert().run(dataclasses.replace(result.model, calibration=m.calibration))
+    assert not again.changed
+
+
+def test_embeddings_can_be_left_float_or_quantized_alone():
+    m = _embedded()
+    kept = QuantizeInsert(embeddings=False).run(m).model
+    assert _node(kept, "word/Gather").inputs[0].name == "table"
+    excluded = QuantizeInsert(exclude=("position/Gather",)).run(m).model
+    assert _node(excluded, "position/Gather").inputs[0].name == "positions"
+    assert _node(excluded, "word/Gather").inputs[0].name != "table"
+    only = QuantizeInsert(exclude=("MatMul",)).run(m)
+    assert only.changed and only.stats["layers_quantized"] == 0
+    assert only.stats["tables_quantized"] == 2
+
+
+def test_a_table_with_other_readers_stays_float():
+    m = _embedded()
+    table = m.graph.tensors()["table"]
+    out = gs.Variable("t2", dtype=np.float32, shape=[ROWS, K])
+    m.graph.nodes.append(gs.Node("Identity", "reader", inputs=[table], outputs=[out]))
+    m.graph.outputs.append(out)
+    result = QuantizeInsert().run(m)
+    assert _node(result.model, "word/Gather").inputs[0].name == "table"
+    assert result.stats["tables_quantized"] == 1
+
+
 def test_changed_is_exact_and_a_second_run_changes_nothing():
     m = _dense()
     once = QuantizeInsert().run(m)
@@ -316,6 +405,23 @@ def test_budget_keeps_the_most_sensitive_layer_float_and_a_rerun_keeps_it():
         dataclasses.replace(result.model, calibration=feeds)
     )
     assert not again.changed and again.stats["layers_float_recorded"] == 1
+
+
+def test_sensitivity_batches_hold_about_64_sequences_spread_over_the_set():
+    def batches(count, size):
+        return [{"input_ids": np.zeros((size, 4), np.int64)}] * count
+
+    assert sensitivity_batches(batches(17, 16)) == [0, 5, 11, 16]
+    ones = sensitivity_batches(batches(265, 1))
+    assert len(ones) == 64 and ones[0] == 0 and ones[-1] == 264
+    assert sensitivity_batches(batches(2, 16)) == [0, 1]
+    assert sensitivity_batches([]) == []
+
+
+def test_predicted_float_count_sums_the_gains_of_the_most_sensitive():
+    assert _predicted_count(0.990, [0.004, 0.002, 0.001, 0.0005], 0.997) == 3
+    assert _predicted_count(0.990, [0.001, -0.001], 0.997) == 2
+    assert _predicted_count(0.990, [0.01], 0.997) == 1
 
 
 def test_attention_matmuls_quantize_both_inputs():
@@ -407,3 +513,6 @@ def test_minilm_int8_keeps_sentence_embeddings(minilm_path):
     quality = fidelity(session(result.model), reference, tokenizer)
     assert quality.mean_cosine >= 0.995
     assert quality.recall_at_1 >= quality.reference_recall_at_1 - 0.01
+    stats = result.records[1].stats
+    assert stats["tables_quantized"] == 3  # word, position and token-type embeddings
+    assert stats["model_bytes_after"] <= 0.3 * stats["model_bytes_before"]
