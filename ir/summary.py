@@ -1,4 +1,13 @@
-"""What `nlpress inspect` shows: ops, parameters, bytes by dtype, sparsity, inputs and outputs."""
+"""What `nlpress inspect` shows: ops, parameters, bytes by dtype, sparsity, inputs and outputs.
+
+Sparsity is shown three ways: `sparsity`, the share of zeros among all float parameters;
+`weight_sparsity`, the same over the constant weights of MatMul/Gemm only; and `layers`, one
+entry per such weight with its shape, its share of zeros, and the tightest N:M pattern
+(N nonzeros at most in every M consecutive weights along the reduction axis, M in 4 or 8)
+that it satisfies, if its zeros fall in one. Zeros stay in the dense tensors of the artifact
+(TVM has no sparse kernel to run them; see `passes/prune_sparsify.py`), so this is what the
+compression did, not what the kernels skip.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from nlpress.ir.graph import WeightedMatMul, weighted_matmuls
 from nlpress.ir.model import Model
 
 # Integer constants wider than 8 bits are shape arithmetic and indices, not parameters.
@@ -24,12 +34,17 @@ def summarize(model: Model) -> dict[str, Any]:
     bytes_by_dtype: Counter[str] = Counter()
     for value in constants:
         bytes_by_dtype[str(value.dtype)] += int(value.nbytes)
+    layers = [_layer(wm) for wm in weighted_matmuls(graph) if wm.weight.values.dtype.kind == "f"]
+    weights = sum(int(np.prod(layer["shape"])) for layer in layers)
+    weight_zeros = sum(layer["zeros"] for layer in layers)
     return {
         "nodes": len(graph.nodes),
         "ops": dict(sorted(Counter(_op(n) for n in graph.nodes).items())),
         "parameters": n_params,
         "bytes_by_dtype": dict(sorted(bytes_by_dtype.items())),
         "sparsity": zeros / n_params if n_params else 0.0,
+        "weight_sparsity": weight_zeros / weights if weights else 0.0,
+        "layers": layers,
         "inputs": [_io(t) for t in graph.inputs],
         "outputs": [_io(t) for t in graph.outputs],
         "opset": {d.domain or "ai.onnx": d.version for d in graph.import_domains or []},
@@ -41,7 +56,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"nodes       {summary['nodes']}",
         f"parameters  {summary['parameters']:,} ({summary['parameters'] / 1e6:.1f}M)",
-        f"sparsity    {summary['sparsity']:.2%}",
+        f"sparsity    {summary['sparsity']:.2%} of parameters, "
+        f"{summary['weight_sparsity']:.2%} of MatMul/Gemm weights",
         "bytes       "
         + ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in summary["bytes_by_dtype"].items()),
     ]
@@ -50,7 +66,42 @@ def format_summary(summary: dict[str, Any]) -> str:
             dims = ",".join(str(d) for d in io["shape"]) if io["shape"] is not None else "?"
             lines.append(f"{kind[:-1]:<11} {io['name']}: {io['dtype']}[{dims}]")
     lines.append("ops         " + ", ".join(f"{op} {n}" for op, n in summary["ops"].items()))
+    sparse = [layer for layer in summary["layers"] if layer["sparsity"] > 0]
+    if sparse:
+        lines.append(f"sparse weights ({len(sparse)} of {len(summary['layers'])} layers):")
+    for layer in sparse:
+        shape = "x".join(str(d) for d in layer["shape"])
+        pattern = f", {layer['n_m']}" if layer["n_m"] else ""
+        lines.append(f"  {layer['node']} {shape}: {layer['sparsity']:.2%}{pattern}")
     return "\n".join(lines)
+
+
+def _layer(wm: WeightedMatMul) -> dict[str, Any]:
+    value = np.asarray(wm.weight.values)
+    zeros = int(value.size - np.count_nonzero(value))
+    reduction = 1 if wm.transposed or wm.weight_index == 0 else 0
+    return {
+        "node": wm.node.name,
+        "weight": wm.weight.name,
+        "shape": list(value.shape),
+        "zeros": zeros,
+        "sparsity": zeros / value.size if value.size else 0.0,
+        "n_m": _n_m(value, reduction) if zeros else None,
+    }
+
+
+def _n_m(value: np.ndarray, axis: int) -> str | None:
+    """The tightest `N:M` (M in 4, 8) that every M consecutive weights along `axis` satisfy."""
+    rows = np.moveaxis(value, axis, 0)
+    best: tuple[float, str] | None = None
+    for m in (4, 8):
+        if rows.shape[0] % m:
+            continue
+        blocks = np.count_nonzero(rows.reshape(rows.shape[0] // m, m, -1), axis=1)
+        n = int(blocks.max())
+        if n < m and (best is None or n / m < best[0]):
+            best = (n / m, f"{n}:{m}")
+    return None if best is None else best[1]
 
 
 def _constants(graph: gs.Graph) -> list[np.ndarray]:

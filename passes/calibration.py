@@ -95,3 +95,44 @@ def channel_norms(
 ) -> list[np.ndarray]:
     """The L2 norm of each input channel over all positions, per tensor ([k] each)."""
     return [np.sqrt(np.diag(g)) for g in second_moments(model, tensors, feeds)]
+
+
+def truncated(model: Model, names: Sequence[str]) -> onnx.ModelProto:
+    """The model cut down to what computes the tensors `names`, which become its outputs."""
+    copy = model.copy()
+    graph = copy.graph
+    tensors = graph.tensors()
+    outputs = [tensors[name] for name in dict.fromkeys(names)]
+    for tensor in outputs:
+        if tensor.dtype is None:
+            tensor.dtype = np.float32
+    graph.outputs = outputs
+    graph.cleanup(remove_unused_graph_inputs=False)
+    return copy.to_onnx()
+
+
+def truncated_activations(
+    model: Model, names: Sequence[str], feeds: Sequence[Feeds]
+) -> Iterator[list[np.ndarray]]:
+    """The tensors named `names` on each batch, the model cut down to what computes them."""
+    sess = session(truncated(model, names), optimize=True)
+    wanted = {i.name for i in sess.get_inputs()}
+    for batch in feeds:
+        values = sess.run(list(names), {k: v for k, v in batch.items() if k in wanted})
+        yield [np.asarray(v) for v in values]
+
+
+def paired_activations(
+    student: Model, teacher: Model, names: Sequence[str], feeds: Sequence[Feeds]
+) -> Iterator[tuple[list[np.ndarray], list[np.ndarray]]]:
+    """The tensors named `names` in a student and its teacher on each batch: (student, teacher).
+
+    Both models are cut down to what computes those tensors (`truncated`), so a tensor early in
+    the graph costs only the graph before it. For sequential recovery: the student is the model
+    compressed so far, the teacher the model the pass received; tensor names are shared.
+    """
+    yield from zip(
+        truncated_activations(student, names, feeds),
+        truncated_activations(teacher, names, feeds),
+        strict=True,
+    )

@@ -21,7 +21,9 @@ from nlpress.ir import Model
 from nlpress.ir.graph import constant_value
 from nlpress.passes.calibration import Feeds, activations, token_rows
 from nlpress.passes.prune_patterns import (
+    allocate,
     greedy_groups,
+    greedy_removals,
     group_rows,
     group_scores,
     kept_groups,
@@ -30,7 +32,7 @@ from nlpress.passes.prune_patterns import (
     scores,
 )
 from nlpress.passes.prune_structure import AttentionBlock, FfnPair, Linear
-from nlpress.passes.recovery import output_error, refit_masked
+from nlpress.passes.recovery import PairedGrams, paired_output_error, refit_masked_paired
 
 Kind = Literal["weights", "neurons", "heads"]
 
@@ -73,21 +75,35 @@ class Unit:
 
 @dataclass
 class Statistics:
-    """Calibration statistics of the consumers' inputs: augmented Grams, or channel norms only."""
+    """Calibration statistics of the consumers' inputs: augmented Grams, or channel norms only.
+
+    `paired` holds, for sequential recovery, the student/teacher Grams of a consumer input
+    (`recovery.PairedGrams`); they take precedence over the teacher-only `grams`.
+    """
 
     grams: dict[int, np.ndarray] = field(default_factory=dict)
     norms: dict[int, np.ndarray] = field(default_factory=dict)
+    paired: dict[int, PairedGrams] = field(default_factory=dict)
 
     def gram(self, unit: Unit) -> np.ndarray | None:
-        """The augmented Gram `[k+1, k+1]` of the unit's consumer input, if collected."""
-        return self.grams.get(id(unit.consumer.activation))
+        """The augmented Gram `[k+1, k+1]` of the unit's consumer input (the student's)."""
+        pair = self.paired.get(id(unit.consumer.activation))
+        return pair.student if pair is not None else self.grams.get(id(unit.consumer.activation))
+
+    def pair(self, unit: Unit) -> PairedGrams | None:
+        """The student/teacher Grams of the unit's consumer input (equal without `paired`)."""
+        pair = self.paired.get(id(unit.consumer.activation))
+        if pair is not None:
+            return pair
+        gram = self.grams.get(id(unit.consumer.activation))
+        return None if gram is None else PairedGrams.single(gram)
 
     def norm(self, unit: Unit) -> np.ndarray | None:
         """The L2 norm of each input channel of the unit's consumer, if collected."""
         key = id(unit.consumer.activation)
-        if key in self.norms:
+        if key in self.norms and key not in self.paired:
             return self.norms[key]
-        gram = self.grams.get(key)
+        gram = self.gram(unit)
         return None if gram is None else np.sqrt(np.maximum(np.diag(gram)[:-1], 0.0))
 
 
@@ -147,6 +163,7 @@ class Settings:
     recover: bool
     damping: float
     n_m: tuple[int, int] | None
+    level: float = 0.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -194,10 +211,12 @@ def plan_weights(
     if not np.any(weight[~mask]):
         return None
     pruned = np.where(mask, weight, 0.0)
-    new_weight, new_bias = _refit(stats.gram(unit), weight, bias, mask, settings)
+    pair = stats.pair(unit)
+    new_weight, new_bias = _refit(pair, weight, bias, mask, settings)
+    refitted = new_weight is not None
     new_weight = pruned if new_weight is None else new_weight
     new_bias = bias if new_bias is None else new_bias
-    before, after = _errors(stats.gram(unit), weight, bias, pruned, new_weight, new_bias, settings)
+    before, after = _errors(pair, weight, bias, pruned, new_weight, new_bias, refitted)
     sparsity = 1.0 - float(np.count_nonzero(mask)) / mask.size
     return Edit(unit, ((linear, new_weight, new_bias),), None, mask, sparsity, before, after)
 
@@ -217,8 +236,10 @@ def plan_groups(
     if settings.criterion != "magnitude" and use_gram is None:
         norms = stats.norm(unit)
         use_gram = None if norms is None else np.diag(norms**2)
-    if settings.criterion == "obs" and gram is not None:
-        kept = greedy_groups(gram, weight, bias, unit.groups, keep, settings.damping)
+    pair = stats.pair(unit)
+    if settings.criterion == "obs" and pair is not None:
+        rhs = None if pair.cross is pair.student else pair.rhs(_augmented(weight, bias))
+        kept = greedy_groups(pair.student, weight, bias, unit.groups, keep, settings.damping, rhs)
     else:
         score = group_scores(weight, unit.groups, use_gram, producers)
         kept = kept_groups(score, keep)
@@ -226,11 +247,13 @@ def plan_groups(
     rows = group_rows(kept, size)
     mask = np.zeros(weight.shape, dtype=bool)
     mask[rows] = True
-    new_weight, new_bias = _refit(gram, weight, bias, mask, settings)
+    new_weight, new_bias = _refit(pair, weight, bias, mask, settings)
     pruned = np.where(mask, weight, 0.0)
+    refitted = new_weight is not None
     final_weight = (pruned if new_weight is None else new_weight)[rows]
     final_bias = bias if new_bias is None else new_bias
-    before, after = _errors(gram, weight, bias, pruned, new_weight, new_bias, settings)
+    full_weight = pruned if new_weight is None else new_weight
+    before, after = _errors(pair, weight, bias, pruned, full_weight, final_bias, refitted)
     weights = [(consumer, final_weight, final_bias)]
     for lin in unit.linears:
         if lin is not consumer:
@@ -242,40 +265,106 @@ def plan_groups(
     return Edit(unit, tuple(weights), kept, mask, sparsity, before, after)
 
 
+# The most a unit is pruned under global allocation, relative to the pass's level.
+GLOBAL_CAP = 2.0
+# Global allocation moves FFN neurons in steps of this many (when every width is a multiple),
+# so that the pruned widths stay friendly to vectorized, tiled matmul kernels.
+NEURON_STEP = 32
+
+
+def allocate_levels(
+    units: Sequence[Unit], stats: Statistics, recorded: Mapping[str, int], settings: Settings
+) -> dict[str, float]:
+    """Per-unit levels that prune `settings.level` of all groups together, cheapest first.
+
+    A unit's successive removal costs are OBS costs (`greedy_removals`) under `obs`, else its
+    sorted group scores; each is divided by the unit's calibration output energy
+    tr([W; b]^T G [W; b]) (or its total score without a Gram), so units compare by relative
+    damage. Each unit keeps at least one group and at most GLOBAL_CAP times the level is pruned;
+    FFN neurons move in steps of NEURON_STEP where the widths allow, so that every pruned width
+    stays a multiple of it (then the total is rounded to a multiple too).
+    """
+    originals = [original_groups(u, recorded) for u in units]
+    target = round(sum(originals) * (1.0 - settings.level))
+    total = max(0, sum(u.groups for u in units) - target)
+    cap = min(GLOBAL_CAP * settings.level, 1.0)
+    limits = [
+        max(0, u.groups - max(1, round(o * (1.0 - cap))))
+        for u, o in zip(units, originals, strict=True)
+    ]
+    curves = [
+        _cost_curve(u, stats, settings, limit) for u, limit in zip(units, limits, strict=True)
+    ]
+    step = _step(units)
+    counts = allocate(curves, round(total / step) * step, limits, step)
+    return {
+        u.name: 1.0 - (u.groups - count) / o
+        for u, o, count in zip(units, originals, counts, strict=True)
+    }
+
+
+def _step(units: Sequence[Unit]) -> int:
+    wide = all(u.kind == "neurons" and u.groups % NEURON_STEP == 0 for u in units)
+    return NEURON_STEP if units and wide else 1
+
+
+def _cost_curve(unit: Unit, stats: Statistics, settings: Settings, limit: int) -> np.ndarray:
+    consumer = unit.consumer
+    weight, bias = consumer.weight(), consumer.bias_value()
+    gram = stats.gram(unit) if settings.criterion != "magnitude" else None
+    if gram is None:
+        producers = [lin.weight() for lin in unit.linears if lin is not consumer]
+        score = np.sort(group_scores(weight, unit.groups, None, producers))
+        return np.asarray(score[:limit] / max(float(np.sum(score)), 1e-30))
+    bias_row = np.zeros(weight.shape[1]) if bias is None else bias
+    target = np.vstack([weight, bias_row])
+    energy = max(float(np.sum(target * (gram @ target))), 1e-30)
+    if settings.criterion == "obs":
+        _, costs = greedy_removals(gram, weight, bias, unit.groups, limit, settings.damping)
+        return np.asarray(costs / energy)
+    score = np.sort(group_scores(weight, unit.groups, gram))
+    return np.asarray(score[:limit] / energy)
+
+
+def _augmented(weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    bias_row = np.zeros(weight.shape[1]) if bias is None else bias
+    return np.vstack([np.asarray(weight, np.float64), bias_row])
+
+
 def _refit(
-    gram: np.ndarray | None,
+    pair: PairedGrams | None,
     weight: np.ndarray,
     bias: np.ndarray | None,
     mask: np.ndarray,
     settings: Settings,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    if not settings.recover or gram is None:
+    if not settings.recover or pair is None:
         return None, None
-    second, offset = refit_masked(
-        gram, weight, bias, mask, settings.damping, fit_bias=bias is not None
+    fit_bias = bias is not None
+    second, offset = refit_masked_paired(
+        pair.student, pair.cross, weight, bias, mask, settings.damping, fit_bias, pair.shift
     )
     return second, (offset if bias is not None else None)
 
 
 def _errors(
-    gram: np.ndarray | None,
+    pair: PairedGrams | None,
     weight: np.ndarray,
     bias: np.ndarray | None,
     pruned: np.ndarray,
-    refitted: np.ndarray | None,
+    refitted: np.ndarray,
     new_bias: np.ndarray | None,
-    settings: Settings,
+    was_refitted: bool,
 ) -> tuple[float | None, float | None]:
-    if gram is None:
+    """The consumer's relative output error pruned as is, and after the refit (if refitted)."""
+    if pair is None:
         return None, None
-    eye = np.eye(weight.shape[0])
     zero = np.zeros(weight.shape[1])
-    offset = zero if bias is None else bias
-    before = output_error(gram, eye, pruned, offset, weight, bias)
-    if refitted is None:
+    before = paired_output_error(pair, pruned, zero if bias is None else bias, weight, bias)
+    if not was_refitted:
         return before, None
-    after = output_error(gram, eye, refitted, zero if new_bias is None else new_bias, weight, bias)
-    return before, after
+    offset = zero if new_bias is None else new_bias
+    return before, paired_output_error(pair, refitted, offset, weight, bias)
 
 
 # --- writing edits into the graph ------------------------------------------------------------

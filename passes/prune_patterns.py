@@ -114,12 +114,32 @@ def greedy_groups(
     groups: int,
     keep: int,
     damping: float,
+    rhs: np.ndarray | None = None,
 ) -> np.ndarray:
     """The `keep` groups whose removal a refit compensates best (optimal brain surgeon, greedy).
 
     With H = G + lambda (the damped augmented Gram; the bias row is never removed) and S the
     current refit [W; b], removing group g costs tr(S_g^T (H^-1)_gg^-1 S_g) more output error;
-    the cheapest group goes, S and H^-1 are updated in closed form, and so on.
+    the cheapest group goes, S and H^-1 are updated in closed form, and so on. With `rhs`
+    (C [W; b] + D, for a student fitted to its teacher, see `recovery`) the refit starts at
+    H^-1 rhs instead of [W; b].
+    """
+    removed, _ = greedy_removals(gram, weight, bias, groups, groups - keep, damping, rhs)
+    return np.setdiff1d(np.arange(groups), removed)
+
+
+def greedy_removals(
+    gram: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    groups: int,
+    count: int,
+    damping: float,
+    rhs: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first `count` groups `greedy_groups` removes, in order, and what each removal cost.
+
+    Costs are in the units of the Gram (sum of squared output errors over calibration rows).
     """
     k = weight.shape[0]
     size = k // groups
@@ -129,16 +149,46 @@ def greedy_groups(
     inverse = np.linalg.inv(hessian)
     bias_row = np.zeros(weight.shape[1]) if bias is None else bias
     current = np.vstack([np.asarray(weight, np.float64), bias_row])
+    if rhs is not None:
+        current = inverse @ rhs
     alive = np.arange(groups)
-    while len(alive) > keep:
-        costs = _removal_costs(inverse, current, alive, size)
-        g = int(alive[int(np.argmin(costs))])
+    removed: list[int] = []
+    costs: list[float] = []
+    while len(removed) < count and len(alive) > 1:
+        group_costs = _removal_costs(inverse, current, alive, size)
+        best = int(np.argmin(group_costs))
+        g = int(alive[best])
+        removed.append(g)
+        costs.append(float(group_costs[best]))
         alive = alive[alive != g]
         rows = slice(g * size, (g + 1) * size)
         block = np.linalg.inv(inverse[rows, rows])
         current -= inverse[:, rows] @ (block @ current[rows])
         inverse -= inverse[:, rows] @ (block @ inverse[rows, :])
-    return alive
+    return np.array(removed, dtype=np.int64), np.array(costs)
+
+
+def allocate(
+    curves: Sequence[np.ndarray], total: int, limits: Sequence[int], step: int = 1
+) -> list[int]:
+    """How many groups each unit removes: `total` in all, cheapest marginal cost first.
+
+    `curves[u]` holds unit u's successive removal costs (already normalized to be comparable
+    across units); unit u removes at most `limits[u]` (and at most `len(curves[u])`). Removals
+    go `step` at a time (a step costs the sum of its removals; `total` and the counts are then
+    multiples of `step`, rounded down), and each step goes to the unit whose next one costs least.
+    """
+    counts = [0] * len(curves)
+    for _ in range(total // step):
+        best, cost = -1, np.inf
+        for u, curve in enumerate(curves):
+            end = counts[u] + step
+            if end <= min(limits[u], len(curve)) and float(np.sum(curve[counts[u] : end])) < cost:
+                best, cost = u, float(np.sum(curve[counts[u] : end]))
+        if best < 0:
+            break
+        counts[best] += step
+    return counts
 
 
 def _removal_costs(

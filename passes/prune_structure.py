@@ -132,6 +132,19 @@ def _linear(graph: gs.Graph, wm: WeightedMatMul) -> Linear | None:
     return Linear(wm, None, None)
 
 
+def residual(graph: gs.Graph, linear: Linear) -> gs.Tensor | None:
+    """The stream r that the linear's output is added to (`Add(y, r)`, y read only there)."""
+    out = linear.output
+    readers = consumers(out)
+    if len(readers) != 1 or readers[0].op != "Add" or is_graph_output(graph, out):
+        return None
+    add = readers[0]
+    if len(add.inputs) != 2 or add.inputs[0] is add.inputs[1]:
+        return None
+    other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+    return None if constant_value(other) is not None else other
+
+
 def _only_read_by(graph: gs.Graph, tensor: gs.Tensor, allowed: Iterable[gs.Node]) -> bool:
     ids = {id(n) for n in allowed}
     return not is_graph_output(graph, tensor) and all(id(n) in ids for n in consumers(tensor))

@@ -1,0 +1,41 @@
+import numpy as np
+from graphs import initializer, model, tensor, weights
+from onnx import helper
+
+from nlpress.ir.summary import format_summary, summarize
+
+
+def _two_layers(first: np.ndarray, second: np.ndarray):
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="first"),
+        helper.make_node("Gemm", ["h", "w2"], ["y"], name="second", transB=1),
+    ]
+    inits = [initializer("w1", first), initializer("w2", second)]
+    return model(nodes, [tensor("x", [2, 8])], [tensor("y", [2, 4])], inits)
+
+
+def test_layers_report_sparsity_and_the_n_m_pattern_along_the_reduction_axis():
+    two_four = weights([8, 8], 1)
+    two_four[np.arange(8) % 4 >= 2] = 0.0  # 2 zeros in every 4 inputs of each output
+    half = weights([4, 8], 2)  # Gemm transB: [n, k], reduction along axis 1
+    half[:, :4] = 0.0  # the first 4 inputs of each output: 4:8, not any N:4
+    summary = summarize(_two_layers(two_four, half))
+    first, second = summary["layers"]
+    assert (first["node"], first["shape"], first["sparsity"], first["n_m"]) == (
+        "first",
+        [8, 8],
+        0.5,
+        "2:4",
+    )
+    assert (second["sparsity"], second["n_m"]) == (0.5, "4:8")
+    assert summary["weight_sparsity"] == 0.5
+    text = format_summary(summary)
+    assert "first 8x8: 50.00%, 2:4" in text
+    assert "of MatMul/Gemm weights" in text
+
+
+def test_dense_layers_have_no_pattern():
+    summary = summarize(_two_layers(weights([8, 8], 1), weights([4, 8], 2)))
+    assert [layer["n_m"] for layer in summary["layers"]] == [None, None]
+    assert summary["weight_sparsity"] == 0.0
+    assert "sparse weights" not in format_summary(summary)
