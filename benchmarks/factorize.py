@@ -1,14 +1,22 @@
 """factorize-matmul on minilm-l6: fidelity per method, randomized vs exact SVD, and latency.
 
-    python benchmarks/factorize.py [--param-ratio 0.6] [--no-compile] [--out benchmarks/out]
+    python benchmarks/factorize.py [--param-ratio 0.6] [--no-compile] [--only PART]
+        [--out benchmarks/results] [--models benchmarks/out]
 
-Writes factorize.json and factorize.md under --out (git-ignored).
+Fidelity: the encoder's FFN and attention projections factorized to param-ratio (0.6 cuts their
+parameters by 40%), each method with and without recovery, embedded on the evaluation text
+against the fp32 model. Latency: the dense and the factorized (activation, recovery) model at
+1x128, compiled for this x86 CPU the same way (default schedules), and both in ONNX Runtime,
+timed alternately (2 threads each, a pause before each run, medians), beside their FLOP ratio.
+Writes factorize.json and factorize.md under --out; models and artifacts go under --models
+(git-ignored).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -31,8 +39,9 @@ CONFIGS = [
     ("svd", True),
     ("activation", False),
     ("activation", True),
-    ("randomized", False),
 ]
+THREADS = 2
+SETTLE_S = 0.2  # longer than either runtime's worker threads keep spinning after a run
 
 
 def pipeline(method: str, recover: bool, ratio: float) -> str:
@@ -71,12 +80,39 @@ def fidelity_rows(ratio: float, out: Path) -> tuple[list[dict[str, object]], dic
                 "matrix_params_after": stats["params_after"],
                 "model_params": model_params(result.model),
                 "flops_ratio": stats["flops_after"] / stats["flops_before"],
+                "ranks": _ranks(stats),
                 "layer_output_error_mean": stats.get("output_error_mean", float("nan")),
                 "pass_seconds": seconds,
             }
         )
         print(json.dumps(rows[-1]), flush=True)
     return rows, {"model_params": model_params(reference_model)}
+
+
+def _ranks(stats: dict[str, float]) -> dict[str, int]:
+    """The distinct ranks chosen, by layer shape (e.g. {"384x1536": 176})."""
+    ranks: dict[str, int] = {}
+    for key, value in stats.items():
+        if key.endswith(".r"):
+            prefix = key[: -len(".r")]
+            shape = f"{int(stats[prefix + '.k'])}x{int(stats[prefix + '.n'])}"
+            ranks[shape] = int(value)
+    return ranks
+
+
+def model_flops(stats: dict[str, float], tokens: int, layers: int = 6, hidden: int = 384) -> dict:
+    """FLOPs at `tokens` tokens of the dense layers (before, after) and of the whole encoder.
+
+    The whole encoder adds what factorizing leaves alone: the attention scores and context
+    (2 x 2 tokens^2 hidden per layer).
+    """
+    attention = layers * 2 * 2 * tokens * tokens * hidden
+    before = tokens * stats["flops_before"]
+    after = tokens * stats["flops_after"]
+    return {
+        "matrix_flops_ratio": after / before,
+        "encoder_flops_ratio": (after + attention) / (before + attention),
+    }
 
 
 def randomized_vs_exact(ratio: float) -> list[dict[str, float]]:
@@ -128,17 +164,23 @@ def _error(w: np.ndarray, approx: np.ndarray) -> float:
     return float(np.linalg.norm(w - approx) / np.linalg.norm(w))
 
 
-def latency(ratio: float, out: Path, compile_x86: bool, runs: int = 10) -> dict[str, object]:
+def latency(ratio: float, out: Path, compile_x86: bool, runs: int = 30) -> dict[str, object]:
+    os.environ.setdefault("TVM_NUM_THREADS", str(THREADS))
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
     tokenizer = load_tokenizer(str(zoo.get(MODEL).tokenizer()))
     feeds = encode(tokenizer, ["a sentence to embed for timing"], 128, "max_length")
     fact = pipeline("activation", True, ratio)
     base = "fold,cleanup"
-    result: dict[str, object] = {"batch": 1, "sequence": 128, "runs": runs}
+    result: dict[str, object] = {"batch": 1, "sequence": 128, "runs": runs, "threads": THREADS}
     fixed = {"shape": ",".join(f"{k}:{'x'.join(map(str, v))}" for k, v in SHAPES.items())}
     sessions = {}
     for name, text in (("dense", base), ("factorized", fact)):
-        model = nlpress.optimize(MODEL, text, shapes=SHAPES).model
-        sessions[f"ort_{name}"] = session(model, optimize=True)
+        optimized = nlpress.optimize(MODEL, text, shapes=SHAPES)
+        if name == "factorized":
+            stats = next(r.stats for r in optimized.records if r.text.startswith("factorize"))
+            result.update(model_flops(dict(stats), 128))
+            result["ranks"] = _ranks(dict(stats))
+        sessions[f"ort_{name}"] = ort_session(optimized.model)
     if compile_x86:
         for name, text in (("dense", base), ("factorized", fact)):
             began = time.perf_counter()
@@ -156,6 +198,17 @@ def latency(ratio: float, out: Path, compile_x86: bool, runs: int = 10) -> dict[
     return result
 
 
+def ort_session(model: nlpress.ir.Model) -> object:
+    """An ONNX Runtime session with THREADS intra-op threads, all graph optimizations on."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    return ort.InferenceSession(
+        model.to_onnx().SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
 def _alternating(
     sessions: dict[str, object], feeds: dict[str, np.ndarray], runs: int
 ) -> dict[str, float]:
@@ -166,6 +219,7 @@ def _alternating(
     for _ in range(runs):
         for name, s in sessions.items():
             one = _feeds_for(s, feeds)
+            time.sleep(SETTLE_S)
             began = time.perf_counter()
             s.run(None, one)  # type: ignore[attr-defined]
             times[name].append(time.perf_counter() - began)
@@ -201,8 +255,32 @@ def markdown(report: dict[str, object]) -> str:
             f"| {r['k']}x{r['n']} | {r['r']} | {r['exact_ms']:.1f} | {r['randomized_ms']:.1f} "
             f"| {r['exact_weight_error']:.4f} | {r['randomized_weight_error']:.4f} |"
         )
-    lines += ["", "```", json.dumps(report.get("latency", {}), indent=2), "```", ""]
+    lines += _latency_lines(report.get("latency"))
     return "\n".join(lines)
+
+
+def _latency_lines(facts: object) -> list[str]:
+    if not isinstance(facts, dict) or "ort_speedup" not in facts:
+        return []
+    lines = [
+        "",
+        f"Latency at 1x128, {facts['threads']} threads, medians of {facts['runs']} alternating "
+        f"runs; ranks {facts.get('ranks')}:",
+        "",
+        "| runtime | dense ms | factorized ms | speedup | matrix FLOP ratio | encoder FLOP ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for prefix, label in (("ort", "ONNX Runtime"), ("x86", "nlpress x86")):
+        if f"{prefix}_speedup" not in facts:
+            continue
+        lines.append(
+            f"| {label} | {facts[f'{prefix}_dense_median_ms']:.2f} "
+            f"| {facts[f'{prefix}_factorized_median_ms']:.2f} | {facts[f'{prefix}_speedup']:.2f}x "
+            f"| {facts['matrix_flops_ratio']:.3f} | {facts['encoder_flops_ratio']:.3f} |"
+        )
+    compile_s = {k: round(v, 1) for k, v in facts.items() if k.endswith("_compile_s")}
+    lines += ["", f"Compile seconds: {compile_s}", ""]
+    return lines
 
 
 def main() -> None:
@@ -210,22 +288,31 @@ def main() -> None:
     parser.add_argument("--param-ratio", type=float, default=0.6)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--only", choices=["fidelity", "randomized", "latency"])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--models", type=Path, default=Path(__file__).parent / "out")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    args.models.mkdir(parents=True, exist_ok=True)
     report: dict[str, object] = {"param_ratio": args.param_ratio, "fidelity": [], "randomized": []}
     if args.only in (None, "randomized"):
         report["randomized"] = randomized_vs_exact(args.param_ratio)
         print(json.dumps(report["randomized"]), flush=True)
     if args.only in (None, "fidelity"):
-        rows, reference = fidelity_rows(args.param_ratio, args.out)
+        rows, reference = fidelity_rows(args.param_ratio, args.models)
         report["fidelity"], report["reference"] = rows, reference
     if args.only in (None, "latency"):
-        report["latency"] = latency(args.param_ratio, args.out, not args.no_compile)
+        report["latency"] = latency(args.param_ratio, args.models, not args.no_compile)
         print(json.dumps(report["latency"]), flush=True)
-    suffix = f"-{args.only}" if args.only else ""
-    (args.out / f"factorize{suffix}.json").write_text(json.dumps(report, indent=2))
-    (args.out / f"factorize{suffix}.md").write_text(markdown(report))
+    path = args.out / "factorize.json"
+    if args.only and path.exists():  # one part: keep the other parts of the last report
+        report = {**json.loads(path.read_text()), **_parts(report, args.only)}
+    path.write_text(json.dumps(report, indent=2))
+    (args.out / "factorize.md").write_text(markdown(report))
+
+
+def _parts(report: dict[str, object], only: str) -> dict[str, object]:
+    keys = {"fidelity": ("fidelity", "reference"), "randomized": ("randomized",)}
+    return {k: report[k] for k in keys.get(only, (only,)) if k in report}
 
 
 if __name__ == "__main__":

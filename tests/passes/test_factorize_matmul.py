@@ -15,9 +15,11 @@ from nlpress.passes.factorize_matmul import (
     MARK_V,
     FactorizeMatmul,
     randomized_svd,
+    round_rank,
     useful_rank_limit,
 )
 from nlpress.passes.instruments import run_pipeline
+from nlpress.passes.recovery import token_input_grams
 
 K, N, ROWS = 24, 16, 256
 
@@ -202,6 +204,32 @@ def test_rank_selection_options():
     s = np.linalg.svd(w.astype(np.float64), compute_uv=False)
     share = np.cumsum(s**2) / np.sum(s**2)
     assert share[ranks["energy"] - 1] >= 0.5 > share[ranks["energy"] - 2]
+
+
+def test_ranks_are_rounded_to_the_rank_multiple():
+    assert [round_rank(r, 16, up=False) for r in (5, 16, 26, 115, 184)] == [5, 16, 16, 112, 176]
+    assert [round_rank(r, 16, up=True) for r in (5, 16, 17, 115)] == [5, 16, 32, 128]
+    assert round_rank(115, 1, up=False) == 115
+    w = _weight(96, 80, seed=2).astype(np.float64)  # param-ratio 0.6: floor(26.2) = 26
+    assert FactorizeMatmul(param_ratio=0.6, rank_multiple=1).factorize(w, None, None).rank == 26
+    assert FactorizeMatmul(param_ratio=0.6).factorize(w, None, None).rank == 16  # down
+    energy = FactorizeMatmul(energy=0.5).factorize(w, None, None).rank
+    exact = FactorizeMatmul(energy=0.5, rank_multiple=1).factorize(w, None, None).rank
+    assert energy % 16 == 0 and exact <= energy < exact + 16  # up: the share is still kept
+    with pytest.raises(ValueError, match="rank-multiple"):
+        FactorizeMatmul(rank_multiple=0)
+
+
+def test_grams_leave_out_padding_positions():
+    x = _inputs().reshape(32, 8, K)
+    mask = np.ones((32, 8), np.int64)
+    mask[:, 5:] = 0
+    x[:, 5:] = 1e3  # padding rows that would swamp the Gram if they were counted
+    m = dataclasses.replace(_dense(_weight()), calibration=({"x": x, "attention_mask": mask},))
+    layer = next(iter(weighted_matmuls(m.graph)))
+    (gram,) = token_input_grams(m, [layer.activation], m.calibration)
+    rows = np.hstack([x[:, :5].reshape(-1, K), np.ones((160, 1))]).astype(np.float64)
+    np.testing.assert_allclose(gram, rows.T @ rows, rtol=1e-5)
 
 
 def test_budget_cosine_picks_the_smallest_rank_that_meets_it():
