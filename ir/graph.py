@@ -149,3 +149,18 @@ def opset_version(graph: gs.Graph, domain: str = "") -> int | None:
         if item.domain == domain or (not domain and item.domain == "ai.onnx"):
             return int(item.version)
     return None
+
+
+def fresh_name(names: set[str], wanted: str) -> str:
+    """`wanted`, or `wanted_2`, `wanted_3`, ... whichever is not in `names`; added to them."""
+    name, suffix = wanted, 1
+    while name in names:
+        suffix += 1
+        name = f"{wanted}_{suffix}"
+    names.add(name)
+    return name
+
+
+def fresh_node_name(graph: gs.Graph, wanted: str) -> str:
+    """A node name like `wanted` that no node of `graph` has yet."""
+    return fresh_name({n.name for n in graph.nodes}, wanted)

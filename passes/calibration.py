@@ -136,3 +136,28 @@ def paired_activations(
         truncated_activations(teacher, names, feeds),
         strict=True,
     )
+
+
+def pooled_cosine(
+    reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], feeds: Sequence[Feeds]
+) -> float:
+    """Mean cosine of the mean-pooled (over real tokens) or flattened rows of two outputs.
+
+    The budgets of the lossy passes compare sentence embeddings this way: `reference` and
+    `candidate` hold one output per calibration batch of `feeds`.
+    """
+    cosines = []
+    for ref, cand, batch in zip(reference, candidate, feeds, strict=True):
+        a, b = _pooled(ref, batch), _pooled(cand, batch)
+        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        cosines.append(np.sum(a * b, axis=1) / np.maximum(norms, 1e-30))
+    return float(np.mean(np.concatenate(cosines))) if cosines else 1.0
+
+
+def _pooled(value: np.ndarray, batch: Feeds) -> np.ndarray:
+    value = np.asarray(value, np.float64)
+    mask = batch.get("attention_mask")
+    if value.ndim == 3 and mask is not None and tuple(np.shape(mask)) == value.shape[:2]:
+        weights = np.asarray(mask, np.float64)[..., None]
+        return np.asarray((value * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9))
+    return value.reshape(value.shape[0], -1) if value.ndim else value.reshape(1, 1)

@@ -90,7 +90,14 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from nlpress.ir import Model
-from nlpress.ir.graph import WeightedMatMul, is_graph_output, producer, weighted_matmuls
+from nlpress.ir.graph import (
+    WeightedMatMul,
+    fresh_name,
+    fresh_node_name,
+    is_graph_output,
+    producer,
+    weighted_matmuls,
+)
 from nlpress.passes.base import Pass, PassResult, PreconditionError
 from nlpress.passes.calibration import Feeds, activations, require_feeds, token_rows
 from nlpress.passes.recovery import refit, token_input_grams
@@ -707,15 +714,17 @@ def _rewrite(
     """Put MatMul(x, U) before the layer's node and make that node read (h, V)."""
     node, dtype = layer.node, np.asarray(layer.weight.values).dtype
     base = node.name or layer.weight.name
-    first = gs.Constant(_fresh(names, f"{layer.weight.name}_lowrank_u"), fit.first.astype(dtype))
+    first = gs.Constant(
+        fresh_name(names, f"{layer.weight.name}_lowrank_u"), fit.first.astype(dtype)
+    )
     second_values = _second_values(layer, fit)
     second = gs.Constant(
-        _fresh(names, f"{layer.weight.name}_lowrank_v"), second_values.astype(dtype)
+        fresh_name(names, f"{layer.weight.name}_lowrank_v"), second_values.astype(dtype)
     )
-    hidden = gs.Variable(_fresh(names, f"{base}/lowrank_h"), dtype=dtype)
+    hidden = gs.Variable(fresh_name(names, f"{base}/lowrank_h"), dtype=dtype)
     matmul = gs.Node(
         "MatMul",
-        _fresh_node(graph, base + MARK_U),
+        fresh_node_name(graph, base + MARK_U),
         inputs=[layer.activation, first],
         outputs=[hidden],
     )
@@ -749,33 +758,17 @@ def _replace_bias(
     if layer.node.op == "Gemm":
         values = bias / float(layer.node.attrs.get("beta", 1.0))
         shape = old.values.shape if old.values.size == bias.size else bias.shape
-        new = gs.Constant(_fresh(names, f"{old.name}_refit"), values.reshape(shape).astype(dtype))
+        new = gs.Constant(
+            fresh_name(names, f"{old.name}_refit"), values.reshape(shape).astype(dtype)
+        )
         inputs[2] = new
         return
     add = dense.bias_node
     assert add is not None
     new = gs.Constant(
-        _fresh(names, f"{old.name}_refit"), bias.reshape(old.values.shape).astype(dtype)
+        fresh_name(names, f"{old.name}_refit"), bias.reshape(old.values.shape).astype(dtype)
     )
     add.inputs = [new if t is old else t for t in add.inputs]
-
-
-def _fresh(names: set[str], wanted: str) -> str:
-    name, suffix = wanted, 1
-    while name in names:
-        suffix += 1
-        name = f"{wanted}_{suffix}"
-    names.add(name)
-    return name
-
-
-def _fresh_node(graph: gs.Graph, wanted: str) -> str:
-    taken = {n.name for n in graph.nodes}
-    name, suffix = wanted, 1
-    while name in taken:
-        suffix += 1
-        name = f"{wanted}_{suffix}"
-    return name
 
 
 def _quantized_layer(graph: gs.Graph) -> str | None:

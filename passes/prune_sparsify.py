@@ -112,7 +112,7 @@ import onnx_graphsurgeon as gs
 from nlpress.ir import Model
 from nlpress.ir.verify import infer_shapes, session
 from nlpress.passes.base import Pass, PassResult, PreconditionError
-from nlpress.passes.calibration import Feeds, require_feeds
+from nlpress.passes.calibration import Feeds, pooled_cosine, require_feeds
 from nlpress.passes.prune_edits import (
     Edit,
     Settings,
@@ -587,14 +587,14 @@ def _meet_budget(
     """Halve the sparsity of the most damaged unit until the output cosine meets the budget."""
     feeds = planner.feeds
     reference = _first_outputs(teacher, feeds)
-    first = cosine = _cosine(reference, _first_outputs(work, feeds), feeds)
+    first = cosine = pooled_cosine(reference, _first_outputs(work, feeds), feeds)
     relaxed = 0
     while cosine < budget and edits:
         worst = max(edits, key=lambda e: e.error).unit.name
         levels[worst] = _relaxed(levels[worst], planner.options.n_m is not None)
         relaxed += 1
         edits = planner.write(levels, writer)
-        cosine = _cosine(reference, _first_outputs(work, feeds), feeds) if edits else 1.0
+        cosine = pooled_cosine(reference, _first_outputs(work, feeds), feeds) if edits else 1.0
     stats = {
         "budget_cosine_first": first,
         "budget_cosine": cosine,
@@ -618,23 +618,3 @@ def _first_outputs(model: Model, feeds: Sequence[Feeds]) -> list[np.ndarray]:
         value = sess.run([name], {k: v for k, v in batch.items() if k in wanted})[0]
         results.append(np.asarray(value, np.float64))
     return results
-
-
-def _cosine(
-    reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], feeds: Sequence[Feeds]
-) -> float:
-    """Mean cosine of mean-pooled (or flattened) rows of the first output."""
-    cosines = []
-    for ref, cand, batch in zip(reference, candidate, feeds, strict=True):
-        a, b = _pooled(ref, batch), _pooled(cand, batch)
-        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-        cosines.append(np.sum(a * b, axis=1) / np.maximum(norms, 1e-30))
-    return float(np.mean(np.concatenate(cosines))) if cosines else 1.0
-
-
-def _pooled(value: np.ndarray, batch: Feeds) -> np.ndarray:
-    mask = batch.get("attention_mask")
-    if value.ndim == 3 and mask is not None and tuple(np.shape(mask)) == value.shape[:2]:
-        weights = np.asarray(mask, np.float64)[..., None]
-        return np.asarray((value * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9))
-    return value.reshape(value.shape[0], -1) if value.ndim else value.reshape(1, 1)

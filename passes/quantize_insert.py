@@ -62,15 +62,27 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from nlpress.ir import Model
-from nlpress.ir.graph import is_graph_output, opset_version, producer, weighted_matmuls
+from nlpress.ir.graph import (
+    fresh_name,
+    fresh_node_name,
+    is_graph_output,
+    opset_version,
+    producer,
+    weighted_matmuls,
+)
 from nlpress.ir.verify import session
 from nlpress.passes.base import Pass, PassResult, PreconditionError
-from nlpress.passes.calibration import Feeds, activations, require_feeds, token_rows
+from nlpress.passes.calibration import (
+    Feeds,
+    activations,
+    pooled_cosine,
+    require_feeds,
+    token_rows,
+)
 from nlpress.passes.quantize_ranges import (
     TensorStats,
     activation_range,
     int8_scale,
-    pooled_cosine,
     quantize_rows,
     quantize_weight,
     smooth_factors,
@@ -381,18 +393,18 @@ def _gemm_as_matmul(graph: gs.Graph, node: gs.Node) -> None:
     node.op, node.attrs = "MatMul", {}
     node.inputs = [
         node.inputs[0],
-        gs.Constant(_fresh(names, weight.name), matrix.astype(values.dtype)),
+        gs.Constant(fresh_name(names, weight.name), matrix.astype(values.dtype)),
     ]
     if bias is None or beta == 0.0:
         return
     assert isinstance(bias, gs.Constant)
     result = node.outputs[0]
-    product = gs.Variable(_fresh(names, f"{result.name}_matmul"), dtype=result.dtype)
+    product = gs.Variable(fresh_name(names, f"{result.name}_matmul"), dtype=result.dtype)
     offset = np.asarray(bias.values) * np.asarray(beta, dtype=np.asarray(bias.values).dtype)
     add = gs.Node(
         "Add",
-        _fresh_node(graph, f"{node.name}/bias"),
-        inputs=[product, gs.Constant(_fresh(names, bias.name), offset)],
+        fresh_node_name(graph, f"{node.name}/bias"),
+        inputs=[product, gs.Constant(fresh_name(names, bias.name), offset)],
         outputs=[result],
     )
     node.outputs = [product]
@@ -436,7 +448,7 @@ def _smooth_group(
     names = set(graph.tensors())
     for layer, constant, w in zip(group, constants, weights, strict=True):
         scaled = gs.Constant(
-            _fresh(names, f"{constant.name}_smooth"), (factors[:, None] * w).astype(w.dtype)
+            fresh_name(names, f"{constant.name}_smooth"), (factors[:, None] * w).astype(w.dtype)
         )
         layer.node.inputs[1] = scaled
         layer.weight = scaled
@@ -486,7 +498,7 @@ def _divided(constant: gs.Constant, factors: np.ndarray, names: set[str]) -> gs.
     values = np.asarray(constant.values)
     shape = (*values.shape[:-1], factors.size) if values.ndim else (factors.size,)
     divided = np.broadcast_to(values, shape) / factors.reshape(-1)
-    return gs.Constant(_fresh(names, f"{constant.name}_smooth"), divided.astype(values.dtype))
+    return gs.Constant(fresh_name(names, f"{constant.name}_smooth"), divided.astype(values.dtype))
 
 
 def _compensate(
@@ -507,14 +519,14 @@ def _compensate(
 def _mul(
     graph: gs.Graph, tensor: gs.Tensor, factors: np.ndarray, names: set[str], tag: str
 ) -> gs.Variable:
-    out = gs.Variable(_fresh(names, f"{tensor.name}_{tag}"), dtype=tensor.dtype)
+    out = gs.Variable(fresh_name(names, f"{tensor.name}_{tag}"), dtype=tensor.dtype)
     constant = gs.Constant(
-        _fresh(names, f"{tensor.name}_{tag}_factors"), factors.astype(np.float32)
+        fresh_name(names, f"{tensor.name}_{tag}_factors"), factors.astype(np.float32)
     )
     graph.nodes.append(
         gs.Node(
             "Mul",
-            _fresh_node(graph, f"{tensor.name}/{tag}"),
+            fresh_node_name(graph, f"{tensor.name}/{tag}"),
             inputs=[tensor, constant],
             outputs=[out],
         )
@@ -661,32 +673,14 @@ class _Writer:
         outputs: list[gs.Tensor],
         attrs: dict[str, int] | None = None,
     ) -> None:
-        name = _fresh_node(self.graph, f"{base}/{op}")
+        name = fresh_node_name(self.graph, f"{base}/{op}")
         self.graph.nodes.append(gs.Node(op, name, attrs or {}, inputs, outputs))
 
     def _constant(self, name: str, values: np.ndarray) -> gs.Constant:
-        return gs.Constant(_fresh(self.names, name), values)
+        return gs.Constant(fresh_name(self.names, name), values)
 
     def _variable(self, name: str, dtype: type) -> gs.Variable:
-        return gs.Variable(_fresh(self.names, name), dtype=dtype)
-
-
-def _fresh(names: set[str], wanted: str) -> str:
-    name, suffix = wanted, 1
-    while name in names:
-        suffix += 1
-        name = f"{wanted}_{suffix}"
-    names.add(name)
-    return name
-
-
-def _fresh_node(graph: gs.Graph, wanted: str) -> str:
-    taken = {n.name for n in graph.nodes}
-    name, suffix = wanted, 1
-    while name in taken:
-        suffix += 1
-        name = f"{wanted}_{suffix}"
-    return name
+        return gs.Variable(fresh_name(self.names, name), dtype=dtype)
 
 
 # --- the fidelity budget ----------------------------------------------------------------------

@@ -24,12 +24,9 @@ pairs of bins merge (exactly, as the edges line up), so memory stays bounded wha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from nlpress.passes.calibration import Feeds
 
 BINS = 4096
 ENTROPY_LEVELS = 128
@@ -215,24 +212,3 @@ def smooth_factors(channel_max: np.ndarray, weight_max: np.ndarray, alpha: float
     factors = np.ones_like(channel_max, dtype=np.float64)
     factors[valid] = channel_max[valid] ** alpha / weight_max[valid] ** (1 - alpha)
     return np.clip(factors, 1e-5, 1e5)
-
-
-def pooled_cosine(
-    reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], feeds: Sequence[Feeds]
-) -> float:
-    """Mean cosine of the mean-pooled (over real tokens) or flattened rows of two outputs."""
-    cosines = []
-    for ref, cand, batch in zip(reference, candidate, feeds, strict=True):
-        a, b = _pooled(ref, batch), _pooled(cand, batch)
-        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-        cosines.append(np.sum(a * b, axis=1) / np.maximum(norms, 1e-30))
-    return float(np.mean(np.concatenate(cosines))) if cosines else 1.0
-
-
-def _pooled(value: np.ndarray, batch: Feeds) -> np.ndarray:
-    value = np.asarray(value, np.float64)
-    mask = batch.get("attention_mask")
-    if value.ndim == 3 and mask is not None and tuple(np.shape(mask)) == value.shape[:2]:
-        weights = np.asarray(mask, np.float64)[..., None]
-        return np.asarray((value * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9))
-    return value.reshape(value.shape[0], -1) if value.ndim else value.reshape(1, 1)
