@@ -13,7 +13,6 @@ as each tile is stored.
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any
 
@@ -35,59 +34,9 @@ def dot_intrinsic(target: Any) -> str | None:
     if target.kind.name != "llvm":
         return None
     if codegen.target_has_features("avx512vnni", target):
-        return _register_intrinsics()["avx512vnni"]
+        return int8_intrinsics.x86_dot_intrinsic().name
     arm = int8_intrinsics.arm_dot_intrinsic(target)
     return None if arm is None else arm.name
-
-
-@functools.cache
-def _register_intrinsics() -> dict[str, str]:
-    """Register nlpress's 16x4 dot-product intrinsics (int64 indices, as Relax kernels have).
-
-    TVM's own `dot_16x4_vnni` describes its buffers with int32 indices and does not match the
-    int64-indexed blocks that legalization produces, and passes vpdpbusd's byte operands as
-    <16 x i32>, which the LLVM of TVM 0.27 (typed <64 x i8> since LLVM 20) rejects.
-    """
-    from tvm.s_tir import TensorIntrin
-    from tvm.script import tirx as T
-
-    _0, _4, _16 = T.int64(0), T.int64(4), T.int64(16)
-
-    @T.prim_func(s_tir=True)  # type: ignore[untyped-decorator]
-    def desc(
-        A: T.Buffer((T.int64(4),), "uint8", offset_factor=1),  # type: ignore[valid-type]
-        B: T.Buffer((T.int64(16), T.int64(4)), "int8", offset_factor=1),  # type: ignore[valid-type]
-        C: T.Buffer((T.int64(16),), "int32", offset_factor=1, scope="local"),  # type: ignore[valid-type]
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[_0:_16], A[_0:_4], B[_0:_16, _0:_4])
-            T.writes(C[_0:_16])
-            for i, k in T.grid(T.int64(16), T.int64(4)):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vi, vk])
-
-    @T.prim_func(s_tir=True)  # type: ignore[untyped-decorator]
-    def vnni(
-        A: T.Buffer((T.int64(4),), "uint8", offset_factor=1),  # type: ignore[valid-type]
-        B: T.Buffer((T.int64(16), T.int64(4)), "int8", offset_factor=1),  # type: ignore[valid-type]
-        C: T.Buffer((T.int64(16),), "int32", offset_factor=1, scope="local"),  # type: ignore[valid-type]
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[_0:_16], A[_0:_4], B[_0:_16, _0:_4])
-            T.writes(C[_0:_16])
-            a = T.reinterpret(A.vload([_0], "uint8x4"), dtype="int32")
-            C[T.ramp(_0, 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                C.vload([_0], dtype="int32x16"),
-                T.reinterpret(T.broadcast(a, 16), dtype="int8x64"),
-                B.vload([_0, _0], "int8x64"),
-                dtype="int32x16",
-            )
-
-    names = {"avx512vnni": "nlpress_dot_16x4_u8i8i32_avx512vnni"}
-    TensorIntrin.register(names["avx512vnni"], desc, vnni, override=True)
-    return names
 
 
 class Int8Matmul:

@@ -1,4 +1,9 @@
-"""Dot-product intrinsics: C[16] += (A[4] - c) . W[16, 4] by NEON sdot/usdot, C += A . B by __dp4a.
+"""Dot-product intrinsics: C[16] += (A[4] - c) . W[16, 4] by vpdpbusd or NEON sdot/usdot; __dp4a.
+
+On x86 with AVX-512 VNNI, `vpdpbusd` multiplies uint8 by int8 as the kernel has them; TVM's own
+`dot_16x4_vnni` describes its buffers with int32 indices and does not match the int64-indexed
+blocks that legalization produces, and passes vpdpbusd's byte operands as <16 x i32>, which the
+LLVM of TVM 0.27 (typed <64 x i8> since LLVM 20) rejects, so nlpress registers its own.
 
 The integer matmul kernel (`targets/quantized.py`) accumulates uint8 activations times int8
 weights. NEON's `sdot` multiplies int8 by int8 only, so for a +dotprod target the kernel is
@@ -48,6 +53,11 @@ def arm_dot_intrinsic(target: Any) -> DotIntrinsic | None:
     return None
 
 
+def x86_dot_intrinsic() -> DotIntrinsic:
+    """The AVX-512 VNNI 16x4 intrinsic (registered on first use)."""
+    return _register()["vpdpbusd"]
+
+
 def activation_offset(target: Any) -> int:
     """The offset the target's integer matmul kernels subtract from uint8 activations."""
     intrinsic = arm_dot_intrinsic(target)
@@ -73,10 +83,11 @@ def block_activation_offset(block: Any) -> int | None:
 
 @functools.cache
 def _register() -> dict[str, DotIntrinsic]:
-    """Register the ARM 16x4 intrinsics (int64 indices, as Relax kernels have); by kind."""
+    """Register the 16x4 intrinsics (int64 indices, as Relax kernels have); by instruction."""
     from tvm.s_tir import TensorIntrin
 
     made = {
+        "vpdpbusd": DotIntrinsic("nlpress_dot_16x4_u8i8i32_avx512vnni", 0),
         "sdot": DotIntrinsic("nlpress_dot_16x4_u8i8i32_neon_sdot", SDOT_OFFSET),
         "usdot": DotIntrinsic("nlpress_dot_16x4_u8i8i32_neon_usdot", 0),
     }
@@ -113,6 +124,38 @@ def _description(offset: int) -> Any:
 
 
 def _implementation(kind: str) -> Any:
+    """The instruction's body: one vpdpbusd, or four NEON 4-lane dot products."""
+    return _vnni() if kind == "vpdpbusd" else _neon(kind)
+
+
+def _vnni() -> Any:
+    """One vpdpbusd: 16 int32 sums of 4 uint8 x int8 products, the activation broadcast."""
+    from tvm.script import tirx as T
+
+    _0, _4, _16 = T.int64(0), T.int64(4), T.int64(16)
+
+    @T.prim_func(s_tir=True)  # type: ignore[untyped-decorator]
+    def vnni(
+        A: T.Buffer((T.int64(4),), "uint8", offset_factor=1),  # type: ignore[valid-type]
+        B: T.Buffer((T.int64(16), T.int64(4)), "int8", offset_factor=1),  # type: ignore[valid-type]
+        C: T.Buffer((T.int64(16),), "int32", offset_factor=1, scope="local"),  # type: ignore[valid-type]
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[_0:_16], A[_0:_4], B[_0:_16, _0:_4])
+            T.writes(C[_0:_16])
+            a = T.reinterpret(A.vload([_0], "uint8x4"), dtype="int32")
+            C[T.ramp(_0, 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([_0], dtype="int32x16"),
+                T.reinterpret(T.broadcast(a, 16), dtype="int8x64"),
+                B.vload([_0, _0], "int8x64"),
+                dtype="int32x16",
+            )
+
+    return vnni
+
+
+def _neon(kind: str) -> Any:
     """Four 4-lane dot products over the broadcast activation bytes (shifted for sdot)."""
     from tvm.script import tirx as T
 
