@@ -58,8 +58,11 @@ class Int8Matmul:
         return sch
 
 
-def _int8_block(sch: Any) -> Any:
-    """The single reduction block C[..., j] += u8 A[..., k] * s8 W[j/16, k/4, j%16, k%4]."""
+def integer_reduction(sch: Any) -> tuple[Any, Any] | None:
+    """The kernel's one int32 sum of uint8 x int8 products and its int8 weight, or None.
+
+    The block must be untiled: spatial axes, then one reduction axis.
+    """
     from tvm.s_tir.dlight.analysis import get_root_block
 
     reductions = [
@@ -72,22 +75,29 @@ def _int8_block(sch: Any) -> Any:
     stmt = sch.get(reductions[0])
     if len(stmt.writes) != 1 or str(stmt.writes[0].source.dtype) != "int32":
         return None
-    dtypes = sorted(str(r.source.dtype) for r in stmt.reads if r.source != stmt.writes[0].source)
-    if dtypes != ["int8", "uint8"]:
-        return None
-    weight = next(r.source for r in stmt.reads if str(r.source.dtype) == "int8")
-    if len(weight.shape) != 4 or [_int(d) for d in weight.shape[2:]] != [BLOCK_N, BLOCK_K]:
+    others = [r.source for r in stmt.reads if r.source != stmt.writes[0].source]
+    if sorted(str(b.dtype) for b in others) != ["int8", "uint8"]:
         return None
     kinds = [int(iv.iter_type) for iv in stmt.iter_vars]
     if kinds[-1] != 2 or set(kinds[:-1]) != {0} or len(kinds) < 3:
         return None
-    loops = sch.get_loops(reductions[0])
-    if len(loops) != len(kinds):  # already tiled
+    if len(sch.get_loops(reductions[0])) != len(kinds):  # already tiled
         return None
-    columns, depth = (common.static_extent(sch, loop) for loop in loops[-2:])
+    return reductions[0], next(b for b in others if str(b.dtype) == "int8")
+
+
+def _int8_block(sch: Any) -> Any:
+    """The single reduction block C[..., j] += u8 A[..., k] * s8 W[j/16, k/4, j%16, k%4]."""
+    found = integer_reduction(sch)
+    if found is None:
+        return None
+    block, weight = found
+    if len(weight.shape) != 4 or [_int(d) for d in weight.shape[2:]] != [BLOCK_N, BLOCK_K]:
+        return None
+    columns, depth = (common.static_extent(sch, loop) for loop in sch.get_loops(block)[-2:])
     if columns is None or depth is None or columns % BLOCK_N:
         return None
-    return reductions[0]
+    return block
 
 
 def _int(value: Any) -> int | None:

@@ -81,32 +81,19 @@ def cuda_pipeline(tvm_target: Any) -> Any:
 
 def _dp4a_block(sch: Any) -> Any:
     """The single reduction block C[..., j] += (u8 A[..., k] - 128) * s8 W[j, k], else None."""
-    from tvm.s_tir.dlight.analysis import get_root_block
+    from nlpress.targets.schedules.int8 import integer_reduction
 
-    reductions = [
-        block
-        for block in sch.get_child_blocks(get_root_block(sch))
-        if {int(iv.iter_type) for iv in sch.get(block).iter_vars} - {0}
-    ]
-    if len(reductions) != 1:
+    found = integer_reduction(sch)
+    if found is None:
         return None
-    stmt = sch.get(reductions[0])
-    if len(stmt.writes) != 1 or str(stmt.writes[0].source.dtype) != "int32":
+    block, weight = found
+    if len(weight.shape) != 2 or int8_intrinsics.block_activation_offset(sch.get(block)) != 128:
         return None
-    others = [r.source for r in stmt.reads if r.source != stmt.writes[0].source]
-    if sorted(str(b.dtype) for b in others) != ["int8", "uint8"]:
-        return None
-    weight = next(b for b in others if str(b.dtype) == "int8")
-    if len(weight.shape) != 2 or int8_intrinsics.block_activation_offset(stmt) != 128:
-        return None
-    kinds = [int(iv.iter_type) for iv in stmt.iter_vars]
-    if len(kinds) not in (3, 4) or kinds[-1] != 2 or set(kinds[:-1]) != {0}:
-        return None
-    loops = sch.get_loops(reductions[0])
+    loops = sch.get_loops(block)
     depth = common.static_extent(sch, loops[-1])
-    if len(loops) != len(kinds) or depth is None or depth % STEP:
+    if len(loops) not in (3, 4) or depth is None or depth % STEP:
         return None
-    return reductions[0]
+    return block
 
 
 def _tile(sch: Any, main: Any) -> None:
