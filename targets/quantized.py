@@ -158,11 +158,16 @@ def _bindings(func: Any) -> Iterator[Any]:
         yield from block.bindings
 
 
-def _find_matches(func: Any) -> list[_Match]:
-    """The QDQ MatMuls of `func`, each with the bias Add it can absorb."""
+def _bound_values(func: Any) -> dict[Any, Any]:
+    """Var -> the value it is bound to, for every VarBinding of `func`."""
     from tvm import relax
 
-    values = {b.var: b.value for b in _bindings(func) if isinstance(b, relax.VarBinding)}
+    return {b.var: b.value for b in _bindings(func) if isinstance(b, relax.VarBinding)}
+
+
+def _find_matches(func: Any) -> list[_Match]:
+    """The QDQ MatMuls of `func`, each with the bias Add it can absorb."""
+    values = _bound_values(func)
     uses = _use_counts(func)
     matches: dict[Any, _Match] = {}
     for var, value in values.items():
@@ -202,9 +207,7 @@ def _find_gathers(func: Any) -> dict[Any, tuple[Any, Any]]:
     They gather int8 rows and dequantize only those, so the table stays int8 in the library
     (a dequantize of a constant would be folded into a float table).
     """
-    from tvm import relax
-
-    values = {b.var: b.value for b in _bindings(func) if isinstance(b, relax.VarBinding)}
+    values = _bound_values(func)
     found = {}
     for var, value in values.items():
         take = _call_of(value, "relax.take", values)
