@@ -110,9 +110,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from nlpress.ir import Model
-from nlpress.ir.verify import infer_shapes, session
+from nlpress.ir.verify import infer_shapes
 from nlpress.passes.base import Pass, PassResult, PreconditionError
-from nlpress.passes.calibration import Feeds, pooled_cosine, require_feeds
+from nlpress.passes.calibration import Feeds, first_outputs, pooled_cosine, require_feeds
 from nlpress.passes.prune_edits import (
     Edit,
     Settings,
@@ -586,15 +586,15 @@ def _meet_budget(
 ) -> tuple[list[Edit], dict[str, float]]:
     """Halve the sparsity of the most damaged unit until the output cosine meets the budget."""
     feeds = planner.feeds
-    reference = _first_outputs(teacher, feeds)
-    first = cosine = pooled_cosine(reference, _first_outputs(work, feeds), feeds)
+    reference = first_outputs(teacher, feeds)
+    first = cosine = pooled_cosine(reference, first_outputs(work, feeds), feeds)
     relaxed = 0
     while cosine < budget and edits:
         worst = max(edits, key=lambda e: e.error).unit.name
         levels[worst] = _relaxed(levels[worst], planner.options.n_m is not None)
         relaxed += 1
         edits = planner.write(levels, writer)
-        cosine = pooled_cosine(reference, _first_outputs(work, feeds), feeds) if edits else 1.0
+        cosine = pooled_cosine(reference, first_outputs(work, feeds), feeds) if edits else 1.0
     stats = {
         "budget_cosine_first": first,
         "budget_cosine": cosine,
@@ -607,14 +607,3 @@ def _meet_budget(
 def _relaxed(level: float, n_m: bool) -> float:
     half = level / 2
     return 0.0 if n_m or half < 0.01 else half
-
-
-def _first_outputs(model: Model, feeds: Sequence[Feeds]) -> list[np.ndarray]:
-    sess = session(model, optimize=True)
-    name = sess.get_outputs()[0].name
-    wanted = {i.name for i in sess.get_inputs()}
-    results = []
-    for batch in feeds:
-        value = sess.run([name], {k: v for k, v in batch.items() if k in wanted})[0]
-        results.append(np.asarray(value, np.float64))
-    return results

@@ -70,11 +70,11 @@ from nlpress.ir.graph import (
     producer,
     weighted_matmuls,
 )
-from nlpress.ir.verify import session
 from nlpress.passes.base import Pass, PassResult, PreconditionError
 from nlpress.passes.calibration import (
     Feeds,
     activations,
+    first_outputs,
     pooled_cosine,
     require_feeds,
     token_rows,
@@ -763,17 +763,6 @@ def sensitivity_batches(feeds: Sequence[Feeds], rows: int = SENSITIVITY_ROWS) ->
     count = min(len(feeds), max(1, -(-rows * len(feeds) // max(sum(sizes), 1))))
     spread = np.linspace(0, len(feeds) - 1, count).round().astype(int)
     return sorted({int(i) for i in spread})
-
-
-def first_outputs(model: Model, feeds: Sequence[Feeds]) -> list[np.ndarray]:
-    """The model's first output on each batch, in ONNX Runtime (with its QDQ fusions)."""
-    sess = session(model, optimize=True)
-    name = sess.get_outputs()[0].name
-    wanted = {i.name for i in sess.get_inputs()}
-    return [
-        np.asarray(sess.run([name], {k: v for k, v in batch.items() if k in wanted})[0])
-        for batch in feeds
-    ]
 
 
 # --- stats and metadata -----------------------------------------------------------------------
