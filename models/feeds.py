@@ -91,9 +91,13 @@ def batches_from_text(
 
 
 def batches_from_npz(
-    path: str | os.PathLike[str], batch: int = CALIBRATION_BATCH
+    path: str | os.PathLike[str], static_batch: int | None = None
 ) -> tuple[Feeds, ...]:
-    """Batches from an .npz of input arrays sharing their first (batch) axis."""
+    """Batches from an .npz of input arrays sharing their first (batch) axis.
+
+    Batches hold CALIBRATION_BATCH rows, or exactly `static_batch` for a model whose batch size
+    was fixed (the rows must then fill whole batches).
+    """
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
@@ -103,6 +107,12 @@ def batches_from_npz(
     if not arrays or len(sizes) != 1 or None in sizes:
         raise NlpressError(f"{path}: feeds must be arrays sharing their first (batch) axis")
     total = sizes.pop() or 0
+    if static_batch and total % static_batch:
+        raise UsageError(
+            f"{path}: {total} rows do not fill batches of {static_batch}, the model's static "
+            "batch size"
+        )
+    batch = static_batch or CALIBRATION_BATCH
     return tuple(
         {name: a[start : start + batch] for name, a in arrays.items()}
         for start in range(0, total, batch)

@@ -67,15 +67,16 @@ def calibration_batches(
     calibration: Calibration, entry: zoo.ZooModel | None, shapes: Shapes
 ) -> tuple[Feeds, ...]:
     """Calibration feeds from the given source, or the zoo model's own text, or none."""
+    static = _static_text_shape(shapes)
     if calibration.feeds:
-        return batches_from_npz(calibration.feeds)
+        return batches_from_npz(calibration.feeds, static[0] if static else None)
     if not (calibration.text or entry):
         return ()
     path = tokenizer_path(calibration.tokenizer, entry)
     if path is None:
         raise UsageError("--calibration-text needs --tokenizer (a zoo name or tokenizer.json)")
     sentences = read_sentences(calibration.text) if calibration.text else calibration_sentences()
-    return batches_from_text(load_tokenizer(path), sentences, static=_static_text_shape(shapes))
+    return batches_from_text(load_tokenizer(path), sentences, static=static)
 
 
 def _static_text_shape(shapes: Shapes) -> tuple[int, int] | None:
@@ -120,6 +121,8 @@ def _prepare(
     source = resolve_model(model)
     if any(p.needs_calibration for p in pipeline):
         feeds = calibration_batches(calibration, source.zoo, shapes)
+        if not feeds:  # an IR model given with its own calibration keeps it
+            return source, pipeline
         source = dataclasses.replace(
             source, model=dataclasses.replace(source.model, calibration=feeds)
         )

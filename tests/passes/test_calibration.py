@@ -5,7 +5,7 @@ import pytest
 from graphs import initializer, model, tensor, weights
 from onnx import helper
 
-from nlpress.compiler import Calibration, calibration_batches
+from nlpress.compiler import Calibration, calibration_batches, optimize
 from nlpress.ir import NlpressError, UsageError
 from nlpress.models import zoo
 from nlpress.passes.base import PreconditionError
@@ -69,6 +69,15 @@ def test_zoo_models_bring_their_calibration_text():
     assert calibration_batches(Calibration(), None, {}) == ()
 
 
+def test_an_ir_model_keeps_its_own_calibration():
+    feeds = _batches(2)
+    m = replace(_two_layer(), calibration=feeds)
+    result = optimize(m, "prune-sparsify{sparsity=0.5 criterion=activation}")
+    assert result.records[0].changed
+    with pytest.raises(PreconditionError, match="needs calibration data"):
+        optimize(_two_layer(), "prune-sparsify{sparsity=0.5 criterion=activation}")
+
+
 def test_calibration_from_a_text_file_needs_a_tokenizer(tmp_path):
     text = tmp_path / "sentences.txt"
     text.write_text("the first sentence\nand a second, longer one\n")
@@ -83,6 +92,10 @@ def test_calibration_from_npz(tmp_path):
     np.savez(path, input_ids=np.ones((40, 8), np.int64), attention_mask=np.ones((40, 8), np.int64))
     batches = calibration_batches(Calibration(feeds=str(path)), None, {})
     assert [len(b["input_ids"]) for b in batches] == [16, 16, 8]
+    static = calibration_batches(Calibration(feeds=str(path)), None, {"input_ids": (4, 8)})
+    assert [len(b["input_ids"]) for b in static] == [4] * 10
+    with pytest.raises(UsageError, match="40 rows do not fill batches of 3"):
+        calibration_batches(Calibration(feeds=str(path)), None, {"input_ids": (3, 8)})
     np.savez(path, a=np.ones((4, 8)), b=np.ones((5, 8)))
     with pytest.raises(NlpressError, match="sharing their first"):
         calibration_batches(Calibration(feeds=str(path)), None, {})
