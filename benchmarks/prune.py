@@ -52,6 +52,10 @@ CONFIGS: Mapping[str, tuple[str, str]] = {
         f"{NEURONS} criterion=obs damping=0.001 allocation=global sequential=false",
         "neurons-global",
     ),
+    "neurons-obs-sensitivity": (
+        f"{NEURONS} criterion=obs damping=0.001 allocation=sensitivity sequential=false",
+        "neurons-sensitivity",
+    ),
     "heads-obs-seq": (f"{HEADS} criterion=obs damping=0.001 sequential=true", "heads"),
     "heads-act-seq": (f"{HEADS} criterion=activation sequential=true", "heads"),
     "heads-act-oneshot": (f"{HEADS} criterion=activation sequential=false", "heads"),

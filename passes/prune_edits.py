@@ -265,37 +265,37 @@ def plan_groups(
     return Edit(unit, tuple(weights), kept, mask, sparsity, before, after)
 
 
-# The most a unit is pruned under global allocation, relative to the pass's level.
+# The most a unit is pruned under global or sensitivity allocation, relative to the pass's level.
 GLOBAL_CAP = 2.0
-# Global allocation moves FFN neurons in steps of this many (when every width is a multiple),
-# so that the pruned widths stay friendly to vectorized, tiled matmul kernels.
+# Allocation moves FFN neurons in steps of this many (when every width is a multiple), so that
+# the pruned widths stay friendly to vectorized, tiled matmul kernels.
 NEURON_STEP = 32
+
+# A unit's successive removal costs, given the unit, how many groups it may remove and the step.
+CostCurve = Callable[[Unit, int, int], np.ndarray]
 
 
 def allocate_levels(
-    units: Sequence[Unit], stats: Statistics, recorded: Mapping[str, int], settings: Settings
+    units: Sequence[Unit], recorded: Mapping[str, int], level: float, curve: CostCurve
 ) -> dict[str, float]:
-    """Per-unit levels that prune `settings.level` of all groups together, cheapest first.
+    """Per-unit levels that prune `level` of all groups together, cheapest first.
 
-    A unit's successive removal costs are OBS costs (`greedy_removals`) under `obs`, else its
-    sorted group scores; each is divided by the unit's calibration output energy
-    tr([W; b]^T G [W; b]) (or its total score without a Gram), so units compare by relative
-    damage. Each unit keeps at least one group and at most GLOBAL_CAP times the level is pruned;
-    FFN neurons move in steps of NEURON_STEP where the widths allow, so that every pruned width
-    stays a multiple of it (then the total is rounded to a multiple too).
+    `curve` gives each unit's successive removal costs, comparable across units (see
+    `obs_cost_curve`, or the measured curves of allocation=sensitivity). Each unit keeps at
+    least one group and at most GLOBAL_CAP times the level is pruned; FFN neurons move in steps
+    of NEURON_STEP where the widths allow, so that every pruned width stays a multiple of it
+    (then the total is rounded to a multiple too).
     """
     originals = [original_groups(u, recorded) for u in units]
-    target = round(sum(originals) * (1.0 - settings.level))
+    target = round(sum(originals) * (1.0 - level))
     total = max(0, sum(u.groups for u in units) - target)
-    cap = min(GLOBAL_CAP * settings.level, 1.0)
+    cap = min(GLOBAL_CAP * level, 1.0)
     limits = [
         max(0, u.groups - max(1, round(o * (1.0 - cap))))
         for u, o in zip(units, originals, strict=True)
     ]
-    curves = [
-        _cost_curve(u, stats, settings, limit) for u, limit in zip(units, limits, strict=True)
-    ]
     step = _step(units)
+    curves = [curve(u, limit, step) for u, limit in zip(units, limits, strict=True)]
     counts = allocate(curves, round(total / step) * step, limits, step)
     return {
         u.name: 1.0 - (u.groups - count) / o
@@ -306,6 +306,17 @@ def allocate_levels(
 def _step(units: Sequence[Unit]) -> int:
     wide = all(u.kind == "neurons" and u.groups % NEURON_STEP == 0 for u in units)
     return NEURON_STEP if units and wide else 1
+
+
+def obs_cost_curve(stats: Statistics, settings: Settings) -> CostCurve:
+    """Removal costs on the teacher's statistics (allocation=global).
+
+    A unit's successive removal costs are OBS costs (`greedy_removals`) under `obs`, else its
+    sorted group scores; each is divided by the unit's calibration output energy
+    tr([W; b]^T G [W; b]) (or its total score without a Gram), so units compare by relative
+    damage.
+    """
+    return lambda unit, limit, _step: _cost_curve(unit, stats, settings, limit)
 
 
 def _cost_curve(unit: Unit, stats: Statistics, settings: Settings, limit: int) -> np.ndarray:

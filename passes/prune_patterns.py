@@ -191,6 +191,25 @@ def allocate(
     return counts
 
 
+def interpolated_costs(removals: Sequence[int], losses: Sequence[float]) -> np.ndarray:
+    """Per-group removal costs from losses measured after removing `removals[i]` groups.
+
+    The loss is taken as piecewise linear through (0, 0) and the measured points, with each
+    segment's slope raised to at least the one before (convex, so that cheapest-first allocation
+    takes the segments in order); the curve ends at the last measured removal.
+    """
+    costs: list[float] = []
+    done, loss, slope = 0, 0.0, 0.0
+    for count, measured in sorted(zip(removals, losses, strict=True)):
+        if count <= done:
+            continue
+        slope = max(slope, (measured - loss) / (count - done))
+        costs += [slope] * (count - done)
+        loss += slope * (count - done)
+        done = count
+    return np.asarray(costs)
+
+
 def _removal_costs(
     inverse: np.ndarray, current: np.ndarray, alive: np.ndarray, size: int
 ) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""prune-sparsify's sequential recovery and global allocation, on two stacked FFNs."""
+"""prune-sparsify's sequential recovery and global and measured allocation, on two stacked FFNs."""
 
 import dataclasses
 
@@ -9,7 +9,7 @@ from onnx import helper
 
 from nlpress.ir import Model
 from nlpress.ir.verify import check, run
-from nlpress.passes.prune_patterns import allocate
+from nlpress.passes.prune_patterns import allocate, interpolated_costs
 from nlpress.passes.prune_sparsify import PruneSparsify
 from nlpress.passes.recovery import (
     PairedGrams,
@@ -106,6 +106,28 @@ def test_global_allocation_keeps_the_total_and_prunes_the_cheap_layer_more():
     assert not again.changed
 
 
+def test_sensitivity_allocation_prunes_what_the_output_misses_least():
+    # With residuals, the second FFN adds little to y: its relative layer error is as large as
+    # the first's, but the output hardly notices it.
+    m = _two_ffns(second_scale=0.05, residual=True)
+    options = {"pattern": "neurons", "sparsity": 0.25, "criterion": "obs"}
+    measured = PruneSparsify(**options, allocation="sensitivity").run(m)
+    check(measured.model)
+    widths = _widths(measured.model)
+    assert sum(widths.values()) == round(2 * INNER * 0.75)
+    assert widths == {"down1": INNER, "down2": INNER // 2}
+    uniform = PruneSparsify(**options).run(m)
+    assert _error(m, measured.model) < _error(m, uniform.model)
+
+
+def test_interpolated_costs_are_convex_through_the_origin():
+    costs = interpolated_costs([2, 4, 8], [0.2, 0.3, 1.1])
+    # 0.05 a group from 2 to 4 is raised to 0.1 (loss 0.4 at 4), then (1.1 - 0.4) / 4
+    np.testing.assert_allclose(costs, [0.1] * 4 + [0.175] * 4)
+    np.testing.assert_allclose(interpolated_costs([1], [-0.01]), [0.0])
+    assert interpolated_costs([], []).size == 0
+
+
 def test_allocate_takes_the_cheapest_next_removal():
     curves = [np.array([1.0, 5.0, 6.0]), np.array([2.0, 3.0, 4.0])]
     assert allocate(curves, 3, [3, 3]) == [1, 2]
@@ -114,8 +136,9 @@ def test_allocate_takes_the_cheapest_next_removal():
 
 
 def test_global_allocation_needs_a_structured_pattern():
-    with pytest.raises(ValueError, match="allocation=global"):
-        PruneSparsify(pattern="2:4", allocation="global")
+    for allocation in ("global", "sensitivity"):
+        with pytest.raises(ValueError, match=f"allocation={allocation} works with"):
+            PruneSparsify(pattern="2:4", allocation=allocation)
 
 
 # --- the closed forms ------------------------------------------------------------------------
