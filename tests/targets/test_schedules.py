@@ -17,11 +17,14 @@ from tvm import te, topi
 from tvm.script import tirx as T
 
 from nlpress.targets import get_target, lower, schedules
-from nlpress.targets.schedules import Elementwise, Matmul, RowReduction, common
+from nlpress.targets.schedules import Elementwise, Matmul, RowReduction, common, matmul
 
 HOST = lower.tvm_target(get_target("x86"))
 ARM = lower.tvm_target(get_target("arm"))
 AVX2 = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"})
+AVX512 = tvm.target.Target(
+    {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"}
+)
 
 
 def _func(build: Callable[[], list[te.Tensor]]) -> Any:
@@ -182,6 +185,20 @@ def test_vector_width_follows_the_target() -> None:
     assert common.vector_bits(AVX2) == 256
     assert common.vector_bits(ARM) == 128
     assert common.vector_lanes(ARM, 32) == 4
+
+
+def test_register_tiles_are_the_widest_that_divide_the_columns() -> None:
+    def tile(target: Any, columns: int | None) -> tuple[int, int]:
+        chosen = matmul.tile_for(target, 32, columns)
+        return chosen.rows, chosen.cols
+
+    assert tile(AVX512, 384) == (4, 96)
+    assert tile(AVX512, None) == (4, 96)
+    assert tile(AVX512, 128) == (4, 64)
+    assert tile(AVX512, 32) == (8, 32)
+    assert tile(AVX512, 33) == (8, 32)
+    assert tile(AVX2, 384) == (6, 16)
+    assert tile(ARM, 384) == (6, 16)
 
 
 def test_rules_decline_what_they_do_not_know() -> None:
