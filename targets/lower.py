@@ -182,7 +182,7 @@ def cpu_kernels(
     from tvm import relax, tirx
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from nlpress.targets import quantized, schedules
+    from nlpress.targets import legalize, quantized, schedules
     from nlpress.targets.schedules import int8_intrinsics
 
     offset = int8_intrinsics.activation_offset(tvm_target)
@@ -192,7 +192,7 @@ def cpu_kernels(
                 quantized.qdq_matmul_pass(packed=True, activation_offset=offset),
                 *cpu.library_dispatch_passes(tvm_target),
                 relax.transform.FastMathTransform(),
-                *cpu.legalize_passes(tvm_target),
+                *legalize.legalize_passes(tvm_target),
             ]
         )(mod)
         if records is not None:
