@@ -265,7 +265,8 @@ class PruneSparsify(Pass):
     @property
     def needs_data(self) -> bool:
         """Whether this configuration reads calibration data."""
-        return self.criterion != "magnitude" or self.recovering or self.budget_cosine is not None
+        measured = self.budget_cosine is not None or self.allocation == "sensitivity"
+        return self.criterion != "magnitude" or self.recovering or measured
 
     def check_order(self, earlier: Sequence[Pass]) -> None:
         """Pruning reads float weights: it must come before quantization."""
@@ -389,7 +390,7 @@ class _Planner:
         if opts.allocation == "global":
             curve = obs_cost_curve(self.stats, self.settings)
             return allocate_levels(self.units, self.recorded, opts.level, curve)
-        if opts.allocation == "sensitivity" and self.feeds:
+        if opts.allocation == "sensitivity":
             curve = partial(self._measured_costs, writer)
             levels = allocate_levels(self.units, self.recorded, opts.level, curve)
             writer.undo()

@@ -118,6 +118,9 @@ def test_sensitivity_allocation_prunes_what_the_output_misses_least():
     assert widths == {"down1": INNER, "down2": INNER // 2}
     uniform = PruneSparsify(**options).run(m)
     assert _error(m, measured.model) < _error(m, uniform.model)
+    plain = PruneSparsify(pattern="neurons", criterion="magnitude", recover=False)
+    assert not plain.needs_data
+    assert dataclasses.replace(plain, allocation="sensitivity").needs_data
 
 
 def test_interpolated_costs_are_convex_through_the_origin():
