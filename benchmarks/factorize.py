@@ -4,10 +4,11 @@
         [--out benchmarks/results] [--models benchmarks/out]
 
 Fidelity: the encoder's FFN and attention projections factorized to param-ratio (0.6 cuts their
-parameters by 40%), each method with and without recovery, embedded on the evaluation text
-against the fp32 model. Latency: the dense and the factorized (activation, recovery) model at
-1x128, compiled for this x86 CPU the same way (default schedules), and both in ONNX Runtime,
-timed alternately (2 threads each, a pause before each run, medians), beside their FLOP ratio.
+parameters by 40%), each method with and without recovery (and activation with recovery under
+allocation=sensitivity), embedded on the evaluation text against the fp32 model. Latency: the
+dense and the factorized (activation, recovery, uniform ranks) model at 1x128, compiled for this
+x86 CPU the same way (default schedules), and both in ONNX Runtime, timed alternately (2 threads
+each, a pause before each run, medians), beside their FLOP ratio.
 Writes factorize.json and factorize.md under --out; models and artifacts go under --models
 (git-ignored).
 """
@@ -34,18 +35,23 @@ from nlpress.passes.factorize_matmul import randomized_svd
 
 MODEL = "minilm-l6"
 SHAPES = {"input_ids": (1, 128), "attention_mask": (1, 128), "token_type_ids": (1, 128)}
+# (method, recover, allocation)
 CONFIGS = [
-    ("svd", False),
-    ("svd", True),
-    ("activation", False),
-    ("activation", True),
+    ("svd", False, "uniform"),
+    ("svd", True, "uniform"),
+    ("activation", False, "uniform"),
+    ("activation", True, "uniform"),
+    ("activation", True, "sensitivity"),
 ]
 THREADS = 2
 SETTLE_S = 0.2  # longer than either runtime's worker threads keep spinning after a run
 
 
-def pipeline(method: str, recover: bool, ratio: float) -> str:
-    options = f"param-ratio={ratio} method={method} recover={str(recover).lower()} include=encoder"
+def pipeline(method: str, recover: bool, allocation: str, ratio: float) -> str:
+    options = (
+        f"param-ratio={ratio} method={method} recover={str(recover).lower()} "
+        f"allocation={allocation} include=encoder"
+    )
     return f"fold,factorize-matmul{{{options}}},cleanup"
 
 
@@ -58,18 +64,20 @@ def fidelity_rows(ratio: float, out: Path) -> tuple[list[dict[str, object]], dic
     reference_model = load_model(zoo.model_path(MODEL))
     reference = session(reference_model, optimize=True)
     rows = []
-    for method, recover in CONFIGS:
-        text = pipeline(method, recover, ratio)
+    for method, recover, allocation in CONFIGS:
+        text = pipeline(method, recover, allocation, ratio)
         began = time.perf_counter()
         result = nlpress.optimize(MODEL, text)
         seconds = time.perf_counter() - began
         stats = next(r.stats for r in result.records if r.text.startswith("factorize-matmul"))
-        save_model(result.model, out / f"minilm-{method}-{'rec' if recover else 'plain'}.onnx")
+        name = f"minilm-{method}-{'rec' if recover else 'plain'}-{allocation}.onnx"
+        save_model(result.model, out / name)
         f = fidelity(session(result.model, optimize=True), reference, tokenizer)
         rows.append(
             {
                 "method": method,
                 "recover": recover,
+                "allocation": allocation,
                 "pipeline": text,
                 "mean_cosine": f.mean_cosine,
                 "min_cosine": f.min_cosine,
@@ -169,7 +177,7 @@ def latency(ratio: float, out: Path, compile_x86: bool, runs: int = 30) -> dict[
     os.environ.setdefault("TVM_BIND_THREADS", "0")
     tokenizer = load_tokenizer(str(zoo.get(MODEL).tokenizer()))
     feeds = encode(tokenizer, ["a sentence to embed for timing"], 128, "max_length")
-    fact = pipeline("activation", True, ratio)
+    fact = pipeline("activation", True, "uniform", ratio)
     base = "fold,cleanup"
     result: dict[str, object] = {"batch": 1, "sequence": 128, "runs": runs, "threads": THREADS}
     fixed = {"shape": ",".join(f"{k}:{'x'.join(map(str, v))}" for k, v in SHAPES.items())}
@@ -236,12 +244,14 @@ def markdown(report: dict[str, object]) -> str:
         f"# factorize-matmul on {MODEL}, encoder FFN + attention, "
         f"param-ratio={report['param_ratio']}",
         "",
-        "| method | recover | mean cos | min cos | recall@1 | matrix params | model params |",
-        "|---|---|---|---|---|---|---|",
+        "| method | recover | allocation | mean cos | min cos | recall@1 | matrix params "
+        "| model params |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["fidelity"]:  # type: ignore[attr-defined]
         lines.append(
-            f"| {r['method']} | {r['recover']} | {r['mean_cosine']:.4f} | {r['min_cosine']:.4f} "
+            f"| {r['method']} | {r['recover']} | {r.get('allocation', 'uniform')} "
+            f"| {r['mean_cosine']:.4f} | {r['min_cosine']:.4f} "
             f"| {r['recall_at_1']:.4f} | {r['matrix_params_before'] / 1e6:.2f}M -> "
             f"{r['matrix_params_after'] / 1e6:.2f}M | {r['model_params'] / 1e6:.2f}M |"
         )

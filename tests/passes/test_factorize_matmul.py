@@ -305,6 +305,34 @@ def test_gemm_keeps_its_bias_and_attributes(trans_b, alpha, beta):
     assert _relative(want, got) < 0.3
 
 
+def _two_branches(quiet_scale):
+    """y = x W1 + x W2, W2 with the same spectrum shape as W1 but scaled by `quiet_scale`."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h1"], name="loud/MatMul"),
+        helper.make_node("MatMul", ["x", "w2"], ["h2"], name="quiet/MatMul"),
+        helper.make_node("Add", ["h1", "h2"], ["y"], name="sum"),
+    ]
+    inits = [initializer("w1", _weight(seed=5)), initializer("w2", _weight(seed=6) * quiet_scale)]
+    m = model(nodes, [tensor("x", ["batch", 8, K])], [tensor("y", ["batch", 8, N])], inits)
+    return dataclasses.replace(m, calibration=tuple(_feeds()))
+
+
+def test_sensitivity_allocation_gives_rank_to_what_the_output_sees():
+    m = _two_branches(quiet_scale=0.05)
+    options = {"param_ratio": 0.5, "method": "activation", "rank_multiple": 1}
+    measured = FactorizeMatmul(**options, allocation="sensitivity").run(m)
+    relative = FactorizeMatmul(**options, allocation="global").run(m)
+    stats = measured.stats
+    assert stats["layer.loud/MatMul.r"] > stats["layer.quiet/MatMul.r"]
+    assert stats["layer.loud/MatMul.sensitivity"] > 10 * stats["layer.quiet/MatMul.sensitivity"]
+    assert stats["params_after"] <= 0.5 * stats["params_before"]
+    feeds = m.calibration[0]
+    want = run(m, feeds)["y"]
+    assert _relative(want, run(measured.model, feeds)["y"]) < _relative(
+        want, run(relative.model, feeds)["y"]
+    )
+
+
 def test_randomized_svd_matches_the_exact_truncation():
     w = _weight(64, 48, rank=None).astype(np.float64)
     _, s, _ = randomized_svd(w, 8, seed=0)
@@ -321,8 +349,11 @@ def test_options_are_validated():
         FactorizeMatmul(param_ratio=1.0)
     with pytest.raises(ValueError, match="bad regex"):
         FactorizeMatmul(include=("(",))
-    with pytest.raises(ValueError, match="give param-ratio"):
-        FactorizeMatmul(energy=0.9, allocation="global")
+    for allocation in ("global", "sensitivity"):
+        with pytest.raises(ValueError, match=f"allocation={allocation} spends"):
+            FactorizeMatmul(energy=0.9, allocation=allocation)
+        with pytest.raises(ValueError, match="not with sequential"):
+            FactorizeMatmul(allocation=allocation, sequential=True)
     with pytest.raises(OptionError, match="method"):
         parse("factorize-matmul{method=qr}")
 
@@ -330,7 +361,13 @@ def test_options_are_validated():
 def test_data_hungry_options_need_calibration():
     m = _dense(_weight(), calibrate=False)
     FactorizeMatmul().requires(m)  # plain SVD needs no data
-    for options in ({"method": "activation"}, {"recover": True}, {"budget_cosine": 0.9}):
+    data_hungry = (
+        {"method": "activation"},
+        {"recover": True},
+        {"budget_cosine": 0.9},
+        {"allocation": "sensitivity"},
+    )
+    for options in data_hungry:
         with pytest.raises(PreconditionError, match="needs calibration data"):
             FactorizeMatmul(**options).requires(m)
 
