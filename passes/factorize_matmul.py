@@ -41,21 +41,20 @@ above. Measured on minilm-l6 (param-ratio 0.6, FFN and attention projections; ha
 the pass, same calibration text): sequential reduced-rank regression reached sentence cosine
 0.803, against 0.798 one-shot: on this model the loss is not error piling up layer by layer.
 
-Global allocation (`allocation=global`): the parameter budget goes, one singular value at a
-time, where it removes the largest share of a layer's relative squared output error. On
-minilm-l6 that did worse than uniform ranks (cosine 0.707 against 0.798): a layer's relative
-error is a poor proxy for its effect on the model's output. Truncating one layer at a time
-(calibration data) showed a unit of whitened squared output error moving the final hidden
-states about 1e-4 (query, key), 4e-4 (value, FFN up) and 3e-3 to 5e-3 (attention output, FFN
-down) times, a 50-fold spread that a relative-error greedy ignores (it gave FFN down rank 3).
-That measurement is `allocation=sensitivity`: each layer alone is factorized at the rank the
-options give it, and the loss 1 - cosine of the model's output to the unfactorized model's on
-the calibration data (pooled over real tokens), divided by the layer's truncated share of its
-(whitened) energy at that rank, weights its gains in the global allocation (one calibration
-run of the whole model per layer). On minilm-l6 (param-ratio 0.6, activation, recovery) it
-reached 0.825 against 0.788 for uniform ranks, giving query and key 32 to 112 and the value,
-attention output and FFN layers 96 to 240; a harness outside the pass that spent the budget in
-blocks of 16 ranks with per-type sensitivities reached 0.834.
+Global allocation (`allocation=global`): the parameter budget goes, a block of rank-multiple
+singular values at a time, where it removes the largest share of a layer's relative squared
+output error. On minilm-l6 (param-ratio 0.6, activation, recovery) that did worse than uniform
+ranks (cosine 0.740 against 0.788): a layer's relative error is a poor proxy for its effect on
+the model's output. Truncating one layer at a time (calibration data) showed a unit of whitened
+squared output error moving the final hidden states about 1e-4 (query, key), 4e-4 (value, FFN
+up) and 3e-3 to 5e-3 (attention output, FFN down) times, a 50-fold spread that a relative-error
+greedy ignores (it gave FFN down rank 16). `allocation=sensitivity` measures it: each layer alone
+is factorized at the rank the options give it, and the loss 1 - cosine of the model's output to
+the unfactorized model's on the calibration data (pooled over real tokens), divided by the
+layer's truncated share of its (whitened) energy at that rank, weights its gains in the same
+allocation (one calibration run of the whole model per layer). In the same setting it reached
+0.841, giving query and key 48 to 128, value and attention output 96 to 176, FFN up 176 to 256
+and FFN down 144 to 240.
 
 Rank selection (at most one of these; with none, param-ratio=0.5):
 
@@ -463,32 +462,36 @@ class FactorizeMatmul(Pass):
     def _global_ranks(self, plans: Sequence[Plan], weights: Sequence[float]) -> list[int]:
         """Ranks that spend param-ratio of all the plans' parameters where they cut most error.
 
-        A layer's error counts `weights[i]` times (its measured sensitivity, or 1).
+        A layer's error counts `weights[i]` times (its measured sensitivity, or 1). Ranks grow
+        in blocks of rank-multiple singular values (one at a time for a layer whose useful rank
+        is under two blocks), so the budget is spent on the ranks that are kept.
         """
         ratio = self.param_ratio if self.param_ratio is not None else 0.5
         shapes = [p.decomposition.weight.shape for p in plans]
-        budget = ratio * sum(k * n for k, n in shapes) - sum(k + n for k, n in shapes)
-        ranks = [1] * len(plans)
+        caps = [
+            min(len(p.decomposition.s), max(1, useful_rank_limit(k, n) - 1))
+            for p, (k, n) in zip(plans, shapes, strict=True)
+        ]
+        steps = [self.rank_multiple if 2 * self.rank_multiple <= cap else 1 for cap in caps]
+        ranks = list(steps)
+        budget = ratio * sum(k * n for k, n in shapes)
+        budget -= sum(step * (k + n) for step, (k, n) in zip(steps, shapes, strict=True))
         candidates = []
         for index, (plan, (k, n)) in enumerate(zip(plans, shapes, strict=True)):
-            d = plan.decomposition
-            cap = min(len(d.s), max(1, useful_rank_limit(k, n) - 1))
+            d, step = plan.decomposition, steps[index]
             share = weights[index] / max(d.energy, 1e-300) / (k + n)
-            gains = d.s[1:cap].astype(np.float64) ** 2 * share
-            candidates += [(float(g), index, k + n) for g in gains]
-        # Singular values come sorted, so each layer's gains fall: taking the best share of
-        # error removed per parameter first keeps every layer's kept values a leading run.
+            gains = d.s[: caps[index]].astype(np.float64) ** 2 * share
+            for first in range(step, caps[index] - step + 1, step):
+                block = float(np.sum(gains[first : first + step])) / step
+                candidates.append((block, index, step * (k + n)))
+        # Singular values come sorted, so each layer's blocks gain less and less: taking the
+        # best share of error removed per parameter first keeps every layer's kept values a
+        # leading run (a block that no longer fits is skipped, and so are that layer's next).
         for _, index, cost in sorted(candidates, key=lambda c: -c[0]):
-            if cost > budget:
-                break
-            budget -= cost
-            ranks[index] += 1
-        for index, (k, n) in enumerate(shapes):
-            cap = max(1, useful_rank_limit(k, n) - 1)
-            ranks[index] = round_rank(ranks[index], self.rank_multiple, up=False)
-            if ranks[index] >= cap:
-                ranks[index] = cap + 1  # as costly as the dense layer: keep it dense
-        return ranks
+            if cost <= budget:
+                budget -= cost
+                ranks[index] += steps[index]
+        return [rank if rank < cap else cap + 1 for rank, cap in zip(ranks, caps, strict=True)]
 
 
 _SELECTORS = ("rank_ratio", "energy", "param_ratio", "budget_cosine")
