@@ -154,6 +154,11 @@ def pooled_cosine(
     return float(np.mean(np.concatenate(cosines))) if cosines else 1.0
 
 
+def output_cosine(model: Model, reference: Sequence[np.ndarray], feeds: Sequence[Feeds]) -> float:
+    """`pooled_cosine` of the model's first output against `reference` (from `first_outputs`)."""
+    return pooled_cosine(reference, first_outputs(model, feeds), feeds)
+
+
 def _pooled(value: np.ndarray, batch: Feeds) -> np.ndarray:
     value = np.asarray(value, np.float64)
     mask = batch.get("attention_mask")

@@ -107,7 +107,7 @@ from nlpress.passes.calibration import (
     Feeds,
     activations,
     first_outputs,
-    pooled_cosine,
+    output_cosine,
     require_feeds,
     token_rows,
 )
@@ -445,7 +445,7 @@ class FactorizeMatmul(Pass):
             d = plan.decomposition
             tail = float(np.sum(d.s[fit.rank :].astype(np.float64) ** 2)) / max(d.energy, 1e-300)
             alone = self._alone(model, layers.index(plan.layer), fit)
-            loss = 1.0 - pooled_cosine(reference, first_outputs(alone, feeds), feeds)
+            loss = 1.0 - output_cosine(alone, reference, feeds)
             weights.append(max(loss, 0.0) / max(tail, 1e-12))
             stats.sensitivity[plan.label] = weights[-1]
         return weights

@@ -121,7 +121,7 @@ import onnx_graphsurgeon as gs
 from nlpress.ir import Model
 from nlpress.ir.verify import infer_shapes
 from nlpress.passes.base import Pass, PassResult, PreconditionError
-from nlpress.passes.calibration import Feeds, first_outputs, pooled_cosine, require_feeds
+from nlpress.passes.calibration import Feeds, first_outputs, output_cosine, require_feeds
 from nlpress.passes.prune_edits import (
     Edit,
     Settings,
@@ -420,7 +420,7 @@ class _Planner:
         """The pooled cosine between the rewritten model's first output and the teacher's."""
         if self.reference is None:
             self.reference = first_outputs(self.teacher, self.feeds)
-        return pooled_cosine(self.reference, first_outputs(self.work, self.feeds), self.feeds)
+        return output_cosine(self.work, self.reference, self.feeds)
 
     @property
     def settings(self) -> Settings:
