@@ -111,7 +111,14 @@ from nlpress.passes.calibration import (
     require_feeds,
     token_rows,
 )
+from nlpress.passes.distill import (
+    DEFAULT_LEARNING_RATE,
+    DistillSettings,
+    distill,
+    validate_settings,
+)
 from nlpress.passes.recovery import refit, token_input_grams
+from nlpress.passes.torch_graph import require_torch
 
 Method = Literal["svd", "randomized", "activation"]
 METHODS: tuple[str, ...] = ("svd", "randomized", "activation")
@@ -178,6 +185,11 @@ class FactorizeMatmul(Pass):
             below one multiple are left as chosen. Thin matmuls whose width is a multiple of the
             vector lanes (16 floats on AVX-512) vectorize without a scalar tail: with the
             default 16 they run several times faster on x86 than at odd ranks.
+        distill-epochs: After factorizing (and recovery), train the factors and biases end to
+            end for this many epochs so that the model's pooled output follows the
+            unfactorized model's on spliced calibration sequences (`passes/distill.py`; needs
+            PyTorch). 0, the default, skips it.
+        distill-lr: Distillation's initial learning rate (Adam, cosine decay).
     """
 
     name = "factorize-matmul"
@@ -197,8 +209,11 @@ class FactorizeMatmul(Pass):
     exclude: tuple[str, ...] = field(default=())
     seed: int = 0
     rank_multiple: int = 16
+    distill_epochs: int = 0
+    distill_lr: float = DEFAULT_LEARNING_RATE
 
     def __post_init__(self) -> None:
+        validate_settings(self.distill_epochs, self.distill_lr)
         chosen = [n for n in _SELECTORS if getattr(self, n) is not None]
         if len(chosen) > 1:
             names = ", ".join(n.replace("_", "-") for n in chosen)
@@ -244,6 +259,7 @@ class FactorizeMatmul(Pass):
             or self.sequential
             or self.budget_cosine is not None
             or self.allocation == "sensitivity"
+            or self.distill_epochs > 0
         )
 
     def check_order(self, earlier: Sequence[Pass]) -> None:
@@ -265,6 +281,8 @@ class FactorizeMatmul(Pass):
             )
         if self.needs_data:
             require_feeds(model, self.name)
+        if self.distill_epochs:
+            require_torch(f"{self.name}{{distill-epochs}}")
 
     def run(self, model: Model) -> PassResult:
         """Factorize the selected layers of a copy of `model`."""
@@ -293,7 +311,12 @@ class FactorizeMatmul(Pass):
                 weights = self._sensitivities(model, layers, plans, stats)
                 ranks = self._global_ranks(plans, weights)
             self._apply(out.graph, plans, ranks, names, stats)
-        return PassResult(out, stats.factorized > 0, stats.as_dict())
+        summary = stats.as_dict()
+        if self.distill_epochs and stats.factorized:
+            settings = DistillSettings(self.distill_epochs, self.distill_lr)
+            distilled = distill(out, model, model.calibration, settings)
+            out, summary = distilled.model, {**summary, **distilled.stats()}
+        return PassResult(out, stats.factorized > 0, summary)
 
     def _apply(
         self,
