@@ -5,7 +5,8 @@
 
 Fidelity: the encoder's FFN and attention projections factorized to param-ratio (0.6 cuts their
 parameters by 40%), each method with and without recovery (and activation with recovery under
-allocation=sensitivity), embedded on the evaluation text against the fp32 model. Latency: the
+allocation=sensitivity, then also distilled for DISTILL_EPOCHS), embedded on the evaluation text
+against the fp32 model. Latency: the
 dense and the factorized (activation, recovery, uniform ranks) model at 1x128, compiled for this
 x86 CPU the same way (default schedules), and both in ONNX Runtime, timed alternately (2 threads
 each, a pause before each run, medians), beside their FLOP ratio.
@@ -35,22 +36,24 @@ from nlpress.passes.factorize_matmul import randomized_svd
 
 MODEL = "minilm-l6"
 SHAPES = {"input_ids": (1, 128), "attention_mask": (1, 128), "token_type_ids": (1, 128)}
-# (method, recover, allocation)
+DISTILL_EPOCHS = 60
+# (method, recover, allocation, distill epochs)
 CONFIGS = [
-    ("svd", False, "uniform"),
-    ("svd", True, "uniform"),
-    ("activation", False, "uniform"),
-    ("activation", True, "uniform"),
-    ("activation", True, "sensitivity"),
+    ("svd", False, "uniform", 0),
+    ("svd", True, "uniform", 0),
+    ("activation", False, "uniform", 0),
+    ("activation", True, "uniform", 0),
+    ("activation", True, "sensitivity", 0),
+    ("activation", True, "sensitivity", DISTILL_EPOCHS),
 ]
 THREADS = 2
 SETTLE_S = 0.2  # longer than either runtime's worker threads keep spinning after a run
 
 
-def pipeline(method: str, recover: bool, allocation: str, ratio: float) -> str:
+def pipeline(method: str, recover: bool, allocation: str, ratio: float, distill: int = 0) -> str:
     options = (
         f"param-ratio={ratio} method={method} recover={str(recover).lower()} "
-        f"allocation={allocation} include=encoder"
+        f"allocation={allocation} include=encoder distill-epochs={distill}"
     )
     return f"fold,factorize-matmul{{{options}}},cleanup"
 
@@ -64,13 +67,13 @@ def fidelity_rows(ratio: float, out: Path) -> tuple[list[dict[str, object]], dic
     reference_model = load_model(zoo.model_path(MODEL))
     reference = session(reference_model, optimize=True)
     rows = []
-    for method, recover, allocation in CONFIGS:
-        text = pipeline(method, recover, allocation, ratio)
+    for method, recover, allocation, distill in CONFIGS:
+        text = pipeline(method, recover, allocation, ratio, distill)
         began = time.perf_counter()
         result = nlpress.optimize(MODEL, text)
         seconds = time.perf_counter() - began
         stats = next(r.stats for r in result.records if r.text.startswith("factorize-matmul"))
-        name = f"minilm-{method}-{'rec' if recover else 'plain'}-{allocation}.onnx"
+        name = f"minilm-{method}-{'rec' if recover else 'plain'}-{allocation}-d{distill}.onnx"
         save_model(result.model, out / name)
         f = fidelity(session(result.model, optimize=True), reference, tokenizer)
         rows.append(
@@ -78,6 +81,7 @@ def fidelity_rows(ratio: float, out: Path) -> tuple[list[dict[str, object]], dic
                 "method": method,
                 "recover": recover,
                 "allocation": allocation,
+                "distill_epochs": distill,
                 "pipeline": text,
                 "mean_cosine": f.mean_cosine,
                 "min_cosine": f.min_cosine,
@@ -91,6 +95,7 @@ def fidelity_rows(ratio: float, out: Path) -> tuple[list[dict[str, object]], dic
                 "ranks": _ranks(stats),
                 "layer_output_error_mean": stats.get("output_error_mean", float("nan")),
                 "pass_seconds": seconds,
+                **{k: v for k, v in stats.items() if k.startswith("distill_")},
             }
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -244,14 +249,14 @@ def markdown(report: dict[str, object]) -> str:
         f"# factorize-matmul on {MODEL}, encoder FFN + attention, "
         f"param-ratio={report['param_ratio']}",
         "",
-        "| method | recover | allocation | mean cos | min cos | recall@1 | matrix params "
-        "| model params |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | recover | allocation | distill epochs | mean cos | min cos | recall@1 "
+        "| matrix params | model params |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["fidelity"]:  # type: ignore[attr-defined]
         lines.append(
             f"| {r['method']} | {r['recover']} | {r.get('allocation', 'uniform')} "
-            f"| {r['mean_cosine']:.4f} | {r['min_cosine']:.4f} "
+            f"| {r.get('distill_epochs', 0)} | {r['mean_cosine']:.4f} | {r['min_cosine']:.4f} "
             f"| {r['recall_at_1']:.4f} | {r['matrix_params_before'] / 1e6:.2f}M -> "
             f"{r['matrix_params_after'] / 1e6:.2f}M | {r['model_params'] / 1e6:.2f}M |"
         )

@@ -56,6 +56,11 @@ CONFIGS: Mapping[str, tuple[str, str]] = {
         f"{NEURONS} criterion=obs damping=0.001 allocation=sensitivity sequential=false",
         "neurons-sensitivity",
     ),
+    "neurons-obs-sensitivity-distill": (
+        f"{NEURONS} criterion=obs damping=0.001 allocation=sensitivity sequential=false "
+        "distill-epochs=10",
+        "neurons-sensitivity",
+    ),
     "heads-obs-seq": (f"{HEADS} criterion=obs damping=0.001 sequential=true", "heads"),
     "heads-act-seq": (f"{HEADS} criterion=activation sequential=true", "heads"),
     "heads-act-oneshot": (f"{HEADS} criterion=activation sequential=false", "heads"),

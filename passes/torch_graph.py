@@ -42,10 +42,13 @@ class TorchGraph:
 
     Attributes:
         parameters: The trainable initializers by name, as float32 leaf tensors.
-        output_names: The graph outputs, in order.
+        output_names: The tensors a call returns, in order: the graph outputs unless other
+            tensors were asked for.
     """
 
-    def __init__(self, model: Model, trainable: Collection[str]) -> None:
+    def __init__(
+        self, model: Model, trainable: Collection[str], outputs: Sequence[str] | None = None
+    ) -> None:
         require_torch("distillation")
         proto = model.to_onnx()
         graph = proto.graph
@@ -57,7 +60,7 @@ class TorchGraph:
         self.nodes = [
             (n.op_type, list(n.input), list(n.output), _attributes(n)) for n in graph.node
         ]
-        self.output_names = [o.name for o in graph.output]
+        self.output_names = list(outputs or [o.name for o in graph.output])
         self.input_names = [i.name for i in graph.input]
         self.constants: dict[str, Tensor] = {}
         self.parameters: dict[str, Tensor] = {}
@@ -70,7 +73,7 @@ class TorchGraph:
                 self.constants[init.name] = _tensor(value)
 
     def __call__(self, feeds: Mapping[str, Tensor]) -> list[Tensor]:
-        """The graph outputs for one example's feeds (torch tensors)."""
+        """The output tensors for one example's feeds (torch tensors)."""
         values: dict[str, Tensor | None] = {"": None, **self.constants, **self.parameters}
         values.update(feeds)
         for op_type, inputs, outputs, attrs in self.nodes:

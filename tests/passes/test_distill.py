@@ -15,6 +15,7 @@ from nlpress.passes.base import PreconditionError
 from nlpress.passes.distill import (
     DistillSettings,
     distill,
+    hidden_states,
     rewritten_initializers,
     splice,
     with_weights,
@@ -98,6 +99,13 @@ def test_rewritten_initializers_are_the_changed_and_new_float_ones():
     student = model(nodes, [tensor("x", [2, 4])], [tensor("z", [2, 3])], changed)
     assert rewritten_initializers(student, teacher) == ["w"]
     assert rewritten_initializers(teacher, teacher) == []
+
+
+def test_hidden_states_are_the_layer_norm_outputs_both_models_have(tiny_static):
+    pruned = PruneSparsify(pattern="neurons").run(tiny_static).model
+    norms = [n.outputs[0].name for n in tiny_static.graph.nodes if n.op == "LayerNormalization"]
+    assert len(norms) == 5  # embeddings, then two per block
+    assert hidden_states(pruned, tiny_static) == norms
 
 
 def _text_batch(lengths, length=10, start=1):
