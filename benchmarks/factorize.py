@@ -36,7 +36,7 @@ from nlpress.passes.factorize_matmul import randomized_svd
 
 MODEL = "minilm-l6"
 SHAPES = {"input_ids": (1, 128), "attention_mask": (1, 128), "token_type_ids": (1, 128)}
-DISTILL_EPOCHS = 60
+DISTILL_EPOCHS = 120
 # (method, recover, allocation, distill epochs)
 CONFIGS = [
     ("svd", False, "uniform", 0),

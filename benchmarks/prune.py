@@ -58,7 +58,7 @@ CONFIGS: Mapping[str, tuple[str, str]] = {
     ),
     "neurons-obs-sensitivity-distill": (
         f"{NEURONS} criterion=obs damping=0.001 allocation=sensitivity sequential=false "
-        "distill-epochs=10",
+        "distill-epochs=10 distill-lr=0.00003",
         "neurons-sensitivity",
     ),
     "heads-obs-seq": (f"{HEADS} criterion=obs damping=0.001 sequential=true", "heads"),

@@ -41,7 +41,7 @@ class TorchGraph:
     """A model's graph as a differentiable function of its feeds and of the named initializers.
 
     Attributes:
-        parameters: The trainable initializers by name, as float32 leaf tensors.
+        parameters: The trainable initializers by name, as leaf tensors of their own dtype.
         output_names: The tensors a call returns, in order: the graph outputs unless other
             tensors were asked for.
     """
@@ -57,6 +57,7 @@ class TorchGraph:
             raise PreconditionError(
                 f"distillation cannot run these ops in PyTorch: {', '.join(unsupported)}"
             )
+        _refuse_unsupported_types(graph)
         self.nodes = [
             (n.op_type, list(n.input), list(n.output), _attributes(n)) for n in graph.node
         ]
@@ -67,8 +68,7 @@ class TorchGraph:
         for init in graph.initializer:
             value = numpy_helper.to_array(init)
             if init.name in trainable:
-                tensor = torch.tensor(np.asarray(value, np.float32), requires_grad=True)
-                self.parameters[init.name] = tensor
+                self.parameters[init.name] = _tensor(value).requires_grad_(True)
             else:
                 self.constants[init.name] = _tensor(value)
 
@@ -96,15 +96,35 @@ class TorchGraph:
         return {name: p.detach().numpy().copy() for name, p in self.parameters.items()}
 
 
+def _refuse_unsupported_types(graph: onnx.GraphProto) -> None:
+    """Raise PreconditionError for a tensor type the PyTorch ops here do not compute."""
+    types = [v.type.tensor_type.elem_type for v in graph.input if v.type.HasField("tensor_type")]
+    if any(not v.type.HasField("tensor_type") for v in graph.input):
+        raise PreconditionError("distillation runs graphs whose inputs are all tensors")
+    types += [init.data_type for init in graph.initializer]
+    for node in graph.node:
+        for attribute in node.attribute:
+            if node.op_type == "Cast" and attribute.name == "to":
+                types.append(attribute.i)
+            elif attribute.type == onnx.AttributeProto.TENSOR:
+                types.append(attribute.t.data_type)
+    unsupported = sorted({_type_name(t) for t in types if t not in _TYPES})
+    if unsupported:
+        raise PreconditionError(f"distillation cannot compute {', '.join(unsupported)} tensors")
+
+
+def _type_name(elem_type: int) -> str:
+    return helper.tensor_dtype_to_string(elem_type).removeprefix("TensorProto.").lower()
+
+
 def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs["_outputs"] = len(node.output)
+    return attrs
 
 
 def _tensor(value: np.ndarray) -> Tensor:
-    array = np.asarray(value)
-    if array.dtype == np.float64:
-        array = array.astype(np.float32)
-    return torch.from_numpy(array.copy())
+    return torch.from_numpy(np.array(value))
 
 
 def _ints(value: Tensor | None) -> list[int]:
@@ -132,8 +152,7 @@ def _variadic(fn: Callable[[Tensor, Tensor], Tensor]) -> Op:
 
 
 def _cast(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
-    dtype = helper.tensor_dtype_to_np_dtype(attrs["to"])
-    return [inputs[0].to(_TORCH_DTYPES[np.dtype(dtype)])]
+    return [inputs[0].to(_TYPES[attrs["to"]])]
 
 
 def _gemm(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
@@ -155,8 +174,9 @@ def _layer_norm(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]
     dims = list(range(axis, x.dim()))
     mean = x.mean(dim=dims, keepdim=True)
     variance = ((x - mean) ** 2).mean(dim=dims, keepdim=True)
-    y = (x - mean) / torch.sqrt(variance + attrs.get("epsilon", 1e-5)) * scale
-    return [y if bias is None else y + bias]
+    inverse_deviation = 1 / torch.sqrt(variance + attrs.get("epsilon", 1e-5))
+    y = (x - mean) * inverse_deviation * scale
+    return [y if bias is None else y + bias, mean, inverse_deviation]
 
 
 def _softmax(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
@@ -177,7 +197,8 @@ def _transpose(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
 
 def _flatten(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
     x = inputs[0]
-    axis = attrs.get("axis", 1) % (x.dim() + 1) if x.dim() else 0
+    axis = attrs.get("axis", 1)
+    axis = axis + x.dim() if axis < 0 else axis
     outer = int(np.prod(x.shape[:axis], dtype=np.int64))
     return [x.reshape(outer, -1)]
 
@@ -261,8 +282,12 @@ def _range(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
 
 def _reduce(fn: Callable[..., Tensor]) -> Op:
     def op(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
-        x = inputs[0]
-        axes = _axes(inputs, attrs) or list(range(x.dim()))
+        x, axes = inputs[0], _axes(inputs, attrs)
+        if not axes and attrs.get("noop_with_empty_axes", 0):
+            return [x]
+        if x.numel() == 0:
+            raise PreconditionError("distillation does not reduce empty tensors")
+        axes = axes or list(range(x.dim()))
         return [fn(x, dim=axes, keepdim=bool(attrs.get("keepdims", 1)))]
 
     return op
@@ -278,6 +303,8 @@ def _gelu(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
 def _clip(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
     low = inputs[1] if len(inputs) > 1 else None
     high = inputs[2] if len(inputs) > 2 else None
+    if low is None and high is None:
+        return [inputs[0]]
     return [torch.clamp(inputs[0], min=low, max=high)]
 
 
@@ -285,12 +312,32 @@ def _split(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
     x, axis = inputs[0], attrs.get("axis", 0)
     sizes = _ints(inputs[1]) if len(inputs) > 1 and inputs[1] is not None else attrs.get("split")
     if not sizes:
-        parts = attrs.get("num_outputs")
-        if parts is None:
-            raise PreconditionError("distillation runs Split only with explicit sizes or parts")
+        parts = attrs.get("num_outputs", attrs["_outputs"])
         size = -(-x.shape[axis] // parts)
         return list(torch.split(x, size, dim=axis))
     return list(torch.split(x, list(sizes), dim=axis))
+
+
+def _is_inf(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
+    x = inputs[0]
+    positive = (
+        torch.isposinf(x)
+        if attrs.get("detect_positive", 1)
+        else torch.zeros_like(x, dtype=torch.bool)
+    )
+    negative = (
+        torch.isneginf(x)
+        if attrs.get("detect_negative", 1)
+        else torch.zeros_like(x, dtype=torch.bool)
+    )
+    return [positive | negative]
+
+
+def _dropout(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
+    training = inputs[2] if len(inputs) > 2 else None
+    if training is not None and bool(training):
+        raise PreconditionError("distillation runs Dropout in inference mode only")
+    return [inputs[0], torch.ones_like(inputs[0], dtype=torch.bool)]
 
 
 def _where(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
@@ -299,16 +346,17 @@ def _where(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
 
 
 _OPS: dict[str, Op] = {}
+_TYPES: dict[int, Any] = {}
 if torch is not None:
-    _TORCH_DTYPES = {
-        np.dtype(np.float32): torch.float32,
-        np.dtype(np.float64): torch.float32,
-        np.dtype(np.float16): torch.float16,
-        np.dtype(np.int64): torch.int64,
-        np.dtype(np.int32): torch.int32,
-        np.dtype(np.int8): torch.int8,
-        np.dtype(np.uint8): torch.uint8,
-        np.dtype(np.bool_): torch.bool,
+    _TYPES = {  # the ONNX tensor types computed here
+        onnx.TensorProto.FLOAT: torch.float32,
+        onnx.TensorProto.DOUBLE: torch.float64,
+        onnx.TensorProto.FLOAT16: torch.float16,
+        onnx.TensorProto.INT64: torch.int64,
+        onnx.TensorProto.INT32: torch.int32,
+        onnx.TensorProto.INT8: torch.int8,
+        onnx.TensorProto.UINT8: torch.uint8,
+        onnx.TensorProto.BOOL: torch.bool,
     }
     _OPS = {
         "Add": _elementwise(torch.add),
@@ -336,9 +384,9 @@ if torch is not None:
         "Xor": _elementwise(torch.logical_xor),
         "Not": _elementwise(torch.logical_not),
         "IsNaN": _elementwise(torch.isnan),
-        "IsInf": _elementwise(torch.isinf),
+        "IsInf": _is_inf,
         "Identity": _elementwise(lambda x: x),
-        "Dropout": lambda inputs, attrs: [inputs[0]],
+        "Dropout": _dropout,
         "MatMul": _elementwise(torch.matmul),
         "Max": _variadic(torch.maximum),
         "Min": _variadic(torch.minimum),
