@@ -56,6 +56,11 @@ allocation (one calibration run of the whole model per layer). In the same setti
 0.841, giving query and key 48 to 128, value and attention output 96 to 176, FFN up 176 to 256
 and FFN down 144 to 240.
 
+Distillation (`distill-epochs`): after the closed-form steps, the factors and biases are trained
+end to end so that the model's pooled output and hidden states follow the unfactorized model's
+(`passes/distill.py`). Where closed-form fitting stops, layer by layer, this trains the layers
+together: in the same setting as above, 120 epochs raised the cosine from 0.841 to 0.904.
+
 Rank selection (at most one of these; with none, param-ratio=0.5):
 
 - `param-ratio=p`: r = floor(p k n / (k + n)), so the factors hold about a share p of the
@@ -188,7 +193,9 @@ class FactorizeMatmul(Pass):
         distill-epochs: After factorizing (and recovery), train the factors and biases end to
             end for this many epochs so that the model's pooled output follows the
             unfactorized model's on spliced calibration sequences (`passes/distill.py`; needs
-            PyTorch). 0, the default, skips it.
+            PyTorch). 0, the default, skips it. On all-MiniLM-L6-v2 (param-ratio 0.6,
+            activation, recovery, allocation=sensitivity) 120 epochs (about 20 minutes on two
+            cores) raised the sentence cosine from 0.841 to 0.904.
         distill-lr: Distillation's initial learning rate (Adam, cosine decay).
     """
 
