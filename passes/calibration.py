@@ -19,6 +19,7 @@ from nlpress.ir.verify import session
 from nlpress.passes.base import PreconditionError
 
 Feeds = Mapping[str, np.ndarray]
+MASK = "attention_mask"  # the feed that marks real tokens (1) and padding (0)
 
 
 def require_feeds(model: Model, pass_name: str) -> Sequence[Feeds]:
@@ -60,7 +61,7 @@ def token_rows(value: np.ndarray, batch: Feeds) -> np.ndarray:
     only the rows of real tokens; any other activation keeps every row.
     """
     rows = as_rows(value)
-    mask = batch.get("attention_mask")
+    mask = batch.get(MASK)
     if mask is None or value.ndim < 3 or tuple(value.shape[:2]) != tuple(np.shape(mask)):
         return rows
     per_row = int(np.prod(value.shape[2:-1], dtype=np.int64))
@@ -161,7 +162,7 @@ def output_cosine(model: Model, reference: Sequence[np.ndarray], feeds: Sequence
 
 def _pooled(value: np.ndarray, batch: Feeds) -> np.ndarray:
     value = np.asarray(value, np.float64)
-    mask = batch.get("attention_mask")
+    mask = batch.get(MASK)
     if value.ndim == 3 and mask is not None and tuple(np.shape(mask)) == value.shape[:2]:
         weights = np.asarray(mask, np.float64)[..., None]
         return np.asarray((value * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9))

@@ -49,10 +49,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from nlpress.ir import Model
-from nlpress.passes.calibration import Feeds
+from nlpress.passes.calibration import MASK, Feeds
 from nlpress.passes.torch_graph import Tensor, TorchGraph, require_torch, torch
 
-MASK = "attention_mask"
 DEFAULT_LEARNING_RATE = 1e-4
 HELD_OUT_SHARE = 0.1
 STEP_BATCHES = 16  # calibration batches per optimizer step
@@ -121,7 +120,10 @@ def distill(
     net = TorchGraph(student, trainable, outputs)
     reference = TorchGraph(teacher, (), outputs)
     train, held_out = _split(feeds, rng)
-    best = start = _held_out_loss(net, reference, held_out)
+    held_groups = list(_groups(held_out))
+    with torch.no_grad():  # the teacher's held-out outputs do not change: computed once
+        held_targets = [reference.batched(group)[0] for group in held_groups]
+    best = start = _held_out_loss(net, held_groups, held_targets)
     if not trainable:  # nothing was rewritten
         return Distilled(student, start, start, time.perf_counter() - began)
     trainer = _Trainer(net, reference, settings, len(list(_groups(train))))
@@ -129,7 +131,7 @@ def distill(
     for _ in range(settings.epochs):
         for group in _steps(train, rng):
             trainer.step([splice(batch, train, rng) for batch in group])
-        loss = _held_out_loss(net, reference, held_out)
+        loss = _held_out_loss(net, held_groups, held_targets)
         if loss < best:
             best, best_weights = loss, net.weights()
     model = with_weights(student, best_weights) if best_weights else student
@@ -145,7 +147,7 @@ def rewritten_initializers(student: Model, teacher: Model) -> list[str]:
         if values.dtype not in (np.float32, np.float64) or values.ndim == 0:
             continue
         old = before.get(name)
-        if old is None or not _same(np.asarray(old.values), values):
+        if old is None or not np.array_equal(np.asarray(old.values), values):
             names.append(name)
     return names
 
@@ -161,16 +163,15 @@ def hidden_states(student: Model, teacher: Model) -> list[str]:
 
 
 def with_weights(model: Model, weights: Mapping[str, np.ndarray]) -> Model:
-    """A copy of `model` whose initializers named in `weights` hold those values (new constants)."""
+    """A copy of `model` whose initializers named in `weights` hold those values.
+
+    The copy's constants are its own objects (sharing arrays with `model`'s), so giving them new
+    arrays leaves `model` as it was.
+    """
     out = model.copy()
-    for tensor in out.graph.tensors().values():
-        if isinstance(tensor, gs.Constant) and tensor.name in weights:
-            dtype = np.asarray(tensor.values).dtype
-            replacement = gs.Constant(tensor.name, np.asarray(weights[tensor.name], dtype))
-            for node in list(tensor.outputs):
-                for index, value in enumerate(node.inputs):
-                    if value is tensor:
-                        node.inputs[index] = replacement
+    for name, tensor in _constants(out).items():
+        if name in weights:
+            tensor.values = np.asarray(weights[name], np.asarray(tensor.values).dtype)
     return out
 
 
@@ -243,12 +244,13 @@ class _Trainer:
                 parameter.mul_(mask)
 
 
-def _held_out_loss(net: TorchGraph, reference: TorchGraph, feeds: Sequence[Feeds]) -> float:
-    """The mean pooled-output loss over `feeds` (no gradient)."""
+def _held_out_loss(
+    net: TorchGraph, groups: Sequence[Sequence[Feeds]], targets: Sequence[Tensor]
+) -> float:
+    """The mean pooled-output loss of `net` against the teacher's `targets` (no gradient)."""
     total, count = 0.0, 0
     with torch.no_grad():
-        for group in _groups(feeds):
-            target = reference.batched(group)[0]
+        for group, target in zip(groups, targets, strict=True):
             total += float(_pooled_loss(net.batched(group)[0], target, group)) * len(group)
             count += len(group)
     return total / max(count, 1)
@@ -338,7 +340,3 @@ def _constants(model: Model) -> dict[str, gs.Constant]:
         for name, tensor in model.graph.tensors().items()
         if isinstance(tensor, gs.Constant)
     }
-
-
-def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and bool(np.array_equal(a, b))

@@ -98,9 +98,9 @@ class TorchGraph:
 
 def _refuse_unsupported_types(graph: onnx.GraphProto) -> None:
     """Raise PreconditionError for a tensor type the PyTorch ops here do not compute."""
-    types = [v.type.tensor_type.elem_type for v in graph.input if v.type.HasField("tensor_type")]
     if any(not v.type.HasField("tensor_type") for v in graph.input):
         raise PreconditionError("distillation runs graphs whose inputs are all tensors")
+    types = [v.type.tensor_type.elem_type for v in graph.input]
     types += [init.data_type for init in graph.initializer]
     for node in graph.node:
         for attribute in node.attribute:
@@ -125,6 +125,11 @@ def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
 
 def _tensor(value: np.ndarray) -> Tensor:
     return torch.from_numpy(np.array(value))
+
+
+def _optional(inputs: Sequence[Any], index: int) -> Tensor | None:
+    """The input at `index`, or None where it is left out (absent or named "")."""
+    return inputs[index] if len(inputs) > index else None
 
 
 def _ints(value: Tensor | None) -> list[int]:
@@ -162,14 +167,12 @@ def _gemm(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
     if attrs.get("transB", 0):
         b = b.transpose(-1, -2)
     result = attrs.get("alpha", 1.0) * (a @ b)
-    if len(inputs) > 2 and inputs[2] is not None:
-        result = result + attrs.get("beta", 1.0) * inputs[2]
-    return [result]
+    bias = _optional(inputs, 2)
+    return [result if bias is None else result + attrs.get("beta", 1.0) * bias]
 
 
 def _layer_norm(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
-    x, scale = inputs[0], inputs[1]
-    bias = inputs[2] if len(inputs) > 2 else None
+    x, scale, bias = inputs[0], inputs[1], _optional(inputs, 2)
     axis = attrs.get("axis", -1) % x.dim()
     dims = list(range(axis, x.dim()))
     mean = x.mean(dim=dims, keepdim=True)
@@ -204,15 +207,14 @@ def _flatten(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
 
 
 def _axes(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[int]:
-    if len(inputs) > 1 and inputs[1] is not None:
-        return _ints(inputs[1])
-    return list(attrs.get("axes", []))
+    given = _optional(inputs, 1)
+    return _ints(given) if given is not None else list(attrs.get("axes", []))
 
 
 def _unsqueeze(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
-    x = inputs[0]
-    rank = x.dim() + len(_axes(inputs, attrs))
-    for axis in sorted(a % rank for a in _axes(inputs, attrs)):
+    x, axes = inputs[0], _axes(inputs, attrs)
+    rank = x.dim() + len(axes)
+    for axis in sorted(a % rank for a in axes):
         x = x.unsqueeze(axis)
     return [x]
 
@@ -241,8 +243,8 @@ def _gather(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
 def _slice(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
     x = inputs[0]
     starts, ends = _ints(inputs[1]), _ints(inputs[2])
-    axes = _ints(inputs[3]) if len(inputs) > 3 and inputs[3] is not None else range(len(starts))
-    steps = _ints(inputs[4]) if len(inputs) > 4 and inputs[4] is not None else [1] * len(starts)
+    axes = _ints(_optional(inputs, 3)) or range(len(starts))
+    steps = _ints(_optional(inputs, 4)) or [1] * len(starts)
     index: list[slice] = [slice(None)] * x.dim()
     for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
         if step < 0:
@@ -301,8 +303,7 @@ def _gelu(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
 
 
 def _clip(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
-    low = inputs[1] if len(inputs) > 1 else None
-    high = inputs[2] if len(inputs) > 2 else None
+    low, high = _optional(inputs, 1), _optional(inputs, 2)
     if low is None and high is None:
         return [inputs[0]]
     return [torch.clamp(inputs[0], min=low, max=high)]
@@ -310,7 +311,7 @@ def _clip(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
 
 def _split(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
     x, axis = inputs[0], attrs.get("axis", 0)
-    sizes = _ints(inputs[1]) if len(inputs) > 1 and inputs[1] is not None else attrs.get("split")
+    sizes = _ints(_optional(inputs, 1)) or attrs.get("split")
     if not sizes:
         parts = attrs.get("num_outputs", attrs["_outputs"])
         size = -(-x.shape[axis] // parts)
@@ -320,21 +321,16 @@ def _split(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
 
 def _is_inf(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
     x = inputs[0]
-    positive = (
-        torch.isposinf(x)
-        if attrs.get("detect_positive", 1)
-        else torch.zeros_like(x, dtype=torch.bool)
-    )
-    negative = (
-        torch.isneginf(x)
-        if attrs.get("detect_negative", 1)
-        else torch.zeros_like(x, dtype=torch.bool)
-    )
-    return [positive | negative]
+    found = torch.zeros_like(x, dtype=torch.bool)
+    if attrs.get("detect_positive", 1):
+        found = found | torch.isposinf(x)
+    if attrs.get("detect_negative", 1):
+        found = found | torch.isneginf(x)
+    return [found]
 
 
 def _dropout(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
-    training = inputs[2] if len(inputs) > 2 else None
+    training = _optional(inputs, 2)
     if training is not None and bool(training):
         raise PreconditionError("distillation runs Dropout in inference mode only")
     return [inputs[0], torch.ones_like(inputs[0], dtype=torch.bool)]
