@@ -19,7 +19,7 @@ def tokenizer():
 def test_calibration_and_evaluation_text_are_large_enough_and_disjoint():
     calibration = calibration_sentences()
     pairs = evaluation_pairs()
-    assert len(calibration) >= 200 and len(set(calibration)) == len(calibration)
+    assert len(calibration) >= 1000 and len(set(calibration)) == len(calibration)
     assert len(pairs) >= 150
     evaluation = {s for pair in pairs for s in pair}
     assert len(evaluation) == 2 * len(pairs)
