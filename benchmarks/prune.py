@@ -36,7 +36,7 @@ from nlpress.ir import Model, load_model, save_model
 from nlpress.ir.verify import session
 from nlpress.models import zoo
 from nlpress.models.metrics import fidelity
-from nlpress.models.text import encode, evaluation_pairs, load_tokenizer
+from nlpress.models.text import calibration_sentences, encode, evaluation_pairs, load_tokenizer
 
 LOG = logging.getLogger("benchmarks.prune")
 SHAPES = {"input_ids": (1, 128), "attention_mask": (1, 128), "token_type_ids": (1, 128)}
@@ -58,7 +58,7 @@ CONFIGS: Mapping[str, tuple[str, str]] = {
     ),
     "neurons-obs-sensitivity-distill": (
         f"{NEURONS} criterion=obs damping=0.001 allocation=sensitivity sequential=false "
-        "distill-epochs=10 distill-lr=0.00003",
+        "distill-epochs=5",
         "neurons-sensitivity",
     ),
     "heads-obs-seq": (f"{HEADS} criterion=obs damping=0.001 sequential=true", "heads"),
@@ -240,7 +240,8 @@ def write(rows: list[dict[str, Any]], out: Path) -> None:
         for r in rows
     ]
     notes = (
-        "\nbatch 1, sequence 128, x86 artifacts compiled with `pipeline=fold` and the same "
+        f"\nCalibrated on the zoo's {len(calibration_sentences())} calibration sentences; "
+        "batch 1, sequence 128, x86 artifacts compiled with `pipeline=fold` and the same "
         "static shapes as the unpruned one; latency per shape family (recovery changes values, "
         "not shapes), medians of alternating runs against the unpruned artifact. Unstructured "
         "and N:M artifacts are dense with zeros: TVM 0.27 has no sparse matmul.\n"
