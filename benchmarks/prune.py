@@ -142,6 +142,7 @@ def measure(name: str, reference: Model, tokenizer: Any) -> tuple[dict[str, Any]
         "pipeline": pipeline,
         "latency_family": family,
         "pass_seconds": seconds,
+        "calibration_sentences": len(calibration_sentences()),
         **quality,
         **{k: v for k, v in stats.items() if ":" not in k},
         "layer_sparsity": {k: v for k, v in stats.items() if k.startswith("sparsity:")},
@@ -224,8 +225,8 @@ def write(rows: list[dict[str, Any]], out: Path) -> None:
     (out / "prune.json").write_text(json.dumps(rows, indent=2))
     head = (
         "| config | mean cos | min cos | recall@1 (ref) | nonzero params | FLOPs/token | "
-        "layer err before -> after | x86 ms (unpruned) | speedup |\n"
-        "|---|---|---|---|---|---|---|---|---|\n"
+        "layer err before -> after | x86 ms (unpruned) | speedup | calibration |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
     )
     nan = float("nan")
     lines = [
@@ -236,11 +237,11 @@ def write(rows: list[dict[str, Any]], out: Path) -> None:
         f"{r['matmul_flops_per_token_before'] / 1e6:.1f}M | "
         f"{r.get('recovery_error_before', nan):.4f} -> {r.get('recovery_error_after', nan):.4f} | "
         f"{r.get('latency_ms', nan):.1f} ({r.get('reference_latency_ms', nan):.1f}) | "
-        f"{r.get('speedup', nan):.2f}x |"
+        f"{r.get('speedup', nan):.2f}x | {r['calibration_sentences']} |"
         for r in rows
     ]
     notes = (
-        f"\nCalibrated on the zoo's {len(calibration_sentences())} calibration sentences; "
+        "\nCalibrated on the zoo's calibration sentences (how many: the last column); "
         "batch 1, sequence 128, x86 artifacts compiled with `pipeline=fold` and the same "
         "static shapes as the unpruned one; latency per shape family (recovery changes values, "
         "not shapes), medians of alternating runs against the unpruned artifact. Unstructured "
