@@ -6,12 +6,11 @@
 Fidelity: the encoder's FFN and attention projections factorized to param-ratio (0.6 cuts their
 parameters by 40%), each method with and without recovery (and activation with recovery under
 allocation=sensitivity, then also distilled for DISTILL_EPOCHS), embedded on the evaluation text
-against the fp32 model. Latency: the
-dense and the factorized (activation, recovery, uniform ranks) model at 1x128, compiled for this
-x86 CPU the same way (default schedules), and both in ONNX Runtime, timed alternately (2 threads
-each, a pause before each run, medians), beside their FLOP ratio.
-Writes factorize.json and factorize.md under --out; models and artifacts go under --models
-(git-ignored).
+against the fp32 model. Latency: the dense and the factorized (activation, recovery, uniform
+ranks) model at 1x128, compiled for this x86 CPU the same way (default schedules), and both in
+ONNX Runtime, timed alternately (2 threads each, a pause before each run, medians), beside their
+FLOP ratio. Writes factorize.json and factorize.md under --out; models and artifacts go under
+--models (git-ignored).
 """
 
 from __future__ import annotations

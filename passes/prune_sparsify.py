@@ -201,8 +201,9 @@ class PruneSparsify(Pass):
         distill-epochs: After pruning (and recovery), train the pruned layers' weights end to
             end for this many epochs so that the model's pooled output follows the unpruned
             model's on spliced calibration sequences (`passes/distill.py`; needs PyTorch).
-            0, the default, skips it. On all-MiniLM-L6-v2 (neurons at 25%, cosine 0.975 after
-            the refit) it found no weights better than the refit's on held-out sentences.
+            0, the default, skips it. On all-MiniLM-L6-v2 (neurons at 25%, OBS refit) five
+            epochs raised the cosine from 0.979 to 0.982 with the zoo's 1,299 calibration
+            sentences; with 265 no epoch beat the refit on held-out sentences.
         distill-lr: Distillation's initial learning rate (Adam, cosine decay).
     """
 
