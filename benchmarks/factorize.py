@@ -6,10 +6,11 @@
 Fidelity: the encoder's FFN and attention projections factorized to param-ratio (0.6 cuts their
 parameters by 40%), each method with and without recovery (and activation with recovery under
 allocation=sensitivity, then also distilled for DISTILL_EPOCHS), embedded on the evaluation text
-against the fp32 model. Latency: the dense and the factorized (activation, recovery, uniform
-ranks) model at 1x128, compiled for this x86 CPU the same way (default schedules), and both in
-ONNX Runtime, timed alternately (2 threads each, a pause before each run, medians), beside their
-FLOP ratio. Writes factorize.json and factorize.md under --out; models and artifacts go under
+against the fp32 model. Latency: the dense model and each factorized rank layout that the
+fidelity part saved (activation with recovery, uniform and sensitivity-allocated ranks), at
+1x128, compiled for this x86 CPU the same way (`fold`, default schedules), and both in ONNX
+Runtime, timed alternately (2 threads each, a pause before each run, medians), beside their FLOP
+ratio. Writes factorize.json and factorize.md under --out; models and artifacts go under
 --models (git-ignored).
 """
 
@@ -25,17 +26,17 @@ from pathlib import Path
 import numpy as np
 
 import nlpress
-from nlpress.ir import load_model, save_model
+from nlpress.ir import Model, load_model, save_model
 from nlpress.ir.graph import weighted_matmuls
 from nlpress.ir.verify import session
 from nlpress.models import zoo
 from nlpress.models.metrics import fidelity
 from nlpress.models.text import encode, load_tokenizer
-from nlpress.passes.factorize_matmul import randomized_svd
+from nlpress.passes.factorize_matmul import MARK_U, MARK_V, randomized_svd
 
 MODEL = "minilm-l6"
 SHAPES = {"input_ids": (1, 128), "attention_mask": (1, 128), "token_type_ids": (1, 128)}
-DISTILL_EPOCHS = 20  # with the 1,299 calibration sentences, about an hour on 2 busy cores
+DISTILL_EPOCHS = 100  # on the 1,299 calibration sentences: about 20 s an epoch on 2 idle cores
 # (method, recover, allocation, distill epochs)
 CONFIGS = [
     ("svd", False, "uniform", 0),
@@ -45,6 +46,13 @@ CONFIGS = [
     ("activation", True, "sensitivity", 0),
     ("activation", True, "sensitivity", DISTILL_EPOCHS),
 ]
+# The rank layouts timed, each by a fidelity configuration whose saved model stands for it
+# (recovery and distillation change values, not shapes).
+LATENCY_LAYOUTS = {
+    "uniform": ("activation", True, "uniform", 0),
+    "sensitivity": ("activation", True, "sensitivity", 0),
+}
+LAYERS, HIDDEN = 6, 384  # all-MiniLM-L6-v2's encoder, for the attention FLOPs
 THREADS = 2
 SETTLE_S = 0.2  # longer than either runtime's worker threads keep spinning after a run
 
@@ -57,7 +65,11 @@ def pipeline(method: str, recover: bool, allocation: str, ratio: float, distill:
     return f"fold,factorize-matmul{{{options}}},cleanup"
 
 
-def model_params(model: nlpress.ir.Model) -> int:
+def model_file(method: str, recover: bool, allocation: str, distill: int) -> str:
+    return f"minilm-{method}-{'rec' if recover else 'plain'}-{allocation}-d{distill}.onnx"
+
+
+def model_params(model: Model) -> int:
     return int(sum(np.asarray(init.dims).prod() for init in model.to_onnx().graph.initializer))
 
 
@@ -72,8 +84,7 @@ def fidelity_rows(ratio: float, out: Path) -> tuple[list[dict[str, object]], dic
         result = nlpress.optimize(MODEL, text)
         seconds = time.perf_counter() - began
         stats = next(r.stats for r in result.records if r.text.startswith("factorize-matmul"))
-        name = f"minilm-{method}-{'rec' if recover else 'plain'}-{allocation}-d{distill}.onnx"
-        save_model(result.model, out / name)
+        save_model(result.model, out / model_file(method, recover, allocation, distill))
         f = fidelity(session(result.model, optimize=True), reference, tokenizer)
         rows.append(
             {
@@ -91,7 +102,7 @@ def fidelity_rows(ratio: float, out: Path) -> tuple[list[dict[str, object]], dic
                 "matrix_params_after": stats["params_after"],
                 "model_params": model_params(result.model),
                 "flops_ratio": stats["flops_after"] / stats["flops_before"],
-                "ranks": _ranks(stats),
+                "ranks": factor_ranks(result.model),
                 "layer_output_error_mean": stats.get("output_error_mean", float("nan")),
                 "pass_seconds": seconds,
                 **{k: v for k, v in stats.items() if k.startswith("distill_")},
@@ -101,30 +112,34 @@ def fidelity_rows(ratio: float, out: Path) -> tuple[list[dict[str, object]], dic
     return rows, {"model_params": model_params(reference_model)}
 
 
-def _ranks(stats: dict[str, float]) -> dict[str, int]:
-    """The distinct ranks chosen, by layer shape (e.g. {"384x1536": 176})."""
-    ranks: dict[str, int] = {}
-    for key, value in stats.items():
-        if key.endswith(".r"):
-            prefix = key[: -len(".r")]
-            shape = f"{int(stats[prefix + '.k'])}x{int(stats[prefix + '.n'])}"
-            ranks[shape] = int(value)
-    return ranks
+def flop_ratios(dense: Model, factorized: Model, tokens: int) -> dict[str, float]:
+    """FLOPs per token of the constant-weight matmuls (factorized / dense), and of the encoder.
 
-
-def model_flops(stats: dict[str, float], tokens: int, layers: int = 6, hidden: int = 384) -> dict:
-    """FLOPs at `tokens` tokens of the dense layers (before, after) and of the whole encoder.
-
-    The whole encoder adds what factorizing leaves alone: the attention scores and context
-    (2 x 2 tokens^2 hidden per layer).
+    The encoder adds what factorizing leaves alone: the attention scores and context
+    (2 x 2 tokens hidden per token and layer).
     """
-    attention = layers * 2 * 2 * tokens * tokens * hidden
-    before = tokens * stats["flops_before"]
-    after = tokens * stats["flops_after"]
+    before, after = matmul_macs(dense), matmul_macs(factorized)
+    attention = LAYERS * 2 * tokens * HIDDEN
     return {
         "matrix_flops_ratio": after / before,
         "encoder_flops_ratio": (after + attention) / (before + attention),
     }
+
+
+def matmul_macs(model: Model) -> int:
+    """Multiply-adds per token of every MatMul/Gemm with a constant weight."""
+    return sum(int(layer.weight.values.size) for layer in weighted_matmuls(model.graph))
+
+
+def factor_ranks(model: Model) -> dict[str, int]:
+    """The distinct ranks of a factorized model, by the shape of the layer they replaced."""
+    layers = {layer.node.name: layer.weight.values.shape for layer in weighted_matmuls(model.graph)}
+    ranks: dict[str, int] = {}
+    for name, (k, r) in layers.items():
+        if name.endswith(MARK_U):
+            n = layers[name[: -len(MARK_U)] + MARK_V][1]
+            ranks[f"{k}x{n}"] = r
+    return ranks
 
 
 def randomized_vs_exact(ratio: float) -> list[dict[str, float]]:
@@ -176,41 +191,48 @@ def _error(w: np.ndarray, approx: np.ndarray) -> float:
     return float(np.linalg.norm(w - approx) / np.linalg.norm(w))
 
 
-def latency(ratio: float, out: Path, compile_x86: bool, runs: int = 30) -> dict[str, object]:
+def latency(models: Path, compile_x86: bool, runs: int = 30) -> dict[str, object]:
+    """The dense model against each factorized rank layout the fidelity part saved, at 1x128.
+
+    Every model goes through `fold` at the static shapes, for ONNX Runtime and for the x86
+    artifact alike.
+    """
     os.environ.setdefault("TVM_NUM_THREADS", str(THREADS))
     os.environ.setdefault("TVM_BIND_THREADS", "0")
     tokenizer = load_tokenizer(str(zoo.get(MODEL).tokenizer()))
-    feeds = encode(tokenizer, ["a sentence to embed for timing"], 128, "max_length")
-    fact = pipeline("activation", True, "uniform", ratio)
-    base = "fold,cleanup"
-    result: dict[str, object] = {"batch": 1, "sequence": 128, "runs": runs, "threads": THREADS}
-    fixed = {"shape": ",".join(f"{k}:{'x'.join(map(str, v))}" for k, v in SHAPES.items())}
-    sessions = {}
-    for name, text in (("dense", base), ("factorized", fact)):
-        optimized = nlpress.optimize(MODEL, text, shapes=SHAPES)
-        if name == "factorized":
-            stats = next(r.stats for r in optimized.records if r.text.startswith("factorize"))
-            result.update(model_flops(dict(stats), 128))
-            result["ranks"] = _ranks(dict(stats))
-        sessions[f"ort_{name}"] = ort_session(optimized.model)
+    feeds = dict(encode(tokenizer, ["a sentence to embed for timing"], 128, "max_length"))
+    dense = load_model(zoo.model_path(MODEL))
+    dense_runtimes = runtimes(dense, models / "x86-dense", compile_x86)
+    layouts = []
+    for layout, config in LATENCY_LAYOUTS.items():
+        path = models / model_file(*config)
+        if not path.exists():
+            raise SystemExit(f"{path.name} is missing: run the fidelity part first")
+        factorized = load_model(path)
+        row: dict[str, object] = {"layout": layout, "model": path.name}
+        row.update(ranks=factor_ranks(factorized), **flop_ratios(dense, factorized, 128))
+        timed = runtimes(factorized, models / f"x86-{layout}", compile_x86)
+        for prefix, runtime in timed.items():
+            pair = {"dense": dense_runtimes[prefix], "factorized": runtime}
+            medians = _alternating(pair, feeds, runs)
+            row.update({f"{prefix}_{name}_median_ms": ms for name, ms in medians.items()})
+            row[f"{prefix}_speedup"] = medians["dense"] / medians["factorized"]
+        layouts.append(row)
+        print(json.dumps(row), flush=True)
+    return {"batch": 1, "sequence": 128, "runs": runs, "threads": THREADS, "layouts": layouts}
+
+
+def runtimes(model: Model, artifact: Path, compile_x86: bool) -> dict[str, object]:
+    """The model in ONNX Runtime and (with compile_x86) as an x86 artifact, at SHAPES."""
+    static = nlpress.optimize(model, "fold", shapes=SHAPES).model
+    sessions = {"ort": ort_session(static)}
     if compile_x86:
-        for name, text in (("dense", base), ("factorized", fact)):
-            began = time.perf_counter()
-            path = nlpress.compile(MODEL, "x86", out / f"x86-{name}", pipeline=text, shapes=SHAPES)
-            result[f"x86_{name}_compile_s"] = time.perf_counter() - began
-            sessions[f"x86_{name}"] = nlpress.load(path)
-    result.update(fixed)
-    for prefix in ("ort", "x86"):
-        pair = [f"{prefix}_dense", f"{prefix}_factorized"]
-        if not all(p in sessions for p in pair):
-            continue
-        medians = _alternating({p: sessions[p] for p in pair}, feeds, runs)
-        result.update({f"{p}_median_ms": m for p, m in medians.items()})
-        result[f"{prefix}_speedup"] = medians[pair[0]] / medians[pair[1]]
-    return result
+        path = nlpress.compile(model, "x86", artifact, pipeline="fold", shapes=SHAPES)
+        sessions["x86"] = nlpress.load(path)
+    return sessions
 
 
-def ort_session(model: nlpress.ir.Model) -> object:
+def ort_session(model: Model) -> object:
     """An ONNX Runtime session with THREADS intra-op threads, all graph optimizations on."""
     import onnxruntime as ort
 
@@ -274,26 +296,27 @@ def markdown(report: dict[str, object]) -> str:
 
 
 def _latency_lines(facts: object) -> list[str]:
-    if not isinstance(facts, dict) or "ort_speedup" not in facts:
+    if not isinstance(facts, dict) or not facts.get("layouts"):
         return []
     lines = [
         "",
         f"Latency at 1x128, {facts['threads']} threads, medians of {facts['runs']} alternating "
-        f"runs; ranks {facts.get('ranks')}:",
+        "runs against the dense model, both through `fold` at the same static shapes:",
         "",
-        "| runtime | dense ms | factorized ms | speedup | matrix FLOP ratio | encoder FLOP ratio |",
-        "|---|---|---|---|---|---|",
+        "| ranks | runtime | dense ms | factorized ms | speedup | matrix FLOP ratio "
+        "| encoder FLOP ratio |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for prefix, label in (("ort", "ONNX Runtime"), ("x86", "nlpress x86")):
-        if f"{prefix}_speedup" not in facts:
-            continue
-        lines.append(
-            f"| {label} | {facts[f'{prefix}_dense_median_ms']:.2f} "
-            f"| {facts[f'{prefix}_factorized_median_ms']:.2f} | {facts[f'{prefix}_speedup']:.2f}x "
-            f"| {facts['matrix_flops_ratio']:.3f} | {facts['encoder_flops_ratio']:.3f} |"
-        )
-    compile_s = {k: round(v, 1) for k, v in facts.items() if k.endswith("_compile_s")}
-    lines += ["", f"Compile seconds: {compile_s}", ""]
+    for row in facts["layouts"]:
+        for prefix, label in (("ort", "ONNX Runtime"), ("x86", "nlpress x86")):
+            if f"{prefix}_speedup" in row:
+                lines.append(
+                    f"| {row['layout']} | {label} | {row[f'{prefix}_dense_median_ms']:.2f} "
+                    f"| {row[f'{prefix}_factorized_median_ms']:.2f} "
+                    f"| {row[f'{prefix}_speedup']:.2f}x | {row['matrix_flops_ratio']:.3f} "
+                    f"| {row['encoder_flops_ratio']:.3f} |"
+                )
+    lines += ["", *(f"Ranks, {r['layout']}: {r['ranks']}" for r in facts["layouts"]), ""]
     return lines
 
 
@@ -315,7 +338,7 @@ def main() -> None:
         rows, reference = fidelity_rows(args.param_ratio, args.models)
         report["fidelity"], report["reference"] = rows, reference
     if args.only in (None, "latency"):
-        report["latency"] = latency(args.param_ratio, args.models, not args.no_compile)
+        report["latency"] = latency(args.models, not args.no_compile)
         print(json.dumps(report["latency"]), flush=True)
     path = args.out / "factorize.json"
     if args.only and path.exists():  # one part: keep the other parts of the last report
