@@ -131,15 +131,15 @@ def matmul_macs(model: Model) -> int:
     return sum(int(layer.weight.values.size) for layer in weighted_matmuls(model.graph))
 
 
-def factor_ranks(model: Model) -> dict[str, int]:
-    """The distinct ranks of a factorized model, by the shape of the layer they replaced."""
+def factor_ranks(model: Model) -> dict[str, list[int]]:
+    """The ranks of a factorized model, smallest first, by the shape of the layer they replaced."""
     layers = {layer.node.name: layer.weight.values.shape for layer in weighted_matmuls(model.graph)}
-    ranks: dict[str, int] = {}
+    ranks: dict[str, set[int]] = {}
     for name, (k, r) in layers.items():
         if name.endswith(MARK_U):
             n = layers[name[: -len(MARK_U)] + MARK_V][1]
-            ranks[f"{k}x{n}"] = r
-    return ranks
+            ranks.setdefault(f"{k}x{n}", set()).add(r)
+    return {shape: sorted(found) for shape, found in ranks.items()}
 
 
 def randomized_vs_exact(ratio: float) -> list[dict[str, float]]:
