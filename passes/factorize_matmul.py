@@ -201,7 +201,11 @@ class FactorizeMatmul(Pass):
             activation, recovery, allocation=sensitivity, 1,299 calibration sentences) 20
             epochs (7 minutes on two idle cores) raised the sentence cosine from 0.854 to
             0.928, and 100 epochs (32 minutes) to 0.943.
-        distill-lr: Distillation's initial learning rate (Adam, cosine decay).
+        distill-lr: Distillation's initial learning rate (Adam, cosine decay). The default
+            suits heavy cuts; a model that starts close to its teacher wants less: at
+            param-ratio 0.8 (cosine 0.917 before), 1e-4 raised the held-out loss from 0.075 to
+            0.106 and was still above its start after 4 epochs, while 3e-5 gained from the
+            start and reached 0.946 in 10 epochs.
     """
 
     name = "factorize-matmul"
