@@ -34,10 +34,10 @@ projections factorized to 0.6 of their parameters (activation, recovery) went fr
 pruned by 25% (OBS refit, cosine 0.974) gained nothing: no epoch beat the refit on the held-out
 sentences. With all 1,299 sentences the same pruned model went from 0.979 to 0.982 in five
 epochs (held-out loss 0.0195 to 0.0173): distillation needs more data than the closed-form refit.
-On the 1,299 sentences the factorized model (sensitivity) went from 0.854 to 0.928 in 20 epochs
-and 0.943 in 100 (held-out loss 0.140 to 0.071 and 0.059), about 20 s an epoch on two cores.
-Larger learning rates are worse: in four epochs 3e-4 reached 0.861 against 0.902 at 1e-4 (its
-first epoch dropped the cosine to 0.742), and 1e-3 broke the model (0.18).
+On the 1,299 sentences an epoch takes about 20 s on two cores; how far the factorized model
+gets is in `factorize_matmul.py`. Larger learning rates are worse there: in four epochs 3e-4
+reached 0.861 against 0.902 at 1e-4 (its first epoch dropped the cosine to 0.742), and 1e-3
+broke the model (0.18).
 
 Static graphs carry their batch size in Reshape constants, so a step does not stack sequences
 into one bigger batch: it maps the graph over several calibration batches (`TorchGraph.batched`).
