@@ -7,13 +7,19 @@ session (the runtime needs only numpy and the TVM runtime).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from nlpress.ir import Model
-from nlpress.targets.runtime import ArtifactError, FeedError, NodeArg, Session
+from nlpress.targets.runtime import (
+    ArtifactError,
+    FeedError,
+    NodeArg,
+    Session,
+    SessionOptions,
+    load,
+)
 from nlpress.targets.target import (
     ARM_FEATURES,
     CUDA_ARCHES,
@@ -33,11 +39,6 @@ def build_artifact(
     return build(model, target, Path(out_dir), manifest=manifest)
 
 
-def load(path: str | os.PathLike[str], device_id: int = 0) -> Session:
-    """Load a compiled artifact folder; `run(output_names, feeds)` returns numpy arrays."""
-    return Session(path, device_id)
-
-
 __all__ = [
     "ARM_FEATURES",
     "CUDA_ARCHES",
@@ -46,6 +47,7 @@ __all__ = [
     "FeedError",
     "NodeArg",
     "Session",
+    "SessionOptions",
     "Target",
     "TargetError",
     "build_artifact",
