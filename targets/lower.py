@@ -185,11 +185,16 @@ def cpu_kernels(
     from nlpress.targets import legalize, quantized, schedules
     from nlpress.targets.schedules import int8_intrinsics
 
-    offset = int8_intrinsics.activation_offset(tvm_target)
+    kernel = int8_intrinsics.int8_kernel(tvm_target)
     with tvm_target:
         mod = tvm.transform.Sequential(
             [
-                quantized.qdq_matmul_pass(packed=True, activation_offset=offset),
+                quantized.qdq_matmul_pass(
+                    packed=True,
+                    activation_offset=kernel.activation_offset,
+                    block=kernel.block,
+                    activation_dtype=kernel.activation_dtype,
+                ),
                 *cpu.library_dispatch_passes(tvm_target),
                 relax.transform.FastMathTransform(),
                 *legalize.legalize_passes(tvm_target),

@@ -8,11 +8,12 @@ scale, zero zero-point), and an optional float bias added to its result. The qua
 it is real work (float -> uint8). What replaces the float matmul:
 
 - on CPU targets, one kernel (`call_te`) that accumulates uint8 x int8 products in int32 over
-  a weight repacked at compile time into VNNI blocks, `W_p[n/16, k/4, 16, 4]` (zero-padded to
-  multiples of 16 columns and 4 rows), then applies the zero-point correction with the
-  precomputed column sums, the scales and the bias in its epilogue. The integer schedule rule
-  (`schedules/int8.py`) tensorizes its inner 16x4 block with the target's dot-product
-  instruction (vpdpbusd on AVX-512 VNNI) or vectorizes it plainly elsewhere;
+  a weight repacked at compile time into blocks of the target's kernel family,
+  `W_p[n/bn, k/bk, bn, bk]` (16 x 4 for dot-product instructions, 8 x 2 for AVX2's vpmaddwd
+  and NEON's smull; zero-padded to whole blocks), then applies the zero-point correction with
+  the precomputed column sums, the scales and the bias in its epilogue. The integer schedule
+  rule (`schedules/int8.py`) tensorizes its inner block with the family's instruction
+  (`schedules/int8_intrinsics.py`);
 - on CUDA, the same kernel over the transposed weight W^T [n, k] with the activations
   shifted by 128 into int8 (and the zero point with them), whose runs of four k the rule of
   `schedules/int8_gpu.py` feeds to __dp4a. (A portable form in Relax ops, `packed=False`,
@@ -38,8 +39,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# The VNNI block of the packed weight: 16 output columns x 4 reduction rows, 64 bytes.
-BLOCK_N = 16
+# The packed weight's block when none is given: 16 output columns x 4 reduction rows.
+BLOCK = (16, 4)
+# The transposed (GPU) weight pads its reduction rows to a multiple of this.
 BLOCK_K = 4
 # The name hint of the CPU kernel (its reduction block is `ACC_BLOCK`).
 KERNEL_NAME = "qmatmul"
@@ -78,16 +80,17 @@ class _Plan:
         return bool(self.matmuls or self.ranges or self.gathers)
 
 
-def pack_weight(w_q: np.ndarray) -> np.ndarray:
-    """Repack an int8 [k, n] weight into zero-padded VNNI blocks [n/16, k/4, 16, 4].
+def pack_weight(w_q: np.ndarray, block: tuple[int, int] = BLOCK) -> np.ndarray:
+    """Repack an int8 [k, n] weight into zero-padded blocks [n/bn, k/bk, bn, bk].
 
-    `packed[j // 16, i // 4, j % 16, i % 4] == w_q[i, j]`; padding rows and columns are zero.
+    `packed[j // bn, i // bk, j % bn, i % bk] == w_q[i, j]`; padding rows and columns are zero.
     """
+    bn, bk = block
     k, n = w_q.shape
-    kp, np_ = _round_up(k, BLOCK_K), _round_up(n, BLOCK_N)
+    kp, np_ = _round_up(k, bk), _round_up(n, bn)
     padded = np.zeros((kp, np_), dtype=np.int8)
     padded[:k, :n] = w_q
-    blocks = padded.reshape(kp // BLOCK_K, BLOCK_K, np_ // BLOCK_N, BLOCK_N)
+    blocks = padded.reshape(kp // bk, bk, np_ // bn, bn)
     return np.ascontiguousarray(blocks.transpose(2, 0, 3, 1))
 
 
@@ -96,7 +99,12 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 def rewrite_qdq_matmuls(
-    mod: Any, packed: bool = True, activation_offset: int = 0, transposed: bool = False
+    mod: Any,
+    packed: bool = True,
+    activation_offset: int = 0,
+    transposed: bool = False,
+    block: tuple[int, int] = BLOCK,
+    activation_dtype: str = "uint8",
 ) -> Any:
     """Replace every QDQ MatMul of the module's Relax functions by integer arithmetic.
 
@@ -109,6 +117,9 @@ def rewrite_qdq_matmuls(
             the activations into int8 for ARM's sdot (and CUDA's signed __dp4a).
         transposed: Emit the kernel over the transposed weight W^T [n, k] instead (k padded
             to a multiple of 4), whose runs of four k feed CUDA's __dp4a; overrides `packed`.
+        block: (columns, reduction rows) of the packed weight's blocks.
+        activation_dtype: Packed kernels only: the dtype the kernel reads its uint8
+            activations in ("int16": zero-extended where they are quantized).
 
     Returns:
         The rewritten module (the same object when nothing matched).
@@ -125,21 +136,28 @@ def rewrite_qdq_matmuls(
     if not plans:
         return mod
     for gvar, plan in plans.items():
-        mod = _rewriter(mod, plan, packed, activation_offset, transposed).rewrite(gvar)
+        settings = (packed, activation_offset, transposed, block, activation_dtype)
+        mod = _rewriter(mod, plan, *settings).rewrite(gvar)
     count = sum(len(plan.matmuls) for plan in plans.values())
     log.debug("rewrote %d QDQ MatMuls to integer matmuls (packed=%s)", count, packed)
     return relax.transform.DeadCodeElimination()(mod)
 
 
 def qdq_matmul_pass(
-    packed: bool = True, activation_offset: int = 0, transposed: bool = False
+    packed: bool = True,
+    activation_offset: int = 0,
+    transposed: bool = False,
+    block: tuple[int, int] = BLOCK,
+    activation_dtype: str = "uint8",
 ) -> Any:
     """`rewrite_qdq_matmuls` as a TVM module pass, for Relax pipelines."""
     import tvm
 
+    settings = (packed, activation_offset, transposed, block, activation_dtype)
+
     @tvm.transform.module_pass(opt_level=0, name="NlpressQdqMatmul")  # type: ignore[untyped-decorator]
     def _pass(mod: Any, _ctx: Any) -> Any:
-        return rewrite_qdq_matmuls(mod, packed, activation_offset, transposed)
+        return rewrite_qdq_matmuls(mod, *settings)
 
     return _pass
 
@@ -359,7 +377,14 @@ def _make_rewriter() -> type:
         """Re-emits a function, replacing each matched output by its integer matmul."""
 
         def __init__(
-            self, mod: Any, plan: _Plan, packed: bool, offset: int, transposed: bool
+            self,
+            mod: Any,
+            plan: _Plan,
+            packed: bool,
+            offset: int,
+            transposed: bool,
+            block: tuple[int, int],
+            activation_dtype: str,
         ) -> None:
             super().__init__(mod)
             self.mod_ = mod
@@ -369,6 +394,8 @@ def _make_rewriter() -> type:
             self.packed = packed
             self.offset = offset
             self.transposed = transposed
+            self.block = block
+            self.activation_dtype = activation_dtype
 
         def rewrite(self, gvar: Any) -> Any:
             func = self.visit_expr(self.mod_[gvar])
@@ -398,7 +425,8 @@ def _make_rewriter() -> type:
             if match is None:
                 return None
             if self.packed or self.transposed:
-                return _emit_packed(bb, match, visit, self.offset, self.transposed)
+                settings = (self.offset, self.transposed, self.block, self.activation_dtype)
+                return _emit_packed(bb, match, visit, *settings)
             return _emit_relax_ops(bb, match, visit)
 
     return Rewriter
@@ -415,9 +443,15 @@ def _static_shape_of(value: Any) -> list[int] | None:
 
 
 def _rewriter(
-    mod: Any, plan: _Plan, packed: bool, offset: int = 0, transposed: bool = False
+    mod: Any,
+    plan: _Plan,
+    packed: bool,
+    offset: int = 0,
+    transposed: bool = False,
+    block: tuple[int, int] = BLOCK,
+    activation_dtype: str = "uint8",
 ) -> Any:
-    return _make_rewriter()(mod, plan, packed, offset, transposed)
+    return _make_rewriter()(mod, plan, packed, offset, transposed, block, activation_dtype)
 
 
 def _emit_gather(bb: Any, dequantize: Any, indices: Any, visit: Any) -> Any:
@@ -459,22 +493,31 @@ def _scalar(bb: Any, expr: Any) -> Any:
 
 
 def _emit_packed(
-    bb: Any, match: _Match, visit: Any, offset: int = 0, transposed: bool = False
+    bb: Any,
+    match: _Match,
+    visit: Any,
+    offset: int = 0,
+    transposed: bool = False,
+    block: tuple[int, int] = BLOCK,
+    activation_dtype: str = "uint8",
 ) -> Any:
-    """One kernel over the VNNI-packed (CPU) or transposed (GPU) weight; returns the output."""
+    """One kernel over the block-packed (CPU) or transposed (GPU) weight; returns the output."""
     from tvm import relax
 
     x_q = visit(match.x_q)
+    if activation_dtype != "uint8":
+        x_q = bb.emit(relax.op.astype(x_q, activation_dtype))
     q = match.weight.q
     k, n = q.shape
-    kp, np_ = _round_up(k, BLOCK_K), n if transposed else _round_up(n, BLOCK_N)
+    bn, bk = (1, BLOCK_K) if transposed else block
+    kp, np_ = _round_up(k, bk), _round_up(n, bn)
     if kp != k:
         pad = [0, 0] * (_ndim(x_q) - 1) + [0, kp - k]
         x_q = bb.emit(relax.op.nn.pad(x_q, pad, pad_value=0.0))
     colsum = _padded(q.astype(np.int32).sum(axis=0, dtype=np.int32), np_)
     args = [
         x_q,
-        relax.const(_transpose_weight(q) if transposed else pack_weight(q), "int8"),
+        relax.const(_transpose_weight(q) if transposed else pack_weight(q, block), "int8"),
         relax.const(colsum, "int32"),
         _scalar(bb, visit(match.x_zero_point)),
         _scalar(bb, visit(match.x_scale)),
@@ -517,19 +560,20 @@ def _te_qmatmul(
 ) -> Any:
     """The kernel: int32 sums of uint8 x int8 products over packed W, then the float epilogue.
 
-    `a` is [..., k] (k a multiple of 4); the result is [..., n] with n a multiple of 16. With an
-    `offset`, the products take `a - offset` and the correction `zero_point - offset`. A
-    `transposed` weight is W^T [n, k] (n any).
+    `a` is [..., k] and `w` is [n/bn, k/bk, bn, bk] (k a multiple of bk); the result is
+    [..., n]. With an `offset`, the products take `a - offset` and the correction
+    `zero_point - offset`. A `transposed` weight is W^T [n, k] (n any).
     """
     from tvm import te
 
     *lead, depth = a.shape
-    cols = w.shape[0] if transposed else w.shape[0] * BLOCK_N
+    bn, bk = (1, 1) if transposed else (int(w.shape[2]), int(w.shape[3]))
+    cols = w.shape[0] * bn
     k = te.reduce_axis((0, depth), name="k")
 
     def product(*index: Any) -> Any:
         *rows, j = index
-        packed_at = (j // BLOCK_N, k // BLOCK_K, j % BLOCK_N, k % BLOCK_K)
+        packed_at = (j // bn, k // bk, j % bn, k % bk)
         weight = w[j, k] if transposed else w[packed_at]
         activation = a[(*rows, k)].astype("int32")
         if offset:
