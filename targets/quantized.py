@@ -31,11 +31,12 @@ activations) is left in float.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from nlpress.targets import relax_match
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +88,11 @@ def pack_weight(w_q: np.ndarray, block: tuple[int, int] = BLOCK) -> np.ndarray:
     """
     bn, bk = block
     k, n = w_q.shape
-    kp, np_ = _round_up(k, bk), _round_up(n, bn)
+    kp, np_ = relax_match.round_up(k, bk), relax_match.round_up(n, bn)
     padded = np.zeros((kp, np_), dtype=np.int8)
     padded[:k, :n] = w_q
     blocks = padded.reshape(kp // bk, bk, np_ // bn, bn)
     return np.ascontiguousarray(blocks.transpose(2, 0, 3, 1))
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
 
 
 def rewrite_qdq_matmuls(
@@ -166,27 +163,10 @@ def qdq_matmul_pass(
 # Matching
 
 
-def _bindings(func: Any) -> Iterator[Any]:
-    from tvm import relax
-
-    body = func.body
-    if not isinstance(body, relax.SeqExpr):
-        return
-    for block in body.blocks:
-        yield from block.bindings
-
-
-def _bound_values(func: Any) -> dict[Any, Any]:
-    """Var -> the value it is bound to, for every VarBinding of `func`."""
-    from tvm import relax
-
-    return {b.var: b.value for b in _bindings(func) if isinstance(b, relax.VarBinding)}
-
-
 def _find_matches(func: Any) -> list[_Match]:
     """The QDQ MatMuls of `func`, each with the bias Add it can absorb."""
-    values = _bound_values(func)
-    uses = _use_counts(func)
+    values = relax_match.bound_values(func)
+    uses = relax_match.use_counts(func)
     matches: dict[Any, _Match] = {}
     for var, value in values.items():
         found = _match_matmul(value, values)
@@ -210,11 +190,14 @@ def _full_ranges(func: Any) -> set[Any]:
     as a reduction of each row, then of the row results, it takes the row-reduction schedule.
     """
     found = set()
-    for binding in _bindings(func):
+    for binding in relax_match.bindings(func):
         value = binding.value
-        if _op_name(value) not in ("relax.max", "relax.min") or value.attrs.axis is not None:
+        if (
+            relax_match.op_of(value) not in ("relax.max", "relax.min")
+            or value.attrs.axis is not None
+        ):
             continue
-        if _ndim(value.args[0]) >= 2 and not value.attrs.keepdims:
+        if relax_match.ndim_of(value.args[0]) >= 2 and not value.attrs.keepdims:
             found.add(binding.var)
     return found
 
@@ -225,61 +208,33 @@ def _find_gathers(func: Any) -> dict[Any, tuple[Any, Any]]:
     They gather int8 rows and dequantize only those, so the table stays int8 in the library
     (a dequantize of a constant would be folded into a float table).
     """
-    values = _bound_values(func)
+    values = relax_match.bound_values(func)
     found = {}
     for var, value in values.items():
-        take = _call_of(value, "relax.take", values)
+        take = relax_match.call_of(value, "relax.take", values)
         if take is None or take.attrs.axis is None or int(take.attrs.axis) != 0:
             continue
-        dequantize = _call_of(take.args[0], "relax.dequantize", values)
-        if dequantize is None or not all(_is_const(a) for a in dequantize.args):
+        dequantize = relax_match.call_of(take.args[0], "relax.dequantize", values)
+        if dequantize is None or not all(relax_match.is_const(a) for a in dequantize.args):
             continue
         table = dequantize.args[0]
         float_result = str(dequantize.attrs.out_dtype) == "float32"
-        if _dtype(table) in ("int8", "uint8") and _ndim(table) == 2 and float_result:
+        if (
+            relax_match.dtype_of(table) in ("int8", "uint8")
+            and relax_match.ndim_of(table) == 2
+            and float_result
+        ):
             found[var] = (dequantize, take.args[1])
     return found
 
 
-def _use_counts(func: Any) -> dict[Any, int]:
-    from tvm import relax
-
-    counts: dict[Any, int] = {}
-
-    def visit(expr: Any) -> None:
-        if isinstance(expr, relax.Var):
-            counts[expr] = counts.get(expr, 0) + 1
-
-    relax.analysis.post_order_visit(func.body, visit)
-    return counts
-
-
-def _call_of(expr: Any, op_name: str, values: dict[Any, Any]) -> Any:
-    """The Call of `op_name` that `expr` is or is bound to, else None."""
-    from tvm import relax
-
-    if isinstance(expr, relax.Var) and expr in values:
-        expr = values[expr]
-    return expr if _op_name(expr) == op_name else None
-
-
-def _op_name(expr: Any) -> str | None:
-    """The name of the operator `expr` calls (e.g. "relax.matmul"), None if not an op call."""
-    import tvm
-    from tvm import relax
-
-    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
-        return str(expr.op.name)
-    return None
-
-
 def _match_matmul(value: Any, values: dict[Any, Any]) -> tuple[Any, Any, Any, _Weight] | None:
     """(x_q, s_x, zp_x, weight) when `value` is matmul(dequantize(x_q), dequantize(W_q))."""
-    matmul = _call_of(value, "relax.matmul", values)
+    matmul = relax_match.call_of(value, "relax.matmul", values)
     if matmul is None or matmul.attrs.out_dtype not in (None, "", "float32"):
         return None
-    left = _call_of(matmul.args[0], "relax.dequantize", values)
-    right = _call_of(matmul.args[1], "relax.dequantize", values)
+    left = relax_match.call_of(matmul.args[0], "relax.dequantize", values)
+    right = relax_match.call_of(matmul.args[1], "relax.dequantize", values)
     if left is None or right is None:
         return None
     activation = _activation(left)
@@ -292,11 +247,15 @@ def _match_matmul(value: Any, values: dict[Any, Any]) -> tuple[Any, Any, Any, _W
 def _activation(dequantize: Any) -> tuple[Any, Any, Any] | None:
     """(x_q, s_x, zp_x) of a per-tensor uint8 dequantize with a float32 result, else None."""
     x_q, scale, zero_point = dequantize.args
-    if _dtype(x_q) != "uint8" or str(dequantize.attrs.out_dtype) != "float32":
+    if relax_match.dtype_of(x_q) != "uint8" or str(dequantize.attrs.out_dtype) != "float32":
         return None
-    if _ndim(x_q) not in (2, 3) or _dtype(scale) != "float32" or _dtype(zero_point) != "uint8":
+    if (
+        relax_match.ndim_of(x_q) not in (2, 3)
+        or relax_match.dtype_of(scale) != "float32"
+        or relax_match.dtype_of(zero_point) != "uint8"
+    ):
         return None
-    if not (_is_scalar(scale) and _is_scalar(zero_point)):
+    if not (relax_match.is_scalar(scale) and relax_match.is_scalar(zero_point)):
         return None
     return x_q, scale, zero_point
 
@@ -304,7 +263,7 @@ def _activation(dequantize: Any) -> tuple[Any, Any, Any] | None:
 def _weight(dequantize: Any) -> _Weight | None:
     """The constant int8 [k, n] weight with per-column or per-tensor scale and zero zero-point."""
     w_q, scale, zero_point = dequantize.args
-    if not all(_is_const(a) for a in (w_q, scale, zero_point)):
+    if not all(relax_match.is_const(a) for a in (w_q, scale, zero_point)):
         return None
     q, s, zp = (a.value.numpy() for a in (w_q, scale, zero_point))
     if q.dtype != np.int8 or q.ndim != 2 or s.dtype != np.float32 or np.any(zp != 0):
@@ -321,42 +280,18 @@ def _bias_of(
     value: Any, matches: dict[Any, _Match], uses: dict[Any, int]
 ) -> tuple[Any, np.ndarray] | None:
     """(matmul var, bias [n]) when `value` adds a constant float bias to a matched matmul."""
-    if _op_name(value) != "relax.add":
+    if relax_match.op_of(value) != "relax.add":
         return None
     for mm, other in (value.args, value.args[::-1]):
-        if mm in matches and uses.get(mm, 0) == 1 and _is_const(other):
+        if mm in matches and uses.get(mm, 0) == 1 and relax_match.is_const(other):
             bias = other.value.numpy()
             n = matches[mm].weight.q.shape[1]
-            fits = bias.size == n and bias.shape[-1:] == (n,) and bias.ndim <= _ndim(mm)
+            fits = (
+                bias.size == n and bias.shape[-1:] == (n,) and bias.ndim <= relax_match.ndim_of(mm)
+            )
             if bias.dtype == np.float32 and fits:
                 return mm, bias.reshape(n)
     return None
-
-
-def _is_const(expr: Any) -> bool:
-    import tvm
-
-    return isinstance(expr, tvm.ir.GenericConst)
-
-
-def _dtype(expr: Any) -> str:
-    dtype = getattr(expr.ty, "dtype", None)
-    return str(getattr(dtype, "dtype", dtype or ""))
-
-
-def _ndim(expr: Any) -> int:
-    return int(getattr(expr.ty, "ndim", -1))
-
-
-def _shape(expr: Any) -> list[Any] | None:
-    """The dims of a tensor expression (ints or symbolic PrimExprs), None when unknown."""
-    shape = getattr(expr.ty, "shape", None)
-    return list(shape.values) if shape is not None and hasattr(shape, "values") else None
-
-
-def _is_scalar(expr: Any) -> bool:
-    shape = _shape(expr)
-    return shape is not None and all(int(getattr(d, "value", 0)) == 1 for d in shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,12 +369,9 @@ def _make_rewriter() -> type:
 
 def _static_shape_of(value: Any) -> list[int] | None:
     """The dims of `shape_of(x)` when x's shape is static, else None."""
-    if _op_name(value) != "relax.shape_of":
+    if relax_match.op_of(value) != "relax.shape_of":
         return None
-    shape = _shape(value.args[0])
-    if shape is None or not all(hasattr(d, "value") for d in shape):
-        return None
-    return [int(d.value) for d in shape]
+    return relax_match.static_shape_of(value.args[0])
 
 
 def _rewriter(
@@ -462,7 +394,11 @@ def _emit_gather(bb: Any, dequantize: Any, indices: Any, visit: Any) -> Any:
     table, scale, zero_point = dequantize.args
     ids = visit(indices)
     rows = op.astype(op.take(table, ids, axis=0), "float32")
-    per_row = _ndim(scale) == 1 and int(dequantize.attrs.axis) == 0 and not _is_scalar(scale)
+    per_row = (
+        relax_match.ndim_of(scale) == 1
+        and int(dequantize.attrs.axis) == 0
+        and not relax_match.is_scalar(scale)
+    )
     if per_row:  # one scale per table row: gather it with the row
         scale = op.expand_dims(op.take(scale, ids, axis=0), -1)
         zero_point = op.expand_dims(op.take(zero_point, ids, axis=0), -1)
@@ -476,7 +412,7 @@ def _emit_range(bb: Any, binding: Any, visit: Any) -> Any:
 
     reduce = relax.op.max if binding.value.op.name == "relax.max" else relax.op.min
     rows = bb.emit(reduce(visit(binding.value.args[0]), axis=[-1]))
-    if _ndim(rows) > 1:
+    if relax_match.ndim_of(rows) > 1:
         rows = bb.emit(relax.op.reshape(rows, (-1,)))
     # As one row of a [1, rows] tensor, the last stage is a row reduction too.
     last = bb.emit(reduce(relax.op.reshape(rows, (1, -1)), axis=[-1]))
@@ -487,7 +423,7 @@ def _scalar(bb: Any, expr: Any) -> Any:
     """A 0-d view of a one-element tensor."""
     from tvm import relax
 
-    if _ndim(expr) == 0:
+    if relax_match.ndim_of(expr) == 0:
         return expr
     return bb.emit(relax.op.reshape(expr, ()))
 
@@ -510,39 +446,35 @@ def _emit_packed(
     q = match.weight.q
     k, n = q.shape
     bn, bk = (1, BLOCK_K) if transposed else block
-    kp, np_ = _round_up(k, bk), _round_up(n, bn)
+    kp, np_ = relax_match.round_up(k, bk), relax_match.round_up(n, bn)
     if kp != k:
-        pad = [0, 0] * (_ndim(x_q) - 1) + [0, kp - k]
+        pad = [0, 0] * (relax_match.ndim_of(x_q) - 1) + [0, kp - k]
         x_q = bb.emit(relax.op.nn.pad(x_q, pad, pad_value=0.0))
-    colsum = _padded(q.astype(np.int32).sum(axis=0, dtype=np.int32), np_)
+    colsum = relax_match.padded(q.astype(np.int32).sum(axis=0, dtype=np.int32), np_)
     args = [
         x_q,
         relax.const(_transpose_weight(q) if transposed else pack_weight(q, block), "int8"),
         relax.const(colsum, "int32"),
         _scalar(bb, visit(match.x_zero_point)),
         _scalar(bb, visit(match.x_scale)),
-        relax.const(_padded(match.weight.scale, np_), "float32"),
+        relax.const(relax_match.padded(match.weight.scale, np_), "float32"),
     ]
     if match.bias is not None:
-        args.append(relax.const(_padded(match.bias.astype(np.float32), np_), "float32"))
+        args.append(relax.const(relax_match.padded(match.bias.astype(np.float32), np_), "float32"))
     kwargs = {"offset": offset, "transposed": transposed, "primfunc_name_hint": KERNEL_NAME}
     out = bb.emit(bb.call_te(_te_qmatmul, *args, **kwargs))
     if np_ != n:
-        out = bb.emit(relax.op.strided_slice(out, axes=[_ndim(x_q) - 1], begin=[0], end=[n]))
+        out = bb.emit(
+            relax.op.strided_slice(out, axes=[relax_match.ndim_of(x_q) - 1], begin=[0], end=[n])
+        )
     return out
 
 
 def _transpose_weight(w_q: np.ndarray) -> np.ndarray:
     """W^T [n, k] of an int8 [k, n] weight, k zero-padded to a multiple of 4."""
     k, n = w_q.shape
-    out = np.zeros((n, _round_up(k, BLOCK_K)), dtype=np.int8)
+    out = np.zeros((n, relax_match.round_up(k, BLOCK_K)), dtype=np.int8)
     out[:, :k] = w_q.T
-    return out
-
-
-def _padded(vector: np.ndarray, size: int) -> np.ndarray:
-    out = np.zeros(size, dtype=vector.dtype)
-    out[: vector.size] = vector
     return out
 
 
