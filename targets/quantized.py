@@ -132,9 +132,9 @@ def rewrite_qdq_matmuls(
     plans = {gvar: plan for gvar, plan in plans.items() if plan}
     if not plans:
         return mod
+    settings = _Settings(packed, activation_offset, transposed, block, activation_dtype)
     for gvar, plan in plans.items():
-        settings = (packed, activation_offset, transposed, block, activation_dtype)
-        mod = _rewriter(mod, plan, *settings).rewrite(gvar)
+        mod = relax_match.rewrite_bindings(mod, gvar, _replacement(plan, settings))
     count = sum(len(plan.matmuls) for plan in plans.values())
     log.debug("rewrote %d QDQ MatMuls to integer matmuls (packed=%s)", count, packed)
     return relax.transform.DeadCodeElimination()(mod)
@@ -298,73 +298,39 @@ def _bias_of(
 # Rewriting
 
 
-def _rewriter_base() -> type:
+@dataclass(frozen=True)
+class _Settings:
+    """How the rewrite emits integer matmuls (see `rewrite_qdq_matmuls`)."""
+
+    packed: bool
+    offset: int
+    transposed: bool
+    block: tuple[int, int]
+    activation_dtype: str
+
+
+def _replacement(plan: _Plan, settings: _Settings) -> relax_match.Replacement:
+    """The binding rewrite of one function's plan."""
     from tvm import relax
 
-    return relax.PyExprMutator  # type: ignore[no-any-return]
+    matches = {m.output: m for m in plan.matmuls}
 
+    def replace(bb: Any, binding: Any, visit: Any) -> Any:
+        if binding.var in plan.ranges:
+            return _emit_range(bb, binding, visit)
+        static = _static_shape_of(binding.value)
+        if static is not None:  # frees the dequantized tables whose shape was asked
+            return bb.emit(relax.ShapeExpr(static))
+        if binding.var in plan.gathers:
+            return _emit_gather(bb, *plan.gathers[binding.var], visit)
+        match = matches.get(binding.var)
+        if match is None:
+            return None
+        if settings.packed or settings.transposed:
+            return _emit_packed(bb, match, visit, settings)
+        return _emit_relax_ops(bb, match, visit)
 
-def _make_rewriter() -> type:
-    from tvm import relax
-
-    @relax.expr_functor.mutator
-    class Rewriter(_rewriter_base()):  # type: ignore[misc]
-        """Re-emits a function, replacing each matched output by its integer matmul."""
-
-        def __init__(
-            self,
-            mod: Any,
-            plan: _Plan,
-            packed: bool,
-            offset: int,
-            transposed: bool,
-            block: tuple[int, int],
-            activation_dtype: str,
-        ) -> None:
-            super().__init__(mod)
-            self.mod_ = mod
-            self.matches = {m.output: m for m in plan.matmuls}
-            self.ranges = plan.ranges
-            self.gathers = plan.gathers
-            self.packed = packed
-            self.offset = offset
-            self.transposed = transposed
-            self.block = block
-            self.activation_dtype = activation_dtype
-
-        def rewrite(self, gvar: Any) -> Any:
-            func = self.visit_expr(self.mod_[gvar])
-            self.builder_.update_func(gvar, func)
-            return self.builder_.get()
-
-        def visit_var_binding_(self, binding: Any) -> None:
-            new = self._replacement(binding)
-            if new is None:
-                super().visit_var_binding_(binding)
-                return
-            if not isinstance(binding.var, relax.DataflowVar):  # an output of the block
-                new = self.builder_.emit_output(new)
-            self.set_var_remap(binding.var, new)
-
-        def _replacement(self, binding: Any) -> Any:
-            """The new var of a binding the plan rewrites, else None."""
-            bb, visit = self.builder_, self.visit_expr
-            if binding.var in self.ranges:
-                return _emit_range(bb, binding, visit)
-            static = _static_shape_of(binding.value)
-            if static is not None:  # frees the dequantized tables whose shape was asked
-                return bb.emit(relax.ShapeExpr(static))
-            if binding.var in self.gathers:
-                return _emit_gather(bb, *self.gathers[binding.var], visit)
-            match = self.matches.get(binding.var)
-            if match is None:
-                return None
-            if self.packed or self.transposed:
-                settings = (self.offset, self.transposed, self.block, self.activation_dtype)
-                return _emit_packed(bb, match, visit, *settings)
-            return _emit_relax_ops(bb, match, visit)
-
-    return Rewriter
+    return replace
 
 
 def _static_shape_of(value: Any) -> list[int] | None:
@@ -372,18 +338,6 @@ def _static_shape_of(value: Any) -> list[int] | None:
     if relax_match.op_of(value) != "relax.shape_of":
         return None
     return relax_match.static_shape_of(value.args[0])
-
-
-def _rewriter(
-    mod: Any,
-    plan: _Plan,
-    packed: bool,
-    offset: int = 0,
-    transposed: bool = False,
-    block: tuple[int, int] = BLOCK,
-    activation_dtype: str = "uint8",
-) -> Any:
-    return _make_rewriter()(mod, plan, packed, offset, transposed, block, activation_dtype)
 
 
 def _emit_gather(bb: Any, dequantize: Any, indices: Any, visit: Any) -> Any:
@@ -428,24 +382,17 @@ def _scalar(bb: Any, expr: Any) -> Any:
     return bb.emit(relax.op.reshape(expr, ()))
 
 
-def _emit_packed(
-    bb: Any,
-    match: _Match,
-    visit: Any,
-    offset: int = 0,
-    transposed: bool = False,
-    block: tuple[int, int] = BLOCK,
-    activation_dtype: str = "uint8",
-) -> Any:
+def _emit_packed(bb: Any, match: _Match, visit: Any, settings: _Settings) -> Any:
     """One kernel over the block-packed (CPU) or transposed (GPU) weight; returns the output."""
     from tvm import relax
 
     x_q = visit(match.x_q)
-    if activation_dtype != "uint8":
-        x_q = bb.emit(relax.op.astype(x_q, activation_dtype))
+    if settings.activation_dtype != "uint8":
+        x_q = bb.emit(relax.op.astype(x_q, settings.activation_dtype))
     q = match.weight.q
     k, n = q.shape
-    bn, bk = (1, BLOCK_K) if transposed else block
+    transposed = settings.transposed
+    bn, bk = (1, BLOCK_K) if transposed else settings.block
     kp, np_ = relax_match.round_up(k, bk), relax_match.round_up(n, bn)
     if kp != k:
         pad = [0, 0] * (relax_match.ndim_of(x_q) - 1) + [0, kp - k]
@@ -453,15 +400,20 @@ def _emit_packed(
     colsum = relax_match.padded(q.astype(np.int32).sum(axis=0, dtype=np.int32), np_)
     args = [
         x_q,
-        relax.const(_transpose_weight(q) if transposed else pack_weight(q, block), "int8"),
+        relax.const(_transpose_weight(q) if transposed else pack_weight(q, (bn, bk)), "int8"),
         relax.const(colsum, "int32"),
         _scalar(bb, visit(match.x_zero_point)),
         _scalar(bb, visit(match.x_scale)),
         relax.const(relax_match.padded(match.weight.scale, np_), "float32"),
     ]
     if match.bias is not None:
-        args.append(relax.const(relax_match.padded(match.bias.astype(np.float32), np_), "float32"))
-    kwargs = {"offset": offset, "transposed": transposed, "primfunc_name_hint": KERNEL_NAME}
+        bias = relax_match.padded(match.bias.astype(np.float32), np_)
+        args.append(relax.const(bias, "float32"))
+    kwargs = {
+        "offset": settings.offset,
+        "transposed": transposed,
+        "primfunc_name_hint": KERNEL_NAME,
+    }
     out = bb.emit(bb.call_te(_te_qmatmul, *args, **kwargs))
     if np_ != n:
         out = bb.emit(

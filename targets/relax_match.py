@@ -5,7 +5,7 @@ Shared by the Relax rewrites of the CPU lowering (`quantized.py`, `panels.py`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -110,3 +110,45 @@ def padded(vector: np.ndarray, size: int) -> np.ndarray:
     out = np.zeros(size, dtype=vector.dtype)
     out[: vector.size] = vector
     return out
+
+
+# A rewrite of one binding: (block builder, binding, visit) -> the new value's var, or None.
+Replacement = Callable[[Any, Any, Callable[[Any], Any]], Any]
+
+
+def rewrite_bindings(mod: Any, gvar: Any, replacement: Replacement) -> Any:
+    """Re-emit function `gvar` of `mod`, each binding replaced where `replacement` gives a var.
+
+    `replacement` emits what replaces the binding with the block builder and returns its var
+    (None: keep the binding); `visit` maps an expression of the old function into the new one.
+    """
+    return _make_rewriter()(mod, replacement).rewrite(gvar)
+
+
+def _make_rewriter() -> type:
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class BindingRewriter(relax.PyExprMutator):  # type: ignore[misc]
+        """Re-emits a function, replacing the bindings that `replacement` rewrites."""
+
+        def __init__(self, mod: Any, replacement: Replacement) -> None:
+            super().__init__(mod)
+            self.mod_ = mod
+            self.replacement = replacement
+
+        def rewrite(self, gvar: Any) -> Any:
+            func = self.visit_expr(self.mod_[gvar])
+            self.builder_.update_func(gvar, func)
+            return self.builder_.get()
+
+        def visit_var_binding_(self, binding: Any) -> None:
+            new = self.replacement(self.builder_, binding, self.visit_expr)
+            if new is None:
+                super().visit_var_binding_(binding)
+                return
+            if not isinstance(binding.var, relax.DataflowVar):  # an output of the block
+                new = self.builder_.emit_output(new)
+            self.set_var_remap(binding.var, new)
+
+    return BindingRewriter
