@@ -122,7 +122,7 @@ def _tile(sch: Any, main: Any, target: Any, kernel: Int8Kernel, block: tuple[int
     jo, jb, ji = sch.split(j, factors=[None, blocks, bn])
     ko, ki = sch.split(k, factors=[None, bk])
     sch.reorder(*outer, jo, io, ko, ii, jb, ji, ki)
-    _write_back(sch, main, io, target, bn)
+    common.write_back_tile(sch, main, io, target, bn)
     if common.worth_parallel(common.block_work(sch, main)):
         sch.parallel(sch.fuse(*outer, jo, io))
     intrinsic = kernel.intrinsic if depth % bk == 0 else None
@@ -153,23 +153,3 @@ def _rows_for(row_extent: int | None, limit: int) -> int:
 
 def _largest_divisor_at_most(value: int, limit: int) -> int:
     return max(d for d in range(1, min(value, limit) + 1) if value % d == 0)
-
-
-def _write_back(sch: Any, main: Any, tile_loop: Any, target: Any, bn: int) -> None:
-    """Accumulate each tile locally; store it through the epilogue at the tile loop."""
-    from nlpress.targets.schedules.elementwise import schedule_block
-
-    write_back = sch.cache_write(main, 0, "local")
-    sch.reverse_compute_at(write_back, tile_loop, preserve_unit_loops=True)
-    inlined = common.inline_consumers(sch, write_back)
-    *_, rows, columns = sch.get_loops(write_back)
-    blocks, vector = sch.split(columns, factors=[None, bn])
-    sch.vectorize(vector)
-    sch.unroll(blocks)
-    sch.unroll(rows)
-    if inlined:
-        return
-    # A consumer that could not be inlined (the slice of padded columns): stored after.
-    for store in sch.get_consumers(write_back):
-        common.inline_consumers(sch, store)
-        schedule_block(sch, store, target)
