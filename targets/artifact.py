@@ -24,7 +24,7 @@ import onnx
 
 from nlpress.ir import Model, UsageError, save_model
 from nlpress.ir.verify import make_feeds, run
-from nlpress.targets import lower
+from nlpress.targets import isa, lower
 from nlpress.targets.runtime import FORMAT_VERSION, LIBRARY, MANIFEST, Session, read_manifest
 from nlpress.targets.target import Target
 
@@ -108,6 +108,7 @@ def _manifest(
             "nlpress_version": __version__,
             "tvm_version": str(tvm.__version__),
             "target": target.describe(),
+            "code": isa.kernel_facts(lower.tvm_target(target)),
             "inputs": _inputs(proto),
             "outputs": [_value_info(v) for v in proto.graph.output],
             "files": {"library": LIBRARY, "onnx": ONNX_FILE, "report": REPORT},

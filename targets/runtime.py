@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import struct
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -147,6 +149,7 @@ class Session:
         }
         self._outputs = [_node_arg(v) for v in self.manifest["outputs"]]
         self._device_kind = self.manifest["target"]["device"]
+        check_cpu(self.manifest, self.path)
         self._vm, self._device = _load_vm(self.path / LIBRARY, self._device_kind, device_id)
         self.threads = configure_threads(self.options)
 
@@ -226,6 +229,74 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{folder}: artifact format {version!r}; this runtime reads format {FORMAT_VERSION}"
         )
     return manifest
+
+
+def check_cpu(manifest: Mapping[str, Any], folder: Path) -> None:
+    """Refuse, before loading its library, an artifact whose code this CPU cannot run.
+
+    Raises:
+        ArtifactError: The artifact is for another architecture, or needs CPU features
+            (the manifest's "code.features") that this CPU lacks.
+
+    """
+    code = manifest.get("code") or {}
+    arch = code.get("arch")
+    if not arch:
+        return
+    machine = platform.machine().lower()
+    here = {"x86_64": "x86", "amd64": "x86", "aarch64": "aarch64", "arm64": "aarch64"}.get(machine)
+    if here is not None and here != arch:
+        raise ArtifactError(f"{folder}: an {arch} artifact; this machine is {machine}")
+    have = host_features(arch)
+    missing = [f for f in code.get("features", []) if have is not None and f not in have]
+    if missing:
+        built_for = code.get("cpu") or arch
+        raise ArtifactError(
+            f"{folder}: built for {built_for}, its code needs {', '.join(missing)}, which this "
+            f"CPU ({_cpu_model()}) lacks; compile it for this machine (without --mcpu)"
+        )
+
+
+# aarch64 HWCAP bits (AT_HWCAP, AT_HWCAP2) of the features `targets/isa.py` records.
+_HWCAPS = {
+    16: {"asimd": 1, "asimdhp": 10, "asimddp": 20, "sve": 22},
+    26: {"sve2": 1, "i8mm": 13, "bf16": 14},
+}
+
+
+def host_features(arch: str) -> set[str] | None:
+    """The CPU features Linux reports for this machine, by their Linux names; None if unknown."""
+    try:
+        if arch == "aarch64":
+            return _auxv_features(Path("/proc/self/auxv").read_bytes())
+        return set(_cpuinfo_field("flags").split())
+    except OSError:
+        return None
+
+
+def _auxv_features(auxv: bytes) -> set[str]:
+    entries = dict(struct.iter_unpack("<QQ", auxv[: len(auxv) // 16 * 16]))
+    return {
+        name
+        for key, bits in _HWCAPS.items()
+        for name, bit in bits.items()
+        if entries.get(key, 0) >> bit & 1
+    }
+
+
+def _cpuinfo_field(name: str) -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == name:
+            return value.strip()
+    return ""
+
+
+def _cpu_model() -> str:
+    try:
+        return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+    except OSError:
+        return platform.machine()
 
 
 def check_feeds(
