@@ -63,7 +63,7 @@ def sentence_embeddings(
         index = order[start : start + batch]
         feeds = text_feeds(session, tokenizer, [texts[i] for i in index], max_length)
         tokens = session.run(None, inputs_of(session, feeds))[0]
-        pooled = _mean_pool(np.asarray(tokens), feeds["attention_mask"])
+        pooled = mean_pool(np.asarray(tokens), feeds["attention_mask"])
         rows.update(zip(index, pooled, strict=False))
     return np.stack([rows[i] for i in range(len(texts))])
 
@@ -121,7 +121,8 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _mean_pool(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def mean_pool(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """L2-normalized mean of the token embeddings over the attention mask, one row per sentence."""
     if tokens.ndim != 3:
         raise NlpressError(
             f"the model's first output has shape {tokens.shape}; "

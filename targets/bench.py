@@ -65,17 +65,16 @@ def compare_with_ort(
 
     """
     session = Session(artifact_dir, SessionOptions(threads=threads))
-    ort_session = _ort_session(onnx_model, session.threads)
+    reference = ort_session(onnx_model, session.threads)
     inputs = dict(feeds) if feeds is not None else _random_feeds(session, shapes or {})
-    ours, theirs = _alternate(
-        lambda: session.run(None, inputs),
-        lambda: ort_session.run(None, inputs),
+    ours, theirs = alternate(
+        [lambda: session.run(None, inputs), lambda: reference.run(None, inputs)],
         runs,
         warmup,
         settle,
     )
     names = [o.name for o in session.get_outputs()]
-    diffs = _diffs(names, session.run(None, inputs), ort_session.run(names, inputs))
+    diffs = _diffs(names, session.run(None, inputs), reference.run(names, inputs))
     return {
         "runs": runs,
         "settle_s": settle,
@@ -85,6 +84,7 @@ def compare_with_ort(
         "nlpress_ms": _median_ms(ours),
         "ort_ms": _median_ms(theirs),
         "ratio": round(statistics.median(ours) / statistics.median(theirs), 3),
+        "paired_ratio": paired_ratio(ours, theirs),
         "max_abs_diff": diffs,
         "worst": max(diffs.values(), default=0.0),
         "load_average": [round(x, 2) for x in os.getloadavg()],
@@ -98,7 +98,8 @@ def tvm_threads() -> int:
     return int(tvm.get_global_func("runtime.NumThreads")())
 
 
-def _ort_session(model: str | os.PathLike[str] | onnx.ModelProto | Model, threads: int) -> Any:
+def ort_session(model: str | os.PathLike[str] | onnx.ModelProto | Model, threads: int) -> Any:
+    """An ONNX Runtime CPU session with `threads` intra-op threads, all graph optimizations."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -126,21 +127,26 @@ def _random_feeds(session: Session, shapes: Mapping[str, Sequence[int]]) -> Feed
     return feeds
 
 
-def _alternate(
-    first: Callable[[], Any], second: Callable[[], Any], runs: int, warmup: int, settle: float
-) -> tuple[list[float], list[float]]:
-    """Seconds per run of each, run alternately after `warmup` untimed runs of each."""
+def alternate(
+    fns: Sequence[Callable[[], Any]], runs: int, warmup: int = WARMUP, settle: float = SETTLE_S
+) -> list[list[float]]:
+    """Seconds per run of each function, run in turn after `warmup` untimed runs of each."""
     for _ in range(warmup):
-        first()
-        second()
-    times: tuple[list[float], list[float]] = ([], [])
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(runs):
-        for fn, out in ((first, times[0]), (second, times[1])):
+        for fn, out in zip(fns, times, strict=True):
             time.sleep(settle)
             began = time.perf_counter()
             fn()
             out.append(time.perf_counter() - began)
     return times
+
+
+def paired_ratio(ours: Sequence[float], theirs: Sequence[float]) -> float:
+    """The median of the run-by-run ratios ours / theirs (robust to a machine's drift)."""
+    return round(statistics.median(a / b for a, b in zip(ours, theirs, strict=True)), 3)
 
 
 def _diffs(names: list[str], ours: list[np.ndarray], theirs: list[np.ndarray]) -> dict[str, float]:

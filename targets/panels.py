@@ -5,7 +5,8 @@ A register tile of the matmul kernel reads bn columns of W at every step of k. I
 touches a new cache line and, for n of 1024 floats or more, a new page, which the hardware
 prefetchers do not follow. Packed into panels of bn columns, the tile reads its weights as one
 contiguous stream. The rewrite takes `matmul(x, W)` of a constant float32 [k, n] weight and an
-activation x of static shape (rank 2 or more) and emits one kernel (`call_te`) over the panels,
+activation x of rank 2 or more (its rows may be symbolic) and emits one kernel (`call_te`) over
+the panels,
 with n zero-padded to whole panels and the padding sliced off after. The bias, GELU and other
 elementwise consumers are fused into the kernel by Relax's operator fusion; the panel rule of
 `schedules/panels.py` tiles it. The panel's last axis (of size one) gives it the shape of the
@@ -79,11 +80,12 @@ def _weight(value: Any) -> np.ndarray | None:
     x, w = value.args
     if value.attrs.out_dtype not in (None, "", "float32") or not relax_match.is_const(w):
         return None
-    static = relax_match.static_shape_of(x)
-    if static is None or len(static) < 2 or relax_match.dtype_of(x) != "float32":
+    shape = relax_match.shape_of(x)
+    if shape is None or len(shape) < 2 or relax_match.dtype_of(x) != "float32":
         return None
     array = w.value.numpy()
-    if array.dtype != np.float32 or array.ndim != 2 or array.shape[0] != static[-1]:
+    depth = getattr(shape[-1], "value", None)
+    if array.dtype != np.float32 or array.ndim != 2 or array.shape[0] != depth:
         return None
     return np.asarray(array)
 

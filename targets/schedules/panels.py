@@ -4,7 +4,8 @@ It takes the float kernels of `targets/panels.py`. Each task of the parallel loo
 MR x bn tile of C over the whole k, accumulating in a local buffer that LLVM keeps in
 registers: per step of k, bn/lanes vector loads of the panel, MR broadcasts of A and
 MR * bn/lanes fused multiply-adds. Panels run outermost, so one panel (bn x k floats) stays in
-cache while every row tile passes over it. A last tile with fewer than MR rows is guarded. The
+cache while every row tile passes over it. A last tile with fewer than MR rows is guarded (the
+row count may be symbolic). The
 epilogue (bias, GELU, residual add, ...) is applied as each tile is stored.
 
 `PANELS` holds the tile per instruction set, the first whose feature the target has; an
@@ -68,8 +69,8 @@ def _panel_block(sch: Any) -> Any:
     loops = sch.get_loops(main)
     if len(weights) != 1 or len(loops) < 3 or len(loops) != len(stmt.iter_vars):
         return None  # already tiled, or not the panel kernel
-    if None in (common.static_extent(sch, loop) for loop in loops):
-        return None
+    if None in (common.static_extent(sch, loop) for loop in loops[-2:]):
+        return None  # the columns and the reduction are static; rows may be symbolic
     return main
 
 

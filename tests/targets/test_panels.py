@@ -64,10 +64,19 @@ def test_static_matmul_becomes_one_panel_kernel_with_its_epilogue() -> None:
     assert PanelMatmul().apply(_kernels(mod)[names[0]], target, False) is None  # scheduled
 
 
-def test_symbolic_rows_keep_the_plain_layout() -> None:
+@pytest.mark.parametrize("sizes", [[(1, 1), (2, 13), (3, 6), (1, 37)]])
+def test_symbolic_rows_are_exact_with_a_guarded_last_tile(sizes: list[tuple[int, int]]) -> None:
+    proto = _model(["batch", "sequence", 40], 40, 56)
     target = lower.tvm_target(AVX2)
-    mod, _ = lower.cpu_kernels(lower.import_onnx(_model(["batch", 24, 40], 40, 56)), target)
-    assert not [n for n in _kernels(mod) if panels.KERNEL_NAME in n]
+    mod, unscheduled = lower.cpu_kernels(lower.import_onnx(proto), target)
+    assert unscheduled == [] and [n for n in _kernels(mod) if panels.KERNEL_NAME in n]
+    vm = relax.VirtualMachine(lower.build(lower.import_onnx(proto), AVX2), tvm.cpu())
+    for batch, rows in sizes:  # rows that fill no 6-row tile, and fewer rows than a tile
+        x = np.random.default_rng(rows).standard_normal((batch, rows, 40)).astype(np.float32)
+        expected = run(Model.from_onnx(proto), {"x": x})["out"]
+        got = vm["main"](tvm.runtime.tensor(x)).numpy()
+        bound = 1e-5 * float(np.abs(expected).max()) + 1e-5
+        np.testing.assert_allclose(got, expected, rtol=0, atol=bound)
 
 
 @pytest.mark.parametrize(
