@@ -197,7 +197,7 @@ def cpu_kernels(
                     block=kernel.block,
                     activation_dtype=kernel.activation_dtype,
                 ),
-                *([panels.panel_matmul_pass(tile[1])] if tile else []),
+                *([panels.panel_matmul_pass(tile)] if tile else []),
                 *cpu.library_dispatch_passes(tvm_target),
                 relax.transform.FastMathTransform(),
                 *legalize.legalize_passes(tvm_target),

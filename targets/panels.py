@@ -24,9 +24,10 @@ from nlpress.targets import relax_match
 
 log = logging.getLogger(__name__)
 
-# The name hint of the kernel (its reduction block is `ACC_BLOCK`).
+# The name hint of the kernel (its reduction block is `ACC_BLOCK`, its row padding `PAD_BLOCK`).
 KERNEL_NAME = "pmatmul"
 ACC_BLOCK = "pmatmul_acc"
+PAD_BLOCK = "pmatmul_pad"
 
 
 def pack_panels(w: np.ndarray, columns: int) -> np.ndarray:
@@ -38,12 +39,13 @@ def pack_panels(w: np.ndarray, columns: int) -> np.ndarray:
     return np.ascontiguousarray(panels[..., None])
 
 
-def rewrite_float_matmuls(mod: Any, columns: int) -> Any:
+def rewrite_float_matmuls(mod: Any, tile: tuple[int, int]) -> Any:
     """Replace every float matmul of a static activation and a constant weight by the panel kernel.
 
     Args:
         mod: A Relax IRModule, as `from_onnx` imports it.
-        columns: The panel width bn (the columns of the target's register tile).
+        tile: (rows, columns) of the target's register tile: the panel width bn is its
+            columns; symbolic row counts are padded to a multiple of its rows.
 
     Returns:
         The rewritten module (the same object when nothing matched).
@@ -57,18 +59,18 @@ def rewrite_float_matmuls(mod: Any, columns: int) -> Any:
         values = relax_match.bound_values(func)
         matched = {var for var, value in values.items() if _weight(value) is not None}
         if matched:
-            mod = relax_match.rewrite_bindings(mod, gvar, _replacement(matched, columns))
+            mod = relax_match.rewrite_bindings(mod, gvar, _replacement(matched, tile))
             log.debug("packed %d float matmuls of %s into panels", len(matched), gvar.name_hint)
     return mod
 
 
-def panel_matmul_pass(columns: int) -> Any:
+def panel_matmul_pass(tile: tuple[int, int]) -> Any:
     """`rewrite_float_matmuls` as a TVM module pass, for Relax pipelines."""
     import tvm
 
     @tvm.transform.module_pass(opt_level=0, name="NlpressPanelMatmul")  # type: ignore[untyped-decorator]
     def _pass(mod: Any, _ctx: Any) -> Any:
-        return rewrite_float_matmuls(mod, columns)
+        return rewrite_float_matmuls(mod, tile)
 
     return _pass
 
@@ -90,8 +92,10 @@ def _weight(value: Any) -> np.ndarray | None:
     return np.asarray(array)
 
 
-def _replacement(matched: set[Any], columns: int) -> relax_match.Replacement:
+def _replacement(matched: set[Any], tile: tuple[int, int]) -> relax_match.Replacement:
     from tvm import relax
+
+    rows, columns = tile
 
     def replace(bb: Any, binding: Any, visit: Any) -> Any:
         weight = _weight(binding.value) if binding.var in matched else None
@@ -99,7 +103,8 @@ def _replacement(matched: set[Any], columns: int) -> relax_match.Replacement:
             return None
         x = visit(binding.value.args[0])
         panels = relax.const(pack_panels(weight, columns), "float32")
-        out = bb.emit(bb.call_te(_te_panel_matmul, x, panels, primfunc_name_hint=KERNEL_NAME))
+        kernel = bb.call_te(_te_panel_matmul, x, panels, rows=rows, primfunc_name_hint=KERNEL_NAME)
+        out = bb.emit(kernel)
         n = weight.shape[1]
         if n % columns:
             axis = relax_match.ndim_of(x) - 1
@@ -109,16 +114,32 @@ def _replacement(matched: set[Any], columns: int) -> relax_match.Replacement:
     return replace
 
 
-def _te_panel_matmul(a: Any, w: Any) -> Any:
-    """C[..., j] = sum_k a[..., k] * w[j // bn, k, j % bn, 0]; the result has whole panels."""
-    from tvm import te
+def _te_panel_matmul(a: Any, w: Any, *, rows: int) -> Any:
+    """C[..., j] = sum_k a[..., k] * w[j // bn, k, j % bn, 0]; the result has whole panels.
+
+    With a symbolic row count S, the rows are first copied into S rounded up to a multiple of
+    `rows` (zeros after S), the sums run over the padded rows, and the first S are the result.
+    """
+    from tvm import te, tirx
 
     *lead, depth = a.shape
     bn = int(w.shape[2])
     k = te.reduce_axis((0, depth), name="k")
+    count = lead[-1]
+    padded = not isinstance(count, tirx.IntImm)
+    if padded:
+        whole = (count + rows - 1) // rows * rows
+
+        def pad(*index: Any) -> Any:
+            return te.if_then_else(index[-2] < count, a[index], tirx.const(0, a.dtype))
+
+        a = te.compute((*lead[:-1], whole, depth), pad, name=PAD_BLOCK)
 
     def product(*index: Any) -> Any:
-        *rows, j = index
-        return te.sum(a[(*rows, k)] * w[j // bn, k, j % bn, 0], axis=k)
+        *head, j = index
+        return te.sum(a[(*head, k)] * w[j // bn, k, j % bn, 0], axis=k)
 
-    return te.compute((*lead, w.shape[0] * bn), product, name=ACC_BLOCK)
+    acc = te.compute((*a.shape[:-1], w.shape[0] * bn), product, name=ACC_BLOCK)
+    if not padded:
+        return acc
+    return te.compute((*lead, w.shape[0] * bn), lambda *index: acc[index], name="pmatmul_rows")

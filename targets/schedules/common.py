@@ -98,14 +98,15 @@ def _largest_divisor(extent: int, limit: int) -> int:
     return lanes
 
 
-def inline_intermediates(sch: Any, keep: Any) -> None:
-    """Inline every block but `keep` and the outputs into its readers, where it can be."""
+def inline_intermediates(sch: Any, *keep: Any) -> None:
+    """Inline every block but those in `keep` and the outputs into its readers, where it can be."""
     from tvm.s_tir.dlight.analysis import get_root_block
 
     outputs = {sch.get(b) for b in sch.get_output_blocks(get_root_block(sch))}
+    kept = [sch.get(k) for k in keep if k is not None]
     for block in sch.get_child_blocks(get_root_block(sch)):
         stmt = sch.get(block)
-        if stmt in outputs or (keep is not None and stmt.same_as(sch.get(keep))):
+        if stmt in outputs or any(stmt.same_as(k) for k in kept):
             continue
         try:
             sch.compute_inline(block)

@@ -23,7 +23,7 @@ class Elementwise:
         blocks = sch.get_child_blocks(get_root_block(sch))
         if not blocks or not all(_is_spatial(sch, b) for b in blocks):
             return None
-        common.inline_intermediates(sch, keep=None)
+        common.inline_intermediates(sch)
         for block in sch.get_child_blocks(get_root_block(sch)):
             schedule_block(sch, block, target)
         return sch

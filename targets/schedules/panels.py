@@ -18,6 +18,7 @@ from typing import Any
 
 from nlpress.targets import panels
 from nlpress.targets.schedules import common
+from nlpress.targets.schedules.elementwise import schedule_block
 
 # (LLVM feature, (rows MR, columns bn) or None), first match wins. AVX2 has 16 vector
 # registers: 6 x 16 floats is 12 accumulators, 2 panel vectors and a broadcast.
@@ -52,17 +53,27 @@ class PanelMatmul:
         main = _panel_block(sch)
         if main is None:
             return None
-        common.inline_intermediates(sch, main)
+        pad = _block(sch, panels.PAD_BLOCK)
+        common.inline_intermediates(sch, main, pad)
+        if pad is not None:
+            schedule_block(sch, pad, target)
         rows = (panel_tile(target) or (4, 0))[0]
         _tile(sch, main, target, rows)
         return sch
 
 
+def _block(sch: Any, name: str) -> Any:
+    """The block called `name`, None when the kernel has none."""
+    try:
+        return sch.get_sblock(name)
+    except Exception:  # no such block
+        return None
+
+
 def _panel_block(sch: Any) -> Any:
     """The kernel's reduction block C[..., j] += A[..., k] * W[j/bn, k, j%bn, 0], else None."""
-    try:
-        main = sch.get_sblock(panels.ACC_BLOCK)
-    except Exception:  # no such block: another kernel
+    main = _block(sch, panels.ACC_BLOCK)
+    if main is None:
         return None
     stmt = sch.get(main)
     weights = [r.source for r in stmt.reads if len(r.source.shape) == 4]
@@ -84,16 +95,32 @@ def _tile(sch: Any, main: Any, target: Any, rows: int) -> None:
     bn = int(weight.shape[2])
     lanes = common.vector_lanes(target, 32)
     *outer, row, j, k = sch.get_loops(main)
-    row_count, depth = common.static_extent(sch, row) or rows, common.static_extent(sch, k) or 1
-    mr = min(rows, row_count)
-    tiles_per_chunk = max(CHUNK_BYTES // (depth * 4 * mr), 1)
-    chunk, io, ii = sch.split(row, factors=[None, tiles_per_chunk, mr])
+    row_count, depth = common.static_extent(sch, row), common.static_extent(sch, k) or 1
+    mr = min(rows, row_count or rows)
+    if row_count is None:  # padded to whole tiles: one chunk, no guard
+        io, ii = sch.split(row, factors=[None, mr])
+        chunks = []
+    else:
+        tiles_per_chunk = max(CHUNK_BYTES // (depth * 4 * mr), 1)
+        chunk, io, ii = sch.split(row, factors=[None, tiles_per_chunk, mr])
+        chunks = [chunk]
     jo, ji = sch.split(j, factors=[None, bn])
-    sch.reorder(*outer, chunk, jo, io, k, ii, ji)
+    sch.reorder(*outer, *chunks, jo, io, k, ii, ji)
     common.write_back_tile(sch, main, io, target, lanes)
+    # A symbolic tile count stays its own loop: fused, it would make the bindings non-affine.
+    parallel = [*outer, *chunks, jo, io] if row_count is not None else [*outer, jo]
     if common.worth_parallel(common.block_work(sch, main)):
-        sch.parallel(sch.fuse(*outer, chunk, jo, io))
-    sch.decompose_reduction(main, k)
-    common.split_vector(sch, ji, lanes)
+        sch.parallel(sch.fuse(*parallel) if len(parallel) > 1 else parallel[0])
+    if row_count is None:  # symbolic extents: vectorize while the block is a reduction
+        _vectorize_tile(sch, main, ji, ii, lanes)
+        sch.decompose_reduction(main, k)
+    else:
+        sch.decompose_reduction(main, k)
+        _vectorize_tile(sch, main, ji, ii, lanes)
+
+
+def _vectorize_tile(sch: Any, main: Any, columns: Any, rows: Any, lanes: int) -> None:
+    """Vectorize the tile's columns by `lanes`, unroll its vectors and its rows."""
+    common.split_vector(sch, columns, lanes)
     sch.unroll(sch.get_loops(main)[-2])
-    sch.unroll(ii)
+    sch.unroll(rows)
