@@ -78,8 +78,11 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
         raise ModelLoadError(f"{path}: no such file")
     try:
         proto: onnx.ModelProto = onnx.load(os.fspath(path), load_external_data=True)
+    except onnx.checker.ValidationError as exc:  # external data missing or outside the folder
+        raise ModelLoadError(f"{path}: cannot load its weights ({_first_line(exc)})") from exc
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         raise ModelLoadError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
+    _check_opset(path, proto)
     try:
         onnx.checker.check_model(proto if proto.ByteSize() < _PROTOBUF_LIMIT else os.fspath(path))
     except (onnx.checker.ValidationError, ValueError) as exc:
@@ -87,6 +90,17 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     if not proto.graph.output:
         raise ModelLoadError(f"{path}: not a valid ONNX model (the graph has no outputs)")
     return proto
+
+
+def _check_opset(path: Path, proto: onnx.ModelProto) -> None:
+    """Refuse an opset of the default domain newer than the onnx package knows."""
+    newest = onnx.defs.onnx_opset_version()
+    for entry in proto.opset_import:
+        if entry.domain in ("", "ai.onnx") and entry.version > newest:
+            raise ModelLoadError(
+                f"{path}: opset {entry.version} is newer than the ONNX opsets this nlpress "
+                f"reads (up to {newest}, onnx {onnx.__version__})"
+            )
 
 
 def load_model(path: str | os.PathLike[str]) -> Model:
