@@ -13,9 +13,8 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 import onnx
 
 from nlpress.ir import Model, UsageError, save_model
+from nlpress.ir.staging import replace_dir, staging_dir, umask
 from nlpress.ir.verify import make_feeds, run
 from nlpress.targets import lower
 from nlpress.targets.runtime import FORMAT_VERSION, LIBRARY, MANIFEST, Session, read_manifest
@@ -231,45 +231,22 @@ def _check_replaceable(out_dir: Path) -> None:
         raise UsageError(f"{out_dir}: a non-empty folder that is not an nlpress artifact")
 
 
-@contextlib.contextmanager
-def _staging(out_dir: Path) -> Iterator[Path]:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        yield staging
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def _staging(out_dir: Path) -> contextlib.AbstractContextManager[Path]:
+    return staging_dir(out_dir)
 
 
 def _replace(staging: Path, out_dir: Path) -> None:
     """Rename the staged folder to `out_dir`, moving an older artifact aside first."""
     _apply_umask(staging)
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-        os.replace(out_dir, old / out_dir.name)
-    os.replace(staging, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_dir(staging, out_dir)
 
 
 def _apply_umask(staging: Path) -> None:
     """Give the staged folder and files the modes a plain mkdir and open would have."""
-    umask = _umask()
-    staging.chmod(0o777 & ~umask)
+    mask = umask()
+    staging.chmod(0o777 & ~mask)
     for path in staging.iterdir():
-        path.chmod((0o777 if path.suffix == ".so" else 0o666) & ~umask)
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (os.umask would, for a moment)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
+        path.chmod((0o777 if path.suffix == ".so" else 0o666) & ~mask)
 
 
 def _write_json(path: Path, value: Mapping[str, Any]) -> None:
