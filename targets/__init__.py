@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from nlpress.ir import Model
-from nlpress.targets.runtime import ArtifactError, FeedError, NodeArg, Session
+from nlpress.targets.runtime import (
+    ArtifactError,
+    DamagedArtifactError,
+    FeedError,
+    NodeArg,
+    Session,
+)
 from nlpress.targets.target import (
     ARM_FEATURES,
     CUDA_ARCHES,
@@ -43,6 +49,7 @@ __all__ = [
     "CUDA_ARCHES",
     "TARGET_NAMES",
     "ArtifactError",
+    "DamagedArtifactError",
     "FeedError",
     "NodeArg",
     "Session",

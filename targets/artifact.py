@@ -19,13 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 from nlpress.ir import Model, UsageError, save_model
+from nlpress.ir.interface import dim_limits, input_entries, value_entry
 from nlpress.ir.staging import replace_dir, staging_dir, umask
 from nlpress.ir.verify import make_feeds, run
 from nlpress.targets import lower
-from nlpress.targets.runtime import FORMAT_VERSION, LIBRARY, MANIFEST, Session, read_manifest
+from nlpress.targets.runtime import (
+    FORMAT_VERSION,
+    LIBRARY,
+    MANIFEST,
+    Session,
+    library_facts,
+    read_manifest,
+)
 from nlpress.targets.target import Target
 
 log = logging.getLogger(__name__)
@@ -66,6 +73,7 @@ def build_artifact(
         timings, facts = _lower(model, target, staging)
         save_model(model, staging / ONNX_FILE)
         fields = _manifest(model, target, manifest, facts)
+        fields["library"] = library_facts(staging / LIBRARY)
         fields["build_seconds"] = round(time.perf_counter() - began, 3)
         _write_json(staging / MANIFEST, fields)
         fidelity = _fidelity(model, target, staging)
@@ -108,69 +116,15 @@ def _manifest(
             "nlpress_version": __version__,
             "tvm_version": str(tvm.__version__),
             "target": target.describe(),
-            "inputs": _inputs(proto),
-            "outputs": [_value_info(v) for v in proto.graph.output],
+            "inputs": input_entries(proto),
+            "outputs": [value_entry(v) for v in proto.graph.output],
+            "dim_limits": {k: v.as_dict() for k, v in dim_limits(model.graph).items()},
             "files": {"library": LIBRARY, "onnx": ONNX_FILE, "report": REPORT},
         }
     )
     if facts:
         fields.update(facts)
     return fields
-
-
-def _inputs(proto: onnx.ModelProto) -> list[dict[str, Any]]:
-    """The graph inputs' manifest entries; integer inputs that index a table get "index_range"."""
-    ranges = _index_ranges(proto)
-    entries = []
-    for value in _graph_inputs(proto):
-        entry = _value_info(value)
-        if value.name in ranges:
-            entry["index_range"] = list(ranges[value.name])
-        entries.append(entry)
-    return entries
-
-
-def _index_ranges(proto: onnx.ModelProto) -> dict[str, tuple[int, int]]:
-    """The valid values of graph inputs used as Gather indices into a constant table.
-
-    An index out of [-rows, rows - 1] is undefined in ONNX; TVM's compiled gather reads outside
-    the table (or crashes), so the runtime checks feeds against these bounds first.
-    """
-    tables = {i.name: list(i.dims) for i in proto.graph.initializer}
-    inputs = {v.name for v in _graph_inputs(proto)}
-    origin = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "Cast"}
-    ranges: dict[str, tuple[int, int]] = {}
-    for node in proto.graph.node:
-        if node.op_type != "Gather" or node.input[0] not in tables:
-            continue
-        source = node.input[1]
-        while source in origin:
-            source = origin[source]
-        if source not in inputs:
-            continue
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        dims = tables[node.input[0]]
-        rows = int(dims[axis if axis >= 0 else axis + len(dims)])
-        low, high = ranges.get(source, (-rows, rows - 1))
-        ranges[source] = (max(low, -rows), min(high, rows - 1))
-    return ranges
-
-
-def _graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    initializers = {i.name for i in proto.graph.initializer}
-    return [v for v in proto.graph.input if v.name not in initializers]
-
-
-def _value_info(value: onnx.ValueInfoProto) -> dict[str, Any]:
-    tensor_type = value.type.tensor_type
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-    dims: list[int | str | None] = []
-    for dim in tensor_type.shape.dim:
-        if dim.HasField("dim_value"):
-            dims.append(int(dim.dim_value))
-        else:
-            dims.append(dim.dim_param or None)
-    return {"name": value.name, "dtype": np.dtype(dtype).name, "shape": dims}
 
 
 def _fidelity(model: Model, target: Target, staging: Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ deployment, or an aarch64 Python under emulation, can load it on its own, even b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -23,9 +24,11 @@ LIBRARY = "model.so"
 MANIFEST = "manifest.json"
 
 try:  # Inside nlpress, feed errors are usage errors; a bare deployment has no nlpress.ir.
+    from nlpress.ir.errors import NlpressError as _DamageErrorBase
     from nlpress.ir.errors import UsageError as _FeedErrorBase
 except ImportError:  # pragma: no cover - exercised under emulation
     _FeedErrorBase = ValueError  # type: ignore[misc,assignment]
+    _DamageErrorBase = RuntimeError  # type: ignore[misc,assignment]
 
 
 class ArtifactError(_FeedErrorBase):
@@ -34,6 +37,10 @@ class ArtifactError(_FeedErrorBase):
 
 class FeedError(_FeedErrorBase):
     """Feeds whose names, dtypes or shapes do not match the artifact's inputs."""
+
+
+class DamagedArtifactError(_DamageErrorBase):
+    """An artifact whose library differs from what its manifest recorded (size or sha256)."""
 
 
 @dataclass(frozen=True)
@@ -79,12 +86,13 @@ class Session:
         """Run the model; returns the named outputs (all when None), in the order asked.
 
         Raises:
-            FeedError: A missing or unknown feed, a wrong dtype, rank, or static dim, or two
-                sizes for one symbolic dim; or an unknown output name.
+            FeedError: A missing or unknown feed, a wrong dtype, rank, or static dim, two
+                sizes for one symbolic dim, a dim over the artifact's recorded limit, or a
+                token id outside its table; or an unknown output name.
 
         """
         wanted = self._output_indices(output_names)
-        arrays = check_feeds(self._inputs, feeds, self._index_ranges)
+        arrays = check_feeds(self._inputs, feeds, self._index_ranges, dim_limits(self.manifest))
         import tvm
 
         args = [tvm.runtime.tensor(a, self._device) for a in arrays]
@@ -122,17 +130,67 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ArtifactError(
             f"{folder}: artifact format {version!r}; this runtime reads format {FORMAT_VERSION}"
         )
+    check_library(library, manifest.get("library"))
     return manifest
+
+
+def check_library(library: Path, recorded: Any) -> None:
+    """Compare the library with the size and sha256 its manifest recorded, before loading it.
+
+    A truncated or overwritten library would otherwise crash the process when it is mapped
+    (SIGBUS) or run. Manifests from before these facts were recorded are not checked.
+
+    Raises:
+        DamagedArtifactError: The library's size or checksum differs from the record.
+
+    """
+    if not isinstance(recorded, Mapping):
+        return
+    size, digest = recorded.get("bytes"), recorded.get("sha256")
+    actual = library.stat().st_size
+    if isinstance(size, int) and actual != size:
+        raise DamagedArtifactError(
+            f"{library}: {actual} bytes, but the manifest records {size}: the library is "
+            "damaged (truncated or replaced); compile the artifact again"
+        )
+    if isinstance(digest, str) and library_facts(library)["sha256"] != digest:
+        raise DamagedArtifactError(
+            f"{library}: its sha256 differs from the manifest's: the library is damaged; "
+            "compile the artifact again"
+        )
+
+
+def library_facts(library: Path) -> dict[str, Any]:
+    """The size and sha256 of a library file, as the manifest records them."""
+    digest = hashlib.sha256()
+    with open(library, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"bytes": library.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def dim_limits(manifest: Mapping[str, Any]) -> dict[str, tuple[int, str]]:
+    """The manifest's largest sizes of symbolic dims, with their reasons, by dim name."""
+    recorded = manifest.get("dim_limits")
+    if not isinstance(recorded, Mapping):
+        return {}
+    return {
+        str(name): (int(entry["max"]), str(entry.get("reason", "")))
+        for name, entry in recorded.items()
+        if isinstance(entry, Mapping) and isinstance(entry.get("max"), int)
+    }
 
 
 def check_feeds(
     inputs: Sequence[NodeArg],
     feeds: Mapping[str, Any],
     index_ranges: Mapping[str, tuple[int, int]] | None = None,
+    limits: Mapping[str, tuple[int, str]] | None = None,
 ) -> list[np.ndarray]:
     """The feeds as arrays in input order, after checking names, dtypes, shapes and values.
 
-    `index_ranges` gives the valid values of the inputs that index a table (token ids).
+    `index_ranges` gives the valid values of the inputs that index a table (token ids);
+    `limits` the largest size of symbolic dims, with the reason (`dim_limits`).
     """
     names = [i.name for i in inputs]
     missing = [n for n in names if n not in feeds]
@@ -144,9 +202,21 @@ def check_feeds(
     bound: dict[str, tuple[int, str]] = {}
     arrays = [_checked(arg, feeds[arg.name], bound) for arg in inputs]
     for arg, array in zip(inputs, arrays, strict=True):
+        _check_limits(arg, array, limits or {})
+    for arg, array in zip(inputs, arrays, strict=True):
         if index_ranges and arg.name in index_ranges and array.size:
             _check_indices(arg.name, array, *index_ranges[arg.name])
     return arrays
+
+
+def _check_limits(arg: NodeArg, array: np.ndarray, limits: Mapping[str, tuple[int, str]]) -> None:
+    for axis, (size, dim) in enumerate(zip(array.shape, arg.shape, strict=True)):
+        if isinstance(dim, str) and dim in limits and size > limits[dim][0]:
+            largest, reason = limits[dim]
+            raise FeedError(
+                f"input {arg.name}: dim {axis} ({dim}) is {size}; the model computes at most "
+                f"{dim} = {largest}" + (f" ({reason})" if reason else "")
+            )
 
 
 def _check_indices(name: str, array: np.ndarray, low: int, high: int) -> None:
