@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,13 +139,15 @@ def check_library(library: Path, recorded: Any) -> None:
     """Compare the library with the size and sha256 its manifest recorded, before loading it.
 
     A truncated or overwritten library would otherwise crash the process when it is mapped
-    (SIGBUS) or run. Manifests from before these facts were recorded are not checked.
+    (SIGBUS) or run. A manifest from before these facts were recorded gets `check_elf`, which
+    finds truncation but not changed bytes.
 
     Raises:
         DamagedArtifactError: The library's size or checksum differs from the record.
 
     """
     if not isinstance(recorded, Mapping):
+        check_elf(library)
         return
     size, digest = recorded.get("bytes"), recorded.get("sha256")
     actual = library.stat().st_size
@@ -157,6 +160,43 @@ def check_library(library: Path, recorded: Any) -> None:
         raise DamagedArtifactError(
             f"{library}: its sha256 differs from the manifest's: the library is damaged; "
             "compile the artifact again"
+        )
+
+
+def check_elf(library: Path) -> None:
+    """Check that a 64-bit little-endian ELF file holds every header and segment it names.
+
+    A library cut short maps without complaint and then faults (SIGBUS) on the first page past
+    its end; its headers still name the missing bytes.
+
+    Raises:
+        DamagedArtifactError: Not an ELF file, or one whose tables or segments pass its end.
+
+    """
+    size = library.stat().st_size
+    with open(library, "rb") as f:
+        header = f.read(64)
+        if header[:4] != b"\x7fELF":
+            raise DamagedArtifactError(f"{library}: not a shared library (no ELF header)")
+        if len(header) < 64:
+            raise DamagedArtifactError(f"{library}: {size} bytes, cut inside its ELF header")
+        if header[4] != 2 or header[5] != 1:
+            return  # not the 64-bit little-endian layout read below
+        phoff, shoff = struct.unpack_from("<QQ", header, 0x20)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", header, 0x36)
+        ends = [phoff + phentsize * phnum, shoff + shentsize * shnum]
+        if ends[0] <= size and phentsize >= 56:
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+            for i in range(phnum):
+                p_type, _, offset = struct.unpack_from("<IIQ", table, i * phentsize)
+                filesz = struct.unpack_from("<Q", table, i * phentsize + 32)[0]
+                if p_type == 1:  # PT_LOAD
+                    ends.append(offset + filesz)
+    if max(ends) > size:
+        raise DamagedArtifactError(
+            f"{library}: {size} bytes, but its ELF headers reach byte {max(ends)}: the library "
+            "is truncated; compile the artifact again"
         )
 
 
@@ -210,7 +250,10 @@ def check_feeds(
 
 
 def _check_limits(arg: NodeArg, array: np.ndarray, limits: Mapping[str, tuple[int, str]]) -> None:
+    """Symbolic dims from 1 to their limit: compiled kernels read past empty buffers."""
     for axis, (size, dim) in enumerate(zip(array.shape, arg.shape, strict=True)):
+        if isinstance(dim, str) and size == 0:
+            raise FeedError(f"input {arg.name}: dim {axis} ({dim}) is 0; give at least 1")
         if isinstance(dim, str) and dim in limits and size > limits[dim][0]:
             largest, reason = limits[dim]
             raise FeedError(
