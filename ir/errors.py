@@ -31,7 +31,7 @@ class BudgetNotMet(NlpressError):
     def __init__(
         self, pass_name: str, option: str, budget: float, reached: float, result: object = None
     ) -> None:
-        super().__init__(f"{pass_name}: {option}={budget:g} asked, {reached:.6g} reached")
+        super().__init__(f"{pass_name}: {option}={budget} asked, {reached:.8g} reached")
         self.pass_name = pass_name
         self.option = option
         self.budget = budget

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from nlpress.ir.errors import NlpressError
 from nlpress.ir.shapes import Info, Shapes, analyze
 from nlpress.ir.symbolic import Dim, Poly, add, sub
 
@@ -89,6 +90,11 @@ def graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 def value_entry(value: onnx.ValueInfoProto) -> dict[str, Any]:
     """A tensor's name, numpy dtype name and dims (ints, dim names, or None when unnamed)."""
+    if value.type.WhichOneof("value") != "tensor_type" or not value.type.tensor_type.elem_type:
+        kind = value.type.WhichOneof("value") or "untyped"
+        raise NlpressError(
+            f"{value.name}: a {kind.replace('_type', '')} value; nlpress takes and gives tensors"
+        )
     tensor_type = value.type.tensor_type
     dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
     dims: list[int | str | None] = []

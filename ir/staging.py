@@ -137,6 +137,35 @@ def writable_parent(target: str | os.PathLike[str]) -> Path:
     return parent
 
 
+def check_writable(target: str | os.PathLike[str], *, folder: bool = False) -> None:
+    """Fail early, creating nothing, if `target` could not be written when the run ends.
+
+    A file output may not be an existing folder. The nearest folder that exists above `target`
+    must be one where a file can be made (tried with a staging file, removed at once:
+    permissions alone do not tell for root, or on /proc).
+
+    Raises:
+        OutputError: Naming `target` and what stops it.
+
+    """
+    target = Path(target)
+    if not folder and target.is_dir():
+        raise OutputError(f"{target}: is a folder; give the output file's name")
+    ancestor = target.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{target}: cannot write there ({ancestor} is not a folder)")
+    try:
+        fd, name = tempfile.mkstemp(
+            prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=ancestor
+        )
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot write there ({exc.strerror or exc})") from exc
+    os.close(fd)
+    os.unlink(name)
+
+
 def rename_into_place(staged: Path, target: Path) -> None:
     """Rename a staged file onto `target`, not to be cut short by a signal."""
     with critical():

@@ -25,6 +25,7 @@ from nlpress.ir import BudgetNotMet, NlpressError, UsageError, copy_file, save_m
 from nlpress.ir.dump import diff_text, dump_text
 from nlpress.ir.staging import (
     Interrupted,
+    check_writable,
     received_signal,
     refuse_overwrite,
     removing_staging_on_signals,
@@ -133,6 +134,7 @@ def _opt(args: argparse.Namespace) -> int:
     if not (model and pipeline and output):
         raise UsageError("opt needs MODEL, -p PIPELINE and -o OUT.onnx (flags or build file)")
     refuse_overwrite(output, [_model_file(model), *_input_files(args)])
+    check_writable(output)
     shapes = {**config.shape, **_shapes(args)}
     instruments, timer = _instruments(args)
     result = compiler.optimize(model, pipeline, shapes, instruments, _calibration(args))

@@ -24,7 +24,7 @@ from nlpress.ir import (
     verify,
 )
 from nlpress.ir.interface import dim_limits, graph_inputs, index_ranges, value_entry
-from nlpress.ir.staging import refuse_overwrite
+from nlpress.ir.staging import check_writable, refuse_overwrite
 from nlpress.models import zoo
 from nlpress.models.feeds import Feeds, Session, batches_from_npz, batches_from_text
 from nlpress.models.text import calibration_sentences, load_tokenizer, read_sentences
@@ -289,6 +289,8 @@ def compile(
     descriptor = targets.get_target(target, **target_options)
     parsed = starting_with_fold(parse(pipeline))
     _refuse_overwrite(output, model, calibration, tuning_records)
+    check_writable(output, folder=True)
+    targets.check_replaceable(Path(output))
     source, parsed = _prepare(model, parsed, shapes or {}, calibration)
     if tune:
         _require_static(source.model, shapes or {})

@@ -39,6 +39,13 @@ def build_artifact(
     return build(model, target, Path(out_dir), manifest=manifest)
 
 
+def check_replaceable(out_dir: Path) -> None:
+    """Refuse an artifact output that is a file or a non-empty folder of something else."""
+    from nlpress.targets.artifact import check_replaceable as check
+
+    check(Path(out_dir))
+
+
 def load(path: str | os.PathLike[str], device_id: int = 0) -> Session:
     """Load a compiled artifact folder; `run(output_names, feeds)` returns numpy arrays."""
     return Session(path, device_id)
@@ -56,6 +63,7 @@ __all__ = [
     "Target",
     "TargetError",
     "build_artifact",
+    "check_replaceable",
     "get_target",
     "load",
 ]

@@ -67,7 +67,7 @@ def build_artifact(
 
     """
     out_dir = Path(out_dir)
-    _check_replaceable(out_dir)
+    check_replaceable(out_dir)
     began = time.perf_counter()
     with _staging(out_dir) as staging:
         timings, facts = _lower(model, target, staging)
@@ -178,7 +178,8 @@ def _report(
     }
 
 
-def _check_replaceable(out_dir: Path) -> None:
+def check_replaceable(out_dir: Path) -> None:
+    """Refuse an output that is a file, or a non-empty folder that is not an artifact."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir}: exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():

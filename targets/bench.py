@@ -227,7 +227,7 @@ def bench_shapes(session: Session, shapes: Mapping[str, Sequence[int | str]]) ->
         if len(given) != len(arg.shape):
             raise FeedError(
                 f"--shape {arg.name}: {len(given)} dims, but the input has {len(arg.shape)} "
-                f"({'x'.join(map(str, arg.shape))})"
+                f"{arg.shape}"
             )
         for dim, size in zip(arg.shape, given, strict=True):
             if isinstance(dim, str) and isinstance(size, int):
