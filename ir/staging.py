@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
@@ -322,7 +321,10 @@ def removing_staging_on_signals(grace: float = GRACE_S) -> Iterator[None]:
     previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     _LIVE.signum, _LIVE.pending, _LIVE.done = None, False, threading.Event()
-    watcher = threading.Thread(target=_watch, args=(read_fd, grace, _LIVE.done), daemon=True)
+    stderr = os.dup(2)
+    watcher = threading.Thread(
+        target=_watch, args=(read_fd, grace, _LIVE.done, stderr), daemon=True
+    )
     for s in STOP_SIGNALS:
         signal.signal(s, _on_signal)
     watcher.start()
@@ -337,6 +339,7 @@ def removing_staging_on_signals(grace: float = GRACE_S) -> Iterator[None]:
         os.close(write_fd)  # the watcher reads end-of-file and stops
         watcher.join(timeout=1.0)
         os.close(read_fd)
+        os.close(stderr)
 
 
 def received_signal() -> int | None:
@@ -354,7 +357,7 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
-def _watch(read_fd: int, grace: float, done: threading.Event) -> None:
+def _watch(read_fd: int, grace: float, done: threading.Event, stderr: int) -> None:
     stops = {int(s) for s in STOP_SIGNALS}
     received = None
     while received is None:
@@ -372,9 +375,8 @@ def _watch(read_fd: int, grace: float, done: threading.Event) -> None:
             return
         signum = _LIVE.signum or received
         _LIVE.remove_all()
-        with contextlib.suppress(OSError):
-            sys.stderr.write(f"nlpress: interrupted by {signal.Signals(signum).name}\n")
-            sys.stderr.flush()
+        with contextlib.suppress(OSError):  # the terminal's stderr, even while fd 2 is captured
+            os.write(stderr, f"nlpress: interrupted by {signal.Signals(signum).name}\n".encode())
         os._exit(128 + signum)
 
 
