@@ -116,6 +116,11 @@ CASES: dict[str, Case] = {
     "shape-unknown-input": Case(f"{OPT} --shape foo=1x2", 2, "--shape foo: no such input"),
     "shape-wrong-rank": Case(f"{OPT} --shape input_ids=1x2x3", 2, "3 dims, but the input has 2"),
     "shape-twice": Case(f"{OPT} --shape input_ids=1x8 --shape input_ids=1x9", 2, "given twice"),
+    "shape-twice-in-a-pipeline": Case(
+        "opt {tiny} -p fold{{shape=input_ids:1x8,input_ids:1x9}} -o {out}/o.onnx",
+        2,
+        "shape input_ids is given twice",
+    ),
     "shape-past-position-table": Case(
         f"{OPT} --shape input_ids=1x600", 2, "at most sequence = 512"
     ),
