@@ -572,7 +572,7 @@ def _parser() -> argparse.ArgumentParser:
         help="also time ONNX Runtime (2 threads) on the artifact's model.onnx",
     )
     p.add_argument("--runs", type=_count, default=20, help="timed runs of each (default 20)")
-    _add_shape_flag(p, "dims of a symbolic input (random feeds are made)")
+    _add_shape_flag(p, "dims of an input; symbolic dims default to 1 (first axis) and 128")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_bench)
 

@@ -269,7 +269,7 @@ def export(executable: Any, target: Target, path: Path, workspace: Path) -> dict
 def _quiet() -> Iterator[None]:
     """Keep TVM's prints and warnings out of the user's terminal; log them at debug level."""
     stream = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(stream), _native_log():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(stream), native_log():
         warnings.simplefilter("ignore")
         try:
             yield
@@ -283,7 +283,7 @@ _NATIVE_LOG_LINE = re.compile(r"^\[\d\d:\d\d:\d\d\] \S+:\d+: ")
 
 
 @contextlib.contextmanager
-def _native_log() -> Iterator[None]:
+def native_log() -> Iterator[None]:
     """Catch what TVM's C++ code writes to stderr (its LOG(WARNING) lines) while the block runs.
 
     TVM's lines go to the debug log (shown with --verbose, which skips the capture); anything
