@@ -58,6 +58,8 @@ CASES: dict[str, Case] = {
     "text-file-as-model": Case("opt {text} -p fold -o {out}/o.onnx", 1, "text.txt"),
     "unknown-zoo-name": Case("opt no-such-model -p fold -o {out}/o.onnx", 2, "no zoo model"),
     "diff-with-garbage": Case("diff {tiny} {garbage}", 1, "garbage.onnx"),
+    "diff-with-a-folder": Case("diff {tiny} {art}", 1, "a folder, not an ONNX file"),
+    "dump-ir-onto-a-file": Case(f"{OPT} --dump-ir {{text}}", 1, "--dump-ir"),
     "inspect-garbage": Case("inspect {garbage}", 1, "garbage.onnx"),
     "inspect-folder-without-manifest": Case("inspect {out}", 1, "no manifest.json"),
     "inspect-bad-manifest": Case("inspect {art_bad_manifest}", 1, "unreadable manifest"),
