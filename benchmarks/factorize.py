@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -197,8 +196,6 @@ def latency(models: Path, compile_x86: bool, runs: int = 30) -> dict[str, object
     Every model goes through `fold` at the static shapes, for ONNX Runtime and for the x86
     artifact alike.
     """
-    os.environ.setdefault("TVM_NUM_THREADS", str(THREADS))
-    os.environ.setdefault("TVM_BIND_THREADS", "0")
     tokenizer = load_tokenizer(str(zoo.get(MODEL).tokenizer()))
     feeds = dict(encode(tokenizer, ["a sentence to embed for timing"], 128, "max_length"))
     dense = load_model(zoo.model_path(MODEL))
@@ -228,7 +225,7 @@ def runtimes(model: Model, artifact: Path, compile_x86: bool) -> dict[str, objec
     sessions = {"ort": ort_session(static)}
     if compile_x86:
         path = nlpress.compile(model, "x86", artifact, pipeline="fold", shapes=SHAPES)
-        sessions["x86"] = nlpress.load(path)
+        sessions["x86"] = nlpress.load(path, threads=THREADS)
     return sessions
 
 

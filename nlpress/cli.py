@@ -173,8 +173,18 @@ def _compile(args: argparse.Namespace) -> int:
     )
     if timer:
         print(timer.report(), file=sys.stderr)
+    _print_kernels(Path(path))
     print(path)
     return EXIT_OK
+
+
+def _print_kernels(artifact: Path) -> None:
+    """Say on stderr which kernel families the build chose for its CPU."""
+    from nlpress.targets import isa
+
+    code = json.loads((artifact / "manifest.json").read_text()).get("code")
+    if code:
+        print(f"nlpress: {isa.describe(code)}", file=sys.stderr)
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -7,7 +7,6 @@ session (the runtime needs only numpy and the TVM runtime).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ from nlpress.targets.runtime import (
     FeedError,
     NodeArg,
     Session,
+    SessionOptions,
+    load,
 )
 from nlpress.targets.target import (
     ARM_FEATURES,
@@ -46,11 +47,6 @@ def check_replaceable(out_dir: Path) -> None:
     check(Path(out_dir))
 
 
-def load(path: str | os.PathLike[str], device_id: int = 0) -> Session:
-    """Load a compiled artifact folder; `run(output_names, feeds)` returns numpy arrays."""
-    return Session(path, device_id)
-
-
 __all__ = [
     "ARM_FEATURES",
     "CUDA_ARCHES",
@@ -60,6 +56,7 @@ __all__ = [
     "FeedError",
     "NodeArg",
     "Session",
+    "SessionOptions",
     "Target",
     "TargetError",
     "build_artifact",

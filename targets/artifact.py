@@ -24,7 +24,7 @@ from nlpress.ir import Model, UsageError, save_model
 from nlpress.ir.interface import dim_limits, input_entries, value_entry
 from nlpress.ir.staging import replace_dir, staging_dir, umask
 from nlpress.ir.verify import make_feeds, run
-from nlpress.targets import lower
+from nlpress.targets import isa, lower
 from nlpress.targets.runtime import (
     FORMAT_VERSION,
     LIBRARY,
@@ -116,6 +116,7 @@ def _manifest(
             "nlpress_version": __version__,
             "tvm_version": str(tvm.__version__),
             "target": target.describe(),
+            "code": isa.kernel_facts(lower.tvm_target(target)),
             "inputs": input_entries(proto),
             "outputs": [value_entry(v) for v in proto.graph.output],
             "dim_limits": {k: v.as_dict() for k, v in dim_limits(model.graph).items()},

@@ -7,11 +7,9 @@ after a run (measured here: about 45 ms of CPU for ORT, 115 ms for TVM), and a s
 one runtime would otherwise take a core from the other's next run. With the pause, each run
 starts from the same idle state, as a request arriving at a deployed model does.
 
-Both use `threads` threads: ORT through its intra-op pool, TVM through TVM_NUM_THREADS (set
-here unless the caller set it; TVM reads it when its thread pool starts, so before the process's
-first TVM kernel runs). TVM pins its threads to cores unless TVM_BIND_THREADS=0; ORT does not,
-and on a shared machine a pinned thread waits for its busy core while another is idle, so this
-sets it to 0 too.
+Both use the same number of threads: ORT through its intra-op pool, the artifact through its
+session options (`runtime.SessionOptions`, by default one unpinned thread per usable CPU, as
+`nlpress.load` gives a user); nothing is read from or written to the environment.
 """
 
 from __future__ import annotations
@@ -29,12 +27,11 @@ import onnx
 
 from nlpress.ir import Model, UsageError
 from nlpress.passes.calibration import MASK, pooled_cosine
-from nlpress.targets.runtime import FeedError, Session, dim_limits
+from nlpress.targets.runtime import FeedError, Session, SessionOptions, dim_limits
 
 log = logging.getLogger(__name__)
 
 Feeds = dict[str, np.ndarray]
-DEFAULT_THREADS = 2
 WARMUP = 3
 # Seconds between timed runs: longer than either runtime's worker threads keep spinning.
 SETTLE_S = 0.2
@@ -51,7 +48,7 @@ def compare_with_ort(
     runs: int = 20,
     *,
     feeds: Mapping[str, np.ndarray] | None = None,
-    threads: int = DEFAULT_THREADS,
+    threads: int = 0,
     warmup: int = WARMUP,
     settle: float = SETTLE_S,
 ) -> dict[str, Any]:
@@ -63,7 +60,7 @@ def compare_with_ort(
         shapes: Dims per input name, for inputs with symbolic dims; static dims need none.
         runs: Timed runs of each, alternating.
         feeds: The inputs; default seeded random ones of the given shapes (`bench_feeds`).
-        threads: Threads for both runtimes.
+        threads: Threads for both runtimes (0: one per usable CPU, the session default).
         warmup: Untimed runs of each first.
         settle: Seconds of pause before each timed run (0: back to back).
 
@@ -77,10 +74,8 @@ def compare_with_ort(
     """
     if runs < 1:
         raise UsageError(f"runs {runs}: time at least 1 run")
-    os.environ.setdefault("TVM_NUM_THREADS", str(threads))
-    os.environ.setdefault("TVM_BIND_THREADS", "0")  # ORT does not pin its threads either
-    session = Session(artifact_dir)
-    ort_session = _ort_session(onnx_model, threads)
+    session = Session(artifact_dir, SessionOptions(threads=threads))
+    ort_session = _ort_session(onnx_model, session.threads)
     inputs = dict(feeds) if feeds is not None else bench_feeds(session, shapes or {})
     ours, theirs = _alternate(
         lambda: session.run(None, inputs),
@@ -96,8 +91,8 @@ def compare_with_ort(
     return {
         "runs": runs,
         "settle_s": settle,
-        "threads": {"nlpress": tvm_threads(), "onnxruntime": threads},
-        "tvm_bind_threads": os.environ["TVM_BIND_THREADS"],
+        "threads": {"nlpress": tvm_threads(), "onnxruntime": session.threads},
+        "pinned": session.options.pin,
         "shapes": {name: list(array.shape) for name, array in inputs.items()},
         "nlpress_ms": _median_ms(ours),
         "ort_ms": _median_ms(theirs),

@@ -185,14 +185,22 @@ def cpu_kernels(
     from tvm import relax, tirx
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from nlpress.targets import legalize, quantized, schedules
+    from nlpress.targets import legalize, panels, quantized, schedules
     from nlpress.targets.schedules import int8_intrinsics
+    from nlpress.targets.schedules.panels import panel_tile
 
-    offset = int8_intrinsics.activation_offset(tvm_target)
+    kernel = int8_intrinsics.int8_kernel(tvm_target)
+    tile = panel_tile(tvm_target) if default_schedules else None
     with tvm_target:
         mod = tvm.transform.Sequential(
             [
-                quantized.qdq_matmul_pass(packed=True, activation_offset=offset),
+                quantized.qdq_matmul_pass(
+                    packed=True,
+                    activation_offset=kernel.activation_offset,
+                    block=kernel.block,
+                    activation_dtype=kernel.activation_dtype,
+                ),
+                *([panels.panel_matmul_pass(tile[1])] if tile else []),
                 *cpu.library_dispatch_passes(tvm_target),
                 relax.transform.FastMathTransform(),
                 *legalize.legalize_passes(tvm_target),

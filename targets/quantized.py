@@ -8,11 +8,12 @@ scale, zero zero-point), and an optional float bias added to its result. The qua
 it is real work (float -> uint8). What replaces the float matmul:
 
 - on CPU targets, one kernel (`call_te`) that accumulates uint8 x int8 products in int32 over
-  a weight repacked at compile time into VNNI blocks, `W_p[n/16, k/4, 16, 4]` (zero-padded to
-  multiples of 16 columns and 4 rows), then applies the zero-point correction with the
-  precomputed column sums, the scales and the bias in its epilogue. The integer schedule rule
-  (`schedules/int8.py`) tensorizes its inner 16x4 block with the target's dot-product
-  instruction (vpdpbusd on AVX-512 VNNI) or vectorizes it plainly elsewhere;
+  a weight repacked at compile time into blocks of the target's kernel family,
+  `W_p[n/bn, k/bk, bn, bk]` (16 x 4 for dot-product instructions, 8 x 2 for AVX2's vpmaddwd
+  and NEON's smull; zero-padded to whole blocks), then applies the zero-point correction with
+  the precomputed column sums, the scales and the bias in its epilogue. The integer schedule
+  rule (`schedules/int8.py`) tensorizes its inner block with the family's instruction
+  (`schedules/int8_intrinsics.py`);
 - on CUDA, the same kernel over the transposed weight W^T [n, k] with the activations
   shifted by 128 into int8 (and the zero point with them), whose runs of four k the rule of
   `schedules/int8_gpu.py` feeds to __dp4a. (A portable form in Relax ops, `packed=False`,
@@ -30,16 +31,18 @@ activations) is left in float.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from nlpress.targets import relax_match
+
 log = logging.getLogger(__name__)
 
-# The VNNI block of the packed weight: 16 output columns x 4 reduction rows, 64 bytes.
-BLOCK_N = 16
+# The packed weight's block when none is given: 16 output columns x 4 reduction rows.
+BLOCK = (16, 4)
+# The transposed (GPU) weight pads its reduction rows to a multiple of this.
 BLOCK_K = 4
 # The name hint of the CPU kernel (its reduction block is `ACC_BLOCK`).
 KERNEL_NAME = "qmatmul"
@@ -78,25 +81,27 @@ class _Plan:
         return bool(self.matmuls or self.ranges or self.gathers)
 
 
-def pack_weight(w_q: np.ndarray) -> np.ndarray:
-    """Repack an int8 [k, n] weight into zero-padded VNNI blocks [n/16, k/4, 16, 4].
+def pack_weight(w_q: np.ndarray, block: tuple[int, int] = BLOCK) -> np.ndarray:
+    """Repack an int8 [k, n] weight into zero-padded blocks [n/bn, k/bk, bn, bk].
 
-    `packed[j // 16, i // 4, j % 16, i % 4] == w_q[i, j]`; padding rows and columns are zero.
+    `packed[j // bn, i // bk, j % bn, i % bk] == w_q[i, j]`; padding rows and columns are zero.
     """
+    bn, bk = block
     k, n = w_q.shape
-    kp, np_ = _round_up(k, BLOCK_K), _round_up(n, BLOCK_N)
+    kp, np_ = relax_match.round_up(k, bk), relax_match.round_up(n, bn)
     padded = np.zeros((kp, np_), dtype=np.int8)
     padded[:k, :n] = w_q
-    blocks = padded.reshape(kp // BLOCK_K, BLOCK_K, np_ // BLOCK_N, BLOCK_N)
+    blocks = padded.reshape(kp // bk, bk, np_ // bn, bn)
     return np.ascontiguousarray(blocks.transpose(2, 0, 3, 1))
 
 
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
 def rewrite_qdq_matmuls(
-    mod: Any, packed: bool = True, activation_offset: int = 0, transposed: bool = False
+    mod: Any,
+    packed: bool = True,
+    activation_offset: int = 0,
+    transposed: bool = False,
+    block: tuple[int, int] = BLOCK,
+    activation_dtype: str = "uint8",
 ) -> Any:
     """Replace every QDQ MatMul of the module's Relax functions by integer arithmetic.
 
@@ -109,6 +114,9 @@ def rewrite_qdq_matmuls(
             the activations into int8 for ARM's sdot (and CUDA's signed __dp4a).
         transposed: Emit the kernel over the transposed weight W^T [n, k] instead (k padded
             to a multiple of 4), whose runs of four k feed CUDA's __dp4a; overrides `packed`.
+        block: (columns, reduction rows) of the packed weight's blocks.
+        activation_dtype: Packed kernels only: the dtype the kernel reads its uint8
+            activations in ("int16": zero-extended where they are quantized).
 
     Returns:
         The rewritten module (the same object when nothing matched).
@@ -124,22 +132,29 @@ def rewrite_qdq_matmuls(
     plans = {gvar: plan for gvar, plan in plans.items() if plan}
     if not plans:
         return mod
+    settings = _Settings(packed, activation_offset, transposed, block, activation_dtype)
     for gvar, plan in plans.items():
-        mod = _rewriter(mod, plan, packed, activation_offset, transposed).rewrite(gvar)
+        mod = relax_match.rewrite_bindings(mod, gvar, _replacement(plan, settings))
     count = sum(len(plan.matmuls) for plan in plans.values())
     log.debug("rewrote %d QDQ MatMuls to integer matmuls (packed=%s)", count, packed)
     return relax.transform.DeadCodeElimination()(mod)
 
 
 def qdq_matmul_pass(
-    packed: bool = True, activation_offset: int = 0, transposed: bool = False
+    packed: bool = True,
+    activation_offset: int = 0,
+    transposed: bool = False,
+    block: tuple[int, int] = BLOCK,
+    activation_dtype: str = "uint8",
 ) -> Any:
     """`rewrite_qdq_matmuls` as a TVM module pass, for Relax pipelines."""
     import tvm
 
+    settings = (packed, activation_offset, transposed, block, activation_dtype)
+
     @tvm.transform.module_pass(opt_level=0, name="NlpressQdqMatmul")  # type: ignore[untyped-decorator]
     def _pass(mod: Any, _ctx: Any) -> Any:
-        return rewrite_qdq_matmuls(mod, packed, activation_offset, transposed)
+        return rewrite_qdq_matmuls(mod, *settings)
 
     return _pass
 
@@ -148,27 +163,10 @@ def qdq_matmul_pass(
 # Matching
 
 
-def _bindings(func: Any) -> Iterator[Any]:
-    from tvm import relax
-
-    body = func.body
-    if not isinstance(body, relax.SeqExpr):
-        return
-    for block in body.blocks:
-        yield from block.bindings
-
-
-def _bound_values(func: Any) -> dict[Any, Any]:
-    """Var -> the value it is bound to, for every VarBinding of `func`."""
-    from tvm import relax
-
-    return {b.var: b.value for b in _bindings(func) if isinstance(b, relax.VarBinding)}
-
-
 def _find_matches(func: Any) -> list[_Match]:
     """The QDQ MatMuls of `func`, each with the bias Add it can absorb."""
-    values = _bound_values(func)
-    uses = _use_counts(func)
+    values = relax_match.bound_values(func)
+    uses = relax_match.use_counts(func)
     matches: dict[Any, _Match] = {}
     for var, value in values.items():
         found = _match_matmul(value, values)
@@ -192,11 +190,14 @@ def _full_ranges(func: Any) -> set[Any]:
     as a reduction of each row, then of the row results, it takes the row-reduction schedule.
     """
     found = set()
-    for binding in _bindings(func):
+    for binding in relax_match.bindings(func):
         value = binding.value
-        if _op_name(value) not in ("relax.max", "relax.min") or value.attrs.axis is not None:
+        if (
+            relax_match.op_of(value) not in ("relax.max", "relax.min")
+            or value.attrs.axis is not None
+        ):
             continue
-        if _ndim(value.args[0]) >= 2 and not value.attrs.keepdims:
+        if relax_match.ndim_of(value.args[0]) >= 2 and not value.attrs.keepdims:
             found.add(binding.var)
     return found
 
@@ -207,61 +208,33 @@ def _find_gathers(func: Any) -> dict[Any, tuple[Any, Any]]:
     They gather int8 rows and dequantize only those, so the table stays int8 in the library
     (a dequantize of a constant would be folded into a float table).
     """
-    values = _bound_values(func)
+    values = relax_match.bound_values(func)
     found = {}
     for var, value in values.items():
-        take = _call_of(value, "relax.take", values)
+        take = relax_match.call_of(value, "relax.take", values)
         if take is None or take.attrs.axis is None or int(take.attrs.axis) != 0:
             continue
-        dequantize = _call_of(take.args[0], "relax.dequantize", values)
-        if dequantize is None or not all(_is_const(a) for a in dequantize.args):
+        dequantize = relax_match.call_of(take.args[0], "relax.dequantize", values)
+        if dequantize is None or not all(relax_match.is_const(a) for a in dequantize.args):
             continue
         table = dequantize.args[0]
         float_result = str(dequantize.attrs.out_dtype) == "float32"
-        if _dtype(table) in ("int8", "uint8") and _ndim(table) == 2 and float_result:
+        if (
+            relax_match.dtype_of(table) in ("int8", "uint8")
+            and relax_match.ndim_of(table) == 2
+            and float_result
+        ):
             found[var] = (dequantize, take.args[1])
     return found
 
 
-def _use_counts(func: Any) -> dict[Any, int]:
-    from tvm import relax
-
-    counts: dict[Any, int] = {}
-
-    def visit(expr: Any) -> None:
-        if isinstance(expr, relax.Var):
-            counts[expr] = counts.get(expr, 0) + 1
-
-    relax.analysis.post_order_visit(func.body, visit)
-    return counts
-
-
-def _call_of(expr: Any, op_name: str, values: dict[Any, Any]) -> Any:
-    """The Call of `op_name` that `expr` is or is bound to, else None."""
-    from tvm import relax
-
-    if isinstance(expr, relax.Var) and expr in values:
-        expr = values[expr]
-    return expr if _op_name(expr) == op_name else None
-
-
-def _op_name(expr: Any) -> str | None:
-    """The name of the operator `expr` calls (e.g. "relax.matmul"), None if not an op call."""
-    import tvm
-    from tvm import relax
-
-    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
-        return str(expr.op.name)
-    return None
-
-
 def _match_matmul(value: Any, values: dict[Any, Any]) -> tuple[Any, Any, Any, _Weight] | None:
     """(x_q, s_x, zp_x, weight) when `value` is matmul(dequantize(x_q), dequantize(W_q))."""
-    matmul = _call_of(value, "relax.matmul", values)
+    matmul = relax_match.call_of(value, "relax.matmul", values)
     if matmul is None or matmul.attrs.out_dtype not in (None, "", "float32"):
         return None
-    left = _call_of(matmul.args[0], "relax.dequantize", values)
-    right = _call_of(matmul.args[1], "relax.dequantize", values)
+    left = relax_match.call_of(matmul.args[0], "relax.dequantize", values)
+    right = relax_match.call_of(matmul.args[1], "relax.dequantize", values)
     if left is None or right is None:
         return None
     activation = _activation(left)
@@ -274,11 +247,15 @@ def _match_matmul(value: Any, values: dict[Any, Any]) -> tuple[Any, Any, Any, _W
 def _activation(dequantize: Any) -> tuple[Any, Any, Any] | None:
     """(x_q, s_x, zp_x) of a per-tensor uint8 dequantize with a float32 result, else None."""
     x_q, scale, zero_point = dequantize.args
-    if _dtype(x_q) != "uint8" or str(dequantize.attrs.out_dtype) != "float32":
+    if relax_match.dtype_of(x_q) != "uint8" or str(dequantize.attrs.out_dtype) != "float32":
         return None
-    if _ndim(x_q) not in (2, 3) or _dtype(scale) != "float32" or _dtype(zero_point) != "uint8":
+    if (
+        relax_match.ndim_of(x_q) not in (2, 3)
+        or relax_match.dtype_of(scale) != "float32"
+        or relax_match.dtype_of(zero_point) != "uint8"
+    ):
         return None
-    if not (_is_scalar(scale) and _is_scalar(zero_point)):
+    if not (relax_match.is_scalar(scale) and relax_match.is_scalar(zero_point)):
         return None
     return x_q, scale, zero_point
 
@@ -286,7 +263,7 @@ def _activation(dequantize: Any) -> tuple[Any, Any, Any] | None:
 def _weight(dequantize: Any) -> _Weight | None:
     """The constant int8 [k, n] weight with per-column or per-tensor scale and zero zero-point."""
     w_q, scale, zero_point = dequantize.args
-    if not all(_is_const(a) for a in (w_q, scale, zero_point)):
+    if not all(relax_match.is_const(a) for a in (w_q, scale, zero_point)):
         return None
     q, s, zp = (a.value.numpy() for a in (w_q, scale, zero_point))
     if q.dtype != np.int8 or q.ndim != 2 or s.dtype != np.float32 or np.any(zp != 0):
@@ -303,121 +280,64 @@ def _bias_of(
     value: Any, matches: dict[Any, _Match], uses: dict[Any, int]
 ) -> tuple[Any, np.ndarray] | None:
     """(matmul var, bias [n]) when `value` adds a constant float bias to a matched matmul."""
-    if _op_name(value) != "relax.add":
+    if relax_match.op_of(value) != "relax.add":
         return None
     for mm, other in (value.args, value.args[::-1]):
-        if mm in matches and uses.get(mm, 0) == 1 and _is_const(other):
+        if mm in matches and uses.get(mm, 0) == 1 and relax_match.is_const(other):
             bias = other.value.numpy()
             n = matches[mm].weight.q.shape[1]
-            fits = bias.size == n and bias.shape[-1:] == (n,) and bias.ndim <= _ndim(mm)
+            fits = (
+                bias.size == n and bias.shape[-1:] == (n,) and bias.ndim <= relax_match.ndim_of(mm)
+            )
             if bias.dtype == np.float32 and fits:
                 return mm, bias.reshape(n)
     return None
-
-
-def _is_const(expr: Any) -> bool:
-    import tvm
-
-    return isinstance(expr, tvm.ir.GenericConst)
-
-
-def _dtype(expr: Any) -> str:
-    dtype = getattr(expr.ty, "dtype", None)
-    return str(getattr(dtype, "dtype", dtype or ""))
-
-
-def _ndim(expr: Any) -> int:
-    return int(getattr(expr.ty, "ndim", -1))
-
-
-def _shape(expr: Any) -> list[Any] | None:
-    """The dims of a tensor expression (ints or symbolic PrimExprs), None when unknown."""
-    shape = getattr(expr.ty, "shape", None)
-    return list(shape.values) if shape is not None and hasattr(shape, "values") else None
-
-
-def _is_scalar(expr: Any) -> bool:
-    shape = _shape(expr)
-    return shape is not None and all(int(getattr(d, "value", 0)) == 1 for d in shape)
 
 
 # ---------------------------------------------------------------------------------------------
 # Rewriting
 
 
-def _rewriter_base() -> type:
+@dataclass(frozen=True)
+class _Settings:
+    """How the rewrite emits integer matmuls (see `rewrite_qdq_matmuls`)."""
+
+    packed: bool
+    offset: int
+    transposed: bool
+    block: tuple[int, int]
+    activation_dtype: str
+
+
+def _replacement(plan: _Plan, settings: _Settings) -> relax_match.Replacement:
+    """The binding rewrite of one function's plan."""
     from tvm import relax
 
-    return relax.PyExprMutator  # type: ignore[no-any-return]
+    matches = {m.output: m for m in plan.matmuls}
 
+    def replace(bb: Any, binding: Any, visit: Any) -> Any:
+        if binding.var in plan.ranges:
+            return _emit_range(bb, binding, visit)
+        static = _static_shape_of(binding.value)
+        if static is not None:  # frees the dequantized tables whose shape was asked
+            return bb.emit(relax.ShapeExpr(static))
+        if binding.var in plan.gathers:
+            return _emit_gather(bb, *plan.gathers[binding.var], visit)
+        match = matches.get(binding.var)
+        if match is None:
+            return None
+        if settings.packed or settings.transposed:
+            return _emit_packed(bb, match, visit, settings)
+        return _emit_relax_ops(bb, match, visit)
 
-def _make_rewriter() -> type:
-    from tvm import relax
-
-    @relax.expr_functor.mutator
-    class Rewriter(_rewriter_base()):  # type: ignore[misc]
-        """Re-emits a function, replacing each matched output by its integer matmul."""
-
-        def __init__(
-            self, mod: Any, plan: _Plan, packed: bool, offset: int, transposed: bool
-        ) -> None:
-            super().__init__(mod)
-            self.mod_ = mod
-            self.matches = {m.output: m for m in plan.matmuls}
-            self.ranges = plan.ranges
-            self.gathers = plan.gathers
-            self.packed = packed
-            self.offset = offset
-            self.transposed = transposed
-
-        def rewrite(self, gvar: Any) -> Any:
-            func = self.visit_expr(self.mod_[gvar])
-            self.builder_.update_func(gvar, func)
-            return self.builder_.get()
-
-        def visit_var_binding_(self, binding: Any) -> None:
-            new = self._replacement(binding)
-            if new is None:
-                super().visit_var_binding_(binding)
-                return
-            if not isinstance(binding.var, relax.DataflowVar):  # an output of the block
-                new = self.builder_.emit_output(new)
-            self.set_var_remap(binding.var, new)
-
-        def _replacement(self, binding: Any) -> Any:
-            """The new var of a binding the plan rewrites, else None."""
-            bb, visit = self.builder_, self.visit_expr
-            if binding.var in self.ranges:
-                return _emit_range(bb, binding, visit)
-            static = _static_shape_of(binding.value)
-            if static is not None:  # frees the dequantized tables whose shape was asked
-                return bb.emit(relax.ShapeExpr(static))
-            if binding.var in self.gathers:
-                return _emit_gather(bb, *self.gathers[binding.var], visit)
-            match = self.matches.get(binding.var)
-            if match is None:
-                return None
-            if self.packed or self.transposed:
-                return _emit_packed(bb, match, visit, self.offset, self.transposed)
-            return _emit_relax_ops(bb, match, visit)
-
-    return Rewriter
+    return replace
 
 
 def _static_shape_of(value: Any) -> list[int] | None:
     """The dims of `shape_of(x)` when x's shape is static, else None."""
-    if _op_name(value) != "relax.shape_of":
+    if relax_match.op_of(value) != "relax.shape_of":
         return None
-    shape = _shape(value.args[0])
-    if shape is None or not all(hasattr(d, "value") for d in shape):
-        return None
-    return [int(d.value) for d in shape]
-
-
-def _rewriter(
-    mod: Any, plan: _Plan, packed: bool, offset: int = 0, transposed: bool = False
-) -> Any:
-    return _make_rewriter()(mod, plan, packed, offset, transposed)
+    return relax_match.static_shape_of(value.args[0])
 
 
 def _emit_gather(bb: Any, dequantize: Any, indices: Any, visit: Any) -> Any:
@@ -428,7 +348,11 @@ def _emit_gather(bb: Any, dequantize: Any, indices: Any, visit: Any) -> Any:
     table, scale, zero_point = dequantize.args
     ids = visit(indices)
     rows = op.astype(op.take(table, ids, axis=0), "float32")
-    per_row = _ndim(scale) == 1 and int(dequantize.attrs.axis) == 0 and not _is_scalar(scale)
+    per_row = (
+        relax_match.ndim_of(scale) == 1
+        and int(dequantize.attrs.axis) == 0
+        and not relax_match.is_scalar(scale)
+    )
     if per_row:  # one scale per table row: gather it with the row
         scale = op.expand_dims(op.take(scale, ids, axis=0), -1)
         zero_point = op.expand_dims(op.take(zero_point, ids, axis=0), -1)
@@ -442,7 +366,7 @@ def _emit_range(bb: Any, binding: Any, visit: Any) -> Any:
 
     reduce = relax.op.max if binding.value.op.name == "relax.max" else relax.op.min
     rows = bb.emit(reduce(visit(binding.value.args[0]), axis=[-1]))
-    if _ndim(rows) > 1:
+    if relax_match.ndim_of(rows) > 1:
         rows = bb.emit(relax.op.reshape(rows, (-1,)))
     # As one row of a [1, rows] tensor, the last stage is a row reduction too.
     last = bb.emit(reduce(relax.op.reshape(rows, (1, -1)), axis=[-1]))
@@ -453,53 +377,56 @@ def _scalar(bb: Any, expr: Any) -> Any:
     """A 0-d view of a one-element tensor."""
     from tvm import relax
 
-    if _ndim(expr) == 0:
+    if relax_match.ndim_of(expr) == 0:
         return expr
     return bb.emit(relax.op.reshape(expr, ()))
 
 
-def _emit_packed(
-    bb: Any, match: _Match, visit: Any, offset: int = 0, transposed: bool = False
-) -> Any:
-    """One kernel over the VNNI-packed (CPU) or transposed (GPU) weight; returns the output."""
+def _emit_packed(bb: Any, match: _Match, visit: Any, settings: _Settings) -> Any:
+    """One kernel over the block-packed (CPU) or transposed (GPU) weight; returns the output."""
     from tvm import relax
 
     x_q = visit(match.x_q)
+    if settings.activation_dtype != "uint8":
+        x_q = bb.emit(relax.op.astype(x_q, settings.activation_dtype))
     q = match.weight.q
     k, n = q.shape
-    kp, np_ = _round_up(k, BLOCK_K), n if transposed else _round_up(n, BLOCK_N)
+    transposed = settings.transposed
+    bn, bk = (1, BLOCK_K) if transposed else settings.block
+    kp, np_ = relax_match.round_up(k, bk), relax_match.round_up(n, bn)
     if kp != k:
-        pad = [0, 0] * (_ndim(x_q) - 1) + [0, kp - k]
+        pad = [0, 0] * (relax_match.ndim_of(x_q) - 1) + [0, kp - k]
         x_q = bb.emit(relax.op.nn.pad(x_q, pad, pad_value=0.0))
-    colsum = _padded(q.astype(np.int32).sum(axis=0, dtype=np.int32), np_)
+    colsum = relax_match.padded(q.astype(np.int32).sum(axis=0, dtype=np.int32), np_)
     args = [
         x_q,
-        relax.const(_transpose_weight(q) if transposed else pack_weight(q), "int8"),
+        relax.const(_transpose_weight(q) if transposed else pack_weight(q, (bn, bk)), "int8"),
         relax.const(colsum, "int32"),
         _scalar(bb, visit(match.x_zero_point)),
         _scalar(bb, visit(match.x_scale)),
-        relax.const(_padded(match.weight.scale, np_), "float32"),
+        relax.const(relax_match.padded(match.weight.scale, np_), "float32"),
     ]
     if match.bias is not None:
-        args.append(relax.const(_padded(match.bias.astype(np.float32), np_), "float32"))
-    kwargs = {"offset": offset, "transposed": transposed, "primfunc_name_hint": KERNEL_NAME}
+        bias = relax_match.padded(match.bias.astype(np.float32), np_)
+        args.append(relax.const(bias, "float32"))
+    kwargs = {
+        "offset": settings.offset,
+        "transposed": transposed,
+        "primfunc_name_hint": KERNEL_NAME,
+    }
     out = bb.emit(bb.call_te(_te_qmatmul, *args, **kwargs))
     if np_ != n:
-        out = bb.emit(relax.op.strided_slice(out, axes=[_ndim(x_q) - 1], begin=[0], end=[n]))
+        out = bb.emit(
+            relax.op.strided_slice(out, axes=[relax_match.ndim_of(x_q) - 1], begin=[0], end=[n])
+        )
     return out
 
 
 def _transpose_weight(w_q: np.ndarray) -> np.ndarray:
     """W^T [n, k] of an int8 [k, n] weight, k zero-padded to a multiple of 4."""
     k, n = w_q.shape
-    out = np.zeros((n, _round_up(k, BLOCK_K)), dtype=np.int8)
+    out = np.zeros((n, relax_match.round_up(k, BLOCK_K)), dtype=np.int8)
     out[:, :k] = w_q.T
-    return out
-
-
-def _padded(vector: np.ndarray, size: int) -> np.ndarray:
-    out = np.zeros(size, dtype=vector.dtype)
-    out[: vector.size] = vector
     return out
 
 
@@ -517,19 +444,20 @@ def _te_qmatmul(
 ) -> Any:
     """The kernel: int32 sums of uint8 x int8 products over packed W, then the float epilogue.
 
-    `a` is [..., k] (k a multiple of 4); the result is [..., n] with n a multiple of 16. With an
-    `offset`, the products take `a - offset` and the correction `zero_point - offset`. A
-    `transposed` weight is W^T [n, k] (n any).
+    `a` is [..., k] and `w` is [n/bn, k/bk, bn, bk] (k a multiple of bk); the result is
+    [..., n]. With an `offset`, the products take `a - offset` and the correction
+    `zero_point - offset`. A `transposed` weight is W^T [n, k] (n any).
     """
     from tvm import te
 
     *lead, depth = a.shape
-    cols = w.shape[0] if transposed else w.shape[0] * BLOCK_N
+    bn, bk = (1, 1) if transposed else (int(w.shape[2]), int(w.shape[3]))
+    cols = w.shape[0] * bn
     k = te.reduce_axis((0, depth), name="k")
 
     def product(*index: Any) -> Any:
         *rows, j = index
-        packed_at = (j // BLOCK_N, k // BLOCK_K, j % BLOCK_N, k % BLOCK_K)
+        packed_at = (j // bn, k // bk, j % bn, k % bk)
         weight = w[j, k] if transposed else w[packed_at]
         activation = a[(*rows, k)].astype("int32")
         if offset:

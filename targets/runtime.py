@@ -3,8 +3,16 @@
 This module needs only numpy and the TVM runtime (no onnx, no nlpress compiler), so that a
 deployment, or an aarch64 Python under emulation, can load it on its own, even by file path.
 
-    session = load("build/x86")
+    session = load("build/x86", threads=2)
     [embeddings] = session.run(None, {"input_ids": ids, "attention_mask": mask, ...})
+
+CPU kernels run on TVM's thread pool, one per calling thread. Left alone, TVM sizes it from
+TVM_NUM_THREADS, else half the machine's logical CPUs (it assumes hyper-threading), and pins
+each worker to one core. A session configures the pool of the thread that runs it instead,
+before its first kernel (`SessionOptions`): by default one thread per CPU that this process
+may use (its affinity mask, as a container or `taskset` sets it), or TVM_NUM_THREADS when the
+user set it; threads not pinned, so that a worker whose core another process takes is moved
+by the OS instead of stalling every parallel loop that waits for it.
 """
 
 from __future__ import annotations
@@ -12,9 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import struct
+import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +55,72 @@ class DamagedArtifactError(_DamageErrorBase):
 
 
 @dataclass(frozen=True)
+class SessionOptions:
+    """How a session runs its CPU kernels, like ONNX Runtime's SessionOptions.
+
+    Attributes:
+        threads: Threads of the parallel kernels; 0: TVM_NUM_THREADS if the user set it,
+            else one per CPU in this process's affinity mask.
+        pin: Bind each worker thread to one CPU (TVM's own default). Off, the OS moves a
+            worker whose core is busy, which matters on a shared machine.
+
+    """
+
+    threads: int = 0
+    pin: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int):
+            raise FeedError(f"threads must be an int, not {self.threads!r}")
+        if self.threads < 0:
+            raise FeedError(f"threads must be 0 (automatic) or more, not {self.threads}")
+
+    def resolved_threads(self) -> int:
+        """The thread count these options give on this machine now."""
+        if self.threads:
+            return self.threads
+        user = os.environ.get("TVM_NUM_THREADS", "").strip()
+        if user.isdigit() and int(user) > 0:
+            return int(user)
+        return len(usable_cpus())
+
+
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on (its affinity mask), in order."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - platforms without affinity masks
+        return list(range(os.cpu_count() or 1))
+
+
+# TVM's thread pool affinity modes (runtime/threading_backend.h).
+_ONE_CORE_PER_THREAD, _THREADS_SHARE_ALL_CORES = -2, -3
+_configured = threading.local()
+
+
+def configure_threads(options: SessionOptions) -> int:
+    """Configure TVM's thread pool of the calling thread for `options`; returns its threads.
+
+    TVM creates a thread's pool on its first configuration, with one worker per CPU it is
+    given; every usable CPU is given (each thread may run on any of them, so the calling
+    thread's own affinity is left as it was), repeated when more threads are asked. A later
+    configuration can use fewer workers than the pool has, never more.
+    """
+    threads = options.resolved_threads()
+    wanted = (threads, options.pin)
+    if getattr(_configured, "config", None) == wanted:
+        return threads
+    import tvm
+
+    cpus = usable_cpus()
+    listed = [str(cpus[i % len(cpus)]) for i in range(max(threads, len(cpus)))]
+    mode = _ONE_CORE_PER_THREAD if options.pin else _THREADS_SHARE_ALL_CORES
+    tvm.get_global_func("runtime.config_threadpool")(mode, threads, listed)
+    _configured.config = wanted
+    return threads
+
+
+@dataclass(frozen=True)
 class NodeArg:
     """An input or output as ONNX Runtime describes it: name, shape (ints or dim names), type."""
 
@@ -61,9 +137,16 @@ class NodeArg:
 class Session:
     """A loaded artifact: `run(output_names, feeds)` returns numpy arrays."""
 
-    def __init__(self, path: str | os.PathLike[str], device_id: int = 0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        options: SessionOptions | None = None,
+        *,
+        device_id: int = 0,
+    ) -> None:
         """Load the artifact folder `path`; cuda artifacts run on GPU `device_id`."""
         self.path = Path(path)
+        self.options = options or SessionOptions()
         self.manifest = read_manifest(self.path)
         self._inputs = [_node_arg(v) for v in self.manifest["inputs"]]
         self._index_ranges = {
@@ -73,7 +156,9 @@ class Session:
         }
         self._outputs = [_node_arg(v) for v in self.manifest["outputs"]]
         self._device_kind = self.manifest["target"]["device"]
+        check_cpu(self.manifest, self.path)
         self._vm, self._device = _load_vm(self.path / LIBRARY, self._device_kind, device_id)
+        self.threads = configure_threads(self.options)
 
     def get_inputs(self) -> list[NodeArg]:
         """The inputs, in the model's order."""
@@ -94,6 +179,7 @@ class Session:
         """
         wanted = self._output_indices(output_names)
         arrays = check_feeds(self._inputs, feeds, self._index_ranges, dim_limits(self.manifest))
+        configure_threads(self.options)  # the pool of the calling thread
         import tvm
 
         args = [tvm.runtime.tensor(a, self._device) for a in arrays]
@@ -111,9 +197,28 @@ class Session:
         return [known.index(n) for n in names]
 
 
-def load(path: str | os.PathLike[str], device_id: int = 0) -> Session:
-    """Load a compiled artifact folder."""
-    return Session(path, device_id)
+def load(
+    path: str | os.PathLike[str],
+    options: SessionOptions | None = None,
+    *,
+    threads: int | None = None,
+    pin: bool | None = None,
+    device_id: int = 0,
+) -> Session:
+    """Load a compiled artifact folder; `threads` and `pin` override those of `options`."""
+    return Session(path, session_options(options, threads=threads, pin=pin), device_id=device_id)
+
+
+def session_options(
+    options: SessionOptions | None = None, *, threads: int | None = None, pin: bool | None = None
+) -> SessionOptions:
+    """`options` (default SessionOptions()) with the given fields replaced."""
+    base = options or SessionOptions()
+    return replace(
+        base,
+        threads=base.threads if threads is None else threads,
+        pin=base.pin if pin is None else pin,
+    )
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -219,6 +324,74 @@ def dim_limits(manifest: Mapping[str, Any]) -> dict[str, tuple[int, str]]:
         for name, entry in recorded.items()
         if isinstance(entry, Mapping) and isinstance(entry.get("max"), int)
     }
+
+
+def check_cpu(manifest: Mapping[str, Any], folder: Path) -> None:
+    """Refuse, before loading its library, an artifact whose code this CPU cannot run.
+
+    Raises:
+        ArtifactError: The artifact is for another architecture, or needs CPU features
+            (the manifest's "code.features") that this CPU lacks.
+
+    """
+    code = manifest.get("code") or {}
+    arch = code.get("arch")
+    if not arch:
+        return
+    machine = platform.machine().lower()
+    here = {"x86_64": "x86", "amd64": "x86", "aarch64": "aarch64", "arm64": "aarch64"}.get(machine)
+    if here is not None and here != arch:
+        raise ArtifactError(f"{folder}: an {arch} artifact; this machine is {machine}")
+    have = host_features(arch)
+    missing = [f for f in code.get("features", []) if have is not None and f not in have]
+    if missing:
+        built_for = code.get("cpu") or arch
+        raise ArtifactError(
+            f"{folder}: built for {built_for}, its code needs {', '.join(missing)}, which this "
+            f"CPU ({_cpu_model()}) lacks; compile it for this machine (without --mcpu)"
+        )
+
+
+# aarch64 HWCAP bits (AT_HWCAP, AT_HWCAP2) of the features `targets/isa.py` records.
+_HWCAPS = {
+    16: {"asimd": 1, "asimdhp": 10, "asimddp": 20, "sve": 22},
+    26: {"sve2": 1, "i8mm": 13, "bf16": 14},
+}
+
+
+def host_features(arch: str) -> set[str] | None:
+    """The CPU features Linux reports for this machine, by their Linux names; None if unknown."""
+    try:
+        if arch == "aarch64":
+            return _auxv_features(Path("/proc/self/auxv").read_bytes())
+        return set(_cpuinfo_field("flags").split())
+    except OSError:
+        return None
+
+
+def _auxv_features(auxv: bytes) -> set[str]:
+    entries = dict(struct.iter_unpack("<QQ", auxv[: len(auxv) // 16 * 16]))
+    return {
+        name
+        for key, bits in _HWCAPS.items()
+        for name, bit in bits.items()
+        if entries.get(key, 0) >> bit & 1
+    }
+
+
+def _cpuinfo_field(name: str) -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == name:
+            return value.strip()
+    return ""
+
+
+def _cpu_model() -> str:
+    try:
+        return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+    except OSError:
+        return platform.machine()
 
 
 def check_feeds(

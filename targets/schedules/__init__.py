@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from nlpress.targets.schedules.elementwise import Elementwise
 from nlpress.targets.schedules.int8 import Int8Matmul
 from nlpress.targets.schedules.matmul import Matmul
+from nlpress.targets.schedules.panels import PanelMatmul
 from nlpress.targets.schedules.reduction import RowReduction
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ class Rule(Protocol):
 
 def default_rules() -> tuple[Rule, ...]:
     """The CPU rules, most specific first."""
-    return (Int8Matmul(), Matmul(), RowReduction(), Elementwise())
+    return (Int8Matmul(), PanelMatmul(), Matmul(), RowReduction(), Elementwise())
 
 
 def schedule_module(
@@ -88,6 +89,7 @@ __all__ = [
     "Elementwise",
     "Int8Matmul",
     "Matmul",
+    "PanelMatmul",
     "RowReduction",
     "Rule",
     "default_rules",

@@ -136,3 +136,26 @@ def _inline_until_fixed(neighbours: Callable[[], Any], inline: Callable[[Any], N
                 continue
         if not inlined:
             return
+
+
+def write_back_tile(sch: Any, main: Any, tile_loop: Any, target: Any, lanes: int) -> None:
+    """Accumulate each tile locally; store it through the epilogue at the tile loop.
+
+    The store is vectorized by `lanes` columns, its rows and vectors unrolled.
+    """
+    from nlpress.targets.schedules.elementwise import schedule_block
+
+    write_back = sch.cache_write(main, 0, "local")
+    sch.reverse_compute_at(write_back, tile_loop, preserve_unit_loops=True)
+    inlined = inline_consumers(sch, write_back)
+    *_, rows, columns = sch.get_loops(write_back)
+    blocks, vector = sch.split(columns, factors=[None, lanes])
+    sch.vectorize(vector)
+    sch.unroll(blocks)
+    sch.unroll(rows)
+    if inlined:
+        return
+    # A consumer that could not be inlined (the slice of padded columns): stored after.
+    for store in sch.get_consumers(write_back):
+        inline_consumers(sch, store)
+        schedule_block(sch, store, target)

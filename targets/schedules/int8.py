@@ -1,14 +1,13 @@
-"""Integer matmul rule: C[..., n] += u8 A[..., k] * s8 W_p[n/16, k/4, n%16, k%4], with dot products.
+"""Integer matmul rule: C[..., n] += u8 A[..., k] * s8 W_p[n/bn, k/bk, n%bn, k%bk], by blocks.
 
 It takes the kernels of `targets/quantized.py` (int32 sums of uint8 x int8 products over a weight
-packed in 16x4 blocks, with a float epilogue). The rows are fused; each task of the parallel loop
-computes an MR x (NB*16) tile of C over the whole k, accumulating in a local buffer. The inner
-16 columns x 4 reduction steps match one 64-byte block of the packed weight and are tensorized
-with the target's dot-product instruction: vpdpbusd (AVX-512 VNNI, u8 x s8 -> s32), or NEON's
-usdot (+i8mm) or sdot (+dotprod, over activations shifted by 128; `int8_intrinsics.py`).
-Targets without one (AVX2, plain NEON) get the same tiling with the 16 columns vectorized.
-The epilogue (zero-point correction, scales, bias and fused elementwise consumers) is applied
-as each tile is stored.
+packed in bn x bk blocks, with a float epilogue). Each task of the parallel loop computes an
+MR x (NB*bn) tile of C over the whole k, accumulating in a local buffer that LLVM keeps in
+registers. One block (bn columns x bk reduction steps) is one instruction of the target's
+kernel family (`int8_intrinsics.FAMILIES`: vpdpbusd, vpmaddwd, usdot, sdot, smull), or, for the
+generic family, bn columns vectorized plainly. Column tiles run outermost, so a tile's weight
+panel stays in cache while every row tile passes over it. The epilogue (zero-point correction,
+scales, bias and fused elementwise consumers) is applied as each tile is stored.
 """
 
 from __future__ import annotations
@@ -17,26 +16,20 @@ import logging
 from typing import Any
 
 from nlpress.targets.schedules import common, int8_intrinsics
+from nlpress.targets.schedules.int8_intrinsics import Int8Kernel
 
 log = logging.getLogger(__name__)
 
-BLOCK_N = 16
-BLOCK_K = 4
-# Rows of the register tile, and 16-column blocks per tile (MR * NB int32 vector accumulators).
-MR = 8
-NB = 3
-
-
-def dot_intrinsic(target: Any) -> str | None:
-    """The name of the 16x4 u8 x s8 -> s32 tensor intrinsic the target has, else None."""
-    from tvm.target import codegen
-
-    if target.kind.name != "llvm":
-        return None
-    if codegen.target_has_features("avx512vnni", target):
-        return int8_intrinsics.x86_dot_intrinsic().name
-    arm = int8_intrinsics.arm_dot_intrinsic(target)
-    return None if arm is None else arm.name
+# Register tile per family: (rows MR, blocks NB); MR * NB accumulators of bn int32 each.
+TILES = {
+    "avx512-vnni": (8, 3),
+    "avx-vnni": (4, 3),
+    "avx2": (4, 2),
+    "neon-i8mm": (4, 2),
+    "neon-dotprod": (4, 2),
+    "neon": (4, 2),
+    "generic": (4, 1),
+}
 
 
 class Int8Matmul:
@@ -51,15 +44,16 @@ class Int8Matmul:
         if main is None:
             return None
         common.inline_intermediates(sch, main)
-        intrinsic = dot_intrinsic(target)
-        if not int8_intrinsics.fits(sch.get(main), intrinsic):
-            intrinsic = None  # a kernel built for another activation offset: vectorized
-        _tile(sch, main, target, intrinsic)
+        kernel = int8_intrinsics.int8_kernel(target)
+        block = _weight_block(sch, main)
+        if block != kernel.block or not int8_intrinsics.fits(sch.get(main), kernel):
+            kernel = int8_intrinsics.GENERIC  # a kernel built for another family: vectorized
+        _tile(sch, main, target, kernel, block)
         return sch
 
 
 def integer_reduction(sch: Any) -> tuple[Any, Any] | None:
-    """The kernel's one int32 sum of uint8 x int8 products and its int8 weight, or None.
+    """The kernel's one int32 sum of uint8 (or int16) x int8 products and its int8 weight, or None.
 
     The block must be untiled: spatial axes, then one reduction axis.
     """
@@ -76,7 +70,7 @@ def integer_reduction(sch: Any) -> tuple[Any, Any] | None:
     if len(stmt.writes) != 1 or str(stmt.writes[0].source.dtype) != "int32":
         return None
     others = [r.source for r in stmt.reads if r.source != stmt.writes[0].source]
-    if sorted(str(b.dtype) for b in others) != ["int8", "uint8"]:
+    if sorted(str(b.dtype) for b in others) not in (["int8", "uint8"], ["int16", "int8"]):
         return None
     kinds = [int(iv.iter_type) for iv in stmt.iter_vars]
     if kinds[-1] != 2 or set(kinds[:-1]) != {0} or len(kinds) < 3:
@@ -87,45 +81,52 @@ def integer_reduction(sch: Any) -> tuple[Any, Any] | None:
 
 
 def _int8_block(sch: Any) -> Any:
-    """The single reduction block C[..., j] += u8 A[..., k] * s8 W[j/16, k/4, j%16, k%4]."""
+    """The single reduction block C[..., j] += u8 A[..., k] * s8 W[j/bn, k/bk, j%bn, k%bk]."""
     found = integer_reduction(sch)
     if found is None:
         return None
     block, weight = found
-    if len(weight.shape) != 4 or [_int(d) for d in weight.shape[2:]] != [BLOCK_N, BLOCK_K]:
+    if len(weight.shape) != 4 or None in (_int(d) for d in weight.shape[2:]):
         return None
     columns, depth = (common.static_extent(sch, loop) for loop in sch.get_loops(block)[-2:])
-    if columns is None or depth is None or columns % BLOCK_N:
+    if columns is None or depth is None or columns % _int(weight.shape[2]):  # type: ignore[operator]
         return None
     return block
+
+
+def _weight_block(sch: Any, main: Any) -> tuple[int, int]:
+    """(bn, bk) of the packed weight the block reads."""
+    weight = next(r.source for r in sch.get(main).reads if str(r.source.dtype) == "int8")
+    return int(weight.shape[2]), int(weight.shape[3])
 
 
 def _int(value: Any) -> int | None:
     return int(value.value) if hasattr(value, "value") else None
 
 
-def _tile(sch: Any, main: Any, target: Any, intrinsic: str | None) -> None:
-    """Tile rows x (NB x 16) columns over k in steps of 4; tensorize or vectorize the 16 x 4.
+def _tile(sch: Any, main: Any, target: Any, kernel: Int8Kernel, block: tuple[int, int]) -> None:
+    """Tile rows x (NB x bn) columns over k in steps of bk; tensorize or vectorize each block.
 
     Only the innermost row axis is tiled (fusing the row axes first would make the block's
     bindings non-affine, which tensorization cannot split).
     """
+    bn, bk = block
     *outer, row, j, k = sch.get_loops(main)
     row_extent = common.static_extent(sch, row)
     columns, depth = common.static_extent(sch, j), common.static_extent(sch, k)
     assert columns is not None and depth is not None
-    max_rows, max_blocks = _register_tile(target)
+    max_rows, max_blocks = TILES[kernel.family]
     mr = _rows_for(row_extent, max_rows)
-    blocks = _largest_divisor_at_most(columns // BLOCK_N, max_blocks)
+    blocks = _largest_divisor_at_most(columns // bn, max_blocks)
     io, ii = sch.split(row, factors=[None, mr])
-    jo, jb, ji = sch.split(j, factors=[None, blocks, BLOCK_N])
-    ko, ki = sch.split(k, factors=[None, BLOCK_K])
-    sch.reorder(*outer, io, jo, ko, ii, jb, ji, ki)
-    _write_back(sch, main, jo, target)
+    jo, jb, ji = sch.split(j, factors=[None, blocks, bn])
+    ko, ki = sch.split(k, factors=[None, bk])
+    sch.reorder(*outer, jo, io, ko, ii, jb, ji, ki)
+    common.write_back_tile(sch, main, io, target, bn)
     if common.worth_parallel(common.block_work(sch, main)):
-        sch.parallel(sch.fuse(*outer, io, jo))
-    tensorize = intrinsic is not None and depth % BLOCK_K == 0
-    if not tensorize:  # the 4-step reduction outside, the 16 columns in one vector
+        sch.parallel(sch.fuse(*outer, jo, io))
+    intrinsic = kernel.intrinsic if depth % bk == 0 else None
+    if intrinsic is None:  # the reduction steps outside, the bn columns in one vector
         sch.reorder(ki, ji)
         sch.vectorize(ji)
         sch.unroll(ki)
@@ -134,17 +135,10 @@ def _tile(sch: Any, main: Any, target: Any, intrinsic: str | None) -> None:
     sch.vectorize(init_columns)
     sch.unroll(init_blocks)
     sch.unroll(init_rows)
-    if tensorize:
+    if intrinsic is not None:
         sch.tensorize(ji, intrinsic)
     sch.unroll(jb)
     sch.unroll(ii)
-
-
-def _register_tile(target: Any) -> tuple[int, int]:
-    """(rows, 16-column blocks) of the tile: 8 x 3 int32 vectors with 32 zmm registers."""
-    if common.vector_bits(target) >= 512:
-        return MR, NB
-    return 4, 1
 
 
 def _rows_for(row_extent: int | None, limit: int) -> int:
@@ -159,23 +153,3 @@ def _rows_for(row_extent: int | None, limit: int) -> int:
 
 def _largest_divisor_at_most(value: int, limit: int) -> int:
     return max(d for d in range(1, min(value, limit) + 1) if value % d == 0)
-
-
-def _write_back(sch: Any, main: Any, tile_loop: Any, target: Any) -> None:
-    """Accumulate each tile locally; store it through the epilogue at the tile loop."""
-    from nlpress.targets.schedules.elementwise import schedule_block
-
-    write_back = sch.cache_write(main, 0, "local")
-    sch.reverse_compute_at(write_back, tile_loop, preserve_unit_loops=True)
-    inlined = common.inline_consumers(sch, write_back)
-    *_, rows, columns = sch.get_loops(write_back)
-    blocks, vector = sch.split(columns, factors=[None, BLOCK_N])
-    sch.vectorize(vector)
-    sch.unroll(blocks)
-    sch.unroll(rows)
-    if inlined:
-        return
-    # A consumer that could not be inlined (the slice of padded columns): stored after.
-    for store in sch.get_consumers(write_back):
-        common.inline_consumers(sch, store)
-        schedule_block(sch, store, target)

@@ -1,4 +1,4 @@
-"""Integer matmuls use dot-product instructions: NEON sdot (+dotprod), usdot (+i8mm), CUDA __dp4a.
+"""Integer matmuls on ARM and CUDA: NEON smull (plain), sdot (+dotprod), usdot (+i8mm); __dp4a.
 
 The fast tests cross-compile and read the assembly; the shifted kernel's arithmetic is checked
 exact on the host. The slow tests run the artifacts under qemu and compare them with numpy's
@@ -19,7 +19,7 @@ from onnx import numpy_helper
 from tvm import relax
 
 from nlpress.targets import emulation, get_target, lower, quantized
-from nlpress.targets.schedules import int8, int8_intrinsics
+from nlpress.targets.schedules import int8_intrinsics
 
 DOTPROD = lower.tvm_target(get_target("arm", mattr=["dotprod"]))
 I8MM = lower.tvm_target(get_target("arm", mattr=["i8mm"]))
@@ -50,16 +50,17 @@ def test_i8mm_target_uses_usdot() -> None:
     assert "usdot\tv" in _asm(I8MM)
 
 
-def test_plain_neon_has_no_dot_product() -> None:
-    assert int8.dot_intrinsic(NEON) is None
-    assert "sdot" not in _asm(NEON)
+def test_plain_neon_multiplies_with_smull_and_adds_pairs_with_sadalp() -> None:
+    asm = _asm(NEON)
+    assert "smull\tv" in asm and "sadalp\tv" in asm
+    assert "sdot" not in asm and "eor\tv" in asm
 
 
-def test_only_sdot_shifts_the_activations() -> None:
-    assert int8_intrinsics.activation_offset(DOTPROD) == 128
-    assert int8_intrinsics.activation_offset(I8MM) == 0
-    assert int8_intrinsics.activation_offset(NEON) == 0
-    assert int8_intrinsics.activation_offset(tq.ZNVER4) == 0
+def test_signed_instructions_shift_the_activations() -> None:
+    offsets = {t: int8_intrinsics.int8_kernel(t).activation_offset for t in (DOTPROD, NEON)}
+    assert offsets == {DOTPROD: 128, NEON: 128}
+    assert int8_intrinsics.int8_kernel(I8MM).activation_offset == 0
+    assert int8_intrinsics.int8_kernel(tq.ZNVER4).activation_offset == 0
 
 
 def test_dotprod_kernel_subtracts_128_from_activation_and_zero_point() -> None:
@@ -80,9 +81,9 @@ def test_sdot_fits_only_kernels_with_shifted_activations(offset: int) -> None:
     sch = tvm.s_tir.Schedule(kernel)
     block = sch.get(sch.get_sblock(quantized.ACC_BLOCK))
     assert int8_intrinsics.block_activation_offset(block) == offset
-    sdot = int8.dot_intrinsic(DOTPROD)
+    sdot = int8_intrinsics.int8_kernel(DOTPROD)
     assert int8_intrinsics.fits(block, sdot) == (offset == 128)
-    assert int8_intrinsics.fits(block, None)
+    assert int8_intrinsics.fits(block, int8_intrinsics.GENERIC) == (offset == 0)
 
 
 @pytest.mark.parametrize("zero_point", [0, 131, 255])
@@ -114,7 +115,7 @@ def _run_arm(proto: Any, mattr: list[str], x: np.ndarray, folder: Path) -> np.nd
 
 @pytest.mark.slow
 @pytest.mark.skipif(tq.EMULATION_SKIP is not None, reason=str(tq.EMULATION_SKIP))
-@pytest.mark.parametrize("mattr", [["dotprod"], ["i8mm"]], ids=["sdot", "usdot"])
+@pytest.mark.parametrize("mattr", [[], ["dotprod"], ["i8mm"]], ids=["smull", "sdot", "usdot"])
 def test_arm_dot_product_artifact_is_exact_under_emulation(
     mattr: list[str], tmp_path: Path
 ) -> None:

@@ -1,0 +1,122 @@
+"""Float matmuls over weight panels: x @ W[k, n] -> x @ W_p[n/bn, k, bn, 1], packed at compile time.
+
+A register tile of the matmul kernel reads bn columns of W at every step of k. In W's own
+[k, n] layout those bn floats sit n floats apart from one step to the next, so every step
+touches a new cache line and, for n of 1024 floats or more, a new page, which the hardware
+prefetchers do not follow. Packed into panels of bn columns, the tile reads its weights as one
+contiguous stream. The rewrite takes `matmul(x, W)` of a constant float32 [k, n] weight and an
+activation x of static shape (rank 2 or more) and emits one kernel (`call_te`) over the panels,
+with n zero-padded to whole panels and the padding sliced off after. The bias, GELU and other
+elementwise consumers are fused into the kernel by Relax's operator fusion; the panel rule of
+`schedules/panels.py` tiles it. The panel's last axis (of size one) gives it the shape of the
+integer kernels' packed weights, so both share one weight layout.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from nlpress.targets import relax_match
+
+log = logging.getLogger(__name__)
+
+# The name hint of the kernel (its reduction block is `ACC_BLOCK`).
+KERNEL_NAME = "pmatmul"
+ACC_BLOCK = "pmatmul_acc"
+
+
+def pack_panels(w: np.ndarray, columns: int) -> np.ndarray:
+    """A float [k, n] weight as padded panels p[n/bn, k, bn, 1]: p[j//bn, i, j%bn] = w[i, j]."""
+    k, n = w.shape
+    padded = np.zeros((k, relax_match.round_up(n, columns)), dtype=w.dtype)
+    padded[:, :n] = w
+    panels = padded.reshape(k, -1, columns).transpose(1, 0, 2)
+    return np.ascontiguousarray(panels[..., None])
+
+
+def rewrite_float_matmuls(mod: Any, columns: int) -> Any:
+    """Replace every float matmul of a static activation and a constant weight by the panel kernel.
+
+    Args:
+        mod: A Relax IRModule, as `from_onnx` imports it.
+        columns: The panel width bn (the columns of the target's register tile).
+
+    Returns:
+        The rewritten module (the same object when nothing matched).
+
+    """
+    from tvm import relax
+
+    for gvar, func in list(mod.functions_items()):
+        if not isinstance(func, relax.Function):
+            continue
+        values = relax_match.bound_values(func)
+        matched = {var for var, value in values.items() if _weight(value) is not None}
+        if matched:
+            mod = relax_match.rewrite_bindings(mod, gvar, _replacement(matched, columns))
+            log.debug("packed %d float matmuls of %s into panels", len(matched), gvar.name_hint)
+    return mod
+
+
+def panel_matmul_pass(columns: int) -> Any:
+    """`rewrite_float_matmuls` as a TVM module pass, for Relax pipelines."""
+    import tvm
+
+    @tvm.transform.module_pass(opt_level=0, name="NlpressPanelMatmul")  # type: ignore[untyped-decorator]
+    def _pass(mod: Any, _ctx: Any) -> Any:
+        return rewrite_float_matmuls(mod, columns)
+
+    return _pass
+
+
+def _weight(value: Any) -> np.ndarray | None:
+    """The constant float32 [k, n] weight of `matmul(x, W)` with x static float32, else None."""
+    if relax_match.op_of(value) != "relax.matmul":
+        return None
+    x, w = value.args
+    if value.attrs.out_dtype not in (None, "", "float32") or not relax_match.is_const(w):
+        return None
+    static = relax_match.static_shape_of(x)
+    if static is None or len(static) < 2 or relax_match.dtype_of(x) != "float32":
+        return None
+    array = w.value.numpy()
+    if array.dtype != np.float32 or array.ndim != 2 or array.shape[0] != static[-1]:
+        return None
+    return np.asarray(array)
+
+
+def _replacement(matched: set[Any], columns: int) -> relax_match.Replacement:
+    from tvm import relax
+
+    def replace(bb: Any, binding: Any, visit: Any) -> Any:
+        weight = _weight(binding.value) if binding.var in matched else None
+        if weight is None:
+            return None
+        x = visit(binding.value.args[0])
+        panels = relax.const(pack_panels(weight, columns), "float32")
+        out = bb.emit(bb.call_te(_te_panel_matmul, x, panels, primfunc_name_hint=KERNEL_NAME))
+        n = weight.shape[1]
+        if n % columns:
+            axis = relax_match.ndim_of(x) - 1
+            out = bb.emit(relax.op.strided_slice(out, axes=[axis], begin=[0], end=[n]))
+        return out
+
+    return replace
+
+
+def _te_panel_matmul(a: Any, w: Any) -> Any:
+    """C[..., j] = sum_k a[..., k] * w[j // bn, k, j % bn, 0]; the result has whole panels."""
+    from tvm import te
+
+    *lead, depth = a.shape
+    bn = int(w.shape[2])
+    k = te.reduce_axis((0, depth), name="k")
+
+    def product(*index: Any) -> Any:
+        *rows, j = index
+        return te.sum(a[(*rows, k)] * w[j // bn, k, j % bn, 0], axis=k)
+
+    return te.compute((*lead, w.shape[0] * bn), product, name=ACC_BLOCK)

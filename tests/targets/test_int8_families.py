@@ -1,0 +1,127 @@
+"""Integer matmul kernel families on x86: chosen from the target, exact, the intended instruction.
+
+Each family is checked three ways: the target picks it; its assembly holds its instruction; and
+it is exact against numpy's int32 sums on odd shapes, run here when this CPU has the family's
+instruction set (qemu-user 7.2 emulates none of AVX-512 or AVX-VNNI, so those are checked by
+their assembly and by running their weight layout through the generic kernel on this host).
+The ARM families are in test_int8_intrinsics.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import test_quantized as tq
+import tvm
+from onnx import numpy_helper
+from tvm import relax
+
+from nlpress.targets import get_target, lower, quantized
+from nlpress.targets.schedules import int8_intrinsics
+
+# (family, the CPU that selects it, its instruction, /proc/cpuinfo flags it needs to run).
+X86_FAMILIES = [
+    ("avx512-vnni", "znver4", "vpdpbusd\t%zmm", ("avx512f", "avx512_vnni")),
+    ("avx-vnni", "alderlake", "{vex}\tvpdpbusd\t%ymm", ("avx_vnni",)),
+    ("avx2", "haswell", "vpmaddwd\t%ymm", ("avx2",)),
+    ("generic", "x86-64", "pmaddwd\t%xmm", ()),  # LLVM's own pick for the vector code
+]
+# Odd shapes: rows, k and n that fill no tile and no block exactly.
+SHAPES = [(7, 20, 24, 1), (5, 19, 33, 2), (16, 64, 48, "batch"), (1, 8, 16, 1), (13, 68, 56, 1)]
+
+
+def _cpu_flags() -> set[str]:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    line = next((li for li in text.splitlines() if li.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+HOST_FLAGS = _cpu_flags()
+
+
+def _target(cpu: str) -> Any:
+    return get_target("x86", mcpu=cpu)
+
+
+def _exact(proto: Any, x: np.ndarray, wq: np.ndarray, target: Any, zero_point: int) -> None:
+    expected = np.maximum((x.astype(np.int64) - zero_point) @ wq.astype(np.int64), 0)
+    got = tq._run(proto, x.astype(np.float32) - zero_point, target)
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
+
+
+def _case(m: int, k: int, n: int, lead: int | str, zero_point: int, seed: int) -> Any:
+    """A QDQ MatMul with unit scales and no bias, its weight, and integral activations."""
+    proto = tq._qdq_matmul(
+        m, k, n, lead=lead, bias=False, scales=(1.0, 1.0), zero_point=zero_point, seed=seed
+    )
+    wq = numpy_helper.to_array(next(i for i in proto.graph.initializer if i.name == "wq"))
+    batch = 3 if lead == "batch" else int(lead)
+    x = np.random.default_rng(seed).integers(0, 256, (batch, m, k))
+    return proto, wq, x
+
+
+@pytest.mark.parametrize(("family", "cpu", "instruction", "flags"), X86_FAMILIES)
+def test_target_chooses_the_family(family: str, cpu: str, instruction: str, flags: Any) -> None:
+    kernel = int8_intrinsics.int8_kernel(lower.tvm_target(_target(cpu)))
+    assert kernel.family == family
+
+
+@pytest.mark.parametrize(("family", "cpu", "instruction", "flags"), X86_FAMILIES)
+def test_assembly_holds_the_instruction(
+    family: str, cpu: str, instruction: str, flags: Any
+) -> None:
+    target = lower.tvm_target(_target(cpu))
+    asm = tq._assembly(tq._scheduled_kernel(tq._qdq_matmul(16, 64, 48), target), target)
+    assert instruction in asm
+    assert ("vpdpbusd" in asm) == ("vnni" in family)
+
+
+@pytest.mark.parametrize(("family", "cpu", "instruction", "flags"), X86_FAMILIES)
+@pytest.mark.parametrize(("m", "k", "n", "lead"), SHAPES)
+def test_family_is_exact(
+    family: str, cpu: str, instruction: str, flags: Any, m: int, k: int, n: int, lead: Any
+) -> None:
+    missing = [f for f in flags if f not in HOST_FLAGS]
+    if missing:
+        pytest.skip(f"this CPU lacks {', '.join(missing)}: checked by its assembly only")
+    proto, wq, x = _case(m, k, n, lead, zero_point=131, seed=m * k + n)
+    _exact(proto, x, wq, _target(cpu), zero_point=131)
+
+
+@pytest.mark.parametrize("family", [f.family for f in int8_intrinsics.FAMILIES])
+def test_every_weight_layout_is_exact_on_this_host(family: str) -> None:
+    """Each family's packing and activation dtype, run through the generic vector kernel here."""
+    kernel = next(f for f in int8_intrinsics.FAMILIES if f.family == family)
+    proto, wq, x = _case(13, 68, 56, 1, zero_point=0, seed=3)
+    mod = quantized.rewrite_qdq_matmuls(
+        lower.import_onnx(proto),
+        activation_offset=kernel.activation_offset,
+        block=kernel.block,
+        activation_dtype=kernel.activation_dtype,
+    )
+    host = get_target("x86", mcpu="x86-64")  # the generic family, whatever the block
+    vm = relax.VirtualMachine(lower.build(mod, host), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x.astype(np.float32))).numpy()
+    expected = np.maximum(x.astype(np.int64) @ wq.astype(np.int64), 0)
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
+
+
+@pytest.mark.skipif("avx2" not in HOST_FLAGS, reason="this CPU has no AVX2")
+def test_avx2_is_exact_where_vpmaddubsw_would_saturate() -> None:
+    """Activations 255 and weights of one sign: u8 x s8 pairs reach 64770, past int16's 32767."""
+    m, k, n = 4, 32, 16
+    proto = tq._qdq_matmul(m, k, n, bias=False, scales=(1.0, 1.0), zero_point=0)
+    wq = np.full((k, n), 127, np.int8)
+    wq[:, 8:] = -128
+    for init in proto.graph.initializer:
+        if init.name == "wq":
+            init.CopyFrom(numpy_helper.from_array(wq, "wq"))
+    x = np.full((1, m, k), 255)
+    target = _target("haswell")
+    got = tq._run(proto, x.astype(np.float32), target)
+    expected = np.maximum(x.astype(np.int64) @ wq.astype(np.int64), 0).astype(np.float32)
+    assert expected.max() == 255 * 127 * k  # 16 pairs of 64770 each, no clipping
+    np.testing.assert_array_equal(got, expected)

@@ -1,0 +1,93 @@
+"""Float matmuls over weight panels: the rewrite, the rule, exactness against ONNX Runtime.
+
+Bound against ONNX Runtime: both sum the same products of float32 in another order, so
+|diff| <= 1e-5 * max|output| + 1e-5.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import graphs
+import numpy as np
+import pytest
+import tvm
+from onnx import helper
+from tvm import relax
+
+from nlpress.ir import Model
+from nlpress.ir.verify import run
+from nlpress.targets import get_target, lower, panels
+from nlpress.targets.schedules import PanelMatmul
+from nlpress.targets.schedules.panels import panel_tile
+
+AVX2 = get_target("x86", mcpu="haswell")
+
+
+def _model(shape: list[int | str], k: int, n: int, seed: int = 0) -> Any:
+    """x @ W + b -> Gelu, the FFN's first half."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        graphs.initializer("w", rng.standard_normal((k, n)).astype(np.float32)),
+        graphs.initializer("b", rng.standard_normal(n).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+        helper.make_node("Add", ["y", "b"], ["z"]),
+        helper.make_node("Gelu", ["z"], ["out"]),
+    ]
+    out_shape = [*shape[:-1], n]
+    return graphs.build(
+        nodes, [graphs.tensor("x", shape)], [graphs.tensor("out", out_shape)], inits, opset=21
+    )
+
+
+def _kernels(mod: Any) -> dict[str, Any]:
+    return {g.name_hint: f for g, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def test_pack_panels_puts_columns_of_a_panel_together() -> None:
+    w = np.arange(5 * 19, dtype=np.float32).reshape(5, 19)
+    packed = panels.pack_panels(w, 8)
+    assert packed.shape == (3, 5, 8, 1)
+    i, j = np.meshgrid(np.arange(5), np.arange(19), indexing="ij")
+    np.testing.assert_array_equal(packed[j // 8, i, j % 8, 0], w)
+    assert not packed[2, :, 3:].any()  # zero padding
+
+
+def test_static_matmul_becomes_one_panel_kernel_with_its_epilogue() -> None:
+    target = lower.tvm_target(AVX2)
+    mod, unscheduled = lower.cpu_kernels(lower.import_onnx(_model([1, 24, 40], 40, 56)), target)
+    assert unscheduled == []
+    names = [n for n in _kernels(mod) if panels.KERNEL_NAME in n]
+    assert len(names) == 1 and "add" in names[0]  # bias (and GELU) fused into the kernel
+    assert PanelMatmul().apply(_kernels(mod)[names[0]], target, False) is None  # scheduled
+
+
+def test_symbolic_rows_keep_the_plain_layout() -> None:
+    target = lower.tvm_target(AVX2)
+    mod, _ = lower.cpu_kernels(lower.import_onnx(_model(["batch", 24, 40], 40, 56)), target)
+    assert not [n for n in _kernels(mod) if panels.KERNEL_NAME in n]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [get_target("x86", mcpu="skylake-avx512"), get_target("arm")],
+    ids=["avx512", "arm"],
+)
+def test_targets_without_a_measured_panel_tile_keep_the_plain_layout(target: Any) -> None:
+    assert panel_tile(lower.tvm_target(target)) is None
+
+
+@pytest.mark.parametrize(
+    ("shape", "k", "n"),
+    [([1, 128, 64], 64, 96), ([1, 13, 40], 40, 56), ([3, 7, 19], 19, 33), ([5, 33], 33, 17)],
+)
+def test_panel_kernel_matches_onnxruntime(shape: list[int], k: int, n: int) -> None:
+    proto = _model(shape, k, n, seed=k + n)
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    expected = run(Model.from_onnx(proto), {"x": x})["out"]
+    executable = lower.build(lower.import_onnx(proto), AVX2)
+    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    bound = 1e-5 * float(np.abs(expected).max()) + 1e-5
+    np.testing.assert_allclose(got, expected, rtol=0, atol=bound)

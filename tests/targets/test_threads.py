@@ -1,0 +1,106 @@
+"""Session options: what loading an artifact does to TVM's thread pool (counts and affinity).
+
+Each case runs in a fresh process, as a user's program does: TVM creates a thread's pool once,
+so only a first configuration shows the defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from nlpress.ir import Model
+from nlpress.targets import SessionOptions, build_artifact, get_target
+from nlpress.targets.runtime import FeedError
+
+# Prints the pool's thread count and each thread's allowed CPUs after one run.
+PROBE = textwrap.dedent(
+    """
+    import json, os, sys
+    import numpy as np
+    import nlpress
+    kwargs = json.loads(sys.argv[2])
+    session = nlpress.load(sys.argv[1], **kwargs)
+    x = np.ones((2, 8), np.float32)
+    session.run(None, {"x": x, "ids": np.zeros((2, 3), np.int64)})
+    import tvm
+    allowed = {}
+    for task in os.listdir("/proc/self/task"):
+        allowed[task] = sorted(os.sched_getaffinity(int(task)))
+    print(json.dumps({
+        "session": session.threads,
+        "pool": tvm.get_global_func("runtime.NumThreads")(),
+        "main": sorted(os.sched_getaffinity(0)),
+        "threads": allowed,
+    }))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def artifact(tiny_model: Model, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("threads") / "artifact"
+    return build_artifact(tiny_model, get_target("x86"), out, manifest={"pipeline": "fold"})
+
+
+def probe(artifact: Path, cpus: list[int] | None = None, env: dict[str, str] | None = None,
+          **kwargs: object) -> dict[str, object]:  # fmt: skip
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TVM_", "OMP_"))}
+    command = [sys.executable, "-c", PROBE, str(artifact), json.dumps(kwargs)]
+    if cpus is not None:
+        command = ["taskset", "-c", ",".join(map(str, cpus)), *command]
+    done = subprocess.run(
+        command, env={**clean, **(env or {})}, capture_output=True, text=True, check=True
+    )
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_default_is_one_thread_per_usable_cpu_unpinned(artifact: Path) -> None:
+    usable = sorted(os.sched_getaffinity(0))
+    facts = probe(artifact)
+    assert facts["session"] == facts["pool"] == len(usable)
+    # No worker is bound to one core: every thread may run on every usable CPU.
+    assert all(cpus == usable for cpus in facts["threads"].values())  # type: ignore[attr-defined]
+
+
+def test_affinity_mask_sets_the_default(artifact: Path) -> None:
+    facts = probe(artifact, cpus=[0])
+    assert facts["session"] == facts["pool"] == 1
+    assert facts["main"] == [0]
+
+
+def test_explicit_threads_win(artifact: Path) -> None:
+    facts = probe(artifact, threads=3, env={"TVM_NUM_THREADS": "1"})
+    assert facts["session"] == facts["pool"] == 3
+
+
+def test_fewer_threads_leave_the_callers_affinity_alone(artifact: Path) -> None:
+    facts = probe(artifact, threads=1)
+    assert facts["session"] == facts["pool"] == 1
+    assert facts["main"] == sorted(os.sched_getaffinity(0))
+
+
+def test_user_set_environment_is_respected(artifact: Path) -> None:
+    facts = probe(artifact, env={"TVM_NUM_THREADS": "1"})
+    assert facts["session"] == facts["pool"] == 1
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs two CPUs to show")
+def test_pin_binds_each_worker_to_one_cpu(artifact: Path) -> None:
+    facts = probe(artifact, pin=True, threads=2)
+    assert facts["pool"] == 2
+    single = [cpus for cpus in facts["threads"].values() if len(cpus) == 1]  # type: ignore[attr-defined]
+    assert single, facts["threads"]
+
+
+@pytest.mark.parametrize("threads", [-1, 1.5, True])
+def test_bad_thread_counts_are_refused(threads: object) -> None:
+    with pytest.raises(FeedError, match="threads"):
+        SessionOptions(threads=threads)  # type: ignore[arg-type]
