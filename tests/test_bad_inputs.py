@@ -321,6 +321,7 @@ CASES: dict[str, Case] = {
     "run-text-as-library": Case(f"run {{art_text_so}} {FEEDS3}", 1, "no ELF header"),
     "run-bad-manifest": Case(f"run {{art_bad_manifest}} {FEEDS3}", 2, "unreadable manifest"),
     "run-future-format": Case(f"run {{art_future}} {FEEDS3}", 2, "artifact format 99"),
+    "run-for-another-cpu": Case(f"run {{art_other_cpu}} {FEEDS3}", 2, "which this CPU"),
     # --- bench -----------------------------------------------------------------------------
     "bench-runs-zero": Case("bench {art} --runs 0", 2, "positive whole"),
     "bench-runs-negative": Case("bench {art} --runs -3", 2, "positive whole"),
@@ -603,6 +604,8 @@ def _artifacts(inputs: Path) -> dict[str, Path]:
 
     recorded = json.loads((art / "manifest.json").read_text())
     old = {k: v for k, v in recorded.items() if k != "library"}
+    code = recorded.get("code") or {"arch": "x86", "features": []}
+    other_cpu = {**code, "features": [*code.get("features", []), "a_feature_no_cpu_has"]}
     flipped = bytearray(library)
     flipped[len(flipped) // 2] ^= 0xFF
     found = {
@@ -613,6 +616,7 @@ def _artifacts(inputs: Path) -> dict[str, Path]:
         "art_cut_old": copy("art-cut-old", library[: len(library) - 4096], old),
         "art_text_so": copy("art-text-so", b"not a library\n" * 100, old),
         "art_future": copy("art-future", None, {**recorded, "format_version": 99}),
+        "art_other_cpu": copy("art-other-cpu", None, {**recorded, "code": other_cpu}),
     }
     found["art_bad_manifest"] = copy("art-bad-manifest")
     (found["art_bad_manifest"] / "manifest.json").write_text("{ not json")
