@@ -32,6 +32,7 @@ from nlpress.ir.staging import (
     staging_file,
 )
 from nlpress.ir.summary import format_summary, summarize
+from nlpress.ir.verify import first_line
 from nlpress.models import zoo
 from nlpress.passes import (
     NAMED_PIPELINES,
@@ -345,11 +346,7 @@ def _load_npy(path: str) -> np.ndarray:
     except OSError as exc:
         raise NlpressError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     except (ValueError, EOFError) as exc:
-        raise NlpressError(f"{path}: not a readable .npy array ({_first(exc)})") from exc
-
-
-def _first(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise NlpressError(f"{path}: not a readable .npy array ({first_line(exc)})") from exc
 
 
 def _input_flag(text: str) -> tuple[str, str]:
@@ -369,7 +366,7 @@ def _inspect(args: argparse.Namespace) -> int:
         try:
             manifest = json.loads(manifest_path.read_text())
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise NlpressError(f"{manifest_path}: unreadable manifest ({_first(exc)})") from exc
+            raise NlpressError(f"{manifest_path}: unreadable manifest ({first_line(exc)})") from exc
         path = path / "model.onnx"
     summary = summarize(compiler.resolve_model(path if manifest else args.model).model)
     if manifest is not None:
