@@ -1,6 +1,12 @@
 """nlpress.ir: the ONNX-based IR: load/save, graph helpers, dumps and diffs, verification."""
 
-from nlpress.ir.errors import ModelLoadError, NlpressError, UsageError, VerificationError
+from nlpress.ir.errors import (
+    BudgetNotMet,
+    ModelLoadError,
+    NlpressError,
+    UsageError,
+    VerificationError,
+)
 from nlpress.ir.model import (
     Model,
     copy_file,
@@ -12,6 +18,7 @@ from nlpress.ir.model import (
 )
 
 __all__ = [
+    "BudgetNotMet",
     "Model",
     "ModelLoadError",
     "NlpressError",

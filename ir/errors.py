@@ -15,3 +15,25 @@ class ModelLoadError(NlpressError):
 
 class VerificationError(NlpressError):
     """A model that fails the checker or differs numerically from its reference."""
+
+
+class BudgetNotMet(NlpressError):
+    """A pass's accuracy budget was not met: exit code 3.
+
+    Attributes:
+        pass_name: The pass whose budget it was.
+        option: The budget's option, e.g. "budget-cosine".
+        budget: The value asked for.
+        reached: The value the pass reached.
+        result: What the pipeline made anyway (a PipelineResult), for callers who inspect it.
+    """
+
+    def __init__(
+        self, pass_name: str, option: str, budget: float, reached: float, result: object = None
+    ) -> None:
+        super().__init__(f"{pass_name}: {option}={budget} asked, {reached:.8g} reached")
+        self.pass_name = pass_name
+        self.option = option
+        self.budget = budget
+        self.reached = reached
+        self.result = result

@@ -2,19 +2,17 @@
 
 A Model is an onnx-graphsurgeon graph plus the model-level fields that graphsurgeon does not keep
 (metadata properties, doc string, and initializers no node reads, which only `cleanup` may drop).
-Saving is atomic: the bytes go to a temporary file beside the target, which is then renamed, so an
-interrupted or failed save never leaves a half-written model, and the input file is never opened
-for writing.
+Saving is atomic: the bytes go to a staging file beside the target (`ir/staging.py`), which is
+then renamed, so an interrupted or failed save never leaves a half-written model, and the input
+file is never opened for writing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
 from nlpress.ir.errors import ModelLoadError, NlpressError
+from nlpress.ir.staging import rename_into_place, staging_dir, staging_file
 
 # Protobuf cannot serialize a message over 2 GiB; larger models keep their weights in a side file.
 _PROTOBUF_LIMIT = 2**31 - 1
@@ -75,12 +74,17 @@ class Model:
 def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """Read and check an ONNX file, external weights included, or fail with one line naming it."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: a folder, not an ONNX file (an artifact's is model.onnx)")
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
     try:
         proto: onnx.ModelProto = onnx.load(os.fspath(path), load_external_data=True)
+    except onnx.checker.ValidationError as exc:  # external data missing or outside the folder
+        raise ModelLoadError(f"{path}: cannot load its weights ({_first_line(exc)})") from exc
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         raise ModelLoadError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
+    _check_opset(path, proto)
     try:
         onnx.checker.check_model(proto if proto.ByteSize() < _PROTOBUF_LIMIT else os.fspath(path))
     except (onnx.checker.ValidationError, ValueError) as exc:
@@ -88,6 +92,17 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     if not proto.graph.output:
         raise ModelLoadError(f"{path}: not a valid ONNX model (the graph has no outputs)")
     return proto
+
+
+def _check_opset(path: Path, proto: onnx.ModelProto) -> None:
+    """Refuse an opset of the default domain newer than the onnx package knows."""
+    newest = onnx.defs.onnx_opset_version()
+    for entry in proto.opset_import:
+        if entry.domain in ("", "ai.onnx") and entry.version > newest:
+            raise ModelLoadError(
+                f"{path}: opset {entry.version} is newer than the ONNX opsets this nlpress "
+                f"reads (up to {newest}, onnx {onnx.__version__})"
+            )
 
 
 def load_model(path: str | os.PathLike[str]) -> Model:
@@ -98,14 +113,13 @@ def load_model(path: str | os.PathLike[str]) -> Model:
 def save_onnx(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
     """Write a ModelProto atomically; models over 2 GiB keep their weights in `<name>.data`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if proto.ByteSize() < _PROTOBUF_LIMIT:
-        with _atomic_path(path) as tmp:
+        with staging_file(path) as tmp:
             tmp.write_bytes(proto.SerializeToString())
         return path
     # Stage both files in a private folder beside the target, then rename data first, model last.
-    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as staging:
-        staged = Path(staging) / path.name
+    with staging_dir(path) as staging:
+        staged = staging / path.name
         data_name = path.name + ".data"
         detached = onnx.ModelProto()
         detached.CopyFrom(proto)  # saving with external data empties the tensors it writes out
@@ -117,8 +131,8 @@ def save_onnx(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
             location=data_name,
             size_threshold=0,
         )
-        os.replace(Path(staging) / data_name, path.parent / data_name)
-        os.replace(staged, path)
+        rename_into_place(staging / data_name, path.parent / data_name)
+        rename_into_place(staged, path)
     return path
 
 
@@ -130,8 +144,7 @@ def save_model(model: Model, path: str | os.PathLike[str]) -> Path:
 def copy_file(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
     """Copy a file byte for byte, atomically."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_path(target) as tmp:
+    with staging_file(target) as tmp:
         shutil.copyfile(source, tmp)
     return target
 
@@ -143,20 +156,6 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _first_line(exc: BaseException) -> str:

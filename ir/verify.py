@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -35,15 +36,35 @@ def infer_shapes(model: Model) -> Model:
 
 
 def session(model: Model | onnx.ModelProto, optimize: bool = False) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session; graph optimizations off unless asked, to test the graph."""
+    """An ONNX Runtime CPU session; graph optimizations off unless asked, to test the graph.
+
+    ONNX Runtime's own log stays quiet: its errors reach the caller as exceptions.
+
+    Raises:
+        VerificationError: ONNX Runtime cannot load the model, in one line.
+
+    """
     proto = model.to_onnx() if isinstance(model, Model) else model
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(
-        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    try:
+        return ort.InferenceSession(
+            proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        raise VerificationError(f"ONNX Runtime cannot load the model: {first_line(exc)}") from exc
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message as one line: ONNX Runtime's status text without its C++ frame."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"^/\S+:\d+ [^(]*\([^)]*\)(?: const)? ", "", text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def run(model: Model | onnx.ModelProto, feeds: Feeds) -> dict[str, np.ndarray]:

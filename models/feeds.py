@@ -99,6 +99,9 @@ def batches_from_npz(
     was fixed (the rows must then fill whole batches).
     """
     try:
+        with open(path, "rb") as f:
+            if f.read(2) != b"PK":
+                raise NlpressError(f"{path}: not an .npz archive of feeds (as numpy.savez writes)")
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:

@@ -54,6 +54,13 @@ def load_tokenizer(path: str) -> Tokenizer:
         raise UsageError(f"{path}: not a tokenizer.json file ({exc})") from exc
 
 
+def token_counts(tokenizer: Tokenizer, texts: Sequence[str]) -> list[int]:
+    """How many tokens each text has, special tokens included, before any cut."""
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return [len(e.ids) for e in tokenizer.encode_batch(list(texts))]
+
+
 def encode(
     tokenizer: Tokenizer,
     texts: Sequence[str],

@@ -12,16 +12,20 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from nlpress.ir import NlpressError, UsageError, file_sha256
+from nlpress.ir.staging import rename_into_place, staging_dir
 from nlpress.models import export
 
 log = logging.getLogger(__name__)
+
+
+# Texts are cut to this many tokens unless a model says otherwise.
+DEFAULT_MAX_LENGTH = 128
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,7 @@ class ZooModel:
     description: str
     exporter: Callable[[Path], None]
     tokenizer: Callable[[], Path]
-    max_length: int = 128
+    max_length: int = DEFAULT_MAX_LENGTH
 
 
 def _minilm_tokenizer() -> Path:
@@ -107,8 +111,8 @@ def identify(sha256: str) -> ZooModel | None:
 
 
 def _export_atomically(entry: ZooModel, path: Path) -> None:
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{entry.name}.") as staging:
-        staged = Path(staging) / path.name
+    with staging_dir(path) as staging:
+        staged = staging / path.name
         with warnings.catch_warnings(), _quiet_transformers():
             warnings.simplefilter("ignore")
             try:
@@ -117,7 +121,7 @@ def _export_atomically(entry: ZooModel, path: Path) -> None:
                 raise
             except Exception as exc:
                 raise NlpressError(f"exporting {entry.name} failed: {exc}") from exc
-        os.replace(staged, path)
+        rename_into_place(staged, path)
 
 
 def _recorded_hash(record: Path) -> str | None:

@@ -1,7 +1,8 @@
 """The `nlpress` command line.
 
 Exit codes: 0 done, 1 failed (one line on stderr; the traceback with --verbose), 2 bad usage,
-3 an accuracy budget was not met.
+3 an accuracy budget was not met; 130 or 143 when stopped by SIGINT or SIGTERM (128 + the
+signal's number), with nothing written.
 """
 
 from __future__ import annotations
@@ -9,18 +10,29 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from nlpress import compiler
 from nlpress.config import BuildConfig, load_config
-from nlpress.ir import NlpressError, UsageError, copy_file, save_model
+from nlpress.ir import BudgetNotMet, NlpressError, UsageError, copy_file, save_model
 from nlpress.ir.dump import diff_text, dump_text
+from nlpress.ir.staging import (
+    Interrupted,
+    check_writable,
+    received_signal,
+    refuse_overwrite,
+    removing_staging_on_signals,
+    staging_file,
+)
 from nlpress.ir.summary import format_summary, summarize
+from nlpress.ir.verify import first_line
 from nlpress.models import zoo
 from nlpress.passes import (
     NAMED_PIPELINES,
@@ -36,9 +48,7 @@ log = logging.getLogger("nlpress")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET = 0, 1, 2, 3
 
-
-class BudgetNotMet(NlpressError):
-    """An accuracy budget was not met: exit code 3."""
+__all__ = ["EXIT_BUDGET", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "BudgetNotMet", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,18 +59,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="nlpress: %(message)s",
     )
+    with removing_staging_on_signals():
+        return _handle(args)
+
+
+def _handle(args: argparse.Namespace) -> int:
+    """Run the command's handler; every failure becomes one line and an exit code."""
     try:
         handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
-    except UsageError as exc:
-        return _fail(args, f"error: {exc}", EXIT_USAGE)
-    except BudgetNotMet as exc:
-        return _fail(args, f"budget not met: {exc}", EXIT_BUDGET)
-    except NlpressError as exc:
-        return _fail(args, f"error: {exc}", EXIT_FAILED)
+    except Interrupted as exc:
+        return _fail(args, f"interrupted by {exc}", exc.exit_code)
     except KeyboardInterrupt:
-        return _fail(args, "interrupted", EXIT_FAILED)
+        return _fail(args, "interrupted by SIGINT", 128 + signal.SIGINT)
     except Exception as exc:
+        signum = received_signal()
+        if signum is not None:  # a native call turned the signal into its own error
+            return _fail(args, f"interrupted by {signal.Signals(signum).name}", 128 + signum)
+        if isinstance(exc, UsageError):
+            return _fail(args, f"error: {exc}", EXIT_USAGE)
+        if isinstance(exc, BudgetNotMet):
+            return _fail(args, f"budget not met: {exc}; nothing was written", EXIT_BUDGET)
+        if isinstance(exc, NlpressError):
+            return _fail(args, f"error: {exc}", EXIT_FAILED)
         return _fail(args, f"internal error: {type(exc).__name__}: {exc}", EXIT_FAILED)
 
 
@@ -76,6 +97,33 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> int:
 # commands
 
 
+def _model_file(model: str) -> str | None:
+    """The file a MODEL argument stands for: itself, or a zoo model's cached export."""
+    if os.path.exists(model):
+        return model
+    return os.fspath(zoo.cache_dir() / f"{model}.onnx") if model in zoo.ZOO else None
+
+
+def _input_files(args: argparse.Namespace) -> list[str | None]:
+    """The files a build reads besides its model: build file, calibration, tokenizer."""
+    tokenizer = args.tokenizer if args.tokenizer not in zoo.ZOO else None
+    return [args.config, args.calibration_text, args.calibration, tokenizer]
+
+
+def _shapes(args: argparse.Namespace) -> dict[str, tuple[int | str, ...]]:
+    """The --shape flags by input name; the same input twice is a usage error."""
+    return _unique(args.shape, "--shape")
+
+
+def _unique(pairs: Sequence[tuple[str, Any]], flag: str) -> dict[str, Any]:
+    given: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in given:
+            raise UsageError(f"{flag} {name} is given twice; give each input once")
+        given[name] = value
+    return given
+
+
 def _settings(args: argparse.Namespace, *names: str) -> tuple[BuildConfig, list[Any]]:
     """The build file (if any) and each named setting: the flag if given, else the file's."""
     config = load_config(args.config) if args.config else BuildConfig()
@@ -86,7 +134,9 @@ def _opt(args: argparse.Namespace) -> int:
     config, (model, pipeline, output) = _settings(args, "model", "pipeline", "output")
     if not (model and pipeline and output):
         raise UsageError("opt needs MODEL, -p PIPELINE and -o OUT.onnx (flags or build file)")
-    shapes = {**config.shape, **dict(args.shape)}
+    refuse_overwrite(output, [_model_file(model), *_input_files(args)])
+    check_writable(output)
+    shapes = {**config.shape, **_shapes(args)}
     instruments, timer = _instruments(args)
     result = compiler.optimize(model, pipeline, shapes, instruments, _calibration(args))
     save_model(result.model, output)
@@ -107,12 +157,14 @@ def _compile(args: argparse.Namespace) -> int:
         "arch": args.arch or config.arch,
     }
     instruments, timer = _instruments(args)
+    inputs = [_model_file(model), *_input_files(args), args.dump_ir, args.tuning_records]
+    refuse_overwrite(output, inputs, folder=True)
     path = compiler.compile(
         model,
         target,
         output,
         pipeline=args.pipeline or config.pipeline or "O1",
-        shapes={**config.shape, **dict(args.shape)},
+        shapes={**config.shape, **_shapes(args)},
         instruments=instruments,
         calibration=_calibration(args),
         tune=args.tune,
@@ -142,35 +194,88 @@ def _bench(args: argparse.Namespace) -> int:
     artifact = Path(args.artifact)
     if not (artifact / "manifest.json").is_file():
         raise UsageError(f"{artifact}: bench takes an artifact folder (from nlpress compile)")
-    shapes = {name: dims for name, dims in args.shape}
+    shapes = _shapes(args)
     result = compare_with_ort(artifact, artifact / "model.onnx", shapes, runs=args.runs)
+    result["vs_source"] = _source_agreement(artifact, shapes)
     if not args.vs_ort:
-        result = {k: v for k, v in result.items() if not k.startswith(("ort", "ratio"))}
+        dropped = ("ort", "ratio", "max_abs_diff", "worst", "cosine")
+        result = {k: v for k, v in result.items() if not k.startswith(dropped)}
     if args.json:
         print(json.dumps(result, indent=2))
         return EXIT_OK
-    print(f"nlpress   {result['nlpress_ms']:.2f} ms (median of {args.runs})")
-    if args.vs_ort:
-        print(f"ORT       {result['ort_ms']:.2f} ms")
-        print(f"ratio     {result['ratio']:.3f} (nlpress / ORT)")
-    print(f"max diff  {result['worst']:.3g}")
+    print(_bench_report(result, args.vs_ort))
     return EXIT_OK
 
 
-def _run(args: argparse.Namespace) -> int:
-    from nlpress.models.feeds import inputs_of, text_feeds
-    from nlpress.models.text import load_tokenizer
+def _source_agreement(artifact: Path, shapes: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The artifact against its float source in ORT, when the source is a cached zoo model."""
+    from nlpress.targets import load
+    from nlpress.targets.bench import agreement, bench_feeds
 
-    session, entry = compiler.open_session(args.model)
-    feeds = {name: _load_npy(path) for name, path in args.input}
-    if args.text:
-        tokenizer = compiler.tokenizer_path(args.tokenizer, entry)
-        if tokenizer is None:
-            raise UsageError("--text needs --tokenizer for a model that is not from the zoo")
-        texts = text_feeds(session, load_tokenizer(tokenizer), args.text)
-        feeds.update(inputs_of(session, texts))
-    if not feeds:
+    session = load(artifact)
+    name = session.manifest.get("source", {}).get("zoo")
+    cached = zoo.cache_dir() / f"{name}.onnx" if isinstance(name, str) else None
+    if name not in zoo.ZOO or cached is None or not cached.is_file():
+        return None
+    feeds = bench_feeds(session, shapes)
+    names = [o.name for o in session.get_outputs()]
+    try:
+        found = agreement(names, session.run(None, feeds), cached, feeds)
+    except NlpressError as exc:  # the source takes other inputs or names its outputs otherwise
+        log.info("no comparison with the source %s: %s", name, exc)
+        return None
+    return {"model": name, **found}
+
+
+def _bench_report(result: Mapping[str, Any], vs_ort: bool) -> str:
+    """The bench's figures, each line saying what it measured or compared."""
+    shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in result["shapes"].items())
+    runs = f"median of {result['runs']} runs"
+    lines = [f"feeds      {shapes} (seeded random token ids, attention mask all ones)"]
+    lines.append(f"nlpress    {result['nlpress_ms']:.2f} ms  {runs} of the artifact's model.so")
+    if vs_ort:
+        lines.append(
+            f"ORT        {result['ort_ms']:.2f} ms  {runs} of its model.onnx in ONNX Runtime "
+            f"(graph optimizations on, {result['threads']['onnxruntime']} threads)"
+        )
+        lines.append(f"ratio      {result['ratio']:.3f}  nlpress / ORT")
+        lines.append(f"vs ORT     {_agreement_text(result)}  (model.so against that ORT run)")
+    lines.append(
+        f"vs graph   {_agreement_text(result['vs_graph'])}  (model.so against model.onnx run "
+        "as written in ONNX Runtime, no fusions: what the manifest's fidelity checks)"
+    )
+    source = result.get("vs_source")
+    if source:
+        lines.append(
+            f"vs source  {_agreement_text(source)}  (model.so against the float source "
+            f"{source['model']} in ONNX Runtime)"
+        )
+    return "\n".join(lines)
+
+
+def _agreement_text(found: Mapping[str, Any]) -> str:
+    """The worst max abs diff, and the cosine of the first output (the one budgets measure)."""
+    cosines = found.get("cosine") or {}
+    first = next(iter(cosines), None)
+    cosine = f", {first} pooled cosine {cosines[first]:.6f}" if first else ""
+    return f"max abs diff {found['worst']:.3g}{cosine}"
+
+
+def _run(args: argparse.Namespace) -> int:
+    from nlpress.models.feeds import inputs_of
+
+    paths = _unique(args.input, "--input")
+    if not (paths or args.text):
         raise UsageError("run needs --input NAME=FILE.npy or --text")
+    session, entry = compiler.open_session(args.model)
+    if args.save:
+        names = [o.name for o in session.get_outputs()]
+        saved = [Path(args.save) / f"{name}.npy" for name in names]
+        for target in saved:
+            refuse_overwrite(target, list(paths.values()), flag="--save")
+    feeds = {name: _load_npy(path) for name, path in paths.items()}
+    if args.text:
+        feeds.update(inputs_of(session, _text_feeds(args, session, entry)))
     outputs = session.run(None, feeds)
     for node, value in zip(session.get_outputs(), outputs, strict=True):
         array = np.asarray(value)
@@ -179,16 +284,69 @@ def _run(args: argparse.Namespace) -> int:
         preview = head[:-1] + (", ...]" if array.size > 6 else "]")
         print(f"{node.name}: {array.dtype}[{dims}] {preview}")
         if args.save:
-            Path(args.save).mkdir(parents=True, exist_ok=True)
-            np.save(Path(args.save) / f"{node.name}.npy", array)
+            with staging_file(Path(args.save) / f"{node.name}.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, array)
     return EXIT_OK
 
 
+def _text_feeds(
+    args: argparse.Namespace, session: Any, entry: zoo.ZooModel | None
+) -> dict[str, np.ndarray]:
+    """The --text sentences tokenized for the session; a cut to its longest input is said."""
+    from nlpress.models.feeds import static_dims, text_feeds
+    from nlpress.models.text import load_tokenizer, token_counts
+
+    path = compiler.tokenizer_path(args.tokenizer, entry)
+    if path is None:
+        raise UsageError("--text needs --tokenizer for a model that is not from the zoo")
+    tokenizer = load_tokenizer(path)
+    longest = _longest_text(session, entry)
+    counts = token_counts(tokenizer, args.text)
+    cut = [i for i, n in enumerate(counts, start=1) if n > longest]
+    if cut:
+        static = static_dims(session)[1] is not None
+        why = "the model's fixed sequence length" if static else "the longest the model takes"
+        texts = "text" if len(cut) == 1 else "texts"
+        log.warning(
+            "--text: %s %s of up to %d tokens cut to %d, %s",
+            texts,
+            ", ".join(map(str, cut)),
+            max(counts),
+            longest,
+            why,
+        )
+    return text_feeds(session, tokenizer, args.text, max_length=longest)
+
+
+def _longest_text(session: Any, entry: zoo.ZooModel | None) -> int:
+    """The sequence length texts are cut to: the static one, else the model's limit, else 128."""
+    from nlpress.models.feeds import static_dims
+
+    static = static_dims(session)[1]
+    if static is not None:
+        return static
+    shape = list(session.get_inputs()[0].shape or [])
+    dim = shape[1] if len(shape) > 1 else None
+    limits = compiler.dim_limits_of(session)
+    if isinstance(dim, str) and dim in limits:
+        return limits[dim][0]
+    return entry.max_length if entry else zoo.DEFAULT_MAX_LENGTH
+
+
 def _load_npy(path: str) -> np.ndarray:
+    """An array from a .npy file, or one line saying why the file is not one."""
     try:
-        return np.asarray(np.load(path, allow_pickle=False))
-    except (OSError, ValueError) as exc:
-        raise NlpressError(f"{path}: not a readable .npy array ({exc})") from exc
+        with open(path, "rb") as f:
+            magic = f.read(6)
+            if magic != b"\x93NUMPY":
+                what = "an .npz archive" if magic.startswith(b"PK") else "not a .npy file"
+                raise NlpressError(f"{path}: {what} (a .npy file starts with \\x93NUMPY)")
+            f.seek(0)
+            return np.asarray(np.load(f, allow_pickle=False))
+    except OSError as exc:
+        raise NlpressError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except (ValueError, EOFError) as exc:
+        raise NlpressError(f"{path}: not a readable .npy array ({first_line(exc)})") from exc
 
 
 def _input_flag(text: str) -> tuple[str, str]:
@@ -205,7 +363,10 @@ def _inspect(args: argparse.Namespace) -> int:
         manifest_path = path / "manifest.json"
         if not manifest_path.is_file():
             raise NlpressError(f"{path}: not an nlpress artifact (no manifest.json)")
-        manifest = json.loads(manifest_path.read_text())
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise NlpressError(f"{manifest_path}: unreadable manifest ({first_line(exc)})") from exc
         path = path / "model.onnx"
     summary = summarize(compiler.resolve_model(path if manifest else args.model).model)
     if manifest is not None:
@@ -266,7 +427,9 @@ def _models_list(args: argparse.Namespace) -> int:
 
 
 def _models_get(args: argparse.Namespace) -> int:
-    copy_file(zoo.model_path(zoo.get(args.name).name), args.output)
+    source = zoo.model_path(zoo.get(args.name).name)
+    refuse_overwrite(args.output, [source])
+    copy_file(source, args.output)
     print(args.output)
     return EXIT_OK
 
@@ -289,6 +452,17 @@ def _instruments(args: argparse.Namespace) -> tuple[list[Instrument], TimePasses
 
 def _calibration(args: argparse.Namespace) -> compiler.Calibration:
     return compiler.Calibration(args.calibration_text, args.tokenizer, args.calibration)
+
+
+def _count(text: str) -> int:
+    """A positive whole number, e.g. of runs or trials."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive whole number")
+    return value
 
 
 def _shape_flag(text: str) -> tuple[str, tuple[int | str, ...]]:
@@ -339,10 +513,16 @@ def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as one line naming the command's --help."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print one line and exit 2."""
+        self.exit(EXIT_USAGE, f"nlpress: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="nlpress", description="Compile NLP models smaller and faster."
-    )
+    parser = _Parser(prog="nlpress", description="Compile NLP models smaller and faster.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details; tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -356,7 +536,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help="CUDA architecture, e.g. sm_90")
     p.add_argument(
         "--tune",
-        type=int,
+        type=_count,
         default=0,
         metavar="TRIALS",
         help="tune the kernels with MetaSchedule for this many trials first",
@@ -398,8 +578,8 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also time ONNX Runtime (2 threads) on the artifact's model.onnx",
     )
-    p.add_argument("--runs", type=int, default=20, help="timed runs of each (default 20)")
-    _add_shape_flag(p, "dims of a symbolic input (random feeds are made)")
+    p.add_argument("--runs", type=_count, default=20, help="timed runs of each (default 20)")
+    _add_shape_flag(p, "dims of an input; symbolic dims default to 1 (first axis) and 128")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_bench)
 

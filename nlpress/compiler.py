@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+import shutil
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
 
-from nlpress.ir import Model, UsageError, file_sha256, load_model, verify
+from nlpress.ir import (
+    BudgetNotMet,
+    Model,
+    NlpressError,
+    UsageError,
+    file_sha256,
+    load_model,
+    verify,
+)
+from nlpress.ir.interface import dim_limits, graph_inputs, index_ranges, value_entry
+from nlpress.ir.staging import check_writable, refuse_overwrite
 from nlpress.models import zoo
 from nlpress.models.feeds import Feeds, Session, batches_from_npz, batches_from_text
 from nlpress.models.text import calibration_sentences, load_tokenizer, read_sentences
 from nlpress.passes import Instrument, Pass, Pipeline, PipelineResult, parse, run_pipeline
+from nlpress.targets.runtime import FeedError, NodeArg, check_feeds
+
+log = logging.getLogger(__name__)
 
 Shapes = Mapping[str, tuple[int | str, ...]]
 ModelLike = str | os.PathLike[str] | Model | onnx.ModelProto
@@ -38,11 +54,21 @@ class Calibration:
 
 @dataclass(frozen=True)
 class Source:
-    """A resolved model argument: the IR model, its file's sha256 and its zoo entry, if any."""
+    """A resolved model argument.
+
+    Attributes:
+        model: The IR model.
+        sha256: Its file's sha256 (None for a model given in memory).
+        zoo: Its zoo entry: named, or recognized as a zoo export by its sha256.
+        named: Whether it was given by its zoo name (not as a file).
+        path: The file it was read from, if any.
+    """
 
     model: Model
     sha256: str | None
     zoo: zoo.ZooModel | None
+    named: bool = False
+    path: Path | None = None
 
 
 def resolve_model(model: ModelLike) -> Source:
@@ -53,7 +79,7 @@ def resolve_model(model: ModelLike) -> Source:
         return Source(Model.from_onnx(model), None, None)
     path, entry = zoo.resolve(os.fspath(model))
     ir_model, sha256 = load_model(path), file_sha256(path)
-    return Source(ir_model, sha256, entry or zoo.identify(sha256))
+    return Source(ir_model, sha256, entry or zoo.identify(sha256), entry is not None, path)
 
 
 def tokenizer_path(tokenizer: str | None, entry: zoo.ZooModel | None) -> str | None:
@@ -119,14 +145,108 @@ def _prepare(
 ) -> tuple[Source, Pipeline]:
     pipeline = with_shapes(pipeline, shapes)
     source = resolve_model(model)
-    if any(p.needs_calibration for p in pipeline):
-        feeds = calibration_batches(calibration, source.zoo, shapes)
-        if not feeds:  # an IR model given with its own calibration keeps it
-            return source, pipeline
-        source = dataclasses.replace(
-            source, model=dataclasses.replace(source.model, calibration=feeds)
+    check_shapes(source.model, shapes)
+    if not any(p.needs_calibration for p in pipeline):
+        if calibration.text or calibration.feeds:
+            log.warning("calibration data given, but no pass in %s reads it", pipeline)
+        return source, pipeline
+    if calibration.text and not calibration.tokenizer and not source.named:
+        raise UsageError(
+            "--calibration-text needs --tokenizer (a zoo name or tokenizer.json) for a model "
+            "given as a file"
         )
+    feeds = calibration_batches(calibration, source.zoo, shapes)
+    if calibration.feeds:
+        check_calibration_feeds(calibration.feeds, source.model, feeds, shapes)
+    if not feeds:  # an IR model given with its own calibration keeps it
+        return source, pipeline
+    source = dataclasses.replace(source, model=dataclasses.replace(source.model, calibration=feeds))
     return source, pipeline
+
+
+def check_shapes(model: Model, shapes: Shapes) -> None:
+    """Refuse `--shape` sizes beyond what the model computes (e.g. past its position table)."""
+    if not shapes:
+        return
+    inputs = {t.name: t for t in model.graph.inputs}
+    for name, dims in shapes.items():
+        if name not in inputs:
+            raise UsageError(f"--shape {name}: no such input; the inputs: {', '.join(inputs)}")
+        rank = len(inputs[name].shape or ())
+        if inputs[name].shape is not None and len(dims) != rank:
+            raise UsageError(
+                f"--shape {name}={'x'.join(map(str, dims))}: {len(dims)} dims, but the input "
+                f"has {rank}"
+            )
+    limits = dim_limits(model.graph)
+    for tensor in model.graph.inputs:
+        pairs = zip(tensor.shape or (), shapes.get(tensor.name, ()), strict=False)
+        for axis, (dim, size) in enumerate(pairs):
+            limit = limits.get(dim) if isinstance(dim, str) else None
+            if limit is not None and isinstance(size, int) and size > limit.maximum:
+                raise UsageError(
+                    f"--shape {tensor.name}: dim {axis} ({dim}) is {size}; the model computes "
+                    f"at most {dim} = {limit.maximum} ({limit.reason})"
+                )
+
+
+def check_calibration_feeds(
+    path: str, model: Model, batches: Sequence[Feeds], shapes: Shapes
+) -> None:
+    """Refuse an .npz whose arrays are not the model's inputs, naming what it wanted and found."""
+    inputs, ranges, limits = feed_checks(model)
+    inputs = [NodeArg(a.name, list(shapes.get(a.name, a.shape)), a.dtype) for a in inputs]
+    wanted = [arg.name for arg in inputs]
+    found = list(batches[0]) if batches else []
+    if sorted(found) != sorted(wanted):
+        missing = [n for n in wanted if n not in found]
+        unknown = [n for n in found if n not in wanted]
+        parts = [f"missing {', '.join(missing)}"] if missing else []
+        parts += [f"not inputs: {', '.join(unknown)}"] if unknown else []
+        raise UsageError(
+            f"{path}: holds {', '.join(found) or 'no arrays'} ({'; '.join(parts)}); "
+            f"the model's inputs are {', '.join(wanted)}"
+        )
+    for batch in batches:
+        try:
+            check_feeds(inputs, batch, ranges, limits)
+        except FeedError as exc:
+            raise UsageError(f"{path}: {exc}") from exc
+
+
+def feed_checks(
+    model: Model,
+) -> tuple[list[NodeArg], dict[str, tuple[int, int]], dict[str, tuple[int, str]]]:
+    """What an artifact's runtime checks feeds against, for a model.
+
+    Returns:
+        Its inputs, the valid values of its token ids, and the largest sizes of its symbolic
+        dims with their reasons.
+
+    """
+    proto = model.to_onnx()
+    inputs = [_node_arg(value_entry(v)) for v in graph_inputs(proto)]
+    limits = {k: (v.maximum, v.reason) for k, v in dim_limits(model.graph).items()}
+    return inputs, index_ranges(proto), limits
+
+
+def _node_arg(entry: Mapping[str, Any]) -> NodeArg:
+    return NodeArg(str(entry["name"]), list(entry["shape"]), str(entry["dtype"]))
+
+
+def check_budgets(pipeline: Pipeline, result: PipelineResult) -> None:
+    """Raise BudgetNotMet for the first pass whose stats say its accuracy budget was missed.
+
+    Passes with a budget report `budget_met` (1 or 0) and the value reached as `budget_cosine`
+    in their stats; the budget asked for is the pass's own `budget_cosine` option.
+    """
+    for p, record in zip(pipeline, result.records, strict=True):
+        if record.stats.get("budget_met", 1.0) != 0.0:
+            continue
+        wanted = getattr(p, "budget_cosine", None)
+        reached = record.stats.get("budget_cosine")
+        if wanted is not None and reached is not None:
+            raise BudgetNotMet(p.name, "budget-cosine", wanted, reached, result)
 
 
 def optimize(
@@ -139,7 +259,9 @@ def optimize(
     """Run a pipeline (text, named, or parsed) on a model path, zoo name or IR model."""
     parsed = parse(pipeline) if isinstance(pipeline, str) else pipeline
     source, parsed = _prepare(model, parsed, shapes or {}, calibration)
-    return run_pipeline(source.model, parsed, instruments)
+    result = run_pipeline(source.model, parsed, instruments)
+    check_budgets(parsed, result)
+    return result
 
 
 def compile(
@@ -163,27 +285,88 @@ def compile(
     from nlpress import targets
     from nlpress.targets import tuning
 
-    if tune and tuning_records is None:
-        raise UsageError("--tune needs --tuning-records DIR to keep what it finds")
+    _check_tuning(tune, tuning_records)
     descriptor = targets.get_target(target, **target_options)
     parsed = starting_with_fold(parse(pipeline))
+    _refuse_overwrite(output, model, calibration, tuning_records)
+    check_writable(output, folder=True)
+    targets.check_replaceable(Path(output))
     source, parsed = _prepare(model, parsed, shapes or {}, calibration)
+    if tune:
+        _require_static(source.model, shapes or {})
     result = run_pipeline(source.model, parsed, instruments)
+    check_budgets(parsed, result)
     manifest = {
         "pipeline": str(parsed),
         "source": {"sha256": source.sha256, "zoo": source.zoo.name if source.zoo else None},
         "passes": [dataclasses.asdict(r) for r in result.records],
     }
-    if tune and tuning_records is not None:
-        tuning.tune_model(
-            result.model.to_onnx(), descriptor, tune, tuning_records, progress=progress
+    with _removed_on_failure(tuning_records if tune else None):
+        if tune and tuning_records is not None:
+            _require_static(result.model, {})
+            tuning.tune_model(
+                result.model.to_onnx(), descriptor, tune, tuning_records, progress=progress
+            )
+        with tuning.using_records(tuning_records):
+            return targets.build_artifact(result.model, descriptor, Path(output), manifest=manifest)
+
+
+def _check_tuning(tune: int, records: str | os.PathLike[str] | None) -> None:
+    if not isinstance(tune, int) or isinstance(tune, bool) or tune < 0:
+        raise UsageError(f"--tune {tune}: give a positive number of trials")
+    if tune and records is None:
+        raise UsageError("--tune needs --tuning-records DIR to keep what it finds")
+
+
+def _require_static(model: Model, shapes: Shapes) -> None:
+    """Refuse tuning a model with symbolic input dims: MetaSchedule measures fixed sizes."""
+    symbolic = {}
+    for tensor in model.graph.inputs:
+        dims = shapes.get(tensor.name, tensor.shape or ())
+        names = [str(d) for d in dims if not isinstance(d, int)]
+        if names:
+            symbolic[tensor.name] = names
+    if symbolic:
+        listed = "; ".join(f"{name} ({', '.join(dims)})" for name, dims in symbolic.items())
+        raise UsageError(
+            "--tune measures kernels at fixed sizes, and these inputs have symbolic dims: "
+            f"{listed}; fix them with --shape (e.g. --shape input_ids=1x128), or build "
+            "without --tune"
         )
-    with tuning.using_records(tuning_records):
-        return targets.build_artifact(result.model, descriptor, Path(output), manifest=manifest)
+
+
+def _refuse_overwrite(
+    output: str | os.PathLike[str],
+    model: ModelLike,
+    calibration: Calibration,
+    tuning_records: str | os.PathLike[str] | None,
+) -> None:
+    """Refuse an output folder that is, or holds, one of the build's inputs."""
+    path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+    path = path if path is not None and os.path.exists(path) else None
+    tokenizer = calibration.tokenizer if calibration.tokenizer not in zoo.ZOO else None
+    inputs = [path, calibration.text, calibration.feeds, tokenizer, tuning_records]
+    refuse_overwrite(output, inputs, folder=True)
+
+
+@contextlib.contextmanager
+def _removed_on_failure(folder: str | os.PathLike[str] | None) -> Iterator[None]:
+    """Remove `folder` if the block fails and the folder did not exist before it."""
+    existed = folder is None or os.path.exists(folder)
+    try:
+        yield
+    except BaseException:
+        if not existed and folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def open_session(model: str | os.PathLike[str]) -> tuple[Session, zoo.ZooModel | None]:
-    """A session for an artifact folder (TVM) or a model (ONNX Runtime), and its zoo entry."""
+    """A session for an artifact folder (TVM) or a model (ONNX Runtime), and its zoo entry.
+
+    Both check feeds the same way before anything runs (names, dtypes, shapes, token ids, the
+    largest sizes the model computes).
+    """
     path = Path(model)
     if path.is_dir():
         from nlpress import targets
@@ -192,4 +375,46 @@ def open_session(model: str | os.PathLike[str]) -> tuple[Session, zoo.ZooModel |
         name = session.manifest.get("source", {}).get("zoo")
         return session, zoo.ZOO.get(name) if isinstance(name, str) else None
     source = resolve_model(model)
-    return verify.session(source.model, optimize=True), source.zoo
+    return CheckedSession(source.model), source.zoo
+
+
+class CheckedSession:
+    """An ONNX Runtime session that checks feeds as an artifact's runtime does.
+
+    Its failures are one line naming ONNX Runtime; `get_inputs` describes the inputs as an
+    artifact session does.
+    """
+
+    def __init__(self, model: Model) -> None:
+        """Check the feeds of `model`, and run it in ONNX Runtime with its graph optimizations."""
+        self.inputs, self.index_ranges, self.limits = feed_checks(model)
+        self._session = verify.session(model, optimize=True)
+
+    def get_inputs(self) -> list[NodeArg]:
+        """The inputs, in the model's order."""
+        return list(self.inputs)
+
+    def get_outputs(self) -> Sequence[Any]:
+        """The outputs, as ONNX Runtime describes them."""
+        return list(self._session.get_outputs())
+
+    def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, Any]) -> list[Any]:
+        """Check the feeds, then run; outputs as ONNX Runtime returns them."""
+        arrays = check_feeds(self.inputs, feeds, self.index_ranges, self.limits)
+        named = {arg.name: array for arg, array in zip(self.inputs, arrays, strict=True)}
+        try:
+            return list(self._session.run(output_names, named))
+        except Exception as exc:
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            raise NlpressError(f"ONNX Runtime failed: {verify.first_line(exc)}") from exc
+
+
+def dim_limits_of(session: Any) -> dict[str, tuple[int, str]]:
+    """The largest sizes of a session's symbolic dims (an artifact's, or a checked model's)."""
+    if isinstance(session, CheckedSession):
+        return dict(session.limits)
+    from nlpress.targets.runtime import dim_limits as recorded
+
+    manifest = getattr(session, "manifest", None)
+    return recorded(manifest) if isinstance(manifest, Mapping) else {}

@@ -127,6 +127,8 @@ def parse_shapes(text: str) -> dict[str, tuple[int | str, ...]]:
         name, sep, dims = item.rpartition(":")
         if not sep or not name or not dims:
             raise OptionError(f"shape {item!r}: expected NAME:DIMS, e.g. input_ids:1x128")
+        if name in shapes:
+            raise OptionError(f"shape {name} is given twice; give each input once")
         shapes[name] = parse_dims(dims)
     return shapes
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from nlpress.ir import Model, VerificationError
 from nlpress.ir.dump import diff_text, dump_text
+from nlpress.ir.staging import OutputError
 from nlpress.ir.verify import compare, make_feeds
 from nlpress.passes.base import Pass, PassResult
 from nlpress.passes.pipeline import Pipeline
@@ -96,7 +97,12 @@ class DumpIR(Instrument):
 
     def start(self, model: Model, pipeline: Pipeline) -> None:
         """Dump the input model."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(
+                f"--dump-ir {self.directory}: cannot write there ({exc.strerror or exc})"
+            ) from exc
         self._last = dump_text(model)
         header = f"# pipeline: {pipeline}\n"
         (self.directory / "00-input.txt").write_text(header + self._last)

@@ -85,6 +85,8 @@ def _parse_options(cls: type[Pass], body: str) -> dict[str, Any]:
             valid = ", ".join(fields) or "none"
             raise OptionError(f"{cls.name}: unknown option {key!r}; valid options: {valid}")
         field = fields[key]
+        if field.name in options:
+            raise OptionError(f"{cls.name}: option {key} is given twice; give it once")
         parse = field.metadata.get("parse")
         try:
             value = parse(raw) if parse else parse_value(hints[field.name], raw)

@@ -14,6 +14,7 @@ from typing import Any
 from nlpress.ir import Model
 from nlpress.targets.runtime import (
     ArtifactError,
+    DamagedArtifactError,
     FeedError,
     NodeArg,
     Session,
@@ -39,11 +40,19 @@ def build_artifact(
     return build(model, target, Path(out_dir), manifest=manifest)
 
 
+def check_replaceable(out_dir: Path) -> None:
+    """Refuse an artifact output that is a file or a non-empty folder of something else."""
+    from nlpress.targets.artifact import check_replaceable as check
+
+    check(Path(out_dir))
+
+
 __all__ = [
     "ARM_FEATURES",
     "CUDA_ARCHES",
     "TARGET_NAMES",
     "ArtifactError",
+    "DamagedArtifactError",
     "FeedError",
     "NodeArg",
     "Session",
@@ -51,6 +60,7 @@ __all__ = [
     "Target",
     "TargetError",
     "build_artifact",
+    "check_replaceable",
     "get_target",
     "load",
 ]

@@ -13,19 +13,26 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 from nlpress.ir import Model, UsageError, save_model
+from nlpress.ir.interface import dim_limits, input_entries, value_entry
+from nlpress.ir.staging import replace_dir, staging_dir, umask
 from nlpress.ir.verify import make_feeds, run
 from nlpress.targets import isa, lower
-from nlpress.targets.runtime import FORMAT_VERSION, LIBRARY, MANIFEST, Session, read_manifest
+from nlpress.targets.runtime import (
+    FORMAT_VERSION,
+    LIBRARY,
+    MANIFEST,
+    Session,
+    library_facts,
+    read_manifest,
+)
 from nlpress.targets.target import Target
 
 log = logging.getLogger(__name__)
@@ -60,12 +67,13 @@ def build_artifact(
 
     """
     out_dir = Path(out_dir)
-    _check_replaceable(out_dir)
+    check_replaceable(out_dir)
     began = time.perf_counter()
     with _staging(out_dir) as staging:
         timings, facts = _lower(model, target, staging)
         save_model(model, staging / ONNX_FILE)
         fields = _manifest(model, target, manifest, facts)
+        fields["library"] = library_facts(staging / LIBRARY)
         fields["build_seconds"] = round(time.perf_counter() - began, 3)
         _write_json(staging / MANIFEST, fields)
         fidelity = _fidelity(model, target, staging)
@@ -109,69 +117,15 @@ def _manifest(
             "tvm_version": str(tvm.__version__),
             "target": target.describe(),
             "code": isa.kernel_facts(lower.tvm_target(target)),
-            "inputs": _inputs(proto),
-            "outputs": [_value_info(v) for v in proto.graph.output],
+            "inputs": input_entries(proto),
+            "outputs": [value_entry(v) for v in proto.graph.output],
+            "dim_limits": {k: v.as_dict() for k, v in dim_limits(model.graph).items()},
             "files": {"library": LIBRARY, "onnx": ONNX_FILE, "report": REPORT},
         }
     )
     if facts:
         fields.update(facts)
     return fields
-
-
-def _inputs(proto: onnx.ModelProto) -> list[dict[str, Any]]:
-    """The graph inputs' manifest entries; integer inputs that index a table get "index_range"."""
-    ranges = _index_ranges(proto)
-    entries = []
-    for value in _graph_inputs(proto):
-        entry = _value_info(value)
-        if value.name in ranges:
-            entry["index_range"] = list(ranges[value.name])
-        entries.append(entry)
-    return entries
-
-
-def _index_ranges(proto: onnx.ModelProto) -> dict[str, tuple[int, int]]:
-    """The valid values of graph inputs used as Gather indices into a constant table.
-
-    An index out of [-rows, rows - 1] is undefined in ONNX; TVM's compiled gather reads outside
-    the table (or crashes), so the runtime checks feeds against these bounds first.
-    """
-    tables = {i.name: list(i.dims) for i in proto.graph.initializer}
-    inputs = {v.name for v in _graph_inputs(proto)}
-    origin = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "Cast"}
-    ranges: dict[str, tuple[int, int]] = {}
-    for node in proto.graph.node:
-        if node.op_type != "Gather" or node.input[0] not in tables:
-            continue
-        source = node.input[1]
-        while source in origin:
-            source = origin[source]
-        if source not in inputs:
-            continue
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        dims = tables[node.input[0]]
-        rows = int(dims[axis if axis >= 0 else axis + len(dims)])
-        low, high = ranges.get(source, (-rows, rows - 1))
-        ranges[source] = (max(low, -rows), min(high, rows - 1))
-    return ranges
-
-
-def _graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    initializers = {i.name for i in proto.graph.initializer}
-    return [v for v in proto.graph.input if v.name not in initializers]
-
-
-def _value_info(value: onnx.ValueInfoProto) -> dict[str, Any]:
-    tensor_type = value.type.tensor_type
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-    dims: list[int | str | None] = []
-    for dim in tensor_type.shape.dim:
-        if dim.HasField("dim_value"):
-            dims.append(int(dim.dim_value))
-        else:
-            dims.append(dim.dim_param or None)
-    return {"name": value.name, "dtype": np.dtype(dtype).name, "shape": dims}
 
 
 def _fidelity(model: Model, target: Target, staging: Path) -> dict[str, Any]:
@@ -225,52 +179,30 @@ def _report(
     }
 
 
-def _check_replaceable(out_dir: Path) -> None:
+def check_replaceable(out_dir: Path) -> None:
+    """Refuse an output that is a file, or a non-empty folder that is not an artifact."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir}: exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
         raise UsageError(f"{out_dir}: a non-empty folder that is not an nlpress artifact")
 
 
-@contextlib.contextmanager
-def _staging(out_dir: Path) -> Iterator[Path]:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        yield staging
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def _staging(out_dir: Path) -> contextlib.AbstractContextManager[Path]:
+    return staging_dir(out_dir)
 
 
 def _replace(staging: Path, out_dir: Path) -> None:
     """Rename the staged folder to `out_dir`, moving an older artifact aside first."""
     _apply_umask(staging)
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-        os.replace(out_dir, old / out_dir.name)
-    os.replace(staging, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_dir(staging, out_dir)
 
 
 def _apply_umask(staging: Path) -> None:
     """Give the staged folder and files the modes a plain mkdir and open would have."""
-    umask = _umask()
-    staging.chmod(0o777 & ~umask)
+    mask = umask()
+    staging.chmod(0o777 & ~mask)
     for path in staging.iterdir():
-        path.chmod((0o777 if path.suffix == ".so" else 0o666) & ~umask)
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (os.umask would, for a moment)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
+        path.chmod((0o777 if path.suffix == ".so" else 0o666) & ~mask)
 
 
 def _write_json(path: Path, value: Mapping[str, Any]) -> None:

@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from nlpress.ir import Model
-from nlpress.targets.runtime import Session, SessionOptions
+from nlpress.ir import Model, UsageError
+from nlpress.passes.calibration import MASK, pooled_cosine
+from nlpress.targets.runtime import FeedError, Session, SessionOptions, dim_limits
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,16 @@ Feeds = dict[str, np.ndarray]
 WARMUP = 3
 # Seconds between timed runs: longer than either runtime's worker threads keep spinning.
 SETTLE_S = 0.2
+# Sizes of symbolic dims when no shape is given: batch 1 on the first axis, sequence 128 on the
+# others (clipped to the largest the artifact computes).
+DEFAULT_BATCH = 1
+DEFAULT_SEQUENCE = 128
 
 
 def compare_with_ort(
     artifact_dir: str | os.PathLike[str],
     onnx_model: str | os.PathLike[str] | onnx.ModelProto | Model,
-    shapes: Mapping[str, Sequence[int]] | None = None,
+    shapes: Mapping[str, Sequence[int | str]] | None = None,
     runs: int = 20,
     *,
     feeds: Mapping[str, np.ndarray] | None = None,
@@ -54,19 +59,24 @@ def compare_with_ort(
         onnx_model: The model ORT runs (a path, ModelProto or IR model), usually the original.
         shapes: Dims per input name, for inputs with symbolic dims; static dims need none.
         runs: Timed runs of each, alternating.
-        feeds: The inputs; default seeded random ones (ids in [0, 2)) of the given shapes.
+        feeds: The inputs; default seeded random ones of the given shapes (`bench_feeds`).
         threads: Threads for both runtimes (0: one per usable CPU, the session default).
         warmup: Untimed runs of each first.
         settle: Seconds of pause before each timed run (0: back to back).
 
     Returns:
         JSON-ready facts: medians in ms ("nlpress_ms", "ort_ms"), "ratio" (nlpress / ORT),
-        "max_abs_diff" per output and "worst", the threads each used, the load average.
+        the artifact's outputs against the timed ORT session's ("max_abs_diff" per output,
+        "worst", and "cosine" of pooled rows per output), the same against `onnx_model` run
+        as written, graph optimizations off ("vs_graph"), the threads each used, the load
+        average.
 
     """
+    if runs < 1:
+        raise UsageError(f"runs {runs}: time at least 1 run")
     session = Session(artifact_dir, SessionOptions(threads=threads))
     reference = ort_session(onnx_model, session.threads)
-    inputs = dict(feeds) if feeds is not None else _random_feeds(session, shapes or {})
+    inputs = dict(feeds) if feeds is not None else bench_feeds(session, shapes or {})
     ours, theirs = alternate(
         [lambda: session.run(None, inputs), lambda: reference.run(None, inputs)],
         runs,
@@ -74,7 +84,9 @@ def compare_with_ort(
         settle,
     )
     names = [o.name for o in session.get_outputs()]
-    diffs = _diffs(names, session.run(None, inputs), reference.run(names, inputs))
+    outputs, ort_outputs = session.run(None, inputs), reference.run(names, inputs)
+    diffs = _diffs(names, outputs, ort_outputs)
+    cosines = _cosines(names, outputs, ort_outputs, inputs)
     return {
         "runs": runs,
         "settle_s": settle,
@@ -87,7 +99,55 @@ def compare_with_ort(
         "paired_ratio": paired_ratio(ours, theirs),
         "max_abs_diff": diffs,
         "worst": max(diffs.values(), default=0.0),
+        "cosine": cosines,
+        "vs_graph": agreement(names, outputs, onnx_model, inputs),
         "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def agreement(
+    names: Sequence[str],
+    outputs: Sequence[np.ndarray],
+    model: str | os.PathLike[str] | onnx.ModelProto | Model,
+    feeds: Mapping[str, np.ndarray],
+) -> dict[str, Any]:
+    """The artifact's `outputs` against `model` run in ONNX Runtime as written (no fusions).
+
+    Returns:
+        "max_abs_diff" per output, "worst", and "cosine": per output, the mean cosine of the
+        rows, mean-pooled over real tokens where the output is [batch, sequence, hidden] and the
+        feeds have an attention mask (sentence embeddings), which means something for int8
+        where a max abs diff on one element does not.
+
+    """
+    from nlpress.ir import load_model
+    from nlpress.ir.verify import run
+
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model(model)
+    expected = run(model, feeds)
+    missing = [name for name in names if name not in expected]
+    if missing:
+        raise UsageError(f"the model has no output {missing[0]}: nothing to compare it with")
+    theirs = [expected[name] for name in names]
+    diffs = _diffs(list(names), list(outputs), theirs)
+    return {
+        "max_abs_diff": diffs,
+        "worst": max(diffs.values(), default=0.0),
+        "cosine": _cosines(names, outputs, theirs, feeds),
+    }
+
+
+def _cosines(
+    names: Sequence[str],
+    ours: Sequence[np.ndarray],
+    theirs: Sequence[np.ndarray],
+    feeds: Mapping[str, np.ndarray],
+) -> dict[str, float]:
+    return {
+        name: round(pooled_cosine([b], [a], [feeds]), 6) if a.shape == b.shape else 0.0
+        for name, a, b in zip(names, ours, theirs, strict=True)
+        if np.asarray(a).dtype.kind == "f"
     }
 
 
@@ -112,19 +172,78 @@ def ort_session(model: str | os.PathLike[str] | onnx.ModelProto | Model, threads
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def _random_feeds(session: Session, shapes: Mapping[str, Sequence[int]]) -> Feeds:
+def bench_feeds(session: Session, shapes: Mapping[str, Sequence[int | str]]) -> Feeds:
+    """Seeded random feeds of the bench's shapes (`bench_shapes`), like a tokenizer's output.
+
+    Token ids (inputs that index a table) are drawn from the whole table, the attention mask
+    is all ones, other integer inputs are 0 or 1, float inputs standard normal.
+    """
     rng = np.random.default_rng(0)
+    ranges = {
+        str(v["name"]): (int(v["index_range"][0]), int(v["index_range"][1]))
+        for v in session.manifest["inputs"]
+        if "index_range" in v
+    }
     feeds: Feeds = {}
-    for arg in session.get_inputs():
-        given = list(shapes.get(arg.name, arg.shape))
-        dims = [d for d in given if isinstance(d, int)]
-        if len(dims) != len(given):
-            raise ValueError(f"input {arg.name} has symbolic dims {given}: give its shape")
-        if np.dtype(arg.dtype).kind in "iub":
+    for arg, dims in zip(session.get_inputs(), bench_shapes(session, shapes), strict=True):
+        kind = np.dtype(arg.dtype).kind
+        if arg.name == MASK and kind in "iub":
+            feeds[arg.name] = np.ones(dims, dtype=arg.dtype)
+        elif arg.name in ranges and kind in "iu":
+            high = ranges[arg.name][1]
+            feeds[arg.name] = rng.integers(0, high + 1, size=dims).astype(arg.dtype)
+        elif kind in "iub":
             feeds[arg.name] = rng.integers(0, 2, size=dims).astype(arg.dtype)
         else:
             feeds[arg.name] = rng.standard_normal(dims).astype(arg.dtype)
     return feeds
+
+
+def bench_shapes(session: Session, shapes: Mapping[str, Sequence[int | str]]) -> list[list[int]]:
+    """Each input's dims: as given, else its static dims, symbolic ones by the defaults.
+
+    A symbolic dim takes the size another given shape gave it; else DEFAULT_BATCH on the first
+    axis and DEFAULT_SEQUENCE on the others, clipped to the largest size the artifact computes
+    (its manifest's dim limits).
+
+    Raises:
+        FeedError: A shape for an input the artifact does not have, or of the wrong rank.
+
+    """
+    inputs = session.get_inputs()
+    known = [arg.name for arg in inputs]
+    unknown = [name for name in shapes if name not in known]
+    if unknown:
+        raise FeedError(f"--shape {unknown[0]}: no such input; the inputs: {', '.join(known)}")
+    sizes: dict[str, int] = {}
+    for arg in inputs:
+        given = shapes.get(arg.name)
+        if given is None:
+            continue
+        if len(given) != len(arg.shape):
+            raise FeedError(
+                f"--shape {arg.name}: {len(given)} dims, but the input has {len(arg.shape)} "
+                f"{arg.shape}"
+            )
+        for dim, size in zip(arg.shape, given, strict=True):
+            if isinstance(dim, str) and isinstance(size, int):
+                sizes.setdefault(dim, size)
+    limits = dim_limits(session.manifest)
+    result = []
+    for arg in inputs:
+        wanted: list[int | str | None] = list(shapes.get(arg.name) or arg.shape)
+        dims = []
+        for axis, dim in enumerate(wanted):
+            if isinstance(dim, int):
+                dims.append(dim)
+                continue
+            if str(dim) not in sizes:
+                default = DEFAULT_BATCH if axis == 0 else DEFAULT_SEQUENCE
+                largest = limits.get(str(dim), (default, ""))[0]
+                sizes[str(dim)] = min(default, largest)
+            dims.append(sizes[str(dim)])
+        result.append(dims)
+    return result
 
 
 def alternate(

@@ -10,6 +10,9 @@ import contextlib
 import io
 import logging
 import os
+import re
+import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -274,13 +277,47 @@ def export(executable: Any, target: Target, path: Path, workspace: Path) -> dict
 def _quiet() -> Iterator[None]:
     """Keep TVM's prints and warnings out of the user's terminal; log them at debug level."""
     stream = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(stream):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(stream), native_log():
         warnings.simplefilter("ignore")
         try:
             yield
         finally:
             if stream.getvalue().strip():
                 log.debug("tvm: %s", stream.getvalue().strip())
+
+
+# A line of TVM's C++ log, e.g. "[16:41:08] /project/include/tvm/topi/transform.h:1261: Warning:".
+_NATIVE_LOG_LINE = re.compile(r"^\[\d\d:\d\d:\d\d\] \S+:\d+: ")
+
+
+@contextlib.contextmanager
+def native_log() -> Iterator[None]:
+    """Catch what TVM's C++ code writes to stderr (its LOG(WARNING) lines) while the block runs.
+
+    TVM's lines go to the debug log (shown with --verbose, which skips the capture); anything
+    else written meanwhile, nlpress's own warnings included, is written out after the block.
+    """
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode(errors="replace")
+            native = [line for line in text.splitlines() if _NATIVE_LOG_LINE.match(line)]
+            rest = [line for line in text.splitlines() if not _NATIVE_LOG_LINE.match(line)]
+            if native:
+                log.debug("tvm: %s", "\n".join(native))
+            if rest:
+                sys.stderr.write("\n".join(rest) + "\n")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -17,6 +17,7 @@ by the OS instead of stalling every parallel loop that waits for it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -34,9 +35,11 @@ LIBRARY = "model.so"
 MANIFEST = "manifest.json"
 
 try:  # Inside nlpress, feed errors are usage errors; a bare deployment has no nlpress.ir.
+    from nlpress.ir.errors import NlpressError as _DamageErrorBase
     from nlpress.ir.errors import UsageError as _FeedErrorBase
 except ImportError:  # pragma: no cover - exercised under emulation
     _FeedErrorBase = ValueError  # type: ignore[misc,assignment]
+    _DamageErrorBase = RuntimeError  # type: ignore[misc,assignment]
 
 
 class ArtifactError(_FeedErrorBase):
@@ -45,6 +48,10 @@ class ArtifactError(_FeedErrorBase):
 
 class FeedError(_FeedErrorBase):
     """Feeds whose names, dtypes or shapes do not match the artifact's inputs."""
+
+
+class DamagedArtifactError(_DamageErrorBase):
+    """An artifact whose library differs from what its manifest recorded (size or sha256)."""
 
 
 @dataclass(frozen=True)
@@ -165,12 +172,13 @@ class Session:
         """Run the model; returns the named outputs (all when None), in the order asked.
 
         Raises:
-            FeedError: A missing or unknown feed, a wrong dtype, rank, or static dim, or two
-                sizes for one symbolic dim; or an unknown output name.
+            FeedError: A missing or unknown feed, a wrong dtype, rank, or static dim, two
+                sizes for one symbolic dim, a dim over the artifact's recorded limit, or a
+                token id outside its table; or an unknown output name.
 
         """
         wanted = self._output_indices(output_names)
-        arrays = check_feeds(self._inputs, feeds, self._index_ranges)
+        arrays = check_feeds(self._inputs, feeds, self._index_ranges, dim_limits(self.manifest))
         configure_threads(self.options)  # the pool of the calling thread
         import tvm
 
@@ -228,7 +236,94 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ArtifactError(
             f"{folder}: artifact format {version!r}; this runtime reads format {FORMAT_VERSION}"
         )
+    check_library(library, manifest.get("library"))
     return manifest
+
+
+def check_library(library: Path, recorded: Any) -> None:
+    """Compare the library with the size and sha256 its manifest recorded, before loading it.
+
+    A truncated or overwritten library would otherwise crash the process when it is mapped
+    (SIGBUS) or run. A manifest from before these facts were recorded gets `check_elf`, which
+    finds truncation but not changed bytes.
+
+    Raises:
+        DamagedArtifactError: The library's size or checksum differs from the record.
+
+    """
+    if not isinstance(recorded, Mapping):
+        check_elf(library)
+        return
+    size, digest = recorded.get("bytes"), recorded.get("sha256")
+    actual = library.stat().st_size
+    if isinstance(size, int) and actual != size:
+        raise DamagedArtifactError(
+            f"{library}: {actual} bytes, but the manifest records {size}: the library is "
+            "damaged (truncated or replaced); compile the artifact again"
+        )
+    if isinstance(digest, str) and library_facts(library)["sha256"] != digest:
+        raise DamagedArtifactError(
+            f"{library}: its sha256 differs from the manifest's: the library is damaged; "
+            "compile the artifact again"
+        )
+
+
+def check_elf(library: Path) -> None:
+    """Check that a 64-bit little-endian ELF file holds every header and segment it names.
+
+    A library cut short maps without complaint and then faults (SIGBUS) on the first page past
+    its end; its headers still name the missing bytes.
+
+    Raises:
+        DamagedArtifactError: Not an ELF file, or one whose tables or segments pass its end.
+
+    """
+    size = library.stat().st_size
+    with open(library, "rb") as f:
+        header = f.read(64)
+        if header[:4] != b"\x7fELF":
+            raise DamagedArtifactError(f"{library}: not a shared library (no ELF header)")
+        if len(header) < 64:
+            raise DamagedArtifactError(f"{library}: {size} bytes, cut inside its ELF header")
+        if header[4] != 2 or header[5] != 1:
+            return  # not the 64-bit little-endian layout read below
+        phoff, shoff = struct.unpack_from("<QQ", header, 0x20)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", header, 0x36)
+        ends = [phoff + phentsize * phnum, shoff + shentsize * shnum]
+        if ends[0] <= size and phentsize >= 56:
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+            for i in range(phnum):
+                p_type, _, offset = struct.unpack_from("<IIQ", table, i * phentsize)
+                filesz = struct.unpack_from("<Q", table, i * phentsize + 32)[0]
+                if p_type == 1:  # PT_LOAD
+                    ends.append(offset + filesz)
+    if max(ends) > size:
+        raise DamagedArtifactError(
+            f"{library}: {size} bytes, but its ELF headers reach byte {max(ends)}: the library "
+            "is truncated; compile the artifact again"
+        )
+
+
+def library_facts(library: Path) -> dict[str, Any]:
+    """The size and sha256 of a library file, as the manifest records them."""
+    digest = hashlib.sha256()
+    with open(library, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"bytes": library.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def dim_limits(manifest: Mapping[str, Any]) -> dict[str, tuple[int, str]]:
+    """The manifest's largest sizes of symbolic dims, with their reasons, by dim name."""
+    recorded = manifest.get("dim_limits")
+    if not isinstance(recorded, Mapping):
+        return {}
+    return {
+        str(name): (int(entry["max"]), str(entry.get("reason", "")))
+        for name, entry in recorded.items()
+        if isinstance(entry, Mapping) and isinstance(entry.get("max"), int)
+    }
 
 
 def check_cpu(manifest: Mapping[str, Any], folder: Path) -> None:
@@ -303,10 +398,12 @@ def check_feeds(
     inputs: Sequence[NodeArg],
     feeds: Mapping[str, Any],
     index_ranges: Mapping[str, tuple[int, int]] | None = None,
+    limits: Mapping[str, tuple[int, str]] | None = None,
 ) -> list[np.ndarray]:
     """The feeds as arrays in input order, after checking names, dtypes, shapes and values.
 
-    `index_ranges` gives the valid values of the inputs that index a table (token ids).
+    `index_ranges` gives the valid values of the inputs that index a table (token ids);
+    `limits` the largest size of symbolic dims, with the reason (`dim_limits`).
     """
     names = [i.name for i in inputs]
     missing = [n for n in names if n not in feeds]
@@ -318,9 +415,24 @@ def check_feeds(
     bound: dict[str, tuple[int, str]] = {}
     arrays = [_checked(arg, feeds[arg.name], bound) for arg in inputs]
     for arg, array in zip(inputs, arrays, strict=True):
+        _check_limits(arg, array, limits or {})
+    for arg, array in zip(inputs, arrays, strict=True):
         if index_ranges and arg.name in index_ranges and array.size:
             _check_indices(arg.name, array, *index_ranges[arg.name])
     return arrays
+
+
+def _check_limits(arg: NodeArg, array: np.ndarray, limits: Mapping[str, tuple[int, str]]) -> None:
+    """Symbolic dims from 1 to their limit: compiled kernels read past empty buffers."""
+    for axis, (size, dim) in enumerate(zip(array.shape, arg.shape, strict=True)):
+        if isinstance(dim, str) and size == 0:
+            raise FeedError(f"input {arg.name}: dim {axis} ({dim}) is 0; give at least 1")
+        if isinstance(dim, str) and dim in limits and size > limits[dim][0]:
+            largest, reason = limits[dim]
+            raise FeedError(
+                f"input {arg.name}: dim {axis} ({dim}) is {size}; the model computes at most "
+                f"{dim} = {largest}" + (f" ({reason})" if reason else "")
+            )
 
 
 def _check_indices(name: str, array: np.ndarray, low: int, high: int) -> None:

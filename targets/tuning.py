@@ -97,7 +97,8 @@ def tune(
     folder = Path(records)
     folder.mkdir(parents=True, exist_ok=True)
     tvm_target = tuning_target(target)
-    kernels, _ = lower.cpu_kernels(mod, tvm_target, default_schedules=False)
+    with lower.native_log():
+        kernels, _ = lower.cpu_kernels(mod, tvm_target, default_schedules=False)
     report = progress or (lambda line: log.info("%s", line))
     seeded = seed_with_defaults(kernels, tvm_target, folder)
     report(f"tuning: {seeded} kernels start from their default schedules")

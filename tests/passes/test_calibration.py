@@ -100,5 +100,5 @@ def test_calibration_from_npz(tmp_path):
     with pytest.raises(NlpressError, match="sharing their first"):
         calibration_batches(Calibration(feeds=str(path)), None, {})
     path.write_bytes(b"not a zip")
-    with pytest.raises(NlpressError, match=r"not a readable \.npz"):
+    with pytest.raises(NlpressError, match=r"not an \.npz archive"):
         calibration_batches(Calibration(feeds=str(path)), None, {})

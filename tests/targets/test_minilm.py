@@ -18,7 +18,7 @@ from nlpress.ir import Model, load_model
 from nlpress.ir.verify import run
 from nlpress.models import text, zoo
 from nlpress.passes import parse, run_pipeline
-from nlpress.targets import build_artifact, emulation, get_target, load
+from nlpress.targets import FeedError, build_artifact, emulation, get_target, load
 
 pytestmark = pytest.mark.slow
 log = logging.getLogger(__name__)
@@ -79,6 +79,14 @@ def test_x86_symbolic(original: Model, folded: dict[str, Model], tmp_path: Path)
         worst = _worst(original, session.run(None, feeds), feeds)
         log.warning("x86 symbolic %dx%d: max abs diff %.2e", batch, seq, worst)
         assert worst <= TOLERANCE
+    # The position table has 512 rows: 512 tokens run, 513 are refused before any kernel runs
+    # (they crashed the process with SIGSEGV before the limit was recorded).
+    assert session.manifest["dim_limits"]["sequence"]["max"] == 512
+    longest = _feeds(1, 512)
+    assert _worst(original, session.run(None, longest), longest) <= TOLERANCE
+    too_long = {k: np.concatenate([v, v[:, -1:]], axis=1) for k, v in longest.items()}
+    with pytest.raises(FeedError, match=r"dim 1 \(sequence\) is 513; the model computes at most"):
+        session.run(None, too_long)
 
 
 def _arm_skip() -> str | None:
