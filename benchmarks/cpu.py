@@ -1,21 +1,23 @@
-"""nlpress x86 artifacts beside ONNX Runtime on all-MiniLM-L6-v2: latency ratio and fidelity.
+"""nlpress x86 artifacts beside ONNX Runtime on all-MiniLM-L6-v2, as a user runs them.
 
-For each (batch, seq) it compiles minilm-l6 with static shapes (default schedules, or the
-tuning records of --records), then runs the artifact and ONNX Runtime fp32 (the original
-model, all graph optimizations, 2 intra-op threads) alternately on real-text feeds after a
-warm-up (each timed run after a pause that lets both thread pools go idle; see
-nlpress.targets.bench), and reports the medians, the ratio nlpress/ORT, the compile time and
-the largest absolute difference of the outputs. --profile adds the time of each kernel at
-1x128, with TVM's plain loop nests and with the schedules. Writes cpu.json and cpu.md into --out.
+For each static (batch, seq) it compiles minilm-l6 for this CPU twice: fp32 (`-p O1`), and int8
+(`-p int8`, calibrated once on the zoo's calibration text with symbolic shapes, then folded to
+the shape). Beside them: ONNX Runtime on the fp32 model and on its per-channel dynamic int8
+model (`quantize_dynamic(per_channel=True, op_types_to_quantize=["MatMul"])`). All four are
+timed in one fresh process with the thread settings removed from its environment, each loaded
+with its defaults (`nlpress.load(DIR)`, ORT's own intra-op threads), in turn on tokenized
+evaluation sentences padded to the shape, after a pause before every run that lets every
+thread pool go idle (`nlpress.targets.bench`). Reported: medians, the median of run-by-run
+ratios nlpress/ORT, the fp32 outputs' largest difference from ORT fp32 and the int8 sentence
+embeddings' cosine to ORT fp32.
 
-    python benchmarks/cpu.py [--shapes 1x128 8x128] [--runs 20] [--settle 0.2]
-                             [--records DIR] [--profile]
+--sweep times the matmul kernels of the model's shapes with other register tiles than the
+ones the schedule tables choose for this CPU (fp32 panels, int8 blocks), paired against the
+table's, so the tables' choice is measured on the machine at hand.
 
-Tuning records for --records: one run per shape into the same DIR (256 trials took 329 s at
-1x128 and 560 s at 8x128 here; so far they measure within noise of the default schedules):
+Writes cpu.json and cpu.md into --out and the "cpu" section of benchmarks/RESULTS.md.
 
-    nlpress compile minilm-l6 -t x86 --shape input_ids=1x128 --shape attention_mask=1x128 \
-        --shape token_type_ids=1x128 --tune 256 --tuning-records DIR -o OUT
+    python benchmarks/cpu.py [--shapes 1x128 8x128] [--runs 20] [--settle 0.2] [--sweep]
 """
 
 from __future__ import annotations
@@ -23,151 +25,325 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import tempfile
+import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import machine
 import numpy as np
 
 log = logging.getLogger("benchmarks.cpu")
 
 MODEL = "minilm-l6"
-THREADS = 2
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+RUNTIMES = ("nlpress fp32", "ORT fp32", "nlpress int8", "ORT int8")
+# Tiles --sweep tries: fp32 panels (rows, columns); int8 blocks (rows, blocks of columns).
+FP32_TILES = ((6, 16), (4, 16), (4, 24), (8, 8), (5, 16), (3, 32))
+INT8_TILES = ((4, 2), (6, 2), (4, 3), (8, 1), (2, 4), (3, 3))
+KERNEL_SHAPES = ((128, 384, 384), (128, 384, 1536), (128, 1536, 384))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--shapes", nargs="*", default=["1x128", "8x128"])
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=THREADS)
-    parser.add_argument(
-        "--settle", type=float, default=0.2, help="seconds of pause before each timed run"
-    )
-    parser.add_argument("--records", help="tuning records folder to build with")
-    parser.add_argument("--profile", action="store_true", help="time each kernel at 1x128")
-    parser.add_argument("--out", default="benchmarks/out")
+    parser.add_argument("--settle", type=float, default=0.2, help="seconds of pause before a run")
+    parser.add_argument("--sweep", action="store_true", help="also sweep the register tiles")
+    parser.add_argument("--reuse", action="store_true", help="reuse the artifacts in --out")
+    parser.add_argument("--out", default="benchmarks/out/cpu")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # the child process's spec
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
-    os.environ.setdefault("TVM_BIND_THREADS", "0")
+    if args.measure:
+        print(json.dumps(measure(json.loads(args.measure))))
+        return
     out = Path(args.out)
-    rows = [measure(shape, args) for shape in args.shapes]
-    profile = kernel_profile(args.records) if args.profile else None
-    write(rows, profile, out, args)
+    report: dict[str, Any] = {"model": MODEL, "cpu": machine.cpu(), "commit": machine.commit()}
+    report["rows"] = [time_shape(shape, out, args) for shape in args.shapes]
+    if args.sweep:
+        report["sweep"] = sweep()
+    write(report, out, args)
 
 
-def measure(shape: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Compile at one (batch, seq) and time the artifact against ONNX Runtime."""
-    from nlpress import compile as nlpress_compile
+def build(shape: str, out: Path, reuse: bool) -> dict[str, str]:
+    """The fp32 and int8 artifacts at `shape` and the ORT models; paths by runtime."""
+    import nlpress
     from nlpress.models import zoo
-    from nlpress.targets import tuning
-    from nlpress.targets.bench import compare_with_ort
 
     batch, seq = (int(x) for x in shape.split("x"))
-    shapes = {n: (batch, seq) for n in ("input_ids", "attention_mask", "token_type_ids")}
-    with tempfile.TemporaryDirectory(prefix="nlpress-bench-") as tmp:
-        began = time.perf_counter()
-        with tuning.using_records(args.records):
-            artifact = nlpress_compile(MODEL, "x86", Path(tmp) / "x86", shapes=shapes)
-        compile_s = time.perf_counter() - began
-        result = compare_with_ort(
-            artifact,
+    shapes = {name: (batch, seq) for name in INPUTS}
+    paths = {"fp32": out / f"fp32-{shape}", "int8": out / f"int8-{shape}"}
+    if not (reuse and (paths["fp32"] / "model.so").exists()):
+        nlpress.compile(MODEL, "x86", paths["fp32"], shapes=shapes)
+    if not (reuse and (paths["int8"] / "model.so").exists()):
+        nlpress.compile(int8_model(out), "x86", paths["int8"], pipeline="fold", shapes=shapes)
+    return {
+        "nlpress fp32": str(paths["fp32"]),
+        "ORT fp32": str(zoo.model_path(MODEL)),
+        "nlpress int8": str(paths["int8"]),
+        "ORT int8": str(ort_dynamic_int8(out)),
+    }
+
+
+def int8_model(out: Path) -> Path:
+    """minilm-l6 through `-p int8` with symbolic shapes, saved once into `out`."""
+    import nlpress
+    from nlpress.ir import save_model
+
+    path = out / "minilm-int8.onnx"
+    if not path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        save_model(nlpress.optimize(MODEL, "int8").model, path)
+    return path
+
+
+def ort_dynamic_int8(out: Path) -> Path:
+    """ORT's per-channel dynamic int8 MatMul model of minilm-l6, made once into `out`."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from nlpress.models import zoo
+
+    path = out / "minilm-ort-dynamic-int8.onnx"
+    if not path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        quantize_dynamic(
             zoo.model_path(MODEL),
-            runs=args.runs,
-            feeds=text_feeds(batch, seq),
-            threads=args.threads,
-            settle=args.settle,
+            path,
+            per_channel=True,
+            op_types_to_quantize=["MatMul"],
+            weight_type=QuantType.QInt8,
         )
-    row = {"shape": shape, "compile_s": round(compile_s, 1), **result}
-    row["records"] = args.records
+    return path
+
+
+def time_shape(shape: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Build for one shape, then time all four runtimes in a fresh process."""
+    began = time.perf_counter()
+    paths = build(shape, out, args.reuse)
+    spec = {"shape": shape, "paths": paths, "runs": args.runs, "settle": args.settle}
+    command = [sys.executable, __file__, "--measure", json.dumps(spec)]
+    done = subprocess.run(
+        command, env=machine.clean_environment(), capture_output=True, text=True, check=False
+    )
+    if done.returncode:
+        raise SystemExit(f"the measuring process failed:\n{done.stderr[-2000:]}")
+    row: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    row["build_and_measure_s"] = round(time.perf_counter() - began, 1)
     log.info(
-        "%s: nlpress %.1f ms, ORT %.1f ms, ratio %.2f, compile %.1f s, max abs diff %.1e",
-        shape, row["nlpress_ms"], row["ort_ms"], row["ratio"], compile_s, row["worst"],
+        "%s: fp32 %.2f of ORT fp32, int8 %.2f of ORT int8",
+        shape, row["ratio"]["fp32"], row["ratio"]["int8"],
     )  # fmt: skip
     return row
 
 
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """(In the fresh process.) Time the four runtimes in turn; compare their outputs."""
+    import nlpress
+    from nlpress.targets.bench import alternate, ort_session, paired_ratio
+
+    batch, seq = (int(x) for x in spec["shape"].split("x"))
+    feeds = text_feeds(batch, seq)
+    sessions: dict[str, Any] = {}
+    for name, path in spec["paths"].items():
+        sessions[name] = nlpress.load(path) if name.startswith("nlpress") else ort_session(path, 0)
+    fns = [lambda s=sessions[n]: s.run(None, feeds) for n in RUNTIMES]
+    times = dict(zip(RUNTIMES, alternate(fns, spec["runs"], settle=spec["settle"]), strict=True))
+    outputs = {n: sessions[n].run(None, feeds)[0] for n in RUNTIMES}
+    reference = outputs["ORT fp32"]
+    mask = feeds["attention_mask"]
+    return {
+        "shape": spec["shape"],
+        "runs": spec["runs"],
+        "settle_s": spec["settle"],
+        "threads": {"nlpress": sessions["nlpress fp32"].threads, "onnxruntime": "ORT default"},
+        "median_ms": {n: round(statistics.median(t) * 1e3, 2) for n, t in times.items()},
+        "ratio": {
+            "fp32": paired_ratio(times["nlpress fp32"], times["ORT fp32"]),
+            "int8": paired_ratio(times["nlpress int8"], times["ORT int8"]),
+            "int8_vs_ort_fp32": paired_ratio(times["nlpress int8"], times["ORT fp32"]),
+        },
+        "fp32_max_abs_diff": float(np.abs(outputs["nlpress fp32"] - reference).max()),
+        "int8_cosine": sentence_cosine(outputs["nlpress int8"], reference, mask),
+        "ort_int8_cosine": sentence_cosine(outputs["ORT int8"], reference, mask),
+        "load_average": machine.cpu()["load_average"],
+    }
+
+
 def text_feeds(batch: int, seq: int) -> dict[str, np.ndarray]:
-    """Tokenized evaluation sentences, padded to `seq`."""
+    """The first `batch` evaluation sentences, tokenized and padded to `seq`."""
     from nlpress.models import text, zoo
 
     tokenizer = text.load_tokenizer(str(zoo.get(MODEL).tokenizer()))
-    sentences = text.calibration_sentences()[:batch]
-    feeds: dict[str, np.ndarray] = text.encode(
-        tokenizer, sentences, max_length=seq, padding="max_length"
-    )
+    sentences = [a for a, _ in text.evaluation_pairs()[:batch]]
+    feeds: dict[str, np.ndarray] = text.encode(tokenizer, sentences, seq, "max_length")
     return feeds
 
 
-def kernel_profile(records: str | None) -> dict[str, list[dict[str, Any]]]:
-    """Per-kernel times at 1x128 with TVM's plain loop nests and with the schedules."""
-    from nlpress import optimize
-    from nlpress.targets import get_target
-    from nlpress.targets.bench import profile_kernels
+def sentence_cosine(ours: np.ndarray, theirs: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """Mean and least cosine of the mean-pooled sentence embeddings."""
+    from nlpress.models.metrics import mean_pool
 
-    shapes = {n: (1, 128) for n in ("input_ids", "attention_mask", "token_type_ids")}
-    proto = optimize(MODEL, "fold", shapes=shapes).model.to_onnx()
-    target = get_target("x86")
-    return {
-        "plain": profile_kernels(proto, target, default_schedules=False, repeat=1),
-        "scheduled": profile_kernels(
-            proto, target, records=Path(records) if records else None, repeat=7
-        ),
-    }
+    cos = (mean_pool(ours, mask) * mean_pool(theirs, mask)).sum(-1)  # both L2-normalized
+    return {"mean": round(float(cos.mean()), 5), "min": round(float(cos.min()), 5)}
 
 
-def write(
-    rows: list[dict[str, Any]],
-    profile: dict[str, list[dict[str, Any]]] | None,
-    out: Path,
-    args: argparse.Namespace,
-) -> None:
-    """cpu.json (everything) and cpu.md (the tables)."""
+def sweep() -> dict[str, list[dict[str, Any]]]:
+    """Each candidate tile's kernel time over the table's, median of paired runs, per shape."""
+    from nlpress.targets import get_target, lower
+    from nlpress.targets.schedules import int8, panels
+
+    target = lower.tvm_target(get_target("x86"))
+    chosen_fp32 = panels.panel_tile(target)
+    family = int8.int8_intrinsics.int8_kernel(target).family
+    result: dict[str, list[dict[str, Any]]] = {"fp32": [], "int8": []}
+    for m, k, n in KERNEL_SHAPES:
+        if chosen_fp32 is not None:
+            base = _kernel(m, k, n, False, fp32_tile=chosen_fp32)
+            for tile in FP32_TILES:
+                result["fp32"].append(_row(m, k, n, tile, base, _kernel(m, k, n, False, tile)))
+        base = _kernel(m, k, n, True, int8_tile=int8.TILES[family])
+        for tile in INT8_TILES:
+            row = _row(m, k, n, tile, base, _kernel(m, k, n, True, int8_tile=tile))
+            result["int8"].append(row)
+    result["chosen"] = [{"fp32": chosen_fp32, "int8": int8.TILES[family], "family": family}]
+    return result
+
+
+def _row(m: int, k: int, n: int, tile: Any, base: Any, candidate: Any) -> dict[str, Any]:
+    from nlpress.targets.bench import alternate, paired_ratio
+
+    base_t, cand_t = alternate([base, candidate], runs=30, warmup=3, settle=0)
+    ms = statistics.median(cand_t) * 1e3
+    row = {"shape": f"{m}x{k}x{n}", "tile": list(tile), "ms": round(ms, 3)}
+    row["vs_table"] = paired_ratio(cand_t, base_t)
+    row["gops"] = round(2 * m * k * n / ms / 1e6, 1)
+    log.info(
+        "sweep %s tile %s: %.3f ms, %.3f of the table's", row["shape"], tile, ms, row["vs_table"]
+    )
+    return row
+
+
+def _kernel(
+    m: int, k: int, n: int, quantized: bool, fp32_tile: Any = None, int8_tile: Any = None
+) -> Any:
+    """A callable running the (fused) matmul kernel of x[1, m, k] @ W[k, n] + b once."""
+    import tvm
+
+    from nlpress.targets import get_target, lower
+    from nlpress.targets.bench import _kernel_calls, _random_array
+    from nlpress.targets.schedules import int8, panels
+
+    target = lower.tvm_target(get_target("x86"))
+    family = int8.int8_intrinsics.int8_kernel(target).family
+    saved = panels.PANELS, dict(int8.TILES)
+    if fp32_tile is not None:
+        panels.PANELS = (("avx2", tuple(fp32_tile)),)
+    if int8_tile is not None:
+        int8.TILES[family] = tuple(int8_tile)
+    try:
+        mod, _ = lower.cpu_kernels(lower.import_onnx(_dense(m, k, n, quantized)), target)
+    finally:
+        panels.PANELS, int8.TILES = saved[0], saved[1]
+    name = next(x for x in _kernel_calls(mod) if "matmul" in x)
+    func = mod[name].with_attr("global_symbol", "main")
+    library = tvm.compile(tvm.IRModule({"main": func}), target)
+    rng = np.random.default_rng(0)
+    args = [tvm.runtime.tensor(_random_array(rng, p)) for p in mod[name].params]
+    return lambda: library["main"](*args)
+
+
+def _dense(m: int, k: int, n: int, quantized: bool) -> Any:
+    """x[1, m, k] @ W[k, n] + b as ONNX, the weight behind QDQ when `quantized`."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    inits = [numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "b")]
+    nodes = []
+    if quantized:
+        scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+        inits += [
+            numpy_helper.from_array(np.round(w / scale).astype(np.int8), "wq"),
+            numpy_helper.from_array(scale, "ws"),
+            numpy_helper.from_array(np.zeros(n, np.int8), "wzp"),
+            numpy_helper.from_array(np.float32(0.05), "xs"),
+            numpy_helper.from_array(np.uint8(128), "xzp"),
+        ]
+        nodes += [
+            helper.make_node("QuantizeLinear", ["x", "xs", "xzp"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "xs", "xzp"], ["xd"]),
+            helper.make_node("DequantizeLinear", ["wq", "ws", "wzp"], ["w"], axis=1),
+        ]
+    else:
+        inits.append(numpy_helper.from_array(w, "w"))
+    nodes += [
+        helper.make_node("MatMul", ["xd" if quantized else "x", "w"], ["y"]),
+        helper.make_node("Add", ["y", "b"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "dense",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, m, k])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, m, n])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def write(report: dict[str, Any], out: Path, args: argparse.Namespace) -> None:
+    """cpu.json (everything), cpu.md and the RESULTS.md section (the tables)."""
     out.mkdir(parents=True, exist_ok=True)
-    tvm_threads = os.environ["TVM_NUM_THREADS"]
-    facts = {
-        "model": MODEL,
-        "threads": {"nlpress": int(tvm_threads), "onnxruntime": args.threads},
-        "rows": rows,
-        "profile": profile,
-    }
-    (out / "cpu.json").write_text(json.dumps(facts, indent=2) + "\n")
+    (out / "cpu.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
-        f"# nlpress x86 vs ONNX Runtime: {MODEL}, TVM {tvm_threads} threads, ORT {args.threads}",
+        f"{MODEL}, static shapes, medians of {args.runs} runs of each in turn with "
+        f"{args.settle} s of pause before each, in one fresh process with default settings "
+        f"(nlpress {report['rows'][0]['threads']['nlpress']} threads, ORT its default). "
+        "Ratios are medians of run-by-run ratios.",
         "",
-        "| shape | nlpress ms | ORT ms | ratio | compile s | max abs diff | load avg | records |",
-        "|---|---|---|---|---|---|---|---|",
+        "| shape | nlpress fp32 ms | ORT fp32 ms | fp32 ratio | nlpress int8 ms | "
+        "ORT int8 ms | int8 ratio | int8 / ORT fp32 | fp32 max diff | int8 cos (min) | "
+        "ORT int8 cos (min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in report["rows"]:
+        ms, ratio = r["median_ms"], r["ratio"]
         lines.append(
-            f"| {r['shape']} | {r['nlpress_ms']:.1f} | {r['ort_ms']:.1f} | {r['ratio']:.2f} "
-            f"| {r['compile_s']:.1f} | {r['worst']:.1e} | {r['load_average'][0]:.1f} "
-            f"| {r['records'] or '-'} |"
+            f"| {r['shape']} | {ms['nlpress fp32']:.1f} | {ms['ORT fp32']:.1f} | "
+            f"{ratio['fp32']:.3f} | {ms['nlpress int8']:.1f} | {ms['ORT int8']:.1f} | "
+            f"{ratio['int8']:.3f} | {ratio['int8_vs_ort_fp32']:.3f} | "
+            f"{r['fp32_max_abs_diff']:.1e} | {r['int8_cosine']['mean']:.4f} "
+            f"({r['int8_cosine']['min']:.4f}) | {r['ort_int8_cosine']['mean']:.4f} "
+            f"({r['ort_int8_cosine']['min']:.4f}) |"
         )
-    if profile:
-        lines += ["", *profile_table(profile)]
+    if report.get("sweep"):
+        lines += ["", *sweep_table(report["sweep"])]
     (out / "cpu.md").write_text("\n".join(lines) + "\n")
-    log.info("wrote %s and %s", out / "cpu.json", out / "cpu.md")
+    command = "python benchmarks/cpu.py " + " ".join(sys.argv[1:])
+    machine.write_section(
+        "cpu", "x86 artifacts vs ONNX Runtime (benchmarks/cpu.py)", lines, command
+    )
+    log.info("wrote %s, %s and %s", out / "cpu.json", out / "cpu.md", machine.RESULTS)
 
 
-def profile_table(profile: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """Markdown rows: each kernel's calls and total ms, plain and scheduled."""
-    plain = {r["kernel"]: r for r in profile["plain"]}
+def sweep_table(result: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Markdown rows of the tile sweep."""
+    chosen = result["chosen"][0]
     lines = [
-        "Per kernel at 1x128, each timed alone (median); ms per model run = calls x one call.",
+        f"Register tiles on this CPU (the tables: fp32 panels {chosen['fp32']}, int8 "
+        f"{chosen['family']} {chosen['int8']}); kernel time over the table's tile's, median of "
+        "30 paired runs, one thread.",
         "",
-        "| kernel (1x128) | calls | plain ms | scheduled ms |",
-        "|---|---|---|---|",
+        "| kernel | shape | tile | ms | GOP/s | vs table |",
+        "|---|---|---|---|---|---|",
     ]
-    for r in profile["scheduled"]:
-        before = plain.get(r["kernel"], {}).get("total_ms", float("nan"))
-        mark = "" if r["scheduled"] else " (unscheduled)"
-        lines.append(f"| {r['kernel']}{mark} | {r['calls']} | {before:.2f} | {r['total_ms']:.2f} |")
-    total_plain = sum(r["total_ms"] for r in profile["plain"])
-    total = sum(r["total_ms"] for r in profile["scheduled"])
-    lines.append(f"| total | | {total_plain:.1f} | {total:.1f} |")
+    for kind in ("fp32", "int8"):
+        for r in result[kind]:
+            tile = "x".join(map(str, r["tile"]))
+            cells = [kind, r["shape"], tile, f"{r['ms']:.3f}", r["gops"], f"{r['vs_table']:.3f}"]
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
     return lines
 
 
