@@ -195,7 +195,9 @@ def _bench(args: argparse.Namespace) -> int:
     if not (artifact / "manifest.json").is_file():
         raise UsageError(f"{artifact}: bench takes an artifact folder (from nlpress compile)")
     shapes = _shapes(args)
-    result = compare_with_ort(artifact, artifact / "model.onnx", shapes, runs=args.runs)
+    result = compare_with_ort(
+        artifact, artifact / "model.onnx", shapes, runs=args.runs, threads=args.threads
+    )
     result["vs_source"] = _source_agreement(artifact, shapes)
     if not args.vs_ort:
         dropped = ("ort", "ratio", "max_abs_diff", "worst", "cosine")
@@ -267,7 +269,7 @@ def _run(args: argparse.Namespace) -> int:
     paths = _unique(args.input, "--input")
     if not (paths or args.text):
         raise UsageError("run needs --input NAME=FILE.npy or --text")
-    session, entry = compiler.open_session(args.model)
+    session, entry = compiler.open_session(args.model, threads=args.threads)
     if args.save:
         names = [o.name for o in session.get_outputs()]
         saved = [Path(args.save) / f"{name}.npy" for name in names]
@@ -475,6 +477,22 @@ def _shape_flag(text: str) -> tuple[str, tuple[int | str, ...]]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _add_threads_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=_threads,
+        default=0,
+        metavar="N",
+        help="CPU threads of the artifact's kernels (default 0: one per CPU this process may use)",
+    )
+
+
+def _threads(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a thread count, 0 or more")
+    return int(text)
+
+
 def _add_shape_flag(p: argparse.ArgumentParser, help_text: str) -> None:
     p.add_argument(
         "--shape",
@@ -569,6 +587,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="append", default=[], help="a sentence (repeatable)")
     p.add_argument("--tokenizer", metavar="ZOO-NAME|tokenizer.json")
     p.add_argument("--save", metavar="DIR", help="also write every output as NAME.npy")
+    _add_threads_flag(p)
     p.set_defaults(handler=_run)
 
     p = sub.add_parser("bench", help="time an artifact, beside ONNX Runtime with --vs-ort")
@@ -576,8 +595,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--vs-ort",
         action="store_true",
-        help="also time ONNX Runtime (2 threads) on the artifact's model.onnx",
+        help="also time ONNX Runtime (as many threads) on the artifact's model.onnx",
     )
+    _add_threads_flag(p)
     p.add_argument("--runs", type=_count, default=20, help="timed runs of each (default 20)")
     _add_shape_flag(p, "dims of an input; symbolic dims default to 1 (first axis) and 128")
     p.add_argument("--json", action="store_true")

@@ -361,17 +361,20 @@ def _removed_on_failure(folder: str | os.PathLike[str] | None) -> Iterator[None]
         raise
 
 
-def open_session(model: str | os.PathLike[str]) -> tuple[Session, zoo.ZooModel | None]:
+def open_session(
+    model: str | os.PathLike[str], threads: int = 0
+) -> tuple[Session, zoo.ZooModel | None]:
     """A session for an artifact folder (TVM) or a model (ONNX Runtime), and its zoo entry.
 
     Both check feeds the same way before anything runs (names, dtypes, shapes, token ids, the
-    largest sizes the model computes).
+    largest sizes the model computes). `threads` sets the artifact's CPU threads (0: one per
+    usable CPU).
     """
     path = Path(model)
     if path.is_dir():
         from nlpress import targets
 
-        session = targets.load(path)
+        session = targets.load(path, threads=threads)
         name = session.manifest.get("source", {}).get("zoo")
         return session, zoo.ZOO.get(name) if isinstance(name, str) else None
     source = resolve_model(model)

@@ -325,6 +325,8 @@ CASES: dict[str, Case] = {
     # --- bench -----------------------------------------------------------------------------
     "bench-runs-zero": Case("bench {art} --runs 0", 2, "positive whole"),
     "bench-runs-negative": Case("bench {art} --runs -3", 2, "positive whole"),
+    "bench-threads-negative": Case("bench {art} --threads -1", 2, "expected a thread count"),
+    "run-threads-word": Case("run {art} --threads many --text hi", 2, "expected a thread count"),
     "bench-a-model-file": Case("bench {tiny}", 2, "bench takes an artifact folder"),
     "bench-shape-unknown-input": Case("bench {art} --shape foo=1x8", 2, "--shape foo: no such"),
     "bench-shape-wrong-rank": Case("bench {art} --shape input_ids=8", 2, "1 dims, but the input"),
