@@ -11,24 +11,37 @@ thread pool go idle (`nlpress.targets.bench`). Reported: medians, the median of 
 ratios nlpress/ORT, the fp32 outputs' largest difference from ORT fp32 and the int8 sentence
 embeddings' cosine to ORT fp32.
 
+--workload adds artifacts compiled without --shape (symbolic batch and sequence) on the
+evaluation sentences (the first of each pair, 201 sentences), batch 1 (each sentence at its own
+length) and batch 32 (each batch padded to its longest sentence): fp32 beside ORT fp32 and int8
+beside ORT's dynamic int8, each the whole workload in turn, three rounds
+(`nlpress.targets.bench.compare_workload`); sentences per second and batch latency p50/p90/p99.
+
+--busy measures each shape a second time while one CPU-bound process (started and stopped by
+the benchmark, bounded in time) competes for the cores, as on a shared machine, and reports
+each ratio beside its quiet one.
+
 --sweep times the matmul kernels of the model's shapes with other register tiles than the
 ones the schedule tables choose for this CPU (fp32 panels, int8 blocks), paired against the
 table's, so the tables' choice is measured on the machine at hand.
 
 Writes cpu.json and cpu.md into --out and the "cpu" section of benchmarks/RESULTS.md.
 
-    python benchmarks/cpu.py [--shapes 1x128 8x128] [--runs 20] [--settle 0.2] [--sweep]
+    python benchmarks/cpu.py [--shapes 1x128 8x128] [--runs 20] [--settle 0.2] [--workload]
+                             [--busy] [--sweep]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,17 +65,23 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--settle", type=float, default=0.2, help="seconds of pause before a run")
     parser.add_argument("--sweep", action="store_true", help="also sweep the register tiles")
+    parser.add_argument("--busy", action="store_true", help="also measure beside a busy process")
+    parser.add_argument("--workload", action="store_true", help="also the sentence workloads")
+    parser.add_argument("--batches", nargs="*", type=int, default=[1, 32])
     parser.add_argument("--reuse", action="store_true", help="reuse the artifacts in --out")
     parser.add_argument("--out", default="benchmarks/out/cpu")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # the child process's spec
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.measure:
-        print(json.dumps(measure(json.loads(args.measure))))
+        spec = json.loads(args.measure)
+        print(json.dumps(measure_workload(spec) if "batch" in spec else measure(spec)))
         return
     out = Path(args.out)
     report: dict[str, Any] = {"model": MODEL, "cpu": machine.cpu(), "commit": machine.commit()}
     report["rows"] = [time_shape(shape, out, args) for shape in args.shapes]
+    if args.workload:
+        report["workloads"] = workloads(out, args)
     if args.sweep:
         report["sweep"] = sweep()
     write(report, out, args)
@@ -124,19 +143,84 @@ def time_shape(shape: str, out: Path, args: argparse.Namespace) -> dict[str, Any
     began = time.perf_counter()
     paths = build(shape, out, args.reuse)
     spec = {"shape": shape, "paths": paths, "runs": args.runs, "settle": args.settle}
-    command = [sys.executable, __file__, "--measure", json.dumps(spec)]
-    done = subprocess.run(
-        command, env=machine.clean_environment(), capture_output=True, text=True, check=False
-    )
-    if done.returncode:
-        raise SystemExit(f"the measuring process failed:\n{done.stderr[-2000:]}")
-    row: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    row = measure_in_fresh_process(spec)
+    if args.busy:
+        with busy_process(seconds=3600):
+            row["busy"] = measure_in_fresh_process(spec)
+        row["busy_over_quiet"] = {
+            kind: round(row["busy"]["ratio"][kind] / row["ratio"][kind], 3)
+            for kind in ("fp32", "int8")
+        }
     row["build_and_measure_s"] = round(time.perf_counter() - began, 1)
     log.info(
         "%s: fp32 %.2f of ORT fp32, int8 %.2f of ORT int8",
         shape, row["ratio"]["fp32"], row["ratio"]["int8"],
     )  # fmt: skip
     return row
+
+
+def workloads(out: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The symbolic artifacts on the evaluation sentences, each batch size, fp32 and int8."""
+    import nlpress
+    from nlpress.models import zoo
+
+    paths = {"fp32": out / "fp32-symbolic", "int8": out / "int8-symbolic"}
+    if not (args.reuse and (paths["fp32"] / "model.so").exists()):
+        nlpress.compile(MODEL, "x86", paths["fp32"])
+    if not (args.reuse and (paths["int8"] / "model.so").exists()):
+        nlpress.compile(int8_model(out), "x86", paths["int8"], pipeline="fold")
+    references = {"fp32": str(zoo.model_path(MODEL)), "int8": str(ort_dynamic_int8(out))}
+    rows = []
+    for batch in args.batches:
+        for kind, path in paths.items():
+            spec = {"artifact": str(path), "ort": references[kind], "batch": batch}
+            row = {"kind": kind, **measure_in_fresh_process(spec)}
+            log.info(
+                "workload batch %d %s: throughput %.2fx ORT, p99 %.2f of ORT's",
+                batch, kind, row["throughput_ratio"], row["p99_ratio"],
+            )  # fmt: skip
+            rows.append(row)
+    return rows
+
+
+def measure_workload(spec: dict[str, Any]) -> dict[str, Any]:
+    """(In the fresh process.) The evaluation sentences through one artifact and ORT."""
+    import nlpress
+    from nlpress.models import text, zoo
+    from nlpress.models.feeds import workload_batches
+    from nlpress.targets.bench import compare_workload
+
+    tokenizer = text.load_tokenizer(str(zoo.get(MODEL).tokenizer()))
+    sentences = [a for a, _ in text.evaluation_pairs()]
+    session = nlpress.load(spec["artifact"])
+    batches = workload_batches(session, tokenizer, sentences, spec["batch"], 512)
+    result = compare_workload(spec["artifact"], spec["ort"], batches)
+    return {"batch": spec["batch"], **result}
+
+
+def measure_in_fresh_process(spec: dict[str, Any]) -> dict[str, Any]:
+    """`measure` in a new Python process without the thread settings in its environment."""
+    command = [sys.executable, __file__, "--measure", json.dumps(spec)]
+    done = subprocess.run(
+        command, env=machine.clean_environment(), capture_output=True, text=True, check=False
+    )
+    if done.returncode:
+        raise SystemExit(f"the measuring process failed:\n{done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+@contextlib.contextmanager
+def busy_process(seconds: float) -> Iterator[None]:
+    """One CPU-bound process for the length of the block (and never longer than `seconds`)."""
+    spin = f"import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass\n"
+    process = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(1.0)  # let it reach its loop
+        yield
+    finally:
+        process.kill()
+        process.wait()
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
@@ -318,6 +402,25 @@ def write(report: dict[str, Any], out: Path, args: argparse.Namespace) -> None:
             f"({r['int8_cosine']['min']:.4f}) | {r['ort_int8_cosine']['mean']:.4f} "
             f"({r['ort_int8_cosine']['min']:.4f}) |"
         )
+    if report.get("workloads"):
+        lines += ["", *workload_table(report["workloads"])]
+    busy = [r for r in report["rows"] if "busy" in r]
+    if busy:
+        lines += [
+            "",
+            "Beside one CPU-bound process (a busy machine), measured right after the quiet rows:",
+            "",
+            "| shape | fp32 ratio busy | quiet | busy / quiet | int8 ratio busy | quiet | "
+            "busy / quiet | load average |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in busy:
+            b, q, bq = r["busy"]["ratio"], r["ratio"], r["busy_over_quiet"]
+            lines.append(
+                f"| {r['shape']} | {b['fp32']:.3f} | {q['fp32']:.3f} | {bq['fp32']:.3f} | "
+                f"{b['int8']:.3f} | {q['int8']:.3f} | {bq['int8']:.3f} | "
+                f"{r['busy']['load_average'][0]:.2f} |"
+            )
     if report.get("sweep"):
         lines += ["", *sweep_table(report["sweep"])]
     (out / "cpu.md").write_text("\n".join(lines) + "\n")
@@ -326,6 +429,31 @@ def write(report: dict[str, Any], out: Path, args: argparse.Namespace) -> None:
         "cpu", "x86 artifacts vs ONNX Runtime (benchmarks/cpu.py)", lines, command
     )
     log.info("wrote %s, %s and %s", out / "cpu.json", out / "cpu.md", machine.RESULTS)
+
+
+def workload_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows of the sentence workloads."""
+    lines = [
+        "Artifacts with symbolic batch and sequence on the 201 evaluation sentences in their "
+        "order, each batch padded to its longest sentence; the whole workload on each runtime "
+        "in turn, three rounds (throughput of the median round, latencies over all batches). "
+        "int8 is compared with ORT's per-channel dynamic int8.",
+        "",
+        "| batch | kind | nlpress sent/s | ORT sent/s | throughput ratio | nlpress p50 / p90 / p99 "
+        "ms | ORT p50 / p90 / p99 ms | p99 ratio | least cosine vs ORT |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ours, theirs = r["nlpress"], r["ort"]
+        cosine = min(r["least_cosine"].values(), default=float("nan"))
+        lines.append(
+            f"| {r['batch']} | {r['kind']} | {ours['sentences_per_s']:.1f} | "
+            f"{theirs['sentences_per_s']:.1f} | {r['throughput_ratio']:.3f} | "
+            f"{ours['p50_ms']:.1f} / {ours['p90_ms']:.1f} / {ours['p99_ms']:.1f} | "
+            f"{theirs['p50_ms']:.1f} / {theirs['p90_ms']:.1f} / {theirs['p99_ms']:.1f} | "
+            f"{r['p99_ratio']:.3f} | {cosine:.5f} |"
+        )
+    return lines
 
 
 def sweep_table(result: dict[str, list[dict[str, Any]]]) -> list[str]:

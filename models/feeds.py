@@ -1,4 +1,4 @@
-"""Calibration feeds: batches of model inputs made from text or read from an .npz file."""
+"""Feeds from text: calibration batches, a workload's batches, or read from an .npz file."""
 
 from __future__ import annotations
 
@@ -88,6 +88,19 @@ def batches_from_text(
         else:
             batches.append(encode(tokenizer, chunk, max_length, "longest"))
     return tuple(batches)
+
+
+def workload_batches(
+    session: Session, tokenizer: Tokenizer, sentences: Sequence[str], batch: int, max_length: int
+) -> list[dict[str, np.ndarray]]:
+    """The sentences in their order, `batch` at a time, each batch padded to its longest one.
+
+    Only the inputs the session takes are kept; texts longer than `max_length` tokens are cut.
+    """
+    return [
+        inputs_of(session, encode(tokenizer, sentences[i : i + batch], max_length, "longest"))
+        for i in range(0, len(sentences), batch)
+    ]
 
 
 def batches_from_npz(

@@ -194,6 +194,8 @@ def _bench(args: argparse.Namespace) -> int:
     artifact = Path(args.artifact)
     if not (artifact / "manifest.json").is_file():
         raise UsageError(f"{artifact}: bench takes an artifact folder (from nlpress compile)")
+    if args.workload:
+        return _bench_workload(args, artifact)
     shapes = _shapes(args)
     result = compare_with_ort(
         artifact, artifact / "model.onnx", shapes, runs=args.runs, threads=args.threads
@@ -206,6 +208,43 @@ def _bench(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return EXIT_OK
     print(_bench_report(result, args.vs_ort))
+    return EXIT_OK
+
+
+def _bench_workload(args: argparse.Namespace, artifact: Path) -> int:
+    """The sentences of --workload, --batch at a time, through the artifact and ORT."""
+    from nlpress.models.feeds import workload_batches
+    from nlpress.models.text import load_tokenizer, read_sentences
+    from nlpress.targets.bench import compare_workload
+
+    session, entry = compiler.open_session(artifact, threads=args.threads)
+    path = compiler.tokenizer_path(args.tokenizer, entry)
+    if path is None:
+        raise UsageError("--workload needs --tokenizer for a model that is not from the zoo")
+    sentences = read_sentences(args.workload)
+    longest = _longest_text(session, entry)
+    batches = workload_batches(session, load_tokenizer(path), sentences, args.batch, longest)
+    model = artifact / "model.onnx"
+    result = compare_workload(artifact, model, batches, threads=args.threads)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    print(
+        f"workload   {result['sentences']} sentences of {args.workload} in batches of "
+        f"{args.batch}, each padded to its longest sentence"
+    )
+    for name, label in (("nlpress", "nlpress"), ("ort", "ORT")):
+        r = result[name]
+        print(
+            f"{label:10} {r['sentences_per_s']:.1f} sentences/s, batch latency p50 "
+            f"{r['p50_ms']:.1f} ms, p90 {r['p90_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms"
+        )
+    print(
+        f"ratio      throughput {result['throughput_ratio']:.3f} (nlpress / ORT sentences/s), "
+        f"p99 {result['p99_ratio']:.3f} (nlpress / ORT)"
+    )
+    cosines = ", ".join(f"{k} {v:.6f}" for k, v in result["least_cosine"].items())
+    print(f"vs ORT     least pooled cosine {cosines} (model.so against model.onnx in ORT)")
     return EXIT_OK
 
 
@@ -598,6 +637,13 @@ def _parser() -> argparse.ArgumentParser:
         help="also time ONNX Runtime (as many threads) on the artifact's model.onnx",
     )
     _add_threads_flag(p)
+    p.add_argument(
+        "--workload",
+        metavar="FILE",
+        help="time the sentences of FILE (one per line) instead, through the artifact and ORT",
+    )
+    p.add_argument("--batch", type=_count, default=1, help="sentences per --workload batch")
+    p.add_argument("--tokenizer", metavar="ZOO-NAME|tokenizer.json", help="for --workload")
     p.add_argument("--runs", type=_count, default=20, help="timed runs of each (default 20)")
     _add_shape_flag(p, "dims of an input; symbolic dims default to 1 (first axis) and 128")
     p.add_argument("--json", action="store_true")

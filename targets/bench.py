@@ -105,6 +105,89 @@ def compare_with_ort(
     }
 
 
+def compare_workload(
+    artifact_dir: str | os.PathLike[str],
+    onnx_model: str | os.PathLike[str] | onnx.ModelProto | Model,
+    batches: Sequence[Mapping[str, np.ndarray]],
+    *,
+    threads: int = 0,
+    rounds: int = 3,
+    settle: float = SETTLE_S,
+) -> dict[str, Any]:
+    """Run a workload (batches of tokenized sentences) through an artifact and through ORT.
+
+    In each of `rounds` rounds the whole workload runs on the artifact, batch after batch as
+    requests arriving back to back, then on ORT, with `settle` seconds of pause between the
+    two (alternating batch by batch would leave one runtime's spinning threads on the cores
+    the other's next batch needs). Throughput is the median round's; latencies are over every
+    batch of every round.
+
+    Returns:
+        JSON-ready facts for "nlpress" and "ort": sentences per second and the p50/p90/p99
+        latency of a batch in ms; "throughput_ratio" (nlpress sentences/s over ORT's: above 1
+        is faster), "p99_ratio" (nlpress / ORT), and the agreement of the outputs over the
+        workload (largest abs diff, least pooled cosine per output).
+
+    """
+    if not batches:
+        raise UsageError("the workload has no sentences")
+    session = Session(artifact_dir, SessionOptions(threads=threads))
+    reference = ort_session(onnx_model, session.threads)
+    names = [o.name for o in session.get_outputs()]
+    worst: dict[str, float] = {}
+    least: dict[str, float] = {}
+    for feeds in batches:  # the agreement, and a warm-up of both
+        mine, ort = session.run(None, feeds), reference.run(names, feeds)
+        for name, value in _diffs(names, mine, ort).items():
+            worst[name] = max(worst.get(name, 0.0), value)
+        for name, value in _cosines(names, mine, ort, feeds).items():
+            least[name] = min(least.get(name, 1.0), value)
+    runners = {
+        "nlpress": lambda feeds: session.run(None, feeds),
+        "ort": lambda feeds: reference.run(names, feeds),
+    }
+    times: dict[str, list[list[float]]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run_one in runners.items():
+            time.sleep(settle)
+            times[name].append(_timed_batches(run_one, batches))
+    sentences = sum(len(next(iter(f.values()))) for f in batches)
+    facts = {name: _latencies(rounds_, sentences) for name, rounds_ in times.items()}
+    speed = facts["nlpress"]["sentences_per_s"] / facts["ort"]["sentences_per_s"]
+    return {
+        "batches": len(batches),
+        "sentences": sentences,
+        "rounds": rounds,
+        "threads": {"nlpress": session.threads, "onnxruntime": session.threads},
+        **facts,
+        "throughput_ratio": round(speed, 3),
+        "p99_ratio": round(facts["nlpress"]["p99_ms"] / facts["ort"]["p99_ms"], 3),
+        "max_abs_diff": worst,
+        "least_cosine": least,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _timed_batches(run: Callable[[Any], Any], batches: Sequence[Any]) -> list[float]:
+    """Seconds of each batch, run back to back."""
+    seconds = []
+    for feeds in batches:
+        began = time.perf_counter()
+        run(feeds)
+        seconds.append(time.perf_counter() - began)
+    return seconds
+
+
+def _latencies(rounds: Sequence[Sequence[float]], sentences: int) -> dict[str, float]:
+    """Sentences per second of the median round, and batch latency percentiles over all."""
+    total = statistics.median(sum(one) for one in rounds)
+    ms = np.concatenate([np.asarray(one) for one in rounds]) * 1e3
+    return {
+        "sentences_per_s": round(sentences / total, 2),
+        **{f"p{q}_ms": round(float(np.percentile(ms, q)), 2) for q in (50, 90, 99)},
+    }
+
+
 def agreement(
     names: Sequence[str],
     outputs: Sequence[np.ndarray],

@@ -218,3 +218,23 @@ def test_compile_errors_name_what_is_valid(tmp_path, capsys):
     )
     assert "--tuning-records" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_bench_runs_a_workload_of_sentences_through_both_runtimes(tmp_path, capsys):
+    artifact = tmp_path / "x86"
+    assert nlpress("compile", "bert-tiny-random", "-t", "x86", "-o", artifact) == EXIT_OK
+    capsys.readouterr()
+    workload = tmp_path / "sentences.txt"
+    sentences = ["a short one", "a somewhat longer sentence than the first", "third", "four"]
+    workload.write_text("\n".join(sentences) + "\n")
+    args = ["bench", artifact, "--vs-ort", "--workload", workload, "--batch", "3", "--json"]
+    assert nlpress(*args) == EXIT_OK
+    result = json.loads(capsys.readouterr().out)
+    assert result["sentences"] == 4 and result["batches"] == 2  # batches of 3 and 1
+    for runtime in ("nlpress", "ort"):
+        figures = result[runtime]
+        assert figures["sentences_per_s"] > 0
+        assert figures["p50_ms"] <= figures["p90_ms"] <= figures["p99_ms"]
+    assert min(result["least_cosine"].values()) > 0.9999  # fp32 artifact against ORT
+    assert nlpress("bench", artifact, "--workload", workload) == EXIT_OK
+    assert "sentences/s" in capsys.readouterr().out
