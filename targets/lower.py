@@ -26,6 +26,10 @@ from nlpress.targets.target import Target
 log = logging.getLogger(__name__)
 
 
+# nlpress's parallel launcher, linked into every CPU library (see the file).
+PARALLEL_C = os.fspath(Path(__file__).with_name("parallel.c"))
+
+
 class LoweringError(NlpressError):
     """A model that TVM cannot import or build for the target."""
 
@@ -263,7 +267,8 @@ def export(executable: Any, target: Target, path: Path, workspace: Path) -> dict
         from nlpress.targets import cuda
 
         return cuda.export(executable, target, path, workspace)
-    fcompile = cc.cross_compiler(target.cross_compiler) if target.cross_compiler else None
+    compiler = target.cross_compiler or cc.create_shared
+    fcompile = cc.cross_compiler(compiler, options=["-O2", "-pthread"], add_files=[PARALLEL_C])
     try:
         executable.export_library(os.fspath(path), fcompile=fcompile, workspace_dir=workspace)
     except Exception as exc:

@@ -159,6 +159,10 @@ class Session:
         check_cpu(self.manifest, self.path)
         self._vm, self._device = _load_vm(self.path / LIBRARY, self._device_kind, device_id)
         self.threads = configure_threads(self.options)
+        self._lock = threading.Lock()
+        self.launcher = "tvm"
+        if self._device_kind == "cpu" and not self.options.pin:
+            self.launcher = _use_nlpress_launcher(self.path / LIBRARY, self.threads)
 
     def get_inputs(self) -> list[NodeArg]:
         """The inputs, in the model's order."""
@@ -183,9 +187,9 @@ class Session:
         import tvm
 
         args = [tvm.runtime.tensor(a, self._device) for a in arrays]
-        result = self._vm["main"](*args)
-        values = _flatten(result)
-        return [values[i].numpy() for i in wanted]
+        with self._lock:  # TVM's virtual machine keeps one register file: one run at a time
+            values = _flatten(self._vm["main"](*args))
+            return [values[i].numpy() for i in wanted]
 
     def _output_indices(self, names: Sequence[str] | None) -> list[int]:
         known = [o.name for o in self._outputs]
@@ -476,6 +480,26 @@ def _shape_text(shape: Sequence[int | str | None]) -> str:
 
 def _node_arg(entry: Mapping[str, Any]) -> NodeArg:
     return NodeArg(str(entry["name"]), list(entry["shape"]), str(entry["dtype"]))
+
+
+def _use_nlpress_launcher(library: Path, threads: int) -> str:
+    """Point the loaded library's parallel loops at its own launcher (`targets/parallel.c`).
+
+    Returns "nlpress", or "tvm" for a library without the launcher (an older artifact), whose
+    loops keep TVM's thread pool.
+    """
+    import ctypes
+
+    try:
+        handle = ctypes.CDLL(os.fspath(library), mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        launch = handle.nlpress_parallel_launch
+        slot = ctypes.c_void_p.in_dll(handle, "__TVMBackendParallelLaunch")
+    except (OSError, AttributeError, ValueError):
+        return "tvm"
+    handle.nlpress_parallel_threads.argtypes = [ctypes.c_int]
+    handle.nlpress_parallel_threads(threads)
+    slot.value = ctypes.cast(launch, ctypes.c_void_p).value
+    return "nlpress"
 
 
 def _load_vm(library: Path, device_kind: str, device_id: int) -> tuple[Any, Any]:

@@ -104,3 +104,50 @@ def test_pin_binds_each_worker_to_one_cpu(artifact: Path) -> None:
 def test_bad_thread_counts_are_refused(threads: object) -> None:
     with pytest.raises(FeedError, match="threads"):
         SessionOptions(threads=threads)  # type: ignore[arg-type]
+
+
+def test_parallel_loops_run_on_the_artifacts_own_launcher(artifact: Path) -> None:
+    from nlpress.targets import load
+
+    assert load(artifact).launcher == "nlpress"
+    assert load(artifact, pin=True).launcher == "tvm"  # pinned workers are TVM's own pool
+
+
+def test_sessions_run_from_several_threads_at_once_agree(tiny_model: Model, tmp_path: Path) -> None:
+    """One session run from several threads (runs take turns), and one session per thread
+    (they share the library's launcher: a run that finds it busy runs its loops alone)."""
+    import threading
+
+    import graphs
+    import numpy as np
+    from onnx import helper
+
+    from nlpress.ir.verify import run
+    from nlpress.targets import load
+
+    rng = np.random.default_rng(0)
+    big = graphs.model(
+        [helper.make_node("MatMul", ["x", "W"], ["y"]), helper.make_node("Relu", ["y"], ["z"])],
+        [graphs.tensor("x", ["batch", 256])],
+        [graphs.tensor("z", ["batch", 512])],
+        [graphs.initializer("W", rng.standard_normal((256, 512)).astype(np.float32))],
+    )
+    out = build_artifact(big, get_target("x86"), tmp_path / "big", manifest={})
+    session = load(out, threads=2)
+    x = rng.standard_normal((64, 256)).astype(np.float32)
+    expected = run(big, {"x": x})["z"]
+    failures: list[str] = []
+
+    def work(own: bool) -> None:
+        mine = load(out, threads=2) if own else session
+        for _ in range(20):
+            (got,) = mine.run(None, {"x": x})
+            if not np.allclose(got, expected, atol=1e-4, rtol=1e-5):
+                failures.append("mismatch")
+
+    threads = [threading.Thread(target=work, args=(i % 2 == 0,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
