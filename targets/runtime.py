@@ -209,7 +209,16 @@ def load(
     pin: bool | None = None,
     device_id: int = 0,
 ) -> Session:
-    """Load a compiled artifact folder; `threads` and `pin` override those of `options`."""
+    """Load a compiled artifact folder; returns a session with ONNX Runtime's `run`.
+
+    Args:
+        path: The artifact folder.
+        options: How the session runs its kernels (default `SessionOptions()`).
+        threads: Threads of the CPU kernels (overrides `options`; 0: one per usable CPU).
+        pin: Bind each CPU worker thread to one core (overrides `options`; default off).
+        device_id: The GPU that runs a cuda artifact.
+
+    """
     return Session(path, session_options(options, threads=threads, pin=pin), device_id=device_id)
 
 
