@@ -292,7 +292,10 @@ def sweep() -> dict[str, list[dict[str, Any]]]:
         for tile in INT8_TILES:
             row = _row(m, k, n, tile, base, _kernel(m, k, n, True, int8_tile=tile))
             result["int8"].append(row)
-    result["chosen"] = [{"fp32": chosen_fp32, "int8": int8.TILES[family], "family": family}]
+    from nlpress.targets.bench import tvm_threads
+
+    chosen = {"fp32": chosen_fp32, "int8": int8.TILES[family], "family": family}
+    result["chosen"] = [{**chosen, "threads": tvm_threads()}]
     return result
 
 
@@ -462,7 +465,7 @@ def sweep_table(result: dict[str, list[dict[str, Any]]]) -> list[str]:
     lines = [
         f"Register tiles on this CPU (the tables: fp32 panels {chosen['fp32']}, int8 "
         f"{chosen['family']} {chosen['int8']}); kernel time over the table's tile's, median of "
-        "30 paired runs, one thread.",
+        f"30 paired runs, {chosen['threads']} threads of TVM's pool.",
         "",
         "| kernel | shape | tile | ms | GOP/s | vs table |",
         "|---|---|---|---|---|---|",
