@@ -54,7 +54,10 @@ MODEL = "minilm-l6"
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 RUNTIMES = ("nlpress fp32", "ORT fp32", "nlpress int8", "ORT int8")
 # Tiles --sweep tries: fp32 panels (rows, columns); int8 blocks (rows, blocks of columns).
-FP32_TILES = ((6, 16), (4, 16), (4, 24), (8, 8), (5, 16), (3, 32))
+FP32_TILES = {
+    "avx512f": ((8, 32), (4, 48), (4, 64), (6, 32), (12, 32), (4, 96)),
+    "avx2": ((6, 16), (4, 16), (4, 24), (8, 8), (5, 16), (3, 32)),
+}
 INT8_TILES = ((4, 2), (6, 2), (4, 3), (8, 1), (2, 4), (3, 3))
 KERNEL_SHAPES = ((128, 384, 384), (128, 384, 1536), (128, 1536, 384))
 
@@ -286,7 +289,7 @@ def sweep() -> dict[str, list[dict[str, Any]]]:
     for m, k, n in KERNEL_SHAPES:
         if chosen_fp32 is not None:
             base = _kernel(m, k, n, False, fp32_tile=chosen_fp32)
-            for tile in FP32_TILES:
+            for tile in fp32_tiles(target):
                 result["fp32"].append(_row(m, k, n, tile, base, _kernel(m, k, n, False, tile)))
         base = _kernel(m, k, n, True, int8_tile=int8.TILES[family])
         for tile in INT8_TILES:
@@ -297,6 +300,13 @@ def sweep() -> dict[str, list[dict[str, Any]]]:
     chosen = {"fp32": chosen_fp32, "int8": int8.TILES[family], "family": family}
     result["chosen"] = [{**chosen, "threads": tvm_threads()}]
     return result
+
+
+def fp32_tiles(target: Any) -> tuple[tuple[int, int], ...]:
+    """The fp32 panel tiles --sweep tries on the target: those of its widest vectors."""
+    from tvm.target import codegen
+
+    return next(t for f, t in FP32_TILES.items() if codegen.target_has_features(f, target))
 
 
 def _row(m: int, k: int, n: int, tile: Any, base: Any, candidate: Any) -> dict[str, Any]:

@@ -190,7 +190,7 @@ def cpu_kernels(
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from nlpress.targets import legalize, panels, quantized, schedules
-    from nlpress.targets.schedules import int8_intrinsics
+    from nlpress.targets.schedules import int8, int8_intrinsics
     from nlpress.targets.schedules.panels import panel_tile
 
     kernel = int8_intrinsics.int8_kernel(tvm_target)
@@ -203,6 +203,7 @@ def cpu_kernels(
                     activation_offset=kernel.activation_offset,
                     block=kernel.block,
                     activation_dtype=kernel.activation_dtype,
+                    rows=int8.TILES[kernel.family][0],
                 ),
                 *([panels.panel_matmul_pass(tile)] if tile else []),
                 *cpu.library_dispatch_passes(tvm_target),

@@ -24,10 +24,10 @@ from nlpress.targets import relax_match
 
 log = logging.getLogger(__name__)
 
-# The name hint of the kernel (its reduction block is `ACC_BLOCK`, its row padding `PAD_BLOCK`).
+# The name hint of the kernel (its reduction block is `ACC_BLOCK`, its rows `ROWS_BLOCK`).
 KERNEL_NAME = "pmatmul"
 ACC_BLOCK = "pmatmul_acc"
-PAD_BLOCK = "pmatmul_pad"
+ROWS_BLOCK = "pmatmul_rows"
 
 
 def pack_panels(w: np.ndarray, columns: int) -> np.ndarray:
@@ -45,7 +45,7 @@ def rewrite_float_matmuls(mod: Any, tile: tuple[int, int]) -> Any:
     Args:
         mod: A Relax IRModule, as `from_onnx` imports it.
         tile: (rows, columns) of the target's register tile: the panel width bn is its
-            columns; symbolic row counts are padded to a multiple of its rows.
+            columns; row counts are rounded up to whole tiles of its rows.
 
     Returns:
         The rewritten module (the same object when nothing matched).
@@ -114,32 +114,48 @@ def _replacement(matched: set[Any], tile: tuple[int, int]) -> relax_match.Replac
     return replace
 
 
+def whole_tiles(a: Any, rows: int) -> tuple[Any, Any] | None:
+    """The rows of a[..., S, k] rounded up to whole tiles of `rows`, read with row S-1 repeated.
+
+    Returns T, S rounded up to a multiple of `rows`, and a reader r(..., t, k) =
+    a[..., min(t, S-1), k]; None when `rows` is 1, or S is static and a multiple of `rows` or
+    fewer. A kernel
+    over T rows needs no row guard inside its reduction: the rows past S compute copies that
+    the result drops, and the reads never leave `a`.
+    """
+    from tvm import tirx
+
+    count = a.shape[-2]
+    static = isinstance(count, tirx.IntImm)
+    if rows <= 1 or (static and (int(count) % rows == 0 or int(count) < rows)):
+        return None
+
+    def read(*index: Any) -> Any:
+        *head, row, k = index
+        return a[(*head, tirx.min(row, count - 1), k)]
+
+    return (count + rows - 1) // rows * rows, read
+
+
 def _te_panel_matmul(a: Any, w: Any, *, rows: int) -> Any:
     """C[..., j] = sum_k a[..., k] * w[j // bn, k, j % bn, 0]; the result has whole panels.
 
-    With a symbolic row count S, the rows are first copied into S rounded up to a multiple of
-    `rows` (zeros after S), the sums run over the padded rows, and the first S are the result.
+    The sums run over the rows rounded up to whole tiles (`whole_tiles`); the first rows are
+    the result.
     """
-    from tvm import te, tirx
+    from tvm import te
 
     *lead, depth = a.shape
     bn = int(w.shape[2])
     k = te.reduce_axis((0, depth), name="k")
-    count = lead[-1]
-    padded = not isinstance(count, tirx.IntImm)
-    if padded:
-        whole = (count + rows - 1) // rows * rows
-
-        def pad(*index: Any) -> Any:
-            return te.if_then_else(index[-2] < count, a[index], tirx.const(0, a.dtype))
-
-        a = te.compute((*lead[:-1], whole, depth), pad, name=PAD_BLOCK)
+    tiles = whole_tiles(a, rows)
+    count, read = tiles if tiles else (lead[-1], lambda *index: a[index])
 
     def product(*index: Any) -> Any:
         *head, j = index
-        return te.sum(a[(*head, k)] * w[j // bn, k, j % bn, 0], axis=k)
+        return te.sum(read(*head, k) * w[j // bn, k, j % bn, 0], axis=k)
 
-    acc = te.compute((*a.shape[:-1], w.shape[0] * bn), product, name=ACC_BLOCK)
-    if not padded:
+    acc = te.compute((*lead[:-1], count, w.shape[0] * bn), product, name=ACC_BLOCK)
+    if tiles is None:
         return acc
-    return te.compute((*lead, w.shape[0] * bn), lambda *index: acc[index], name="pmatmul_rows")
+    return te.compute((*lead, w.shape[0] * bn), lambda *index: acc[index], name=ROWS_BLOCK)

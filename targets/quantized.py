@@ -102,6 +102,7 @@ def rewrite_qdq_matmuls(
     transposed: bool = False,
     block: tuple[int, int] = BLOCK,
     activation_dtype: str = "uint8",
+    rows: int = 1,
 ) -> Any:
     """Replace every QDQ MatMul of the module's Relax functions by integer arithmetic.
 
@@ -117,6 +118,8 @@ def rewrite_qdq_matmuls(
         block: (columns, reduction rows) of the packed weight's blocks.
         activation_dtype: Packed kernels only: the dtype the kernel reads its uint8
             activations in ("int16": zero-extended where they are quantized).
+        rows: Packed kernels only: the register tile's rows; the kernel's row count is
+            rounded up to whole tiles of it (`panels.whole_tiles`).
 
     Returns:
         The rewritten module (the same object when nothing matched).
@@ -132,7 +135,7 @@ def rewrite_qdq_matmuls(
     plans = {gvar: plan for gvar, plan in plans.items() if plan}
     if not plans:
         return mod
-    settings = _Settings(packed, activation_offset, transposed, block, activation_dtype)
+    settings = _Settings(packed, activation_offset, transposed, block, activation_dtype, rows)
     for gvar, plan in plans.items():
         mod = relax_match.rewrite_bindings(mod, gvar, _replacement(plan, settings))
     count = sum(len(plan.matmuls) for plan in plans.values())
@@ -146,11 +149,12 @@ def qdq_matmul_pass(
     transposed: bool = False,
     block: tuple[int, int] = BLOCK,
     activation_dtype: str = "uint8",
+    rows: int = 1,
 ) -> Any:
     """`rewrite_qdq_matmuls` as a TVM module pass, for Relax pipelines."""
     import tvm
 
-    settings = (packed, activation_offset, transposed, block, activation_dtype)
+    settings = (packed, activation_offset, transposed, block, activation_dtype, rows)
 
     @tvm.transform.module_pass(opt_level=0, name="NlpressQdqMatmul")  # type: ignore[untyped-decorator]
     def _pass(mod: Any, _ctx: Any) -> Any:
@@ -307,6 +311,7 @@ class _Settings:
     transposed: bool
     block: tuple[int, int]
     activation_dtype: str
+    rows: int
 
 
 def _replacement(plan: _Plan, settings: _Settings) -> relax_match.Replacement:
@@ -412,6 +417,7 @@ def _emit_packed(bb: Any, match: _Match, visit: Any, settings: _Settings) -> Any
     kwargs = {
         "offset": settings.offset,
         "transposed": transposed,
+        "rows": settings.rows,
         "primfunc_name_hint": KERNEL_NAME,
     }
     out = bb.emit(bb.call_te(_te_qmatmul, *args, **kwargs))
@@ -441,30 +447,37 @@ def _te_qmatmul(
     *,
     offset: int = 0,
     transposed: bool = False,
+    rows: int = 1,
 ) -> Any:
     """The kernel: int32 sums of uint8 x int8 products over packed W, then the float epilogue.
 
     `a` is [..., k] and `w` is [n/bn, k/bk, bn, bk] (k a multiple of bk); the result is
     [..., n]. With an `offset`, the products take `a - offset` and the correction
-    `zero_point - offset`. A `transposed` weight is W^T [n, k] (n any).
+    `zero_point - offset`. A `transposed` weight is W^T [n, k] (n any). The sums run over the
+    rows rounded up to whole tiles of `rows` (`panels.whole_tiles`); the epilogue reads the
+    first rows.
     """
     from tvm import te
 
+    from nlpress.targets.panels import whole_tiles
+
     *lead, depth = a.shape
+    tiles = None if transposed else whole_tiles(a, rows)
+    count, read = tiles if tiles else (lead[-1], lambda *index: a[index])
     bn, bk = (1, 1) if transposed else (int(w.shape[2]), int(w.shape[3]))
     cols = w.shape[0] * bn
     k = te.reduce_axis((0, depth), name="k")
 
     def product(*index: Any) -> Any:
-        *rows, j = index
+        *head, j = index
         packed_at = (j // bn, k // bk, j % bn, k % bk)
         weight = w[j, k] if transposed else w[packed_at]
-        activation = a[(*rows, k)].astype("int32")
+        activation = read(*head, k).astype("int32")
         if offset:
             activation = activation - offset
         return te.sum(activation * weight.astype("int32"), axis=k)
 
-    acc = te.compute((*lead, cols), product, name=ACC_BLOCK)
+    acc = te.compute((*lead[:-1], count, cols), product, name=ACC_BLOCK)
 
     def scaled(*index: Any) -> Any:
         j = index[-1]

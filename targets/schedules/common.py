@@ -74,6 +74,14 @@ def static_extent(sch: Any, loop: Any) -> int | None:
     return int(extent.value) if isinstance(extent, tirx.IntImm) else None
 
 
+def whole_tiles(sch: Any, loop: Any, size: int) -> bool:
+    """Whether the loop's extent, static or symbolic, is provably a multiple of `size`."""
+    from tvm import sym, tirx
+
+    extent = sch.get(loop).extent
+    return bool(sym.Analyzer().can_prove(tirx.floormod(extent, size) == 0))
+
+
 def split_vector(sch: Any, loop: Any, lanes: int) -> Any:
     """Vectorize `loop` by `lanes` (its whole length when shorter); returns the vector loop."""
     extent = static_extent(sch, loop)
@@ -82,7 +90,7 @@ def split_vector(sch: Any, loop: Any, lanes: int) -> Any:
             sch.vectorize(loop)
         return loop
     if extent is not None and extent % lanes:
-        lanes = _largest_divisor(extent, lanes)
+        lanes = _largest_power_of_two_divisor(extent, lanes)
         if lanes < 2:
             return loop
     _, inner = sch.split(loop, factors=[None, lanes])
@@ -90,7 +98,12 @@ def split_vector(sch: Any, loop: Any, lanes: int) -> Any:
     return inner
 
 
-def _largest_divisor(extent: int, limit: int) -> int:
+def largest_divisor(value: int, limit: int) -> int:
+    """The largest divisor of `value` that is at most `limit` (at least 1)."""
+    return max(d for d in range(1, max(min(value, limit), 1) + 1) if value % d == 0)
+
+
+def _largest_power_of_two_divisor(extent: int, limit: int) -> int:
     """The largest power-of-two divisor of `extent` that is at most `limit`."""
     lanes = 1
     while lanes * 2 <= limit and extent % (lanes * 2) == 0:

@@ -112,12 +112,11 @@ def _tile(sch: Any, main: Any, target: Any, kernel: Int8Kernel, block: tuple[int
     """
     bn, bk = block
     *outer, row, j, k = sch.get_loops(main)
-    row_extent = common.static_extent(sch, row)
     columns, depth = common.static_extent(sch, j), common.static_extent(sch, k)
     assert columns is not None and depth is not None
     max_rows, max_blocks = TILES[kernel.family]
-    mr = _rows_for(row_extent, max_rows)
-    blocks = _largest_divisor_at_most(columns // bn, max_blocks)
+    mr = _rows_for(sch, row, max_rows)
+    blocks = common.largest_divisor(columns // bn, max_blocks)
     io, ii = sch.split(row, factors=[None, mr])
     jo, jb, ji = sch.split(j, factors=[None, blocks, bn])
     ko, ki = sch.split(k, factors=[None, bk])
@@ -141,15 +140,14 @@ def _tile(sch: Any, main: Any, target: Any, kernel: Int8Kernel, block: tuple[int
     sch.unroll(ii)
 
 
-def _rows_for(row_extent: int | None, limit: int) -> int:
-    """Rows per tile: the largest divisor of the row count up to `limit` (symbolic: one row).
+def _rows_for(sch: Any, row: Any, limit: int) -> int:
+    """Rows per tile: the largest divisor of the row count up to `limit`.
 
-    A tile never straddles the last row, so no tile needs a bounds guard.
+    A symbolic count gets `limit` when the rows are padded to whole tiles of it
+    (`panels.whole_tiles`), else one row. A tile never straddles the last row, so no tile needs
+    a bounds guard.
     """
-    if row_extent is None:
-        return 1
-    return _largest_divisor_at_most(row_extent, limit)
-
-
-def _largest_divisor_at_most(value: int, limit: int) -> int:
-    return max(d for d in range(1, min(value, limit) + 1) if value % d == 0)
+    extent = common.static_extent(sch, row)
+    if extent is not None:
+        return common.largest_divisor(extent, limit)
+    return limit if common.whole_tiles(sch, row, limit) else 1

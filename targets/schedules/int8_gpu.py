@@ -133,9 +133,5 @@ def _divisors(extent: int | None, threads: int, per_thread: int) -> tuple[int, i
     """(threads, outputs per thread) along one axis, both dividing `extent` (None: 1, 1)."""
     if extent is None:
         return 1, 1
-    inner = _largest_divisor_at_most(extent, per_thread)
-    return _largest_divisor_at_most(extent // inner, threads), inner
-
-
-def _largest_divisor_at_most(value: int, limit: int) -> int:
-    return max(d for d in range(1, min(value, limit) + 1) if value % d == 0)
+    inner = common.largest_divisor(extent, per_thread)
+    return common.largest_divisor(extent // inner, threads), inner

@@ -4,9 +4,10 @@ It takes the float kernels of `targets/panels.py`. Each task of the parallel loo
 MR x bn tile of C over the whole k, accumulating in a local buffer that LLVM keeps in
 registers: per step of k, bn/lanes vector loads of the panel, MR broadcasts of A and
 MR * bn/lanes fused multiply-adds. Panels run outermost, so one panel (bn x k floats) stays in
-cache while every row tile passes over it. A last tile with fewer than MR rows is guarded (the
-row count may be symbolic). The
-epilogue (bias, GELU, residual add, ...) is applied as each tile is stored.
+cache while every row tile passes over it. The kernel's rows are whole tiles
+(`panels.whole_tiles`), so no tile is guarded: a guard on a row inside the reduction would keep
+that row's accumulators in memory. The epilogue (bias, GELU, residual add, ...) is applied as
+each tile is stored.
 
 `PANELS` holds the tile per instruction set, the first whose feature the target has; an
 instruction set it gives None keeps its matmuls in the layout of `schedules/matmul.py`.
@@ -18,12 +19,13 @@ from typing import Any
 
 from nlpress.targets import panels
 from nlpress.targets.schedules import common
-from nlpress.targets.schedules.elementwise import schedule_block
 
-# (LLVM feature, (rows MR, columns bn) or None), first match wins. AVX2 has 16 vector
-# registers: 6 x 16 floats is 12 accumulators, 2 panel vectors and a broadcast.
+# (LLVM feature, (rows MR, columns bn) or None), first match wins. AVX-512 has 32 vector
+# registers: 8 x 32 floats is 16 accumulators, 2 panel vectors and a broadcast; AVX2 has 16:
+# 6 x 16 floats is 12 accumulators, 2 panel vectors and a broadcast. `benchmarks/cpu.py
+# --sweep` times the others.
 PANELS: tuple[tuple[str, tuple[int, int] | None], ...] = (
-    ("avx512f", None),
+    ("avx512f", (8, 32)),
     ("avx2", (6, 16)),
 )
 # The activation rows one pass of the panels reads: half of a 512 KiB L2 cache.
@@ -53,10 +55,7 @@ class PanelMatmul:
         main = _panel_block(sch)
         if main is None:
             return None
-        pad = _block(sch, panels.PAD_BLOCK)
-        common.inline_intermediates(sch, main, pad)
-        if pad is not None:
-            schedule_block(sch, pad, target)
+        common.inline_intermediates(sch, main)
         rows = (panel_tile(target) or (4, 0))[0]
         _tile(sch, main, target, rows)
         return sch
@@ -88,8 +87,8 @@ def _panel_block(sch: Any) -> Any:
 def _tile(sch: Any, main: Any, target: Any, rows: int) -> None:
     """Tile MR rows x one panel over the whole k; vectorize the panel, unroll the rows.
 
-    Rows go in chunks whose activations fit in CHUNK_BYTES: every panel passes over one chunk
-    before the next chunk is read.
+    Rows go in chunks of whole tiles whose activations fit in CHUNK_BYTES: every panel passes
+    over one chunk before the next chunk is read.
     """
     weight = next(r.source for r in sch.get(main).reads if len(r.source.shape) == 4)
     bn = int(weight.shape[2])
@@ -97,12 +96,13 @@ def _tile(sch: Any, main: Any, target: Any, rows: int) -> None:
     *outer, row, j, k = sch.get_loops(main)
     row_count, depth = common.static_extent(sch, row), common.static_extent(sch, k) or 1
     mr = min(rows, row_count or rows)
-    if row_count is None:  # padded to whole tiles: one chunk, no guard
+    if row_count is None:  # symbolic: one chunk
         io, ii = sch.split(row, factors=[None, mr])
         chunks = []
     else:
-        tiles_per_chunk = max(CHUNK_BYTES // (depth * 4 * mr), 1)
-        chunk, io, ii = sch.split(row, factors=[None, tiles_per_chunk, mr])
+        tiles = row_count // mr
+        per_chunk = common.largest_divisor(tiles, max(CHUNK_BYTES // (depth * 4 * mr), 1))
+        chunk, io, ii = sch.split(row, factors=[tiles // per_chunk, per_chunk, mr])
         chunks = [chunk]
     jo, ji = sch.split(j, factors=[None, bn])
     sch.reorder(*outer, *chunks, jo, io, k, ii, ji)

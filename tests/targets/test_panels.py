@@ -22,6 +22,7 @@ from nlpress.targets.schedules import PanelMatmul
 from nlpress.targets.schedules.panels import panel_tile
 
 AVX2 = get_target("x86", mcpu="haswell")
+AVX512 = get_target("x86", mcpu="skylake-avx512")
 
 
 def _model(shape: list[int | str], k: int, n: int, seed: int = 0) -> Any:
@@ -64,14 +65,13 @@ def test_static_matmul_becomes_one_panel_kernel_with_its_epilogue() -> None:
     assert PanelMatmul().apply(_kernels(mod)[names[0]], target, False) is None  # scheduled
 
 
-@pytest.mark.parametrize("sizes", [[(1, 1), (2, 13), (3, 6), (1, 37)]])
-def test_symbolic_rows_are_exact_with_a_guarded_last_tile(sizes: list[tuple[int, int]]) -> None:
+@pytest.mark.parametrize("target", [AVX2, get_target("x86")], ids=["avx2", "host"])
+def test_symbolic_rows_are_exact_in_whole_tiles(target: Any) -> None:
     proto = _model(["batch", "sequence", 40], 40, 56)
-    target = lower.tvm_target(AVX2)
-    mod, unscheduled = lower.cpu_kernels(lower.import_onnx(proto), target)
+    mod, unscheduled = lower.cpu_kernels(lower.import_onnx(proto), lower.tvm_target(target))
     assert unscheduled == [] and [n for n in _kernels(mod) if panels.KERNEL_NAME in n]
-    vm = relax.VirtualMachine(lower.build(lower.import_onnx(proto), AVX2), tvm.cpu())
-    for batch, rows in sizes:  # rows that fill no 6-row tile, and fewer rows than a tile
+    vm = relax.VirtualMachine(lower.build(lower.import_onnx(proto), target), tvm.cpu())
+    for batch, rows in [(1, 1), (2, 13), (3, 6), (1, 37)]:  # partial tiles, and less than one
         x = np.random.default_rng(rows).standard_normal((batch, rows, 40)).astype(np.float32)
         expected = run(Model.from_onnx(proto), {"x": x})["out"]
         got = vm["main"](tvm.runtime.tensor(x)).numpy()
@@ -79,13 +79,10 @@ def test_symbolic_rows_are_exact_with_a_guarded_last_tile(sizes: list[tuple[int,
         np.testing.assert_allclose(got, expected, rtol=0, atol=bound)
 
 
-@pytest.mark.parametrize(
-    "target",
-    [get_target("x86", mcpu="skylake-avx512"), get_target("arm")],
-    ids=["avx512", "arm"],
-)
-def test_targets_without_a_measured_panel_tile_keep_the_plain_layout(target: Any) -> None:
-    assert panel_tile(lower.tvm_target(target)) is None
+def test_each_instruction_set_has_its_panel_tile() -> None:
+    assert panel_tile(lower.tvm_target(AVX512)) == (8, 32)
+    assert panel_tile(lower.tvm_target(AVX2)) == (6, 16)
+    assert panel_tile(lower.tvm_target(get_target("arm"))) is None  # the plain layout
 
 
 @pytest.mark.parametrize(

@@ -108,7 +108,7 @@ def _quantized_table(graph: onnx.GraphProto, table: onnx.TensorProto, p: str) ->
 
 
 def _qdq_matmul(
-    m: int,
+    m: int | str,
     k: int,
     n: int,
     *,
