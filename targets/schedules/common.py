@@ -127,9 +127,14 @@ def inline_intermediates(sch: Any, *keep: Any) -> None:
             continue
 
 
-def inline_producers(sch: Any, block: Any) -> None:
-    """Inline every injective producer of `block` that can be inlined, transitively."""
-    _inline_until_fixed(lambda: sch.get_producers(block), sch.compute_inline)
+def inline_producers(sch: Any, block: Any, keep: Any = None) -> None:
+    """Inline every injective producer of `block` but `keep` that can be inlined, transitively."""
+    kept = None if keep is None else sch.get(keep).name_hint
+
+    def producers() -> list[Any]:
+        return [p for p in sch.get_producers(block) if sch.get(p).name_hint != kept]
+
+    _inline_until_fixed(producers, sch.compute_inline)
 
 
 def inline_consumers(sch: Any, block: Any) -> bool:

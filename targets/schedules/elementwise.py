@@ -35,13 +35,26 @@ def _is_spatial(sch: Any, block: Any) -> bool:
 
 
 def schedule_block(sch: Any, block: Any, target: Any) -> None:
-    """Fuse the block's loops, vectorize the inner part and parallelize the outer one."""
+    """Fuse the block's loops, vectorize the inner part and parallelize the outer one.
+
+    With a symbolic extent, the axes up to the last symbolic one are fused into the parallel
+    loop and the static axes after it into the vector loop, so that the index arithmetic of a
+    symbolic shape (divisions by unknown extents) runs once per row, not once per element.
+    """
     loops = sch.get_loops(block)
     if not loops:
         return
     bits = int(sch.get(block).writes[0].source.dtype.bits) if sch.get(block).writes else 32
     lanes = common.vector_lanes(target, bits)
-    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    extents = [common.static_extent(sch, loop) for loop in loops]
+    if None in extents and len(loops) > 1:
+        last = max(i for i, extent in enumerate(extents) if extent is None)
+        split = min(last + 1, len(loops) - 1)  # at least one loop on each side
+        rows, columns = loops[:split], loops[split:]
+        sch.parallel(_fused(sch, rows))
+        common.split_vector(sch, _fused(sch, columns), lanes)
+        return
+    fused = _fused(sch, loops)
     extent = common.static_extent(sch, fused)
     if not common.worth_parallel(extent):
         common.split_vector(sch, fused, lanes)
@@ -52,3 +65,8 @@ def schedule_block(sch: Any, block: Any, target: Any) -> None:
     outer, inner = sch.split(fused, factors=[None, lanes])
     sch.parallel(outer)
     sch.vectorize(inner)
+
+
+def _fused(sch: Any, loops: Any) -> Any:
+    """The loops fused into one (the loop itself when there is one)."""
+    return sch.fuse(*loops) if len(loops) > 1 else loops[0]

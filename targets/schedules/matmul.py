@@ -4,8 +4,13 @@ The reduction block is normalized to C[S, I, J] += A[S, I, K] * B[S, J, K] (dlig
 then tiled for registers: each task of the parallel loop computes an MR x NR tile of C over the
 whole K, with NR a multiple of the vector width (J innermost, vectorized) and the MR rows
 unrolled, accumulating in a small local buffer that LLVM keeps in registers. The bias, GELU,
-residual add and other elementwise consumers are applied while the tile is written back (with
-symbolic rows or columns, in one elementwise pass after the matmul instead).
+residual add and other elementwise consumers are applied while the tile is written back.
+
+A symbolic I or J is padded to whole tiles first (`pad_einsum`): A's rows past I read zeros, B's
+columns past J are zeros in a copy of B laid out [S, K, J] (contiguous along the vector axis),
+and the tiles of the padded C are sliced back to [S, I, J] in one elementwise pass that applies
+the epilogue. No tile is partial, so no guard sits inside the reduction (a guard there keeps the
+accumulators in memory instead of registers).
 """
 
 from __future__ import annotations
@@ -35,12 +40,13 @@ class Tile:
 def tile_for(target: Any, dtype_bits: int, columns: int | None = None) -> Tile:
     """The register tile for the target and the kernel's column count (None: symbolic).
 
-    With 512-bit vectors, the first of WIDE_TILES whose width divides `columns` (4 x 96 floats
-    for a symbolic count; 8 x 32 when none divides); 6 x 16 floats on AVX2 and NEON.
+    With 512-bit vectors, the first of WIDE_TILES whose width divides `columns` (8 x 32 floats
+    when none does, and for a symbolic count, which is padded to whole tiles); 6 x 16 floats on
+    AVX2 and NEON.
     """
     lanes = common.vector_lanes(target, dtype_bits)
     if common.vector_bits(target) >= 512:
-        fitting = [t for t in WIDE_TILES if columns is None or columns % (t[1] * lanes) == 0]
+        fitting = [t for t in WIDE_TILES if columns is not None and columns % (t[1] * lanes) == 0]
         rows, vectors = fitting[0] if fitting else WIDE_TILES[-1]
         return Tile(rows, vectors * lanes, lanes)
     return Tile(6, max(16, 2 * lanes), lanes)
@@ -58,10 +64,12 @@ class Matmul:
         if main is None:
             return None
         common.inline_intermediates(sch, main)
-        _normalize(sch, main)
-        common.inline_producers(sch, main)
+        b_reindex = _normalize(sch, main)
         columns = common.static_extent(sch, sch.get_loops(main)[2])
-        _tile(sch, main, tile_for(target, _dtype_bits(sch, main), columns), target)
+        tile = tile_for(target, _dtype_bits(sch, main), columns)
+        padded, b_copy = _pad_to_whole_tiles(sch, main, b_reindex, tile, target)
+        common.inline_producers(sch, main, keep=b_copy)
+        _tile(sch, main, tile, target, padded)
         return sch
 
 
@@ -83,8 +91,11 @@ def _matmul_block(sch: Any) -> Any:
     return reductions[0]
 
 
-def _normalize(sch: Any, main: Any) -> None:
-    """Rewrite the block to iterate (S, I, J, K) over reindexed A[S,I,K], B[S,J,K], C[S,I,J]."""
+def _normalize(sch: Any, main: Any) -> Any:
+    """Rewrite the block to iterate (S, I, J, K) over reindexed A[S,I,K], B[S,J,K], C[S,I,J].
+
+    Returns the block that copies B into its reindexed buffer.
+    """
     from tvm.s_tir.dlight.gpu.matmul import get_index_map
 
     reindex_a = sch.reindex(main, ("read", 0))
@@ -96,23 +107,53 @@ def _normalize(sch: Any, main: Any) -> None:
     sch.transform_layout(reindex_b, ("write", 0), maps[2])
     sch.transform_layout(reindex_c, ("read", 0), maps[3])
     sch.transform_block_layout(main, maps[0])
+    return reindex_b
+
+
+def _pad_to_whole_tiles(
+    sch: Any, main: Any, b_reindex: Any, tile: Tile, target: Any
+) -> tuple[bool, Any]:
+    """Pad the symbolic I and J of the normalized block to whole tiles.
+
+    Returns whether it padded, and B's padded copy when J was padded: kept, laid out
+    [S, K, J] and computed before the matmul. A's padding is left to be inlined (one scalar
+    select per row and step of K).
+    """
+    from nlpress.targets.schedules.elementwise import schedule_block
+
+    _, i, j, _ = sch.get_loops(main)
+    rows = tile.rows if common.static_extent(sch, i) is None else 1
+    cols = tile.cols if common.static_extent(sch, j) is None else 1
+    if rows == cols == 1:
+        return False, None
+    sch.pad_einsum(main, [1, rows, cols, 1])
+    if cols == 1:
+        return True, None
+    [b_copy] = sch.get_consumers(b_reindex)
+    common.inline_producers(sch, b_copy)
+    sch.transform_layout(b_copy, ("write", 0), lambda s, j, k: (s, k, j))
+    schedule_block(sch, b_copy, target)
+    return True, b_copy
 
 
 def _dtype_bits(sch: Any, main: Any) -> int:
     return int(sch.get(main).writes[0].source.dtype.bits)
 
 
-def _tile(sch: Any, main: Any, tile: Tile, target: Any) -> None:
-    """Register-tile the normalized block, write back with the epilogue, parallelize."""
+def _tile(sch: Any, main: Any, tile: Tile, target: Any, padded: bool) -> None:
+    """Register-tile the normalized block, write back with the epilogue, parallelize.
+
+    `padded`: the symbolic axes are whole tiles (`_pad_to_whole_tiles`).
+    """
     batch, i, j, k = sch.get_loops(main)
-    static = None not in (common.static_extent(sch, i), common.static_extent(sch, j))
+    whole = padded or None not in (common.static_extent(sch, i), common.static_extent(sch, j))
     rows = _fit(common.static_extent(sch, i), tile.rows)
     cols = _fit(common.static_extent(sch, j), tile.cols)
     io, ii = sch.split(i, factors=[None, rows])
     jo, ji = sch.split(j, factors=[None, cols])
     sch.reorder(batch, jo, io, k, ii, ji)
-    if static:
-        _write_back_per_tile(sch, main, io, tile.lanes)
+    if whole:
+        _write_back_per_tile(sch, main, io, tile.lanes, target)
     vector = common.split_vector(sch, ji, tile.lanes)
     if vector != ji:
         sch.unroll(sch.get_loops(main)[-2])
@@ -120,16 +161,20 @@ def _tile(sch: Any, main: Any, tile: Tile, target: Any) -> None:
     if common.worth_parallel(common.block_work(sch, main)):
         sch.parallel(sch.fuse(batch, jo, io))
     sch.decompose_reduction(main, k)
-    if not static:
+    if not whole:
         _write_back_after(sch, main, target)
 
 
-def _write_back_per_tile(sch: Any, main: Any, tile_loop: Any, lanes: int) -> None:
-    """Accumulate each tile in a local buffer; apply the epilogue as the tile is stored."""
+def _write_back_per_tile(sch: Any, main: Any, tile_loop: Any, lanes: int, target: Any) -> None:
+    """Accumulate each tile in a local buffer; apply the epilogue as the tile is stored.
+
+    A padded C's slice back to the real extents (and the epilogue with it) is stored after.
+    """
     write_back = sch.cache_write(main, 0, "local")
     sch.reverse_compute_at(write_back, tile_loop, preserve_unit_loops=True)
-    common.inline_consumers(sch, write_back)
     common.split_vector(sch, sch.get_loops(write_back)[-1], lanes)
+    if not common.inline_consumers(sch, write_back):
+        _write_back_after(sch, write_back, target)
 
 
 def _write_back_after(sch: Any, main: Any, target: Any) -> None:

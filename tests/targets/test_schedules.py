@@ -77,6 +77,28 @@ def _symbolic_attention_scores() -> list[te.Tensor]:
     return [q, k, mask, te.compute(shape, lambda b, h, i, j: s[b, h, i, j] + mask[b, i, j])]
 
 
+def _symbolic_probs_times_values() -> list[te.Tensor]:
+    """P @ V with symbolic batch and sequence: symbolic rows and reduction, static columns."""
+    batch, seq = te.var("batch", dtype="int64"), te.var("seq", dtype="int64")
+    heads, depth = tvm.tirx.const(12, "int64"), tvm.tirx.const(32, "int64")
+    p = te.placeholder((batch, heads, seq, seq), name="p")
+    v = te.placeholder((batch, heads, seq, depth), name="v")
+    r = te.reduce_axis((tvm.tirx.const(0, "int64"), seq), name="r")
+    shape = (batch, heads, seq, depth)
+    return [
+        p,
+        v,
+        te.compute(shape, lambda b, h, i, j: te.sum(p[b, h, i, r] * v[b, h, r, j], axis=r)),
+    ]
+
+
+def _symbolic_transpose() -> list[te.Tensor]:
+    """[batch, seq, heads, depth] -> [batch, heads, seq, depth], symbolic batch and sequence."""
+    batch, seq = te.var("batch", dtype="int64"), te.var("seq", dtype="int64")
+    x = te.placeholder((batch, seq, tvm.tirx.const(12, "int64"), tvm.tirx.const(32, "int64")))
+    return [x, topi.transpose(x, (0, 2, 1, 3))]
+
+
 def _softmax(rows: int, cols: int) -> list[te.Tensor]:
     x = te.placeholder((1, rows, cols), name="x")
     return [x, topi.nn.softmax(x, axis=-1)]
@@ -160,6 +182,28 @@ def test_matmul_with_symbolic_rows_and_columns(batch: int, seq: int) -> None:
     _check(_func(_symbolic_attention_scores), Matmul(), sizes={"batch": batch, "seq": seq})
 
 
+@pytest.mark.parametrize(("batch", "seq"), [(2, 40), (1, 3)])
+def test_matmul_with_symbolic_rows_and_reduction(batch: int, seq: int) -> None:
+    _check(_func(_symbolic_probs_times_values), Matmul(), sizes={"batch": batch, "seq": seq})
+
+
+@pytest.mark.parametrize("build", [_symbolic_attention_scores, _symbolic_probs_times_values])
+@pytest.mark.parametrize("target", [AVX512, AVX2, ARM], ids=["avx512", "avx2", "arm"])
+def test_symbolic_matmuls_are_padded_to_whole_tiles(build: Any, target: Any) -> None:
+    """No guard inside the reduction: each tile accumulates in registers."""
+    sch = Matmul().apply(_func(build).with_attr("global_symbol", "main"), target, False)
+    assert "pad" in sch.mod.script()
+    assert _update_blocks(sch.mod.script())
+    assert all("T.where" not in block for block in _update_blocks(sch.mod.script()))
+    tvm.compile(sch.mod, target=target)
+
+
+def _update_blocks(script: str) -> list[str]:
+    """The text of each reduction update block of a scheduled kernel."""
+    blocks = re.split(r"with T\.sblock\(", script)[1:]
+    return [b for b in blocks if b.split('"')[1].endswith("_update")]
+
+
 @pytest.mark.parametrize("shape", [(12, 128), (5, 37), (3, 48)])
 def test_softmax(shape: tuple[int, int]) -> None:
     _check(_func(lambda: _softmax(*shape)), RowReduction())
@@ -173,6 +217,14 @@ def test_layer_norm(shape: tuple[int, int]) -> None:
 @pytest.mark.parametrize("shape", [(12, 128, 32), (3, 5, 7), (1, 1, 1)])
 def test_elementwise_transpose_add(shape: tuple[int, int, int]) -> None:
     _check(_func(lambda: _transpose_add(*shape)), Elementwise())
+
+
+@pytest.mark.parametrize(("batch", "seq"), [(2, 40), (1, 1)])
+def test_symbolic_elementwise_vectorizes_its_static_axes(batch: int, seq: int) -> None:
+    func = _func(_symbolic_transpose)
+    _check(func, Elementwise(), sizes={"batch": batch, "seq": seq})
+    script = Elementwise().apply(func.with_attr("global_symbol", "main"), HOST, False).mod.script()
+    assert "T.vectorized" in script and "T.parallel" in script
 
 
 @pytest.mark.parametrize("target", [ARM, AVX2], ids=["arm", "avx2"])
@@ -194,7 +246,7 @@ def test_register_tiles_are_the_widest_that_divide_the_columns() -> None:
         return chosen.rows, chosen.cols
 
     assert tile(AVX512, 384) == (4, 96)
-    assert tile(AVX512, None) == (4, 96)
+    assert tile(AVX512, None) == (8, 32)
     assert tile(AVX512, 128) == (4, 64)
     assert tile(AVX512, 32) == (8, 32)
     assert tile(AVX512, 33) == (8, 32)
