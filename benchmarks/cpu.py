@@ -25,10 +25,14 @@ each ratio beside its quiet one.
 ones the schedule tables choose for this CPU (fp32 panels, int8 blocks), paired against the
 table's, so the tables' choice is measured on the machine at hand.
 
-Writes cpu.json and cpu.md into --out and the "cpu" section of benchmarks/RESULTS.md.
+--mcpu CPU compiles the artifacts for another x86 CPU than this one (e.g. `znver3` on an AVX-512
+machine: the AVX2 kernels), measured here.
+
+Writes cpu.json and cpu.md into --out and the "cpu" section of benchmarks/RESULTS.md ("cpu-CPU"
+with --mcpu).
 
     python benchmarks/cpu.py [--shapes 1x128 8x128] [--runs 20] [--settle 0.2] [--workload]
-                             [--busy] [--sweep]
+                             [--busy] [--sweep] [--mcpu CPU]
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ def main() -> None:
     parser.add_argument("--workload", action="store_true", help="also the sentence workloads")
     parser.add_argument("--batches", nargs="*", type=int, default=[1, 32])
     parser.add_argument("--reuse", action="store_true", help="reuse the artifacts in --out")
+    parser.add_argument("--mcpu", help="compile for this CPU (e.g. znver3 on AVX-512: AVX2 code)")
     parser.add_argument("--out", default="benchmarks/out/cpu")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # the child process's spec
     args = parser.parse_args()
@@ -90,8 +95,8 @@ def main() -> None:
     write(report, out, args)
 
 
-def build(shape: str, out: Path, reuse: bool) -> dict[str, str]:
-    """The fp32 and int8 artifacts at `shape` and the ORT models; paths by runtime."""
+def build(shape: str, out: Path, reuse: bool, mcpu: str | None = None) -> dict[str, str]:
+    """The fp32 and int8 artifacts at `shape` (for `mcpu`, else this CPU) and the ORT models."""
     import nlpress
     from nlpress.models import zoo
 
@@ -99,9 +104,11 @@ def build(shape: str, out: Path, reuse: bool) -> dict[str, str]:
     shapes = {name: (batch, seq) for name in INPUTS}
     paths = {"fp32": out / f"fp32-{shape}", "int8": out / f"int8-{shape}"}
     if not (reuse and (paths["fp32"] / "model.so").exists()):
-        nlpress.compile(MODEL, "x86", paths["fp32"], shapes=shapes)
+        nlpress.compile(MODEL, "x86", paths["fp32"], shapes=shapes, mcpu=mcpu)
     if not (reuse and (paths["int8"] / "model.so").exists()):
-        nlpress.compile(int8_model(out), "x86", paths["int8"], pipeline="fold", shapes=shapes)
+        nlpress.compile(
+            int8_model(out), "x86", paths["int8"], pipeline="fold", shapes=shapes, mcpu=mcpu
+        )
     return {
         "nlpress fp32": str(paths["fp32"]),
         "ORT fp32": str(zoo.model_path(MODEL)),
@@ -144,7 +151,7 @@ def ort_dynamic_int8(out: Path) -> Path:
 def time_shape(shape: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Build for one shape, then time all four runtimes in a fresh process."""
     began = time.perf_counter()
-    paths = build(shape, out, args.reuse)
+    paths = build(shape, out, args.reuse, args.mcpu)
     spec = {"shape": shape, "paths": paths, "runs": args.runs, "settle": args.settle}
     row = measure_in_fresh_process(spec)
     if args.busy:
@@ -169,9 +176,9 @@ def workloads(out: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
 
     paths = {"fp32": out / "fp32-symbolic", "int8": out / "int8-symbolic"}
     if not (args.reuse and (paths["fp32"] / "model.so").exists()):
-        nlpress.compile(MODEL, "x86", paths["fp32"])
+        nlpress.compile(MODEL, "x86", paths["fp32"], mcpu=args.mcpu)
     if not (args.reuse and (paths["int8"] / "model.so").exists()):
-        nlpress.compile(int8_model(out), "x86", paths["int8"], pipeline="fold")
+        nlpress.compile(int8_model(out), "x86", paths["int8"], pipeline="fold", mcpu=args.mcpu)
     references = {"fp32": str(zoo.model_path(MODEL)), "int8": str(ort_dynamic_int8(out))}
     rows = []
     for batch in args.batches:
@@ -438,9 +445,10 @@ def write(report: dict[str, Any], out: Path, args: argparse.Namespace) -> None:
         lines += ["", *sweep_table(report["sweep"])]
     (out / "cpu.md").write_text("\n".join(lines) + "\n")
     command = "python benchmarks/cpu.py " + " ".join(sys.argv[1:])
-    machine.write_section(
-        "cpu", "x86 artifacts vs ONNX Runtime (benchmarks/cpu.py)", lines, command
-    )
+    name, title = "cpu", "x86 artifacts vs ONNX Runtime (benchmarks/cpu.py)"
+    if args.mcpu:  # code for another CPU than this one: a section of its own
+        name, title = f"cpu-{args.mcpu}", f"{title}, compiled for {args.mcpu}"
+    machine.write_section(name, title, lines, command)
     log.info("wrote %s, %s and %s", out / "cpu.json", out / "cpu.md", machine.RESULTS)
 
 
