@@ -83,8 +83,15 @@ def whole_tiles(sch: Any, loop: Any, size: int) -> bool:
 
 
 def split_vector(sch: Any, loop: Any, lanes: int) -> Any:
-    """Vectorize `loop` by `lanes` (its whole length when shorter); returns the vector loop."""
+    """Vectorize `loop` by `lanes` (its whole length when shorter); returns the vector loop.
+
+    A symbolic extent that is not whole vectors stays one plain loop: split, its last vector
+    would be guarded, and a guard inside a vector loop makes TVM emit every lane on its own
+    (twice the time of the plain loop, which LLVM vectorizes with a remainder loop).
+    """
     extent = static_extent(sch, loop)
+    if extent is None and not whole_tiles(sch, loop, lanes):
+        return loop
     if extent is not None and extent <= lanes:
         if extent > 1:
             sch.vectorize(loop)

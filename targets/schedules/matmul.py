@@ -8,8 +8,9 @@ residual add and other elementwise consumers are applied while the tile is writt
 
 A symbolic I or J is padded to whole tiles first (`pad_einsum`): A's rows past I read zeros, B's
 columns past J are zeros in a copy of B laid out [S, K, J] (contiguous along the vector axis),
-and the tiles of the padded C are sliced back to [S, I, J] in one elementwise pass that applies
-the epilogue. No tile is partial, so no guard sits inside the reduction (a guard there keeps the
+and the padded C is stored whole, then sliced back to [S, I, J] in one elementwise pass that
+applies the epilogue (a guard on the vector lanes of a tile's store makes TVM emit the lanes one
+by one). No tile is partial, so no guard sits inside the reduction (a guard there keeps the
 accumulators in memory instead of registers).
 """
 
@@ -153,7 +154,7 @@ def _tile(sch: Any, main: Any, tile: Tile, target: Any, padded: bool) -> None:
     jo, ji = sch.split(j, factors=[None, cols])
     sch.reorder(batch, jo, io, k, ii, ji)
     if whole:
-        _write_back_per_tile(sch, main, io, tile.lanes, target)
+        _write_back_per_tile(sch, main, io, tile.lanes, target, padded)
     vector = common.split_vector(sch, ji, tile.lanes)
     if vector != ji:
         sch.unroll(sch.get_loops(main)[-2])
@@ -165,15 +166,19 @@ def _tile(sch: Any, main: Any, tile: Tile, target: Any, padded: bool) -> None:
         _write_back_after(sch, main, target)
 
 
-def _write_back_per_tile(sch: Any, main: Any, tile_loop: Any, lanes: int, target: Any) -> None:
+def _write_back_per_tile(
+    sch: Any, main: Any, tile_loop: Any, lanes: int, target: Any, padded: bool
+) -> None:
     """Accumulate each tile in a local buffer; apply the epilogue as the tile is stored.
 
-    A padded C's slice back to the real extents (and the epilogue with it) is stored after.
+    A `padded` C is stored whole, and its slice back to the real extents (with the epilogue)
+    is one elementwise pass after: inlined into the tile's store, the slice would guard the
+    store's vector lanes.
     """
     write_back = sch.cache_write(main, 0, "local")
     sch.reverse_compute_at(write_back, tile_loop, preserve_unit_loops=True)
     common.split_vector(sch, sch.get_loops(write_back)[-1], lanes)
-    if not common.inline_consumers(sch, write_back):
+    if padded or not common.inline_consumers(sch, write_back):
         _write_back_after(sch, write_back, target)
 
 

@@ -204,6 +204,36 @@ def test_symbolic_matmuls_are_padded_to_whole_tiles(build: Any, target: Any) -> 
     tvm.compile(sch.mod, target=target)
 
 
+@pytest.mark.parametrize(
+    ("build", "rule"),
+    [
+        (_symbolic_attention_scores, Matmul()),
+        (_symbolic_probs_times_values, Matmul()),
+        (_symbolic_softmax, RowReduction()),
+        (_symbolic_transpose, Elementwise()),
+    ],
+    ids=["scores", "probs-values", "softmax", "transpose"],
+)
+def test_no_vector_lane_over_a_symbolic_extent_is_guarded(build: Any, rule: Any) -> None:
+    """A guard on the lanes of a vector loop makes TVM emit the lanes one by one."""
+    sch = rule.apply(_func(build).with_attr("global_symbol", "main"), HOST, False)
+    assert _lane_guards(sch.mod.script()) == []
+
+
+def _lane_guards(script: str) -> list[str]:
+    """The block predicates of a scheduled kernel that depend on a vector loop's variable."""
+    guards, lane, depth = [], "", -1
+    for line in script.splitlines():
+        indent = len(line) - len(line.lstrip())
+        if lane and indent <= depth:
+            lane = ""
+        if "in T.vectorized(" in line:
+            lane, depth = line.split()[1], indent
+        elif lane and "T.where(" in line and re.search(rf"\b{lane}\b", line):
+            guards.append(line.strip())
+    return guards
+
+
 def _update_blocks(script: str) -> list[str]:
     """The text of each reduction update block of a scheduled kernel."""
     blocks = re.split(r"with T\.sblock\(", script)[1:]
