@@ -48,13 +48,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from nlpress.ir import Model
 from nlpress.passes.calibration import MASK, Feeds
-from nlpress.passes.torch_graph import Tensor, TorchGraph, require_torch, torch
+from nlpress.passes.torch_graph import Tensor, TorchGraph, require_torch
 
 DEFAULT_LEARNING_RATE = 1e-4
 HELD_OUT_SHARE = 0.1
@@ -118,14 +119,14 @@ def distill(
     require_torch("distillation")
     began = time.perf_counter()
     rng = np.random.default_rng(settings.seed)
-    torch.manual_seed(settings.seed)
+    _torch().manual_seed(settings.seed)
     trainable = rewritten_initializers(student, teacher)
     outputs = [student.graph.outputs[0].name, *hidden_states(student, teacher)]
     net = TorchGraph(student, trainable, outputs)
     reference = TorchGraph(teacher, (), outputs)
     train, held_out = _split(feeds, rng)
     held_groups = list(_groups(held_out))
-    with torch.no_grad():  # the teacher's held-out outputs do not change: computed once
+    with _torch().no_grad():  # the teacher's held-out outputs do not change: computed once
         held_targets = [reference.batched(group)[0] for group in held_groups]
     best = start = _held_out_loss(net, held_groups, held_targets)
     if not trainable:  # nothing was rewritten
@@ -225,13 +226,13 @@ class _Trainer:
         self.hidden_weight = settings.hidden_weight
         parameters = list(net.parameters.values())
         self.keep = [(p, (p != 0).to(p.dtype)) for p in parameters]
-        self.optimizer = torch.optim.Adam(parameters, lr=settings.learning_rate)
+        self.optimizer = _torch().optim.Adam(parameters, lr=settings.learning_rate)
         total = max(1, settings.epochs * steps_per_epoch)
-        self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, total)
+        self.schedule = _torch().optim.lr_scheduler.CosineAnnealingLR(self.optimizer, total)
 
     def step(self, group: Sequence[Feeds]) -> None:
         self.optimizer.zero_grad()
-        with torch.no_grad():
+        with _torch().no_grad():
             targets = self.reference.batched(group)
         outputs = self.net.batched(group)
         loss = _pooled_loss(outputs[0], targets[0], group)
@@ -239,11 +240,11 @@ class _Trainer:
             hidden = [
                 _hidden_loss(o, t, group) for o, t in zip(outputs[1:], targets[1:], strict=True)
             ]
-            loss = loss + self.hidden_weight * torch.stack(hidden).mean()
+            loss = loss + self.hidden_weight * _torch().stack(hidden).mean()
         loss.backward()
         self.optimizer.step()
         self.schedule.step()
-        with torch.no_grad():
+        with _torch().no_grad():
             for parameter, mask in self.keep:
                 parameter.mul_(mask)
 
@@ -253,7 +254,7 @@ def _held_out_loss(
 ) -> float:
     """The mean pooled-output loss of `net` against the teacher's `targets` (no gradient)."""
     total, count = 0.0, 0
-    with torch.no_grad():
+    with _torch().no_grad():
         for group, target in zip(groups, targets, strict=True):
             total += float(_pooled_loss(net.batched(group)[0], target, group)) * len(group)
             count += len(group)
@@ -263,14 +264,14 @@ def _held_out_loss(
 def _pooled_loss(output: Tensor, target: Tensor, group: Sequence[Feeds]) -> Tensor:
     """1 - the mean cosine of pooled rows, stacked over the group's batches (dim 0)."""
     student, teacher = _pooled(output, group), _pooled(target, group)
-    return 1 - torch.nn.functional.cosine_similarity(student, teacher, dim=-1).mean()
+    return 1 - _torch().nn.functional.cosine_similarity(student, teacher, dim=-1).mean()
 
 
 def _hidden_loss(output: Tensor, target: Tensor, group: Sequence[Feeds]) -> Tensor:
     """||student - teacher||^2 / ||teacher||^2 over the real tokens of a hidden state."""
     weights = _token_weights(output, group)
     if weights is None:
-        weights = torch.ones(())
+        weights = _torch().ones(())
     return (((output - target) ** 2) * weights).sum() / ((target**2) * weights).sum().clamp(
         min=1e-30
     )
@@ -285,7 +286,7 @@ def _token_weights(value: Tensor, group: Sequence[Feeds]) -> Tensor | None:
     shape = tuple(value.shape[1:3])
     if value.dim() < 4 or not all(m is not None and np.shape(m) == shape for m in masks):
         return None
-    weights = torch.from_numpy(np.stack([np.asarray(m) for m in masks])).to(value.dtype)
+    weights = _torch().from_numpy(np.stack([np.asarray(m) for m in masks])).to(value.dtype)
     return weights.reshape(*weights.shape, *([1] * (value.dim() - 3)))
 
 
@@ -344,3 +345,8 @@ def _constants(model: Model) -> dict[str, gs.Constant]:
         for name, tensor in model.graph.tensors().items()
         if isinstance(tensor, gs.Constant)
     }
+
+
+def _torch() -> Any:
+    """PyTorch, imported on first use (`torch_graph.require_torch`)."""
+    return require_torch("distillation")

@@ -12,6 +12,8 @@ is refused up front with a PreconditionError that names it.
 
 from __future__ import annotations
 
+import functools
+import importlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -22,19 +24,24 @@ from onnx import helper, numpy_helper
 from nlpress.ir import Model
 from nlpress.passes.base import PreconditionError
 
-torch: Any  # typed loosely: every op below works on torch.Tensor values
-try:
-    import torch
-except ImportError:  # distillation is optional; `require_torch` says how to get it
-    torch = None
+# PyTorch, imported by `require_torch` when distillation first needs it (importing it takes
+# longer than the rest of nlpress); typed loosely: every op below works on torch.Tensor values.
+torch: Any = None
 Tensor = Any
 Op = Callable[[Sequence[Any], Mapping[str, Any]], Sequence[Any]]
 
 
-def require_torch(what: str) -> None:
-    """Raise a PreconditionError that says how to install PyTorch when it is missing."""
+def require_torch(what: str) -> Any:
+    """Import PyTorch; a PreconditionError says how to install it when it is missing."""
+    global torch
     if torch is None:
-        raise PreconditionError(f"{what} needs PyTorch: pip install 'nlpress[distill]'")
+        try:
+            torch = importlib.import_module("torch")
+        except ImportError:
+            raise PreconditionError(
+                f"{what} needs PyTorch: pip install 'nlpress[distill]'"
+            ) from None
+    return torch
 
 
 class TorchGraph:
@@ -52,7 +59,7 @@ class TorchGraph:
         require_torch("distillation")
         proto = model.to_onnx()
         graph = proto.graph
-        unsupported = sorted({n.op_type for n in graph.node if n.op_type not in _OPS})
+        unsupported = sorted({n.op_type for n in graph.node if n.op_type not in _ops()})
         if unsupported:
             raise PreconditionError(
                 f"distillation cannot run these ops in PyTorch: {', '.join(unsupported)}"
@@ -77,7 +84,7 @@ class TorchGraph:
         values: dict[str, Tensor | None] = {"": None, **self.constants, **self.parameters}
         values.update(feeds)
         for op_type, inputs, outputs, attrs in self.nodes:
-            results = _OPS[op_type]([values[name] for name in inputs], attrs)
+            results = _ops()[op_type]([values[name] for name in inputs], attrs)
             values.update(zip(outputs, results, strict=False))
         return [values[name] for name in self.output_names]
 
@@ -108,7 +115,7 @@ def _refuse_unsupported_types(graph: onnx.GraphProto) -> None:
                 types.append(attribute.i)
             elif attribute.type == onnx.AttributeProto.TENSOR:
                 types.append(attribute.t.data_type)
-    unsupported = sorted({_type_name(t) for t in types if t not in _TYPES})
+    unsupported = sorted({_type_name(t) for t in types if t not in _types()})
     if unsupported:
         raise PreconditionError(f"distillation cannot compute {', '.join(unsupported)} tensors")
 
@@ -157,7 +164,7 @@ def _variadic(fn: Callable[[Tensor, Tensor], Tensor]) -> Op:
 
 
 def _cast(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
-    return [inputs[0].to(_TYPES[attrs["to"]])]
+    return [inputs[0].to(_types()[attrs["to"]])]
 
 
 def _gemm(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
@@ -341,10 +348,10 @@ def _where(inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[Tensor]:
     return [torch.where(condition, a, b)]
 
 
-_OPS: dict[str, Op] = {}
-_TYPES: dict[int, Any] = {}
-if torch is not None:
-    _TYPES = {  # the ONNX tensor types computed here
+@functools.cache
+def _types() -> dict[int, Any]:
+    """The torch dtype of each ONNX tensor type computed here."""
+    return {
         onnx.TensorProto.FLOAT: torch.float32,
         onnx.TensorProto.DOUBLE: torch.float64,
         onnx.TensorProto.FLOAT16: torch.float16,
@@ -354,7 +361,12 @@ if torch is not None:
         onnx.TensorProto.UINT8: torch.uint8,
         onnx.TensorProto.BOOL: torch.bool,
     }
-    _OPS = {
+
+
+@functools.cache
+def _ops() -> dict[str, Op]:
+    """The op of each ONNX operator implemented here."""
+    return {
         "Add": _elementwise(torch.add),
         "Sub": _elementwise(torch.sub),
         "Mul": _elementwise(torch.mul),

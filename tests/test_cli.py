@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -238,3 +240,9 @@ def test_bench_runs_a_workload_of_sentences_through_both_runtimes(tmp_path, caps
     assert min(result["least_cosine"].values()) > 0.9999  # fp32 artifact against ORT
     assert nlpress("bench", artifact, "--workload", workload) == EXIT_OK
     assert "sentences/s" in capsys.readouterr().out
+
+
+def test_the_command_line_starts_without_pytorch():
+    """PyTorch is imported only when distillation runs: it would double every command's start."""
+    code = "import sys, nlpress.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

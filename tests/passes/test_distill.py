@@ -1,4 +1,5 @@
 import dataclasses
+import sys
 
 import numpy as np
 import pytest
@@ -197,6 +198,7 @@ def test_distill_options_are_validated(cls):
 
 def test_without_pytorch_the_pass_says_how_to_install_it(tiny_static, monkeypatch):
     monkeypatch.setattr(torch_graph, "torch", None)
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
     with pytest.raises(PreconditionError, match="PyTorch"):
         PruneSparsify(pattern="neurons", distill_epochs=1).requires(tiny_static)
 
