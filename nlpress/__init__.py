@@ -9,15 +9,20 @@ Example:
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib.metadata
 
 from nlpress.compiler import compile, optimize
 from nlpress.targets.runtime import SessionOptions, load
 
 try:
-    __version__ = version("nlpress")
-except PackageNotFoundError:  # pragma: no cover - running from an uninstalled tree
+    __version__ = importlib.metadata.version("nlpress")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - an uninstalled tree
     __version__ = "0.0.0"
 
 
 __all__ = ["SessionOptions", "__version__", "compile", "load", "optimize"]
+
+
+def __dir__() -> list[str]:
+    """The public names (and the subpackages), not the helpers this module imports."""
+    return sorted([*__all__, "ir", "models", "passes", "targets"])

@@ -246,3 +246,10 @@ def test_the_command_line_starts_without_pytorch():
     """PyTorch is imported only when distillation runs: it would double every command's start."""
     code = "import sys, nlpress.cli; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_the_package_lists_its_public_names_only():
+    import nlpress as package
+
+    assert {"compile", "optimize", "load", "SessionOptions"} <= set(dir(package))
+    assert not {"annotations", "importlib", "version", "PackageNotFoundError"} & set(dir(package))
