@@ -119,9 +119,8 @@ def whole_tiles(a: Any, rows: int) -> tuple[Any, Any] | None:
 
     Returns T, S rounded up to a multiple of `rows`, and a reader r(..., t, k) =
     a[..., min(t, S-1), k]; None when `rows` is 1, or S is static and a multiple of `rows` or
-    fewer. A kernel
-    over T rows needs no row guard inside its reduction: the rows past S compute copies that
-    the result drops, and the reads never leave `a`.
+    fewer. A kernel over T rows needs no row guard inside its reduction: the rows past S
+    compute copies that the result drops, and the reads never leave `a`.
     """
     from tvm import tirx
 

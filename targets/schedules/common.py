@@ -74,7 +74,7 @@ def static_extent(sch: Any, loop: Any) -> int | None:
     return int(extent.value) if isinstance(extent, tirx.IntImm) else None
 
 
-def whole_tiles(sch: Any, loop: Any, size: int) -> bool:
+def extent_divisible(sch: Any, loop: Any, size: int) -> bool:
     """Whether the loop's extent, static or symbolic, is provably a multiple of `size`."""
     from tvm import sym, tirx
 
@@ -90,7 +90,7 @@ def split_vector(sch: Any, loop: Any, lanes: int) -> Any:
     (twice the time of the plain loop, which LLVM vectorizes with a remainder loop).
     """
     extent = static_extent(sch, loop)
-    if extent is None and not whole_tiles(sch, loop, lanes):
+    if extent is None and not extent_divisible(sch, loop, lanes):
         return loop
     if extent is not None and extent <= lanes:
         if extent > 1:

@@ -150,4 +150,4 @@ def _rows_for(sch: Any, row: Any, limit: int) -> int:
     extent = common.static_extent(sch, row)
     if extent is not None:
         return common.largest_divisor(extent, limit)
-    return limit if common.whole_tiles(sch, row, limit) else 1
+    return limit if common.extent_divisible(sch, row, limit) else 1
