@@ -72,10 +72,15 @@ class Pass(abc.ABC):
         check(model)
 
     def __str__(self) -> str:
-        """The canonical pipeline text of this pass, every option included."""
+        """The canonical pipeline text of this pass: every option but empty defaults.
+
+        An option left at an empty default (no shapes, nothing excluded) says nothing and is
+        left out; parsing the text gives the same pass either way.
+        """
         options = " ".join(
-            f"{key}={option_text(f, getattr(self, f.name))}"
+            f"{key}={text}"
             for key, f in option_fields(type(self)).items()
+            if (text := option_text(f, getattr(self, f.name))) or option_text(f, option_default(f))
         )
         return f"{self.name}{{{options}}}" if options else self.name
 

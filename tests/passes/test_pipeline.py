@@ -62,6 +62,14 @@ def test_every_option_kind_parses_and_prints_canonically():
     assert parse_pipeline(str(pipeline), REGISTRY) == pipeline
 
 
+def test_options_left_at_an_empty_default_are_left_out():
+    pipeline = parse_pipeline("knobs,fold", REGISTRY)
+    assert str(pipeline) == (
+        "knobs{ratio=0.5 steps=3 on=true mode=fast limit=none},fold{max-bytes=1048576}"
+    )
+    assert parse_pipeline(str(pipeline), REGISTRY) == pipeline
+
+
 @given(
     ratio=st.floats(0, 1, allow_nan=False),
     steps=st.integers(-5, 10**6),
