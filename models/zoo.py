@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nlpress.ir import NlpressError, UsageError, file_sha256
+from nlpress.ir.progress import step
 from nlpress.ir.staging import rename_into_place, staging_dir
 from nlpress.models import export
 
@@ -87,7 +88,8 @@ def model_path(name: str) -> Path:
         if path.exists():
             log.warning("cached %s does not match its recorded sha256; exporting again", path)
         log.info("exporting zoo model %s to %s (once)", name, path)
-        _export_atomically(entry, path)
+        with step(f"exporting {name} from its weights (once)"):
+            _export_atomically(entry, path)
         record.write_text(json.dumps({"name": name, "sha256": file_sha256(path)}, indent=2))
     return path
 

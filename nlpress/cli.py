@@ -8,12 +8,14 @@ signal's number), with nothing written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -23,6 +25,7 @@ from nlpress import compiler
 from nlpress.config import BuildConfig, load_config
 from nlpress.ir import BudgetNotMet, NlpressError, UsageError, copy_file, save_model
 from nlpress.ir.dump import diff_text, dump_text
+from nlpress.ir.progress import reporting
 from nlpress.ir.staging import (
     Interrupted,
     check_writable,
@@ -34,6 +37,7 @@ from nlpress.ir.staging import (
 from nlpress.ir.summary import format_summary, summarize
 from nlpress.ir.verify import first_line
 from nlpress.models import zoo
+from nlpress.overview import overview
 from nlpress.passes import (
     NAMED_PIPELINES,
     PASSES,
@@ -138,12 +142,17 @@ def _opt(args: argparse.Namespace) -> int:
     check_writable(output)
     shapes = {**config.shape, **_shapes(args)}
     instruments, timer = _instruments(args)
-    result = compiler.optimize(model, pipeline, shapes, instruments, _calibration(args))
-    save_model(result.model, output)
+    began = time.perf_counter()
+    with _progress(args):
+        result = compiler.optimize(model, pipeline, shapes, instruments, _calibration(args))
+        save_model(result.model, output)
     if timer:
         print(timer.report(), file=sys.stderr)
     for record in result.records:
         log.info("%s: changed=%s %s", record.text, record.changed, dict(record.stats))
+    if not args.quiet:
+        done = compiler.optimized_record(model, result)
+        _say(overview(done, output, time.perf_counter() - began))
     return EXIT_OK
 
 
@@ -159,33 +168,57 @@ def _compile(args: argparse.Namespace) -> int:
     instruments, timer = _instruments(args)
     inputs = [_model_file(model), *_input_files(args), args.dump_ir, args.tuning_records]
     refuse_overwrite(output, inputs, folder=True)
-    path = compiler.compile(
-        model,
-        target,
-        output,
-        pipeline=args.pipeline or config.pipeline or "O1",
-        shapes={**config.shape, **_shapes(args)},
-        instruments=instruments,
-        calibration=_calibration(args),
-        tune=args.tune,
-        tuning_records=args.tuning_records,
-        progress=lambda line: print(line, file=sys.stderr, flush=True),
-        **{k: v for k, v in options.items() if v},
-    )
+    began = time.perf_counter()
+    with _progress(args):
+        path = compiler.compile(
+            model,
+            target,
+            output,
+            pipeline=args.pipeline or config.pipeline or "O1",
+            shapes={**config.shape, **_shapes(args)},
+            instruments=instruments,
+            calibration=_calibration(args),
+            tune=args.tune,
+            tuning_records=args.tuning_records,
+            **{k: v for k, v in options.items() if v},
+        )
     if timer:
         print(timer.report(), file=sys.stderr)
-    _print_kernels(Path(path))
+    if not args.quiet:
+        _say_built(Path(path), time.perf_counter() - began)
     print(path)
     return EXIT_OK
 
 
-def _print_kernels(artifact: Path) -> None:
-    """Say on stderr which kernel families the build chose for its CPU."""
+def _say_built(artifact: Path, seconds: float) -> None:
+    """The build's overview and the kernel families it chose, on stderr."""
     from nlpress.targets import isa
 
-    code = json.loads((artifact / "manifest.json").read_text()).get("code")
-    if code:
-        print(f"nlpress: {isa.describe(code)}", file=sys.stderr)
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    _say(overview(manifest, str(artifact), seconds, _report_page(artifact)))
+    if manifest.get("code"):
+        _say(f"  {'kernels':<11}{isa.describe(manifest['code'])}")
+
+
+def _report_page(artifact: Path) -> str | None:
+    page = artifact / "report.html"
+    return str(page) if page.is_file() else None
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _progress(args: argparse.Namespace) -> Iterator[None]:
+    """Show the progress of long steps on stderr when it is a terminal, unless --quiet."""
+    if args.quiet or not sys.stderr.isatty():
+        yield
+        return
+    from nlpress.terminal import TerminalProgress
+
+    with TerminalProgress(sys.stderr) as shown, reporting(shown):
+        yield
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -414,6 +447,9 @@ def _inspect(args: argparse.Namespace) -> int:
         summary["manifest"] = manifest
     if args.json:
         print(json.dumps(summary, indent=2))
+    elif manifest is not None:
+        print(overview(manifest, args.model, report=_report_page(Path(args.model))))
+        print(format_summary(summary))
     else:
         print(format_summary(summary))
     return EXIT_OK
@@ -532,6 +568,16 @@ def _threads(text: str) -> int:
     return int(text)
 
 
+def _add_quiet_flag(p: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default,
+        help="no progress and no summary on stderr (errors still print)",
+    )
+
+
 def _add_shape_flag(p: argparse.ArgumentParser, help_text: str) -> None:
     p.add_argument(
         "--shape",
@@ -581,6 +627,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nlpress", description="Compile NLP models smaller and faster.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details; tracebacks")
+    _add_quiet_flag(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("compile", help="optimize a model and lower it to an artifact folder")
@@ -677,6 +724,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("name", metavar="NAME")
     q.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
     q.set_defaults(handler=_models_get)
+    for command in (*sub.choices.values(), *models.choices.values()):
+        _add_quiet_flag(command)
     return parser
 
 

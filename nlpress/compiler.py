@@ -7,7 +7,7 @@ import dataclasses
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from nlpress.ir import (
 )
 from nlpress.ir.interface import dim_limits, graph_inputs, index_ranges, value_entry
 from nlpress.ir.staging import check_writable, refuse_overwrite
+from nlpress.ir.summary import summarize
 from nlpress.models import zoo
 from nlpress.models.feeds import Feeds, Session, batches_from_npz, batches_from_text
 from nlpress.models.text import calibration_sentences, load_tokenizer, read_sentences
@@ -264,6 +265,17 @@ def optimize(
     return result
 
 
+def optimized_record(model: ModelLike, result: PipelineResult) -> dict[str, Any]:
+    """What `optimize` did to `model`, in the fields an artifact's manifest gives them."""
+    source = resolve_model(model)
+    return {
+        "pipeline": ",".join(r.text for r in result.records),
+        "source": {"sha256": source.sha256, "zoo": source.zoo.name if source.zoo else None},
+        "passes": [dataclasses.asdict(r) for r in result.records],
+        "sizes": {"before": summarize(source.model), "after": summarize(result.model)},
+    }
+
+
 def compile(
     model: ModelLike,
     target: str,
@@ -274,7 +286,6 @@ def compile(
     calibration: Calibration = Calibration(),
     tune: int = 0,
     tuning_records: str | os.PathLike[str] | None = None,
-    progress: Callable[[str], None] | None = None,
     **target_options: Any,
 ) -> Path:
     """Optimize a model (fold first) and lower it to an artifact folder for `target`.
@@ -304,9 +315,7 @@ def compile(
     with _removed_on_failure(tuning_records if tune else None):
         if tune and tuning_records is not None:
             _require_static(result.model, {})
-            tuning.tune_model(
-                result.model.to_onnx(), descriptor, tune, tuning_records, progress=progress
-            )
+            tuning.tune_model(result.model.to_onnx(), descriptor, tune, tuning_records)
         with tuning.using_records(tuning_records):
             return targets.build_artifact(result.model, descriptor, Path(output), manifest=manifest)
 

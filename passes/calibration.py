@@ -15,6 +15,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from nlpress.ir import Model
+from nlpress.ir.progress import steps
 from nlpress.ir.verify import session
 from nlpress.passes.base import PreconditionError
 
@@ -44,7 +45,7 @@ def activations(
             proto.graph.output.append(onnx.ValueInfoProto(name=name))
     sess = session(proto, optimize=True)
     wanted = {i.name for i in sess.get_inputs()}
-    for batch in feeds:
+    for batch in steps(feeds, "calibration batches"):
         values = sess.run(names, {k: v for k, v in batch.items() if k in wanted})
         yield [np.asarray(v) for v in values]
 
@@ -118,7 +119,7 @@ def truncated_activations(
     """The tensors named `names` on each batch, the model cut down to what computes them."""
     sess = session(truncated(model, names), optimize=True)
     wanted = {i.name for i in sess.get_inputs()}
-    for batch in feeds:
+    for batch in steps(feeds, "calibration batches"):
         values = sess.run(list(names), {k: v for k, v in batch.items() if k in wanted})
         yield [np.asarray(v) for v in values]
 

@@ -54,6 +54,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from nlpress.ir import Model
+from nlpress.ir.progress import steps
 from nlpress.passes.calibration import MASK, Feeds
 from nlpress.passes.torch_graph import Tensor, TorchGraph, require_torch
 
@@ -133,7 +134,7 @@ def distill(
         return Distilled(student, start, start, time.perf_counter() - began)
     trainer = _Trainer(net, reference, settings, len(list(_groups(train))))
     best_weights: dict[str, np.ndarray] = {}
-    for _ in range(settings.epochs):
+    for _ in steps(range(settings.epochs), "distillation epochs"):
         for group in _steps(train, rng):
             trainer.step([splice(batch, train, rng) for batch in group])
         loss = _held_out_loss(net, held_groups, held_targets)

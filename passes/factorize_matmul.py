@@ -111,6 +111,7 @@ from nlpress.ir.graph import (
     producer,
     weighted_matmuls,
 )
+from nlpress.ir.progress import steps
 from nlpress.passes.base import Pass, PassResult, PreconditionError
 from nlpress.passes.calibration import (
     Feeds,
@@ -307,7 +308,7 @@ class FactorizeMatmul(Pass):
         stats = Stats()
         names = set(out.graph.tensors())
         if self.sequential:
-            for group in _groups(layers):
+            for group in steps(_groups(layers), "layer groups fitted in order"):
                 grams = paired_grams(out, model, group[0].activation, model.calibration)
                 plans = [p for layer in group if (p := self._plan(out.graph, layer, grams, stats))]
                 self._apply(out.graph, plans, None, names, stats)
@@ -479,7 +480,7 @@ class FactorizeMatmul(Pass):
         feeds = require_feeds(model, self.name)
         reference = first_outputs(model, feeds)
         weights = []
-        for plan in plans:
+        for plan in steps(plans, "sensitivity of each layer"):
             fit = self.fit(plan.decomposition)
             d = plan.decomposition
             tail = float(np.sum(d.s[fit.rank :].astype(np.float64) ** 2)) / max(d.energy, 1e-300)

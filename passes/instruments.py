@@ -15,6 +15,7 @@ import numpy as np
 
 from nlpress.ir import Model, VerificationError
 from nlpress.ir.dump import diff_text, dump_text
+from nlpress.ir.progress import step
 from nlpress.ir.staging import OutputError
 from nlpress.ir.verify import compare, make_feeds
 from nlpress.passes.base import Pass, PassResult
@@ -77,7 +78,8 @@ def run_pipeline(
         for instrument in instruments:
             instrument.before(index, p, model)
         began = time.perf_counter()
-        result = p.run(model)
+        with step(p.name):
+            result = p.run(model)
         seconds = time.perf_counter() - began
         p.ensures(result.model)
         for instrument in instruments:

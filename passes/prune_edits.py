@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 
 from nlpress.ir import Model
 from nlpress.ir.graph import constant_value
+from nlpress.ir.progress import steps
 from nlpress.passes.calibration import Feeds, activations, token_rows
 from nlpress.passes.prune_patterns import (
     allocate,
@@ -295,7 +296,8 @@ def allocate_levels(
         for u, o in zip(units, originals, strict=True)
     ]
     step = _step(units)
-    curves = [curve(u, limit, step) for u, limit in zip(units, limits, strict=True)]
+    pairs = list(zip(units, limits, strict=True))
+    curves = [curve(u, limit, step) for u, limit in steps(pairs, "sensitivity of each unit")]
     counts = allocate(curves, round(total / step) * step, limits, step)
     return {
         u.name: 1.0 - (u.groups - count) / o

@@ -119,6 +119,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from nlpress.ir import Model
+from nlpress.ir.progress import steps
 from nlpress.ir.verify import infer_shapes
 from nlpress.passes.base import Pass, PassResult, PreconditionError
 from nlpress.passes.calibration import Feeds, first_outputs, output_cosine, require_feeds
@@ -462,7 +463,7 @@ class _Planner:
         edits: list[Edit] = []
         prefix: tuple[float, ...] = ()
         stages = _stages(self.units)
-        for number, stage in enumerate(stages, 1):
+        for number, stage in enumerate(steps(stages, "stages fitted in order"), 1):
             prefix = prefix + tuple(levels[u.name] for u in stage)
             todo = [u for u in stage if (u.name, prefix) not in self.cache]
             LOG.debug("sequential stage %d/%d: %d unit(s) to plan", number, len(stages), len(todo))

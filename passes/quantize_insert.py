@@ -70,6 +70,7 @@ from nlpress.ir.graph import (
     producer,
     weighted_matmuls,
 )
+from nlpress.ir.progress import steps
 from nlpress.passes.base import Pass, PassResult, PreconditionError
 from nlpress.passes.calibration import (
     Feeds,
@@ -719,7 +720,10 @@ def _meet_budget(
     selected, result = everything, first
     if first < budget:
         base = cosine([outputs[i] for i in few], few)
-        gains = {i: score(everything - {i}, few) - base for i in everything}
+        gains = {
+            i: score(everything - {i}, few) - base
+            for i in steps(sorted(everything), "sensitivity of each layer")
+        }
         for i, gain in gains.items():
             stats[f"layer.{plan.layers[i].label}.sensitivity"] = gain
         order = sorted(gains, key=lambda i: -gains[i])

@@ -22,6 +22,7 @@ import numpy as np
 
 from nlpress.ir import Model, UsageError, save_model
 from nlpress.ir.interface import dim_limits, input_entries, value_entry
+from nlpress.ir.progress import step
 from nlpress.ir.staging import replace_dir, staging_dir, umask
 from nlpress.ir.verify import make_feeds, run
 from nlpress.targets import isa, lower
@@ -76,7 +77,8 @@ def build_artifact(
         fields["library"] = library_facts(staging / LIBRARY)
         fields["build_seconds"] = round(time.perf_counter() - began, 3)
         _write_json(staging / MANIFEST, fields)
-        fidelity = _fidelity(model, target, staging)
+        with step("checking model.so against ONNX Runtime"):
+            fidelity = _fidelity(model, target, staging)
         fields["fidelity"] = {**dict(manifest.get("fidelity", {})), "tvm_vs_onnxruntime": fidelity}
         _write_json(staging / MANIFEST, fields)
         report = _report(model, target, fields, timings, staging)
@@ -89,13 +91,16 @@ def build_artifact(
 def _lower(model: Model, target: Target, staging: Path) -> tuple[dict[str, float], dict[str, Any]]:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    mod = lower.import_onnx(model.to_onnx())
+    with step("lowering: import into TVM Relax"):
+        mod = lower.import_onnx(model.to_onnx())
     timings["import_seconds"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    executable = lower.build(mod, target)
+    with step("lowering: schedule the kernels"):
+        executable = lower.build(mod, target)
     timings["build_seconds"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    facts = lower.export(executable, target, staging / LIBRARY, staging / ".work")
+    with step("lowering: generate code and link model.so"):
+        facts = lower.export(executable, target, staging / LIBRARY, staging / ".work")
     shutil.rmtree(staging / ".work", ignore_errors=True)
     timings["export_seconds"] = time.perf_counter() - clock
     return {k: round(v, 3) for k, v in timings.items()}, facts

@@ -15,15 +15,14 @@ import contextvars
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from nlpress.ir.progress import Advance, step
 from nlpress.targets.target import Target, TargetError
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str], None]
 
 # Seconds a MetaSchedule build or run worker may take; a fresh worker imports TVM first, and
 # on a loaded machine that alone can take half a minute (MetaSchedule's default is 30 s).
@@ -65,7 +64,6 @@ def tune(
     trials: int,
     records: str | os.PathLike[str],
     *,
-    progress: Progress | None = None,
     seed: int = 0,
 ) -> Path:
     """Tune the CPU kernels of a Relax module with MetaSchedule; records go to `records`.
@@ -75,7 +73,6 @@ def tune(
         target: A CPU target descriptor.
         trials: Total measured candidates over all kernels (e.g. 64 per kernel that matters).
         records: The records folder; created if missing, added to if it has records already.
-        progress: Called with a line after every measured batch (default: log at info).
         seed: The search's random seed.
 
     Returns:
@@ -99,11 +96,10 @@ def tune(
     tvm_target = tuning_target(target)
     with lower.native_log():
         kernels, _ = lower.cpu_kernels(mod, tvm_target, default_schedules=False)
-    report = progress or (lambda line: log.info("%s", line))
     seeded = seed_with_defaults(kernels, tvm_target, folder)
-    report(f"tuning: {seeded} kernels start from their default schedules")
-    callbacks = [*ms.MeasureCallback.create("default"), _progress_callback(trials, report)]
-    with _quiet_tvm():
+    log.info("tuning: %d kernels start from their default schedules", seeded)
+    with _quiet_tvm(), step("tuning: measured candidates", trials) as advance:
+        callbacks = [*ms.MeasureCallback.create("default"), _progress_callback(trials, advance)]
         ms.relax_integration.tune_relax(
             kernels,
             params={},
@@ -176,13 +172,11 @@ def tune_model(
     target: Target,
     trials: int,
     records: str | os.PathLike[str],
-    *,
-    progress: Progress | None = None,
 ) -> Path:
     """`tune` for an ONNX ModelProto (after fold, with the shapes it will be built with)."""
     from nlpress.targets import lower
 
-    return tune(lower.import_onnx(model), target, trials, records, progress=progress)
+    return tune(lower.import_onnx(model), target, trials, records)
 
 
 def tuning_target(target: Target) -> Any:
@@ -193,7 +187,7 @@ def tuning_target(target: Target) -> Any:
     return tvm.target.Target({**dict(target.tvm_target), "num-cores": cores})
 
 
-def _progress_callback(trials: int, report: Progress) -> Any:
+def _progress_callback(trials: int, advance: Advance) -> Any:
     """A MeasureCallback that reports the measured candidates and the kernel after each batch."""
     from tvm.s_tir.meta_schedule.measure_callback.measure_callback import _PyMeasureCallback
 
@@ -202,10 +196,16 @@ def _progress_callback(trials: int, report: Progress) -> Any:
 
     def apply(scheduler: Any, task_id: int, candidates: Any, builds: Any, runs: Any) -> None:
         measured[0] += len(candidates)
+        advance(len(candidates))
         tasks = scheduler.tasks_
-        report(
-            f"tuning: {measured[0]}/{trials} trials, kernel {task_id + 1}/{len(tasks)} "
-            f"{tasks[task_id].ctx.task_name}, {time.perf_counter() - began:.0f} s"
+        log.info(
+            "tuning: %d/%d trials, kernel %d/%d %s, %.0f s",
+            measured[0],
+            trials,
+            task_id + 1,
+            len(tasks),
+            tasks[task_id].ctx.task_name,
+            time.perf_counter() - began,
         )
 
     return _PyMeasureCallback(apply)

@@ -164,7 +164,10 @@ STATIC = [
 def test_compile_then_run_and_inspect_the_artifact(tiny_bert_path, tmp_path, capsys):
     artifact = tmp_path / "x86"
     assert nlpress("compile", "bert-tiny-random", "-t", "x86", "-o", artifact, *STATIC) == EXIT_OK
-    assert capsys.readouterr().out.strip() == str(artifact)
+    built = capsys.readouterr()
+    assert built.out.strip() == str(artifact)
+    assert built.err.startswith("compiled bert-tiny-random for x86 (")
+    assert "  checked    model.so against model.onnx" in built.err
     assert sorted(p.name for p in artifact.iterdir()) >= ["manifest.json", "model.onnx", "model.so"]
 
     assert (
@@ -203,6 +206,11 @@ def test_compile_then_run_and_inspect_the_artifact(tiny_bert_path, tmp_path, cap
     summary = json.loads(capsys.readouterr().out)
     assert summary["manifest"]["source"]["zoo"] == "bert-tiny-random"
     assert summary["manifest"]["pipeline"].startswith("fold{shape=input_ids:1x16")
+    assert nlpress("inspect", artifact) == EXIT_OK
+    shown = capsys.readouterr().out
+    assert shown.startswith("compiled bert-tiny-random for x86 (") and str(artifact) in shown
+    for line in ("  pipeline   fold{shape=input_ids:1x16", "  size       model.so", "\nparameters"):
+        assert line in shown
 
 
 def test_compile_errors_name_what_is_valid(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from tvm import relax, runtime
 
 from nlpress.ir import Model
+from nlpress.ir.progress import reporting
 from nlpress.ir.verify import run
 from nlpress.targets import get_target, lower, tuning
 
@@ -71,10 +73,20 @@ def test_using_records_is_scoped(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_tune_reports_progress_and_stores_records(tiny_model: Model, tmp_path: Path) -> None:
-    lines: list[str] = []
+    measured: list[int] = []
+
+    class Recorder:
+        def begin(self, label: str, total: int | None) -> Callable[[int], None]:
+            assert total == 1
+            return measured.append
+
+        def end(self, label: str) -> None:
+            pass
+
     model = _static(tiny_model)
-    tuning.tune_model(model.to_onnx(), get_target("x86"), 1, tmp_path, progress=lines.append)
-    assert any("1/1 trials" in line for line in lines)
+    with reporting(Recorder()):
+        tuning.tune_model(model.to_onnx(), get_target("x86"), 1, tmp_path)
+    assert sum(measured) == 1
     assert tuning.has_records(tmp_path)
     z, _ = _outputs(lower.build(lower.import_onnx(model.to_onnx()), get_target("x86"), tmp_path))
     np.testing.assert_allclose(z, run(model, FEEDS)["z"], atol=1e-5)
