@@ -37,7 +37,8 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px sol
 padding:.25em .6em;text-align:left;vertical-align:top}td.n{text-align:right;
 font-variant-numeric:tabular-nums}th{background:#f1f4f7}.cards{display:flex;flex-wrap:wrap;
 gap:.8em}.card{border:1px solid #d5dbe1;border-radius:6px;padding:.6em 1em;min-width:9em}
-.card b{display:block;font-size:1.3em}figure{margin:.8em 0}figure svg{width:100%;height:auto}
+.card b{display:block;font-size:1.3em}figure{margin:.8em 0}figcaption{font-weight:600}
+figure svg{width:100%;height:auto}
 .note{background:#fff8e6;border-left:4px solid #d9822b;padding:.4em .8em}code{font-size:.9em}
 """
 
@@ -116,14 +117,19 @@ def _pipeline(passes: Sequence[Mapping[str, Any]]) -> str:
     ]
     table = _table(["pass", "changed", "time", "key stats"], rows, raw=(3,))
     texts = "".join(f"<li><code>{_e(p['text'])}</code></li>" for p in passes)
+    title = "Time per pass"
     figure = plots.bars(
-        "Time per pass",
+        title,
         [p["text"].split("{")[0] for p in passes],
         {"seconds": [float(p["seconds"]) for p in passes]},
         "seconds",
     )
     return _section(
-        "pipeline", "Pipeline", table, _figure(figure), f"<h3>Passes as run</h3><ol>{texts}</ol>"
+        "pipeline",
+        "Pipeline",
+        table,
+        _figure(title, figure),
+        f"<h3>Passes as run</h3><ol>{texts}</ol>",
     )
 
 
@@ -143,7 +149,9 @@ def _sizes(sizes: Mapping[str, Any]) -> str:
     rows.append(["all", _bytes(before["bytes"]), _bytes(after["bytes"])])
     parts = [
         "<h3>By dtype</h3>",
-        _figure(plots.bars("Stored bytes by dtype", dtypes, series, "MiB")),
+        _figure(
+            "Stored bytes by dtype", plots.bars("Stored bytes by dtype", dtypes, series, "MiB")
+        ),
         _table(["dtype", "before", "after"], rows),
         "<h3>By layer</h3>",
         *_layer_sizes(before["layers"], after["layers"]),
@@ -167,10 +175,11 @@ def _layer_sizes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[st
         for label, n in zip(labels, shown, strict=True)
     ]
     note = f"<p class='sub'>the {len(shown)} largest of {len(names)} layers</p>"
-    figure = plots.bars("Stored bytes by layer", labels, series, "KiB (log scale)", log=True)
+    title = "Stored bytes by layer"
+    figure = plots.bars(title, labels, series, "KiB (log scale)", log=True)
     return [
         note if len(shown) < len(names) else "",
-        _figure(figure),
+        _figure(title, figure),
         _table(["layer", "before", "after"], rows),
     ]
 
@@ -205,7 +214,7 @@ def _per_item(pass_name: str, group: str, items: Mapping[str, Mapping[str, Any]]
         values = [float(items[n].get(stat, 0.0)) for n in names]
         what = LAYER_PLOTS.get(stat, "calibrated range (max - min)")
         title = f"{pass_name}: {stat} per {group[:-1]}"
-        parts.append(_figure(plots.bars(title, labels, {stat: values}, what)))
+        parts.append(_figure(title, plots.bars(title, labels, {stat: values}, what)))
     parts.append(_table([group[:-1], *columns], rows))
     return parts
 
@@ -248,7 +257,8 @@ def _heldout(heldout: Any) -> list[str]:
         ["mean cosine", _value(marks["mean"])],
         ["min cosine", _value(marks["min"])],
     ]
-    return [_figure(plots.histogram(title, values, "cosine", marks)), _table(["", ""], rows)]
+    figure = plots.histogram(title, values, "cosine", marks)
+    return [_figure(title, figure), _table(["", ""], rows)]
 
 
 def _tvm_check(check: Mapping[str, Any]) -> list[str]:
@@ -275,13 +285,14 @@ def _kernels(kernels: Any) -> str:
     )
     names = [str(k["name"]) for k in calls]
     micros = [float(k["seconds"]) * 1e6 for k in calls]
-    figure = plots.bars(f"Slowest {len(calls)} kernels", names, {"µs": micros}, "µs")
+    title = f"Slowest {len(calls)} kernels"
+    figure = plots.bars(title, names, {"µs": micros}, "µs")
     rows = [[k["name"], _count(k["calls"]), _seconds(k["seconds"])] for k in calls]
     return _section(
         "kernels",
         "Latency by kernel",
         intro,
-        _figure(figure),
+        _figure(title, figure),
         _table(["kernel", "calls", "time"], rows),
     )
 
@@ -352,8 +363,8 @@ def _cell(value: Any, raw: bool) -> str:
     return f'<td class="n">{text}</td>' if numeric else f"<td>{text}</td>"
 
 
-def _figure(svg: str) -> str:
-    return f'<figure class="plot">{svg}</figure>'
+def _figure(title: str, svg: str) -> str:
+    return f'<figure class="plot"><figcaption>{_e(title)}</figcaption>{svg}</figure>'
 
 
 def _note(text: str) -> str:
