@@ -106,6 +106,8 @@ def _summary(manifest: Mapping[str, Any]) -> str:
 
 
 def _pipeline(passes: Sequence[Mapping[str, Any]]) -> str:
+    if not passes:
+        return _section("pipeline", "Pipeline", _note("no passes recorded"))
     rows = [
         [
             p["text"].split("{")[0],

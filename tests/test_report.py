@@ -153,3 +153,14 @@ def test_the_command_line_and_load_do_not_import_matplotlib() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False)
     assert done.returncode == 0
+
+
+def test_what_was_not_measured_is_said_not_left_out() -> None:
+    reason = "a cuda library does not run on this host"
+    manifest = {"target": {"name": "cuda"}, "pipeline": "fold", "fidelity": {
+        "tvm_vs_onnxruntime": {"checked": False, "reason": reason}}}  # fmt: skip
+    page = render(manifest, {"kernels": {"measured": False, "reason": reason}})
+    assert sections(page) == list(ARTIFACT_SECTIONS)
+    assert f"not measured: {reason}" in page and f"not checked: {reason}" in page
+    assert "no passes recorded" in page and "no sizes recorded" in page
+    assert "<svg" not in page
