@@ -38,7 +38,7 @@ padding:.25em .6em;text-align:left;vertical-align:top}td.n{text-align:right;
 font-variant-numeric:tabular-nums}th{background:#f1f4f7}.cards{display:flex;flex-wrap:wrap;
 gap:.8em}.card{border:1px solid #d5dbe1;border-radius:6px;padding:.6em 1em;min-width:9em}
 .card b{display:block;font-size:1.3em}figure{margin:.8em 0}figcaption{font-weight:600}
-figure svg{width:100%;height:auto}
+figure svg{max-width:100%;height:auto}
 .note{background:#fff8e6;border-left:4px solid #d9822b;padding:.4em .8em}code{font-size:.9em}
 """
 
@@ -208,7 +208,7 @@ def _per_item(pass_name: str, group: str, items: Mapping[str, Mapping[str, Any]]
         [label, *(_value(items[n].get(c, "")) for c in columns)]
         for label, n in zip(labels, names, strict=True)
     ]
-    parts = [f"<h3>{_e(pass_name)}: {_e(group)} ({len(names)})</h3>"]
+    parts = [f"<h3>{_e(pass_name)}: {_e(group)} ({len(names)})</h3>", _decision_counts(items)]
     plotted = [s for s in LAYER_PLOTS if any(s in e for e in items.values())]
     if group == "activations" and "range" in columns:
         plotted = ["range"]
@@ -219,6 +219,17 @@ def _per_item(pass_name: str, group: str, items: Mapping[str, Mapping[str, Any]]
         parts.append(_figure(title, plots.bars(title, labels, {stat: values}, what)))
     parts.append(_table([group[:-1], *columns], rows))
     return parts
+
+
+def _decision_counts(items: Mapping[str, Mapping[str, Any]]) -> str:
+    """How many items each decision took: stats that are flags (always 1 where recorded)."""
+    flags = [
+        stat
+        for stat in dict.fromkeys(k for entry in items.values() for k in entry)
+        if all(entry.get(stat, 1) == 1 for entry in items.values())
+    ]
+    counts = [f"{_e(stat)} {sum(stat in e for e in items.values())}" for stat in flags]
+    return f"<p class='sub'>{', '.join(counts)} of {len(items)}</p>" if counts else ""
 
 
 def _fidelity(fidelity: Mapping[str, Any], passes: Sequence[Mapping[str, Any]]) -> str:
@@ -311,7 +322,7 @@ def _artifact(manifest: Mapping[str, Any]) -> str:
         ],
         ["model.so", f"{_bytes(library.get('bytes', 0))}, sha256 {library.get('sha256', '')}"],
         ["nlpress / TVM", f"{manifest.get('nlpress_version')} / {manifest.get('tvm_version')}"],
-        ["build time", _seconds(manifest.get("build_seconds", 0.0))],
+        ["lowering time", _seconds(manifest.get("build_seconds", 0.0))],
         ["source sha256", (manifest.get("source") or {}).get("sha256") or "none (in memory)"],
     ]
     io_rows = [
