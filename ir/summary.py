@@ -7,6 +7,11 @@ entry per such weight with its shape, its share of zeros, and the tightest N:M p
 that it satisfies, if its zeros fall in one. Zeros stay in the dense tensors of the artifact
 (TVM has no sparse kernel to run them; see `passes/prune_sparsify.py`), so this is what the
 compression did, not what the kernels skip.
+
+`size_summary` is the part of it that manifests record before and after a pipeline: totals,
+bytes by dtype, and the stored bytes of each weighted layer (MatMul, Gemm, embedding Gather),
+its weight followed back through DequantizeLinear, Transpose, Reshape, Cast and Unsqueeze to
+the constants it is stored as (an int8 weight counts its scales and zero points too).
 """
 
 from __future__ import annotations
@@ -49,6 +54,56 @@ def summarize(model: Model) -> dict[str, Any]:
         "outputs": [_io(t) for t in graph.outputs],
         "opset": {d.domain or "ai.onnx": d.version for d in graph.import_domains or []},
     }
+
+
+def size_summary(model: Model) -> dict[str, Any]:
+    """Parameters, bytes (in all and by dtype) and stored bytes per weighted layer of a model."""
+    full = summarize(model)
+    return {
+        "nodes": full["nodes"],
+        "parameters": full["parameters"],
+        "bytes": sum(full["bytes_by_dtype"].values()),
+        "bytes_by_dtype": full["bytes_by_dtype"],
+        "sparsity": full["sparsity"],
+        "layers": {n.name: facts for n in model.graph.nodes if (facts := _layer_bytes(n))},
+    }
+
+
+def _layer_bytes(node: gs.Node) -> dict[str, Any] | None:
+    """The stored weight of a MatMul, Gemm or Gather: its dtype, elements and bytes."""
+    reads = _WEIGHT_INPUTS.get(node.op, ())
+    stored = [_stored(node.inputs[i]) for i in reads if i < len(node.inputs)]
+    weights = [s for s in stored if s is not None and s[0].ndim >= 2]
+    if not weights:
+        return None
+    weight = weights[0][0]
+    constants = [c for s in stored if s is not None for c in s[1]]
+    return {
+        "dtype": str(weight.dtype),
+        "parameters": int(weight.size),
+        "bytes": int(sum(c.nbytes for c in constants)),
+    }
+
+
+# Which inputs of an op may hold a stored weight: both sides of a MatMul, Gemm's B and bias,
+# an embedding Gather's table.
+_WEIGHT_INPUTS = {"MatMul": (0, 1), "Gemm": (1, 2), "Gather": (0,)}
+_WEIGHT_PATH = {"DequantizeLinear", "Transpose", "Reshape", "Cast", "Unsqueeze"}
+
+
+def _stored(tensor: gs.Tensor) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    """The constant a tensor is stored as, and every constant that rebuilds it; None if none."""
+    if isinstance(tensor, gs.Constant):
+        value = np.asarray(tensor.values)
+        return value, [value]
+    node = tensor.inputs[0] if len(tensor.inputs) == 1 else None
+    if node is None or node.op not in _WEIGHT_PATH or not node.inputs:
+        return None
+    data = _stored(node.inputs[0])
+    if data is None:
+        return None
+    extra = [np.asarray(t.values) for t in node.inputs[1:] if isinstance(t, gs.Constant)]
+    return data[0], data[1] + extra
 
 
 def format_summary(summary: dict[str, Any]) -> str:

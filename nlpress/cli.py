@@ -63,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="nlpress: %(message)s",
     )
+    logging.getLogger("matplotlib").setLevel(logging.INFO)  # its font search logs at debug
     with removing_staging_on_signals():
         return _handle(args)
 
@@ -138,13 +139,18 @@ def _opt(args: argparse.Namespace) -> int:
     config, (model, pipeline, output) = _settings(args, "model", "pipeline", "output")
     if not (model and pipeline and output):
         raise UsageError("opt needs MODEL, -p PIPELINE and -o OUT.onnx (flags or build file)")
-    refuse_overwrite(output, [_model_file(model), *_input_files(args)])
+    inputs = [_model_file(model), *_input_files(args)]
+    refuse_overwrite(output, inputs)
     check_writable(output)
+    if args.report:
+        _check_report(args.report, output, inputs)
     shapes = {**config.shape, **_shapes(args)}
     instruments, timer = _instruments(args)
     began = time.perf_counter()
     with _progress(args):
-        result = compiler.optimize(model, pipeline, shapes, instruments, _calibration(args))
+        result = compiler.optimize(
+            model, pipeline, shapes, instruments, _calibration(args), report=args.report
+        )
         save_model(result.model, output)
     if timer:
         print(timer.report(), file=sys.stderr)
@@ -154,6 +160,14 @@ def _opt(args: argparse.Namespace) -> int:
         done = compiler.optimized_record(model, result)
         _say(overview(done, output, time.perf_counter() - began))
     return EXIT_OK
+
+
+def _check_report(report: str, output: str, inputs: Sequence[str | None]) -> None:
+    """Refuse a --report that would replace an input or the -o output; check it can be written."""
+    if os.path.abspath(report) == os.path.abspath(output):
+        raise UsageError(f"--report {report} is also the -o output; give the page another name")
+    refuse_overwrite(report, [*inputs, output], flag="--report")
+    check_writable(report)
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -657,6 +671,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", metavar="MODEL", help="an ONNX file or a zoo name")
     p.add_argument("-p", "--pipeline", help="pipeline text or a named pipeline")
     p.add_argument("-o", "--output", metavar="OUT.onnx")
+    p.add_argument(
+        "--report",
+        metavar="FILE.html",
+        help="also write an HTML page of the run: passes, sizes, per-layer decisions",
+    )
     _add_pipeline_flags(p)
     p.set_defaults(handler=_opt)
 

@@ -25,7 +25,6 @@ from nlpress.ir import (
 )
 from nlpress.ir.interface import dim_limits, graph_inputs, index_ranges, value_entry
 from nlpress.ir.staging import check_writable, refuse_overwrite
-from nlpress.ir.summary import summarize
 from nlpress.models import zoo
 from nlpress.models.feeds import Feeds, Session, batches_from_npz, batches_from_text
 from nlpress.models.text import calibration_sentences, load_tokenizer, read_sentences
@@ -250,30 +249,45 @@ def check_budgets(pipeline: Pipeline, result: PipelineResult) -> None:
             raise BudgetNotMet(p.name, "budget-cosine", wanted, reached, result)
 
 
+def run_record(source: Source, pipeline: Pipeline, result: PipelineResult) -> dict[str, Any]:
+    """What a manifest records of a pipeline run: its text, source, passes and sizes."""
+    from nlpress.ir.summary import size_summary
+
+    return {
+        "pipeline": str(pipeline),
+        "source": {"sha256": source.sha256, "zoo": source.zoo.name if source.zoo else None},
+        "passes": [r.as_manifest() for r in result.records],
+        "sizes": {"before": size_summary(source.model), "after": size_summary(result.model)},
+    }
+
+
 def optimize(
     model: ModelLike,
     pipeline: str | Pipeline,
     shapes: Shapes | None = None,
     instruments: Sequence[Instrument] = (),
     calibration: Calibration = Calibration(),
+    report: str | os.PathLike[str] | None = None,
 ) -> PipelineResult:
-    """Run a pipeline (text, named, or parsed) on a model path, zoo name or IR model."""
+    """Run a pipeline (text, named, or parsed) on a model path, zoo name or IR model.
+
+    With `report`, also write an HTML page of the run there (see `targets/report_html.py`).
+    """
     parsed = parse(pipeline) if isinstance(pipeline, str) else pipeline
     source, parsed = _prepare(model, parsed, shapes or {}, calibration)
     result = run_pipeline(source.model, parsed, instruments)
     check_budgets(parsed, result)
+    if report is not None:
+        from nlpress.targets.report_html import write_report
+
+        write_report(Path(report), run_record(source, parsed, result))
     return result
 
 
 def optimized_record(model: ModelLike, result: PipelineResult) -> dict[str, Any]:
     """What `optimize` did to `model`, in the fields an artifact's manifest gives them."""
-    source = resolve_model(model)
-    return {
-        "pipeline": ",".join(r.text for r in result.records),
-        "source": {"sha256": source.sha256, "zoo": source.zoo.name if source.zoo else None},
-        "passes": [dataclasses.asdict(r) for r in result.records],
-        "sizes": {"before": summarize(source.model), "after": summarize(result.model)},
-    }
+    pipeline = Pipeline(tuple(parse(r.text).passes[0] for r in result.records))
+    return run_record(resolve_model(model), pipeline, result)
 
 
 def compile(
@@ -307,11 +321,7 @@ def compile(
         _require_static(source.model, shapes or {})
     result = run_pipeline(source.model, parsed, instruments)
     check_budgets(parsed, result)
-    manifest = {
-        "pipeline": str(parsed),
-        "source": {"sha256": source.sha256, "zoo": source.zoo.name if source.zoo else None},
-        "passes": [dataclasses.asdict(r) for r in result.records],
-    }
+    manifest = run_record(source, parsed, result)
     with _removed_on_failure(tuning_records if tune else None):
         if tune and tuning_records is not None:
             _require_static(result.model, {})

@@ -98,7 +98,7 @@ def _budgets(record: Record) -> str:
 
 
 def _bytes(summary: Mapping[str, Any]) -> int:
-    return int(sum(summary.get("bytes_by_dtype", {}).values()))
+    return int(summary["bytes"])
 
 
 def _mib(count: float) -> str:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from nlpress.ir.staging import OutputError
 from nlpress.ir.verify import compare, make_feeds
 from nlpress.passes.base import Pass, PassResult
 from nlpress.passes.pipeline import Pipeline
+from nlpress.passes.stats import readable_stats
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,15 @@ class PassRecord:
     changed: bool
     stats: Mapping[str, float]
     seconds: float
+
+    def as_manifest(self) -> dict[str, Any]:
+        """The record as manifests write it: per-layer stats nested, counts as ints."""
+        return {
+            "text": self.text,
+            "changed": self.changed,
+            "stats": readable_stats(self.stats),
+            "seconds": round(self.seconds, 6),
+        }
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Writing an artifact folder: model.so, model.onnx, manifest.json, report.json.
+"""Writing an artifact folder: model.so, model.onnx, manifest.json, report.json, report.html.
 
 Everything is built in a private folder beside the output and renamed into place at the end, so
 a failed build leaves no half-written artifact (and an older artifact at the same path stays
@@ -26,6 +26,7 @@ from nlpress.ir.progress import step
 from nlpress.ir.staging import replace_dir, staging_dir, umask
 from nlpress.ir.verify import make_feeds, run
 from nlpress.targets import isa, lower
+from nlpress.targets.report_html import write_report
 from nlpress.targets.runtime import (
     FORMAT_VERSION,
     LIBRARY,
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
 REPORT = "report.json"
+REPORT_HTML = "report.html"
 
 # Symbolic dims take these sizes in the fidelity check the build runs on the host.
 FIDELITY_DIM = 8
@@ -75,14 +77,17 @@ def build_artifact(
         save_model(model, staging / ONNX_FILE)
         fields = _manifest(model, target, manifest, facts)
         fields["library"] = library_facts(staging / LIBRARY)
+        if "sizes" in fields:
+            fields["sizes"] = {**fields["sizes"], "library_bytes": fields["library"]["bytes"]}
         fields["build_seconds"] = round(time.perf_counter() - began, 3)
         _write_json(staging / MANIFEST, fields)
         with step("checking model.so against ONNX Runtime"):
-            fidelity = _fidelity(model, target, staging)
+            fidelity, kernels = _fidelity(model, target, staging)
         fields["fidelity"] = {**dict(manifest.get("fidelity", {})), "tvm_vs_onnxruntime": fidelity}
         _write_json(staging / MANIFEST, fields)
-        report = _report(model, target, fields, timings, staging)
+        report = {**_report(model, target, fields, timings, staging), "kernels": kernels}
         _write_json(staging / REPORT, report)
+        write_report(staging / REPORT_HTML, fields, report)
         _replace(staging, out_dir)
     log.info("wrote %s (%s) in %.1f s", out_dir, target.name, time.perf_counter() - began)
     return out_dir
@@ -125,7 +130,12 @@ def _manifest(
             "inputs": input_entries(proto),
             "outputs": [value_entry(v) for v in proto.graph.output],
             "dim_limits": {k: v.as_dict() for k, v in dim_limits(model.graph).items()},
-            "files": {"library": LIBRARY, "onnx": ONNX_FILE, "report": REPORT},
+            "files": {
+                "library": LIBRARY,
+                "onnx": ONNX_FILE,
+                "report": REPORT,
+                "report_html": REPORT_HTML,
+            },
         }
     )
     if facts:
@@ -133,10 +143,16 @@ def _manifest(
     return fields
 
 
-def _fidelity(model: Model, target: Target, staging: Path) -> dict[str, Any]:
-    """Run the built library against ONNX Runtime on seeded feeds, where this host can."""
+def _fidelity(model: Model, target: Target, staging: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the built library against ONNX Runtime on seeded feeds, where this host can.
+
+    Returns:
+        The comparison, and the latency by kernel of one more run on the same feeds.
+
+    """
     if not target.runs_on_host:
-        return {"checked": False, "reason": f"a {target.name} library does not run on this host"}
+        reason = f"a {target.name} library does not run on this host"
+        return {"checked": False, "reason": reason}, {"measured": False, "reason": reason}
     manifest = read_manifest(staging)
     sizes = _fidelity_sizes(manifest["inputs"])
     feeds = make_feeds(model, dims=sizes, seed=0)
@@ -144,7 +160,9 @@ def _fidelity(model: Model, target: Target, staging: Path) -> dict[str, Any]:
     session = Session(staging)
     got = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
     diffs = {name: _max_abs_diff(want, got[name]) for name, want in expected.items()}
-    return {"checked": True, "dims": sizes, "max_abs_diff": diffs, "worst": max(diffs.values())}
+    kernels = {"measured": True, "dims": sizes, **session.kernel_times(feeds)}
+    found = {"checked": True, "dims": sizes, "max_abs_diff": diffs, "worst": max(diffs.values())}
+    return found, kernels
 
 
 def _max_abs_diff(want: np.ndarray, got: np.ndarray) -> float:

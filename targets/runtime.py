@@ -191,6 +191,18 @@ class Session:
             values = _flatten(self._vm["main"](*args))
             return [values[i].numpy() for i in wanted]
 
+    def kernel_times(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """One run with a clock around every kernel call (see `targets/profile.py`)."""
+        from nlpress.targets.profile import kernel_times
+
+        arrays = check_feeds(self._inputs, feeds, self._index_ranges, dim_limits(self.manifest))
+        configure_threads(self.options)
+        import tvm
+
+        args = [tvm.runtime.tensor(a, self._device) for a in arrays]
+        with self._lock:
+            return kernel_times(self._vm, args)
+
     def _output_indices(self, names: Sequence[str] | None) -> list[int]:
         known = [o.name for o in self._outputs]
         if names is None:

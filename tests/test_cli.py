@@ -209,7 +209,7 @@ def test_compile_then_run_and_inspect_the_artifact(tiny_bert_path, tmp_path, cap
     assert nlpress("inspect", artifact) == EXIT_OK
     shown = capsys.readouterr().out
     assert shown.startswith("compiled bert-tiny-random for x86 (") and str(artifact) in shown
-    for line in ("  pipeline   fold{shape=input_ids:1x16", "  size       model.so", "\nparameters"):
+    for line in ("  pipeline   fold{shape=input_ids:1x16", "  size       weights ", "\nparameters"):
         assert line in shown
 
 

@@ -39,3 +39,28 @@ def test_dense_layers_have_no_pattern():
     assert [layer["n_m"] for layer in summary["layers"]] == [None, None]
     assert summary["weight_sparsity"] == 0.0
     assert "sparse weights" not in format_summary(summary)
+
+
+def test_size_summary_counts_an_int8_layer_with_its_scales():
+    from nlpress.ir.summary import size_summary
+
+    w = np.arange(-16, 16, dtype=np.int8).reshape(8, 4)
+    nodes = [
+        helper.make_node("DequantizeLinear", ["wq", "scale", "zero"], ["w"], name="dq", axis=1),
+        helper.make_node("MatMul", ["x", "w"], ["y"], name="layer"),
+        helper.make_node("MatMul", ["y", "v"], ["z"], name="float_layer"),
+    ]
+    inits = [
+        initializer("wq", w),
+        initializer("scale", np.full(4, 0.1, np.float32)),
+        initializer("zero", np.zeros(4, np.int8)),
+        initializer("v", weights([4, 4])),
+    ]
+    sizes = size_summary(model(nodes, [tensor("x", [2, 8])], [tensor("z", [2, 4])], inits))
+    assert sizes["layers"] == {
+        "layer": {"dtype": "int8", "parameters": 32, "bytes": 32 + 16 + 4},
+        "float_layer": {"dtype": "float32", "parameters": 16, "bytes": 64},
+    }
+    assert sizes["bytes"] == 32 + 16 + 4 + 64
+    assert sizes["bytes_by_dtype"] == {"float32": 16 + 64, "int8": 32 + 4}
+    assert type(sizes["parameters"]) is int

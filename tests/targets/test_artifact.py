@@ -33,7 +33,7 @@ def x86_artifact(tiny_model: Model, tmp_path_factory: pytest.TempPathFactory) ->
 
 def test_x86_artifact_matches_onnxruntime(tiny_model: Model, x86_artifact: Path) -> None:
     assert sorted(os.listdir(x86_artifact)) == [
-        "manifest.json", "model.onnx", "model.so", "report.json"
+        "manifest.json", "model.onnx", "model.so", "report.html", "report.json"
     ]  # fmt: skip
     expected = run(tiny_model, FEEDS)
     session = load(x86_artifact)
