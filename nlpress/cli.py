@@ -170,6 +170,9 @@ def _compile(args: argparse.Namespace) -> int:
         tune=args.tune,
         tuning_records=args.tuning_records,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
+        pooling=args.pooling or config.pooling,
+        normalize=args.normalize or config.normalize,
+        tokenizer=config.tokenizer,
         **{k: v for k, v in options.items() if v},
     )
     if timer:
@@ -549,7 +552,8 @@ def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tokenizer",
         metavar="ZOO-NAME|tokenizer.json",
-        help="the tokenizer for --calibration-text (zoo models bring their own)",
+        help="the tokenizer for --calibration-text; compile copies it into the artifact "
+        "(zoo models bring their own)",
     )
     p.add_argument(
         "--calibration-text",
@@ -602,6 +606,14 @@ def _parser() -> argparse.ArgumentParser:
         "--tuning-records",
         metavar="DIR",
         help="where tuning records are kept; a later compile reuses them",
+    )
+    p.add_argument(
+        "--pooling",
+        choices=["mean", "cls"],
+        help="add a sentence_embedding output pooled from the first output's tokens",
+    )
+    p.add_argument(
+        "--normalize", action="store_true", help="L2-normalize the pooled sentence_embedding"
     )
     _add_pipeline_flags(p)
     p.set_defaults(handler=_compile)
