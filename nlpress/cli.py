@@ -8,6 +8,7 @@ signal's number), with nothing written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -221,9 +222,7 @@ def _bench_workload(args: argparse.Namespace, artifact: Path) -> int:
     from nlpress.targets.bench import compare_workload
 
     session, entry = compiler.open_session(artifact, threads=args.threads)
-    path = compiler.tokenizer_path(args.tokenizer, entry)
-    if path is None:
-        raise UsageError("--workload needs --tokenizer for a model that is not from the zoo")
+    path = _tokenizer_for(args, session, entry, "--workload")
     sentences = read_sentences(args.workload)
     longest = _longest_text(session, entry)
     batches = workload_batches(session, load_tokenizer(path), sentences, args.batch, longest)
@@ -306,46 +305,89 @@ def _agreement_text(found: Mapping[str, Any]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from nlpress.models.feeds import inputs_of
-
     paths = _unique(args.input, "--input")
     if not (paths or args.text):
         raise UsageError("run needs --input NAME=FILE.npy or --text")
+    if paths and args.text:
+        raise UsageError("run takes --input arrays or --text sentences, not both")
     session, entry = compiler.open_session(args.model, threads=args.threads)
     if args.save:
         names = [o.name for o in session.get_outputs()]
         saved = [Path(args.save) / f"{name}.npy" for name in names]
         for target in saved:
             refuse_overwrite(target, list(paths.values()), flag="--save")
-    feeds = {name: _load_npy(path) for name, path in paths.items()}
     if args.text:
-        feeds.update(inputs_of(session, _text_feeds(args, session, entry)))
+        return _run_text(args, session, entry)
+    feeds = {name: _load_npy(path) for name, path in paths.items()}
     outputs = session.run(None, feeds)
     for node, value in zip(session.get_outputs(), outputs, strict=True):
         array = np.asarray(value)
-        dims = ",".join(map(str, array.shape))
-        head = np.array2string(array.ravel()[:6], precision=5, separator=", ")
-        preview = head[:-1] + (", ...]" if array.size > 6 else "]")
-        print(f"{node.name}: {array.dtype}[{dims}] {preview}")
-        if args.save:
-            with staging_file(Path(args.save) / f"{node.name}.npy") as tmp, open(tmp, "wb") as f:
-                np.save(f, array)
+        print(f"{node.name}: {array.dtype}[{','.join(map(str, array.shape))}] {_preview(array)}")
+    _save_outputs(args, session, outputs)
     return EXIT_OK
 
 
-def _text_feeds(
-    args: argparse.Namespace, session: Any, entry: zoo.ZooModel | None
-) -> dict[str, np.ndarray]:
-    """The --text sentences tokenized for the session; a cut to its longest input is said."""
-    from nlpress.models.feeds import static_dims, text_feeds
-    from nlpress.models.text import load_tokenizer, token_counts
+def _run_text(args: argparse.Namespace, session: Any, entry: zoo.ZooModel | None) -> int:
+    """Print each --text sentence's embedding: its shape, L2 norm and first values."""
+    from nlpress.models.feeds import inputs_of, text_feeds
+    from nlpress.models.text import load_tokenizer
+    from nlpress.targets.encode import EncodeError, Encoder, encode, plan
 
-    path = compiler.tokenizer_path(args.tokenizer, entry)
-    if path is None:
-        raise UsageError("--text needs --tokenizer for a model that is not from the zoo")
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_tokenizer(_tokenizer_for(args, session, entry, "--text"))
     longest = _longest_text(session, entry)
-    counts = token_counts(tokenizer, args.text)
+    _say_cut(tokenizer, args.text, longest, session)
+    manifest = getattr(session, "manifest", {})
+    encoder = dataclasses.replace(Encoder.from_manifest(manifest), max_length=longest)
+    try:
+        print(plan(session, encoder).describe())
+        embeddings = encode(session, tokenizer, args.text, encoder=encoder)
+    except EncodeError as exc:
+        raise UsageError(str(exc)) from exc
+    for number, row in enumerate(embeddings, start=1):
+        norm = float(np.linalg.norm(row.astype(np.float64)))
+        print(f"text {number}: {row.dtype}[{row.shape[0]}] norm {norm:.6f} {_preview(row)}")
+    if args.save:
+        feeds = text_feeds(session, tokenizer, args.text, max_length=longest)
+        _save_outputs(args, session, session.run(None, inputs_of(session, feeds)))
+    return EXIT_OK
+
+
+def _preview(array: np.ndarray) -> str:
+    """The first six values, e.g. `[0.01234, -0.05678, ...]`."""
+    head = np.array2string(array.ravel()[:6], precision=5, separator=", ")
+    return head[:-1] + (", ...]" if array.size > 6 else "]")
+
+
+def _save_outputs(args: argparse.Namespace, session: Any, outputs: Sequence[Any]) -> None:
+    """Write every output as --save DIR/NAME.npy, when asked."""
+    if not args.save:
+        return
+    for node, value in zip(session.get_outputs(), outputs, strict=True):
+        with staging_file(Path(args.save) / f"{node.name}.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, np.asarray(value))
+
+
+def _tokenizer_for(
+    args: argparse.Namespace, session: Any, entry: zoo.ZooModel | None, flag: str
+) -> str:
+    """--tokenizer, else the artifact's own tokenizer.json, else the zoo model's."""
+    from nlpress.targets.encode import Encoder
+
+    carried = Encoder.from_manifest(getattr(session, "manifest", {})).tokenizer
+    own = os.fspath(Path(session.path) / carried) if carried else None
+    path = compiler.tokenizer_path(args.tokenizer, None) or own
+    path = path or compiler.tokenizer_path(None, entry)
+    if path is None:
+        raise UsageError(f"{flag} needs --tokenizer for a model that is not from the zoo")
+    return path
+
+
+def _say_cut(tokenizer: Any, texts: Sequence[str], longest: int, session: Any) -> None:
+    """Say on stderr which texts are cut to the longest the session takes."""
+    from nlpress.models.feeds import static_dims
+    from nlpress.models.text import token_counts
+
+    counts = token_counts(tokenizer, texts)
     cut = [i for i, n in enumerate(counts, start=1) if n > longest]
     if cut:
         static = static_dims(session)[1] is not None
@@ -359,7 +401,6 @@ def _text_feeds(
             longest,
             why,
         )
-    return text_feeds(session, tokenizer, args.text, max_length=longest)
 
 
 def _longest_text(session: Any, entry: zoo.ZooModel | None) -> int:
