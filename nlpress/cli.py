@@ -22,7 +22,14 @@ import numpy as np
 
 from nlpress import compiler
 from nlpress.config import BuildConfig, load_config
-from nlpress.ir import BudgetNotMet, NlpressError, UsageError, copy_file, save_model
+from nlpress.ir import (
+    BudgetNotMet,
+    NlpressError,
+    UsageError,
+    copy_file,
+    load_model,
+    save_model,
+)
 from nlpress.ir.dump import diff_text, dump_text
 from nlpress.ir.staging import (
     Interrupted,
@@ -261,9 +268,12 @@ def _source_agreement(artifact: Path, shapes: Mapping[str, Any]) -> dict[str, An
     if name not in zoo.ZOO or cached is None or not cached.is_file():
         return None
     feeds = bench_feeds(session, shapes)
-    names = [o.name for o in session.get_outputs()]
     try:
-        found = agreement(names, session.run(None, feeds), cached, feeds)
+        source = load_model(cached)
+        known = {t.name for t in source.graph.outputs}  # not what a pool pass added
+        outputs = zip(session.get_outputs(), session.run(None, feeds), strict=True)
+        shared = [(o.name, value) for o, value in outputs if o.name in known]
+        found = agreement([n for n, _ in shared], [v for _, v in shared], source, feeds)
     except NlpressError as exc:  # the source takes other inputs or names its outputs otherwise
         log.info("no comparison with the source %s: %s", name, exc)
         return None

@@ -50,10 +50,10 @@ def artifacts(tmp_path_factory):
     return {"pooled": pooled, "static": static, "bare": bare}
 
 
-def _ort_embeddings(texts, normalize, max_length=128):
+def _ort_embeddings(texts, normalize, max_length=128, model="bert-tiny-random"):
     """Mean pooling of the zoo model's token embeddings in ONNX Runtime, one text at a time."""
-    ort = ort_session(load_model(zoo.model_path("bert-tiny-random")))
-    tokenizer = load_tokenizer(str(zoo.get("bert-tiny-random").tokenizer()))
+    ort = ort_session(load_model(zoo.model_path(model)))
+    tokenizer = load_tokenizer(str(zoo.get(model).tokenizer()))
     rows = []
     for text in texts:
         feeds = tokenize(tokenizer, [text], max_length)
@@ -223,3 +223,24 @@ def test_the_runtime_loads_without_tokenizers_or_onnx(artifacts):
         "sys.exit(sorted({'tokenizers', 'onnx'} & set(sys.modules)) != [])\n"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.slow
+def test_encode_on_minilm_matches_sentence_transformers_pooling(tmp_path):
+    """all-MiniLM-L6-v2: the artifact's encode against mean pooling of the raw model in ORT."""
+    out = tmp_path / "x86"
+    artifact = nlpress.compile("minilm-l6", "x86", out, pooling="mean", normalize=True)
+    session = nlpress.load(artifact)
+    want = _ort_embeddings(TEXTS, normalize=True, model="minilm-l6")
+    np.testing.assert_allclose(session.encode(TEXTS, batch_size=4), want, atol=1e-5)
+    raw = _ort_embeddings(TEXTS, normalize=False, model="minilm-l6")
+    np.testing.assert_allclose(session.encode(TEXTS, normalize=False), raw, atol=1e-5)
+
+
+def test_bench_compares_a_pooled_artifact_with_its_source(artifacts, capsys):
+    capsys.readouterr()
+    assert nlpress_cli("bench", artifacts["pooled"], "--runs", "2", "--json") == EXIT_OK
+    source = json.loads(capsys.readouterr().out)["vs_source"]
+    assert source["model"] == "bert-tiny-random"
+    assert sorted(source["max_abs_diff"]) == ["last_hidden_state", "pooler_output"]
+    assert source["worst"] < 1e-4
