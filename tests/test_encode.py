@@ -206,6 +206,8 @@ def test_bad_pooling_settings_are_usage_errors(tmp_path, capsys):
     build.write_text('[build]\npooling = "mean"\nnormalize = true\ntokenizer = "tok.json"\n')
     config = load_config(build)
     assert (config.pooling, config.normalize, config.tokenizer) == ("mean", True, "tok.json")
+    assert nlpress_cli(*base, "--tokenizer", build) == EXIT_USAGE  # checked before the build
+    assert "not a tokenizer.json file" in capsys.readouterr().err
     assert not out.exists()
 
 
