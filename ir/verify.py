@@ -115,12 +115,23 @@ class Comparison:
         return max(self.max_abs_diff.values(), default=0.0)
 
 
-def compare(reference: Model, candidate: Model, feeds: Feeds | Sequence[Feeds]) -> Comparison:
-    """Run both models on the same feeds; fail if their output names or shapes differ."""
+def compare(
+    reference: Model,
+    candidate: Model,
+    feeds: Feeds | Sequence[Feeds],
+    added_outputs: bool = False,
+) -> Comparison:
+    """Run both models on the same feeds; fail if their output names or shapes differ.
+
+    With `added_outputs`, the candidate may have outputs the reference lacks; the reference's
+    own are compared.
+    """
     feed_list = [feeds] if isinstance(feeds, Mapping) else list(feeds)
     worst: dict[str, float] = {}
     for one in feed_list:
         expected, actual = run(reference, one), run(candidate, one)
+        if added_outputs:
+            actual = {name: value for name, value in actual.items() if name in expected}
         if expected.keys() != actual.keys():
             raise VerificationError(
                 f"outputs differ: reference {sorted(expected)} vs candidate {sorted(actual)}"

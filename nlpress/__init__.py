@@ -3,8 +3,8 @@
 Example:
     import nlpress
     result = nlpress.optimize("minilm-l6", "fold,identity-elim,cleanup")
-    artifact = nlpress.compile("minilm-l6", "x86", "build/x86")
-    outputs = nlpress.load(artifact).run(None, feeds)
+    artifact = nlpress.compile("minilm-l6", "x86", "build/x86", pooling="mean", normalize=True)
+    embeddings = nlpress.load(artifact).encode(["nlpress compiles NLP models."])
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -23,7 +24,14 @@ import numpy as np
 
 from nlpress import compiler
 from nlpress.config import BuildConfig, load_config
-from nlpress.ir import BudgetNotMet, NlpressError, UsageError, copy_file, save_model
+from nlpress.ir import (
+    BudgetNotMet,
+    NlpressError,
+    UsageError,
+    copy_file,
+    load_model,
+    save_model,
+)
 from nlpress.ir.dump import diff_text, dump_text
 from nlpress.ir.progress import reporting
 from nlpress.ir.staging import (
@@ -194,6 +202,9 @@ def _compile(args: argparse.Namespace) -> int:
             calibration=_calibration(args),
             tune=args.tune,
             tuning_records=args.tuning_records,
+            pooling=args.pooling or config.pooling,
+            normalize=args.normalize or config.normalize,
+            tokenizer=config.tokenizer,
             **{k: v for k, v in options.items() if v},
         )
     if timer:
@@ -265,9 +276,7 @@ def _bench_workload(args: argparse.Namespace, artifact: Path) -> int:
     from nlpress.targets.bench import compare_workload
 
     session, entry = compiler.open_session(artifact, threads=args.threads)
-    path = compiler.tokenizer_path(args.tokenizer, entry)
-    if path is None:
-        raise UsageError("--workload needs --tokenizer for a model that is not from the zoo")
+    path = _tokenizer_for(args, session, entry, "--workload")
     sentences = read_sentences(args.workload)
     longest = _longest_text(session, entry)
     batches = workload_batches(session, load_tokenizer(path), sentences, args.batch, longest)
@@ -306,9 +315,12 @@ def _source_agreement(artifact: Path, shapes: Mapping[str, Any]) -> dict[str, An
     if name not in zoo.ZOO or cached is None or not cached.is_file():
         return None
     feeds = bench_feeds(session, shapes)
-    names = [o.name for o in session.get_outputs()]
     try:
-        found = agreement(names, session.run(None, feeds), cached, feeds)
+        source = load_model(cached)
+        known = {t.name for t in source.graph.outputs}  # not what a pool pass added
+        outputs = zip(session.get_outputs(), session.run(None, feeds), strict=True)
+        shared = [(o.name, value) for o, value in outputs if o.name in known]
+        found = agreement([n for n, _ in shared], [v for _, v in shared], source, feeds)
     except NlpressError as exc:  # the source takes other inputs or names its outputs otherwise
         log.info("no comparison with the source %s: %s", name, exc)
         return None
@@ -350,46 +362,89 @@ def _agreement_text(found: Mapping[str, Any]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from nlpress.models.feeds import inputs_of
-
     paths = _unique(args.input, "--input")
     if not (paths or args.text):
         raise UsageError("run needs --input NAME=FILE.npy or --text")
+    if paths and args.text:
+        raise UsageError("run takes --input arrays or --text sentences, not both")
     session, entry = compiler.open_session(args.model, threads=args.threads)
     if args.save:
         names = [o.name for o in session.get_outputs()]
         saved = [Path(args.save) / f"{name}.npy" for name in names]
         for target in saved:
             refuse_overwrite(target, list(paths.values()), flag="--save")
-    feeds = {name: _load_npy(path) for name, path in paths.items()}
     if args.text:
-        feeds.update(inputs_of(session, _text_feeds(args, session, entry)))
+        return _run_text(args, session, entry)
+    feeds = {name: _load_npy(path) for name, path in paths.items()}
     outputs = session.run(None, feeds)
     for node, value in zip(session.get_outputs(), outputs, strict=True):
         array = np.asarray(value)
-        dims = ",".join(map(str, array.shape))
-        head = np.array2string(array.ravel()[:6], precision=5, separator=", ")
-        preview = head[:-1] + (", ...]" if array.size > 6 else "]")
-        print(f"{node.name}: {array.dtype}[{dims}] {preview}")
-        if args.save:
-            with staging_file(Path(args.save) / f"{node.name}.npy") as tmp, open(tmp, "wb") as f:
-                np.save(f, array)
+        print(f"{node.name}: {array.dtype}[{','.join(map(str, array.shape))}] {_preview(array)}")
+    _save_outputs(args, session, outputs)
     return EXIT_OK
 
 
-def _text_feeds(
-    args: argparse.Namespace, session: Any, entry: zoo.ZooModel | None
-) -> dict[str, np.ndarray]:
-    """The --text sentences tokenized for the session; a cut to its longest input is said."""
-    from nlpress.models.feeds import static_dims, text_feeds
-    from nlpress.models.text import load_tokenizer, token_counts
+def _run_text(args: argparse.Namespace, session: Any, entry: zoo.ZooModel | None) -> int:
+    """Print each --text sentence's embedding: its shape, L2 norm and first values."""
+    from nlpress.models.feeds import inputs_of, text_feeds
+    from nlpress.models.text import load_tokenizer
+    from nlpress.targets.encode import EncodeError, Encoder, encode, plan
 
-    path = compiler.tokenizer_path(args.tokenizer, entry)
-    if path is None:
-        raise UsageError("--text needs --tokenizer for a model that is not from the zoo")
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_tokenizer(_tokenizer_for(args, session, entry, "--text"))
     longest = _longest_text(session, entry)
-    counts = token_counts(tokenizer, args.text)
+    _say_cut(tokenizer, args.text, longest, session)
+    manifest = getattr(session, "manifest", {})
+    encoder = dataclasses.replace(Encoder.from_manifest(manifest), max_length=longest)
+    try:
+        print(plan(session, encoder).describe())
+        embeddings = encode(session, tokenizer, args.text, encoder=encoder)
+    except EncodeError as exc:
+        raise UsageError(str(exc)) from exc
+    for number, row in enumerate(embeddings, start=1):
+        norm = float(np.linalg.norm(row.astype(np.float64)))
+        print(f"text {number}: {row.dtype}[{row.shape[0]}] norm {norm:.6f} {_preview(row)}")
+    if args.save:
+        feeds = text_feeds(session, tokenizer, args.text, max_length=longest)
+        _save_outputs(args, session, session.run(None, inputs_of(session, feeds)))
+    return EXIT_OK
+
+
+def _preview(array: np.ndarray) -> str:
+    """The first six values, e.g. `[0.01234, -0.05678, ...]`."""
+    head = np.array2string(array.ravel()[:6], precision=5, separator=", ")
+    return head[:-1] + (", ...]" if array.size > 6 else "]")
+
+
+def _save_outputs(args: argparse.Namespace, session: Any, outputs: Sequence[Any]) -> None:
+    """Write every output as --save DIR/NAME.npy, when asked."""
+    if not args.save:
+        return
+    for node, value in zip(session.get_outputs(), outputs, strict=True):
+        with staging_file(Path(args.save) / f"{node.name}.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, np.asarray(value))
+
+
+def _tokenizer_for(
+    args: argparse.Namespace, session: Any, entry: zoo.ZooModel | None, flag: str
+) -> str:
+    """--tokenizer, else the artifact's own tokenizer.json, else the zoo model's."""
+    from nlpress.targets.encode import Encoder
+
+    carried = Encoder.from_manifest(getattr(session, "manifest", {})).tokenizer
+    own = os.fspath(Path(session.path) / carried) if carried else None
+    path = compiler.tokenizer_path(args.tokenizer, None) or own
+    path = path or compiler.tokenizer_path(None, entry)
+    if path is None:
+        raise UsageError(f"{flag} needs --tokenizer for a model that is not from the zoo")
+    return path
+
+
+def _say_cut(tokenizer: Any, texts: Sequence[str], longest: int, session: Any) -> None:
+    """Say on stderr which texts are cut to the longest the session takes."""
+    from nlpress.models.feeds import static_dims
+    from nlpress.models.text import token_counts
+
+    counts = token_counts(tokenizer, texts)
     cut = [i for i, n in enumerate(counts, start=1) if n > longest]
     if cut:
         static = static_dims(session)[1] is not None
@@ -403,7 +458,6 @@ def _text_feeds(
             longest,
             why,
         )
-    return text_feeds(session, tokenizer, args.text, max_length=longest)
 
 
 def _longest_text(session: Any, entry: zoo.ZooModel | None) -> int:
@@ -609,7 +663,8 @@ def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tokenizer",
         metavar="ZOO-NAME|tokenizer.json",
-        help="the tokenizer for --calibration-text (zoo models bring their own)",
+        help="the tokenizer for --calibration-text; compile copies it into the artifact "
+        "(zoo models bring their own)",
     )
     p.add_argument(
         "--calibration-text",
@@ -663,6 +718,14 @@ def _parser() -> argparse.ArgumentParser:
         "--tuning-records",
         metavar="DIR",
         help="where tuning records are kept; a later compile reuses them",
+    )
+    p.add_argument(
+        "--pooling",
+        choices=["mean", "cls"],
+        help="add a sentence_embedding output pooled from the first output's tokens",
+    )
+    p.add_argument(
+        "--normalize", action="store_true", help="L2-normalize the pooled sentence_embedding"
     )
     _add_pipeline_flags(p)
     p.set_defaults(handler=_compile)

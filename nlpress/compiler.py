@@ -300,34 +300,50 @@ def compile(
     calibration: Calibration = Calibration(),
     tune: int = 0,
     tuning_records: str | os.PathLike[str] | None = None,
+    pooling: str | None = None,
+    normalize: bool = False,
+    tokenizer: str | None = None,
     **target_options: Any,
 ) -> Path:
     """Optimize a model (fold first) and lower it to an artifact folder for `target`.
 
     With `tune` > 0, MetaSchedule tunes the model's kernels for that many trials first and
     stores the records in `tuning_records`; a build with `tuning_records` reuses them.
+    With `pooling` ("mean" or "cls"), the pipeline ends in `pool{mode=POOLING normalize=...}`:
+    the artifact gets a `sentence_embedding` output. `tokenizer` (a zoo name or tokenizer.json;
+    default the calibration's, else a zoo model's own) is copied into the artifact.
     """
-    from nlpress import targets
+    from nlpress import sentences, targets
     from nlpress.targets import tuning
 
     _check_tuning(tune, tuning_records)
     descriptor = targets.get_target(target, **target_options)
-    parsed = starting_with_fold(parse(pipeline))
+    parsed = sentences.with_pooling(starting_with_fold(parse(pipeline)), pooling, normalize)
+    calibration = dataclasses.replace(calibration, tokenizer=calibration.tokenizer or tokenizer)
     _refuse_overwrite(output, model, calibration, tuning_records)
     check_writable(output, folder=True)
     targets.check_replaceable(Path(output))
     source, parsed = _prepare(model, parsed, shapes or {}, calibration)
     if tune:
         _require_static(source.model, shapes or {})
+    carried = sentences.checked_tokenizer(
+        tokenizer_path(tokenizer or calibration.tokenizer, source.zoo)
+    )
     result = run_pipeline(source.model, parsed, instruments)
     check_budgets(parsed, result)
     manifest = run_record(source, parsed, result)
+    encoder = sentences.encoder_entry(parsed, result.model, carried, source.zoo)
+    if encoder:
+        manifest["encoder"] = encoder
+    files = {sentences.TOKENIZER_FILE: carried} if carried else {}
     with _removed_on_failure(tuning_records if tune else None):
         if tune and tuning_records is not None:
             _require_static(result.model, {})
             tuning.tune_model(result.model.to_onnx(), descriptor, tune, tuning_records)
         with tuning.using_records(tuning_records):
-            return targets.build_artifact(result.model, descriptor, Path(output), manifest=manifest)
+            return targets.build_artifact(
+                result.model, descriptor, Path(output), manifest=manifest, files=files
+            )
 
 
 def _check_tuning(tune: int, records: str | os.PathLike[str] | None) -> None:

@@ -6,6 +6,8 @@
     pipeline = "O1"
     output = "build/x86"
     mcpu = "znver4"
+    pooling = "mean"
+    normalize = true
 
     [build.shape]
     input_ids = "1x128"
@@ -36,6 +38,9 @@ class BuildConfig:
     mcpu: str | None = None
     mattr: tuple[str, ...] = ()
     arch: str | None = None
+    pooling: str | None = None
+    normalize: bool = False
+    tokenizer: str | None = None
     shape: dict[str, tuple[int | str, ...]] = field(default_factory=dict)
 
 
@@ -68,6 +73,10 @@ def _typed(path: str | os.PathLike[str], build: dict[str, object]) -> BuildConfi
             if not isinstance(value, list):
                 raise UsageError(f'{path}: mattr is a list of strings, e.g. ["+dotprod"]')
             values[key] = tuple(str(v) for v in value)
+        elif key == "normalize":
+            if not isinstance(value, bool):
+                raise UsageError(f"{path}: normalize is true or false")
+            values[key] = value
         elif isinstance(value, str):
             values[key] = value
         else:

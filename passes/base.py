@@ -50,12 +50,14 @@ class Pass(abc.ABC):
     Subclasses are frozen dataclasses; `name` is kebab-case and unique; `tolerance` is the largest
     output difference the rewrite may cause on generated feeds (0-ish for exact passes, None for
     lossy passes whose accuracy is measured on real data instead); `needs_calibration` passes
-    read the calibration feeds that travel with the model (`passes.calibration`).
+    read the calibration feeds that travel with the model (`passes.calibration`);
+    `adds_outputs` passes keep the model's outputs and add new ones after them.
     """
 
     name: ClassVar[str]
     tolerance: ClassVar[float | None] = 1e-5
     needs_calibration: ClassVar[bool] = False
+    adds_outputs: ClassVar[bool] = False
 
     def requires(self, model: Model) -> None:  # noqa: B027 - optional hook
         """Raise PreconditionError if the pass cannot run on `model`."""

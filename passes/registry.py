@@ -11,13 +11,22 @@ from nlpress.passes.factorize_matmul import FactorizeMatmul
 from nlpress.passes.fold import Fold
 from nlpress.passes.identity_elim import IdentityElim
 from nlpress.passes.pipeline import Pipeline, parse_pipeline
+from nlpress.passes.pool import Pool
 from nlpress.passes.prune_sparsify import PruneSparsify
 from nlpress.passes.quantize_insert import QuantizeInsert
 
 PASSES: Mapping[str, type[Pass]] = MappingProxyType(
     {
         cls.name: cls
-        for cls in (Cleanup, FactorizeMatmul, Fold, IdentityElim, PruneSparsify, QuantizeInsert)
+        for cls in (
+            Cleanup,
+            FactorizeMatmul,
+            Fold,
+            IdentityElim,
+            Pool,
+            PruneSparsify,
+            QuantizeInsert,
+        )
     }
 )
 

@@ -32,12 +32,17 @@ from nlpress.targets.target import (
 
 
 def build_artifact(
-    model: Model, target: Target, out_dir: Path, *, manifest: Mapping[str, Any]
+    model: Model,
+    target: Target,
+    out_dir: Path,
+    *,
+    manifest: Mapping[str, Any],
+    files: Mapping[str, Path] | None = None,
 ) -> Path:
     """Lower an optimized model and write its artifact folder atomically (see artifact.py)."""
     from nlpress.targets.artifact import build_artifact as build
 
-    return build(model, target, Path(out_dir), manifest=manifest)
+    return build(model, target, Path(out_dir), manifest=manifest, files=files)
 
 
 def check_replaceable(out_dir: Path) -> None:

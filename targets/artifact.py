@@ -49,7 +49,12 @@ FIDELITY_BATCH = 2
 
 
 def build_artifact(
-    model: Model, target: Target, out_dir: Path, *, manifest: Mapping[str, Any]
+    model: Model,
+    target: Target,
+    out_dir: Path,
+    *,
+    manifest: Mapping[str, Any],
+    files: Mapping[str, Path] | None = None,
 ) -> Path:
     """Lower an optimized model (fold already run) and write its artifact folder atomically.
 
@@ -60,6 +65,8 @@ def build_artifact(
             non-empty folder is refused.
         manifest: The caller's fields (pipeline text, source sha256, pass stats, ...), merged
             under the lowering's own.
+        files: Files the artifact carries besides its own (e.g. "tokenizer.json"), by their
+            name in the folder; each is copied in and listed in the manifest's "files" by stem.
 
     Returns:
         `out_dir`.
@@ -75,7 +82,10 @@ def build_artifact(
     with _staging(out_dir) as staging:
         timings, facts = _lower(model, target, staging)
         save_model(model, staging / ONNX_FILE)
+        for name, source in (files or {}).items():
+            shutil.copyfile(source, staging / name)
         fields = _manifest(model, target, manifest, facts)
+        fields["files"].update({Path(name).stem: name for name in files or {}})
         fields["library"] = library_facts(staging / LIBRARY)
         if "sizes" in fields:
             fields["sizes"] = {**fields["sizes"], "library_bytes": fields["library"]["bytes"]}

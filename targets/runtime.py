@@ -160,6 +160,7 @@ class Session:
         self._vm, self._device = _load_vm(self.path / LIBRARY, self._device_kind, device_id)
         self.threads = configure_threads(self.options)
         self._lock = threading.Lock()
+        self._tokenizers: dict[str, Any] = {}
         self.launcher = "tvm"
         if self._device_kind == "cpu" and not self.options.pin:
             self.launcher = _use_nlpress_launcher(self.path / LIBRARY, self.threads)
@@ -202,6 +203,60 @@ class Session:
         args = [tvm.runtime.tensor(a, self._device) for a in arrays]
         with self._lock:
             return kernel_times(self._vm, args)
+
+    def encode(
+        self,
+        sentences: Sequence[str],
+        batch_size: int = 32,
+        normalize: bool | None = None,
+        tokenizer: str | os.PathLike[str] | None = None,
+    ) -> np.ndarray:
+        """Sentence embeddings, float32 [n, hidden], in the order of `sentences`.
+
+        Tokenizes with the artifact's tokenizer.json (or `tokenizer`, a tokenizer.json file),
+        runs batches of `batch_size` padded inside, and reads the artifact's pooled output, or
+        mean-pools its first output over the attention mask (`targets/encode.py`).
+        `normalize` None L2-normalizes as the compiled pooling does; True or False decides.
+
+        Raises:
+            ArtifactError: The artifact carries no tokenizer and none was given.
+            FeedError: Sentences that are not a list of strings, or a bad batch size.
+
+        """
+        from nlpress.targets import encode
+
+        settings = encode.Encoder.from_manifest(self.manifest)
+        try:
+            return encode.encode(
+                self,
+                self._tokenizer(tokenizer, settings.tokenizer),
+                sentences,
+                encoder=settings,
+                batch_size=batch_size,
+                normalize=normalize,
+                limits=dim_limits(self.manifest),
+            )
+        except encode.EncodeError as exc:
+            raise FeedError(str(exc)) from exc
+
+    def _tokenizer(self, given: str | os.PathLike[str] | None, carried: str | None) -> Any:
+        """The tokenizer `given`, else the one the artifact carries, read once."""
+        from nlpress.targets.encode import EncodeError, load_tokenizer
+
+        path = os.fspath(given) if given is not None else None
+        if path is None and carried is not None:
+            path = os.fspath(self.path / carried)
+        if path is None:
+            raise ArtifactError(
+                f"{self.path}: the artifact carries no tokenizer (no tokenizer.json): compile "
+                "it with --tokenizer tokenizer.json, or give encode(..., tokenizer=FILE)"
+            )
+        if path not in self._tokenizers:
+            try:
+                self._tokenizers[path] = load_tokenizer(path)
+            except EncodeError as exc:
+                raise ArtifactError(str(exc)) from exc
+        return self._tokenizers[path]
 
     def _output_indices(self, names: Sequence[str] | None) -> list[int]:
         known = [o.name for o in self._outputs]

@@ -1,0 +1,78 @@
+"""Sentence encoders at compile time: the pool pass a build appends, and the manifest's "encoder".
+
+An artifact of a text model records how `Session.encode` turns sentences into embeddings:
+
+    "encoder": {"pooling": "mean", "normalize": true, "output": "sentence_embedding",
+                "tokenizer": "tokenizer.json", "max_length": 512}
+
+`pooling` and `output` are None when no pool pass ran (encode then mean-pools the first output
+itself), `tokenizer` is None when the artifact carries none, and `max_length` is the longest
+text in tokens the model takes: its static sequence length, else the largest its position
+table allows, else the zoo model's limit or 128.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nlpress.ir import Model, UsageError
+from nlpress.ir.interface import dim_limits
+from nlpress.models import zoo
+from nlpress.passes import Pipeline
+from nlpress.passes.pool import MODES, OUTPUT, Pool
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def with_pooling(pipeline: Pipeline, pooling: str | None, normalize: bool) -> Pipeline:
+    """The pipeline with `pool{mode=POOLING normalize=...}` appended when pooling is asked."""
+    if pooling is None:
+        if normalize:
+            raise UsageError("--normalize needs --pooling (mean or cls)")
+        return pipeline
+    if pooling not in MODES:
+        raise UsageError(f"--pooling {pooling!r}: expected one of {', '.join(MODES)}")
+    if any(isinstance(p, Pool) for p in pipeline):
+        raise UsageError(f"--pooling, and the pipeline {pipeline} pools already: give one")
+    return Pipeline((*pipeline.passes, Pool(mode=pooling, normalize=normalize)))  # type: ignore[arg-type]
+
+
+def checked_tokenizer(path: str | None) -> Path | None:
+    """A tokenizer.json file the artifact will carry, read once to refuse anything else."""
+    if path is None:
+        return None
+    from nlpress.models.text import load_tokenizer
+
+    load_tokenizer(path)
+    return Path(path)
+
+
+def encoder_entry(
+    pipeline: Pipeline, model: Model, tokenizer: Path | None, entry: zoo.ZooModel | None
+) -> dict[str, Any] | None:
+    """The manifest's "encoder": how to pool and tokenize; None for a model of neither."""
+    pool = next((p for p in reversed(pipeline.passes) if isinstance(p, Pool)), None)
+    if pool is None and tokenizer is None:
+        return None
+    return {
+        "pooling": pool.mode if pool else None,
+        "normalize": bool(pool and pool.normalize),
+        "output": OUTPUT if pool else None,
+        "tokenizer": TOKENIZER_FILE if tokenizer else None,
+        "max_length": longest_text(model, entry),
+    }
+
+
+def longest_text(model: Model, entry: zoo.ZooModel | None) -> int:
+    """Tokens a text may have: the static sequence length, the model's limit, else the zoo's."""
+    inputs = {t.name: t for t in model.graph.inputs}
+    first = inputs.get("input_ids") or next(iter(inputs.values()), None)
+    shape = list(first.shape or []) if first is not None else []
+    dim = shape[1] if len(shape) > 1 else None
+    if isinstance(dim, int):
+        return dim
+    limits = dim_limits(model.graph)
+    if isinstance(dim, str) and dim in limits:
+        return int(limits[dim].maximum)
+    return entry.max_length if entry else zoo.DEFAULT_MAX_LENGTH
