@@ -93,8 +93,13 @@ class Pass(abc.ABC):
 
     @classmethod
     def option_help(cls) -> dict[str, str]:
-        """Each option's description, from the `Options:` section of the class docstring."""
-        return _docstring_section(inspect.getdoc(cls) or "", "Options")
+        """Each option's description: its field's `help`, else the docstring's `Options:` entry."""
+        documented = _docstring_section(inspect.getdoc(cls) or "", "Options")
+        return {
+            key: f.metadata.get("help", documented.get(key, ""))
+            for key, f in option_fields(cls).items()
+            if "help" in f.metadata or key in documented
+        }
 
 
 def option_fields(cls: type[Pass]) -> dict[str, dataclasses.Field[Any]]:

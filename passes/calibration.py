@@ -70,35 +70,6 @@ def token_rows(value: np.ndarray, batch: Feeds) -> np.ndarray:
     return np.asarray(rows[keep])
 
 
-def second_moments(
-    model: Model, tensors: Sequence[gs.Tensor], feeds: Sequence[Feeds], augment: bool = False
-) -> list[np.ndarray]:
-    """X^T X over every position of every batch, per tensor ([k, k] each).
-
-    With `augment`, each row x is taken as [x, 1], giving the [k+1, k+1] Gram whose last row and
-    column hold the sums of x and the row count (what recovery's closed form needs).
-    """
-    grams: list[np.ndarray] = []
-    for values in activations(model, tensors, feeds):
-        rows = [_with_ones(as_rows(v)) if augment else as_rows(v) for v in values]
-        if not grams:
-            grams = [np.zeros((r.shape[1], r.shape[1])) for r in rows]
-        for gram, r in zip(grams, rows, strict=True):
-            gram += r.T @ r
-    return grams
-
-
-def _with_ones(rows: np.ndarray) -> np.ndarray:
-    return np.hstack([rows, np.ones((rows.shape[0], 1))])
-
-
-def channel_norms(
-    model: Model, tensors: Sequence[gs.Tensor], feeds: Sequence[Feeds]
-) -> list[np.ndarray]:
-    """The L2 norm of each input channel over all positions, per tensor ([k] each)."""
-    return [np.sqrt(np.diag(g)) for g in second_moments(model, tensors, feeds)]
-
-
 def truncated(model: Model, names: Sequence[str]) -> onnx.ModelProto:
     """The model cut down to what computes the tensors `names`, which become its outputs."""
     copy = model.copy()

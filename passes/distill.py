@@ -80,14 +80,6 @@ class DistillSettings:
     hidden_weight: float = 1.0
 
 
-def validate_settings(epochs: int, learning_rate: float) -> None:
-    """Raise ValueError for a negative epoch count or a learning rate that is not positive."""
-    if epochs < 0:
-        raise ValueError(f"distill-epochs {epochs}: expected >= 0")
-    if not learning_rate > 0:
-        raise ValueError(f"distill-lr {learning_rate}: expected > 0")
-
-
 @dataclass(frozen=True)
 class Distilled:
     """The distilled student and what it cost and bought.

@@ -85,7 +85,7 @@ lanes of AVX-512, AVX2 and NEON alike.
 
 Statistics on calibration data come from one run of the teacher: the augmented Gram
 [x, 1]^T [x, 1] of each distinct layer input over its real tokens
-(`passes.recovery.token_input_grams`). A layer's relative
+(`compress.grams.token_input_grams`). A layer's relative
 output error is ||Y' - Y||_F / ||Y||_F on those inputs (Y the layer's outputs with bias).
 Factorized layers are marked by their node names (`.../lowrank_u`, `.../lowrank_v`) and are never
 factorized again, so a second run changes nothing.
@@ -113,22 +113,18 @@ from nlpress.ir.graph import (
 )
 from nlpress.ir.progress import steps
 from nlpress.passes.base import Pass, PassResult, PreconditionError
-from nlpress.passes.calibration import (
-    Feeds,
-    activations,
-    first_outputs,
-    output_cosine,
-    require_feeds,
-    token_rows,
+from nlpress.passes.calibration import require_feeds
+from nlpress.passes.compress.allocate import allocate
+from nlpress.passes.compress.distillation import (
+    check_distill_options,
+    distill_epochs_option,
+    distill_lr_option,
+    distill_stage,
+    require_distill,
 )
-from nlpress.passes.distill import (
-    DEFAULT_LEARNING_RATE,
-    DistillSettings,
-    distill,
-    validate_settings,
-)
-from nlpress.passes.recovery import refit, token_input_grams
-from nlpress.passes.torch_graph import require_torch
+from nlpress.passes.compress.grams import Grams, paired_grams, token_input_grams
+from nlpress.passes.compress.sensitivity import Fidelity
+from nlpress.passes.recovery import refit
 
 Method = Literal["svd", "randomized", "activation"]
 METHODS: tuple[str, ...] = ("svd", "randomized", "activation")
@@ -195,18 +191,6 @@ class FactorizeMatmul(Pass):
             below one multiple are left as chosen. Thin matmuls whose width is a multiple of the
             vector lanes (16 floats on AVX-512) vectorize without a scalar tail: with the
             default 16 they run several times faster on x86 than at odd ranks.
-        distill-epochs: After factorizing (and recovery), train the factors and biases end to
-            end for this many epochs so that the model's pooled output follows the
-            unfactorized model's on spliced calibration sequences (`passes/distill.py`; needs
-            PyTorch). 0, the default, skips it. On all-MiniLM-L6-v2 (param-ratio 0.6,
-            activation, recovery, allocation=sensitivity, 1,299 calibration sentences) 20
-            epochs (7 minutes on two idle cores) raised the sentence cosine from 0.854 to
-            0.928, and 100 epochs (32 minutes) to 0.943.
-        distill-lr: Distillation's initial learning rate (Adam, cosine decay). The default
-            suits heavy cuts; a model that starts close to its teacher wants less: at
-            param-ratio 0.8 (cosine 0.917 before), 1e-4 raised the held-out loss from 0.075 to
-            0.106 and was still above its start after 4 epochs, while 3e-5 gained from the
-            start and reached 0.946 in 10 epochs.
     """
 
     name = "factorize-matmul"
@@ -226,11 +210,11 @@ class FactorizeMatmul(Pass):
     exclude: tuple[str, ...] = field(default=())
     seed: int = 0
     rank_multiple: int = 16
-    distill_epochs: int = 0
-    distill_lr: float = DEFAULT_LEARNING_RATE
+    distill_epochs: int = distill_epochs_option()
+    distill_lr: float = distill_lr_option()
 
     def __post_init__(self) -> None:
-        validate_settings(self.distill_epochs, self.distill_lr)
+        check_distill_options(self.distill_epochs, self.distill_lr)
         chosen = [n for n in _SELECTORS if getattr(self, n) is not None]
         if len(chosen) > 1:
             names = ", ".join(n.replace("_", "-") for n in chosen)
@@ -298,8 +282,7 @@ class FactorizeMatmul(Pass):
             )
         if self.needs_data:
             require_feeds(model, self.name)
-        if self.distill_epochs:
-            require_torch(f"{self.name}{{distill-epochs}}")
+        require_distill(self.name, self.distill_epochs)
 
     def run(self, model: Model) -> PassResult:
         """Factorize the selected layers of a copy of `model`."""
@@ -309,7 +292,8 @@ class FactorizeMatmul(Pass):
         names = set(out.graph.tensors())
         if self.sequential:
             for group in steps(_groups(layers), "layer groups fitted in order"):
-                grams = paired_grams(out, model, group[0].activation, model.calibration)
+                feeds = model.calibration
+                (grams,) = paired_grams(out, model, [group[0].activation.name], feeds, flush_rows=1)
                 plans = [p for layer in group if (p := self._plan(out.graph, layer, grams, stats))]
                 self._apply(out.graph, plans, None, names, stats)
         else:
@@ -329,11 +313,9 @@ class FactorizeMatmul(Pass):
                 ranks = self._global_ranks(plans, weights)
             self._apply(out.graph, plans, ranks, names, stats)
         summary = stats.as_dict()
-        if self.distill_epochs and stats.factorized:
-            settings = DistillSettings(self.distill_epochs, self.distill_lr)
-            distilled = distill(out, model, model.calibration, settings)
-            out, summary = distilled.model, {**summary, **distilled.stats()}
-        return PassResult(out, stats.factorized > 0, summary)
+        epochs = self.distill_epochs if stats.factorized else 0
+        out, trained = distill_stage(out, model, model.calibration, epochs, self.distill_lr)
+        return PassResult(out, stats.factorized > 0, {**summary, **trained})
 
     def _apply(
         self,
@@ -477,15 +459,14 @@ class FactorizeMatmul(Pass):
         """
         if self.allocation != "sensitivity":
             return [1.0] * len(plans)
-        feeds = require_feeds(model, self.name)
-        reference = first_outputs(model, feeds)
+        fidelity = Fidelity(model, require_feeds(model, self.name))
         weights = []
         for plan in steps(plans, "sensitivity of each layer"):
             fit = self.fit(plan.decomposition)
             d = plan.decomposition
             tail = float(np.sum(d.s[fit.rank :].astype(np.float64) ** 2)) / max(d.energy, 1e-300)
             alone = self._alone(model, layers.index(plan.layer), fit)
-            loss = 1.0 - output_cosine(alone, reference, feeds)
+            loss = fidelity.loss(alone)
             weights.append(max(loss, 0.0) / max(tail, 1e-12))
             stats.sensitivity[plan.label] = weights[-1]
         return weights
@@ -516,21 +497,22 @@ class FactorizeMatmul(Pass):
         ranks = list(steps)
         budget = ratio * sum(k * n for k, n in shapes)
         budget -= sum(step * (k + n) for step, (k, n) in zip(steps, shapes, strict=True))
-        candidates = []
+        costs = []
         for index, (plan, (k, n)) in enumerate(zip(plans, shapes, strict=True)):
             d, step = plan.decomposition, steps[index]
             share = weights[index] / max(d.energy, 1e-300) / (k + n)
             gains = d.s[: caps[index]].astype(np.float64) ** 2 * share
-            for first in range(step, caps[index] - step + 1, step):
-                block = float(np.sum(gains[first : first + step])) / step
-                candidates.append((block, index, step * (k + n)))
+            blocks = [
+                float(np.sum(gains[first : first + step])) / step
+                for first in range(step, caps[index] - step + 1, step)
+            ]
+            costs.append(-np.array(blocks))
         # Singular values come sorted, so each layer's blocks gain less and less: taking the
         # best share of error removed per parameter first keeps every layer's kept values a
-        # leading run (a block that no longer fits is skipped, and so are that layer's next).
-        for _, index, cost in sorted(candidates, key=lambda c: -c[0]):
-            if cost <= budget:
-                budget -= cost
-                ranks[index] += steps[index]
+        # leading run.
+        prices = [step * (k + n) for step, (k, n) in zip(steps, shapes, strict=True)]
+        taken = allocate(costs, prices, budget)
+        ranks = [rank + count * step for rank, count, step in zip(ranks, taken, steps, strict=True)]
         return [rank if rank < cap else cap + 1 for rank, cap in zip(ranks, caps, strict=True)]
 
 
@@ -570,31 +552,6 @@ class Decomposition:
     weight: np.ndarray
     bias: np.ndarray | None
     grams: Grams | None
-
-
-@dataclass(frozen=True)
-class Grams:
-    """Augmented Grams of a layer's calibration inputs [x, 1].
-
-    Attributes:
-        student: Of the inputs the layer sees in the model being rewritten.
-        cross: student^T teacher, when earlier layers changed what the layer sees (sequential).
-        teacher: Of the teacher's inputs to the layer (sequential only).
-    """
-
-    student: np.ndarray
-    cross: np.ndarray | None = None
-    teacher: np.ndarray | None = None
-
-    @property
-    def target(self) -> np.ndarray:
-        """The Gram of the inputs the teacher's outputs are computed on."""
-        return self.student if self.teacher is None else self.teacher
-
-    @property
-    def mixed(self) -> np.ndarray:
-        """student^T teacher (the student's own Gram when they are the same)."""
-        return self.student if self.cross is None else self.cross
 
 
 @dataclass(frozen=True)
@@ -721,38 +678,6 @@ def _groups(layers: Sequence[WeightedMatMul]) -> list[list[WeightedMatMul]]:
     for layer in layers:
         groups.setdefault(id(layer.activation), []).append(layer)
     return list(groups.values())
-
-
-def paired_grams(
-    student: Model, teacher: Model, tensor: gs.Tensor, feeds: Sequence[Feeds]
-) -> Grams:
-    """Grams of `tensor` in the student and, by name, in the teacher, over the calibration data.
-
-    The two models are copies of one graph, so the tensor is found in the teacher by its name.
-    """
-    twin = teacher.graph.tensors().get(tensor.name)
-    if twin is None:
-        raise PreconditionError(f"{tensor.name!r} is not in the teacher model")
-    own = cross = theirs = np.zeros((0, 0))
-    pairs = zip(
-        activations(student, [tensor], feeds),
-        activations(teacher, [twin], feeds),
-        feeds,
-        strict=True,
-    )
-    for (mine,), (reference,), batch in pairs:
-        xs, xt = _augmented_rows(mine, batch), _augmented_rows(reference, batch)
-        if own.size == 0:
-            own, cross, theirs = (np.zeros((xs.shape[1], xs.shape[1])) for _ in range(3))
-        own += xs.T @ xs
-        cross += xs.T @ xt
-        theirs += xt.T @ xt
-    return Grams(own, cross, theirs)
-
-
-def _augmented_rows(value: np.ndarray, batch: Feeds) -> np.ndarray:
-    rows = token_rows(value, batch)
-    return np.hstack([rows, np.ones((rows.shape[0], 1))])
 
 
 def _grams(model: Model, layers: Sequence[WeightedMatMul], needed: bool) -> dict[int, Grams]:

@@ -21,6 +21,7 @@ from nlpress.ir import Model
 from nlpress.ir.graph import constant_value
 from nlpress.ir.progress import steps
 from nlpress.passes.calibration import Feeds, activations, token_rows
+from nlpress.passes.compress.grams import Grams, GramSum, augmented_weight
 from nlpress.passes.prune_patterns import (
     allocate,
     greedy_groups,
@@ -33,7 +34,7 @@ from nlpress.passes.prune_patterns import (
     scores,
 )
 from nlpress.passes.prune_structure import AttentionBlock, FfnPair, Linear
-from nlpress.passes.recovery import PairedGrams, paired_output_error, refit_masked_paired
+from nlpress.passes.recovery import paired_output_error, refit_masked_paired
 
 Kind = Literal["weights", "neurons", "heads"]
 
@@ -79,25 +80,25 @@ class Statistics:
     """Calibration statistics of the consumers' inputs: augmented Grams, or channel norms only.
 
     `paired` holds, for sequential recovery, the student/teacher Grams of a consumer input
-    (`recovery.PairedGrams`); they take precedence over the teacher-only `grams`.
+    (`compress.grams.Grams`); they take precedence over the teacher-only `grams`.
     """
 
     grams: dict[int, np.ndarray] = field(default_factory=dict)
     norms: dict[int, np.ndarray] = field(default_factory=dict)
-    paired: dict[int, PairedGrams] = field(default_factory=dict)
+    paired: dict[int, Grams] = field(default_factory=dict)
 
     def gram(self, unit: Unit) -> np.ndarray | None:
         """The augmented Gram `[k+1, k+1]` of the unit's consumer input (the student's)."""
         pair = self.paired.get(id(unit.consumer.activation))
         return pair.student if pair is not None else self.grams.get(id(unit.consumer.activation))
 
-    def pair(self, unit: Unit) -> PairedGrams | None:
+    def pair(self, unit: Unit) -> Grams | None:
         """The student/teacher Grams of the unit's consumer input (equal without `paired`)."""
         pair = self.paired.get(id(unit.consumer.activation))
         if pair is not None:
             return pair
         gram = self.grams.get(id(unit.consumer.activation))
-        return None if gram is None else PairedGrams.single(gram)
+        return None if gram is None else Grams(gram)
 
     def norm(self, unit: Unit) -> np.ndarray | None:
         """The L2 norm of each input channel of the unit's consumer, if collected."""
@@ -111,49 +112,17 @@ class Statistics:
 def collect(model: Model, units: Sequence[Unit], feeds: Sequence[Feeds], full: bool) -> Statistics:
     """One calibration run: Grams of every consumer input (`full`), else only channel norms."""
     tensors = list({id(u.consumer.activation): u.consumer.activation for u in units}.values())
-    sums = [_Accumulator(full) for _ in tensors]
+    sums = [GramSum(diagonal=not full) for _ in tensors]
     for values, batch in zip(activations(model, tensors, feeds), feeds, strict=False):
         for total, value in zip(sums, values, strict=True):
             total.add(token_rows(value, batch))
     stats = Statistics()
     for tensor, total in zip(tensors, sums, strict=True):
         if full:
-            stats.grams[id(tensor)] = total.result()
+            stats.grams[id(tensor)] = total.total()
         else:
-            stats.norms[id(tensor)] = np.sqrt(total.result())
+            stats.norms[id(tensor)] = np.sqrt(total.total())
     return stats
-
-
-@dataclass
-class _Accumulator:
-    """Sums [x, 1]^T [x, 1] (or x^2 per channel), buffering rows to make few large products."""
-
-    full: bool
-    rows: list[np.ndarray] = field(default_factory=list)
-    total: np.ndarray | None = None
-    buffered: int = 0
-
-    def add(self, rows: np.ndarray) -> None:
-        self.rows.append(rows)
-        self.buffered += rows.shape[0]
-        if self.buffered >= 4096:
-            self._flush()
-
-    def result(self) -> np.ndarray:
-        self._flush()
-        return np.zeros(0) if self.total is None else self.total
-
-    def _flush(self) -> None:
-        if not self.rows:
-            return
-        x = np.vstack(self.rows)
-        self.rows, self.buffered = [], 0
-        if self.full:
-            x = np.hstack([x, np.ones((x.shape[0], 1))])
-            part = x.T @ x
-        else:
-            part = np.sum(x**2, axis=0)
-        self.total = part if self.total is None else self.total + part
 
 
 @dataclass(frozen=True)
@@ -239,7 +208,7 @@ def plan_groups(
         use_gram = None if norms is None else np.diag(norms**2)
     pair = stats.pair(unit)
     if settings.criterion == "obs" and pair is not None:
-        rhs = None if pair.cross is pair.student else pair.rhs(_augmented(weight, bias))
+        rhs = None if pair.cross is None else pair.rhs(augmented_weight(weight, bias))
         kept = greedy_groups(pair.student, weight, bias, unit.groups, keep, settings.damping, rhs)
     else:
         score = group_scores(weight, unit.groups, use_gram, producers)
@@ -339,13 +308,8 @@ def _cost_curve(unit: Unit, stats: Statistics, settings: Settings, limit: int) -
     return np.asarray(score[:limit] / energy)
 
 
-def _augmented(weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-    bias_row = np.zeros(weight.shape[1]) if bias is None else bias
-    return np.vstack([np.asarray(weight, np.float64), bias_row])
-
-
 def _refit(
-    pair: PairedGrams | None,
+    pair: Grams | None,
     weight: np.ndarray,
     bias: np.ndarray | None,
     mask: np.ndarray,
@@ -355,13 +319,13 @@ def _refit(
         return None, None
     fit_bias = bias is not None
     second, offset = refit_masked_paired(
-        pair.student, pair.cross, weight, bias, mask, settings.damping, fit_bias, pair.shift
+        pair.student, pair.mixed, weight, bias, mask, settings.damping, fit_bias, pair.shift
     )
     return second, (offset if bias is not None else None)
 
 
 def _errors(
-    pair: PairedGrams | None,
+    pair: Grams | None,
     weight: np.ndarray,
     bias: np.ndarray | None,
     pruned: np.ndarray,

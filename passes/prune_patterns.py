@@ -16,6 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from nlpress.passes.compress.allocate import allocate as shared_allocate
+from nlpress.passes.compress.allocate import step_sums
+
 
 def scores(weight: np.ndarray, norms: np.ndarray | None) -> np.ndarray:
     """|W|, each input row scaled by its channel norm when `norms` is given."""
@@ -176,19 +179,11 @@ def allocate(
     `curves[u]` holds unit u's successive removal costs (already normalized to be comparable
     across units); unit u removes at most `limits[u]` (and at most `len(curves[u])`). Removals
     go `step` at a time (a step costs the sum of its removals; `total` and the counts are then
-    multiples of `step`, rounded down), and each step goes to the unit whose next one costs least.
+    multiples of `step`, rounded down), through the shared allocator (`compress.allocate`).
     """
-    counts = [0] * len(curves)
-    for _ in range(total // step):
-        best, cost = -1, np.inf
-        for u, curve in enumerate(curves):
-            end = counts[u] + step
-            if end <= min(limits[u], len(curve)) and float(np.sum(curve[counts[u] : end])) < cost:
-                best, cost = u, float(np.sum(curve[counts[u] : end]))
-        if best < 0:
-            break
-        counts[best] += step
-    return counts
+    costs = [step_sums(curve, limit, step) for curve, limit in zip(curves, limits, strict=True)]
+    taken = shared_allocate(costs, [1.0] * len(costs), float(total // step))
+    return [count * step for count in taken]
 
 
 def interpolated_costs(removals: Sequence[int], losses: Sequence[float]) -> np.ndarray:

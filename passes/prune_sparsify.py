@@ -122,13 +122,16 @@ from nlpress.ir import Model
 from nlpress.ir.progress import steps
 from nlpress.ir.verify import infer_shapes
 from nlpress.passes.base import Pass, PassResult, PreconditionError
-from nlpress.passes.calibration import Feeds, first_outputs, output_cosine, require_feeds
-from nlpress.passes.distill import (
-    DEFAULT_LEARNING_RATE,
-    DistillSettings,
-    distill,
-    validate_settings,
+from nlpress.passes.calibration import Feeds, require_feeds
+from nlpress.passes.compress.distillation import (
+    check_distill_options,
+    distill_epochs_option,
+    distill_lr_option,
+    distill_stage,
+    require_distill,
 )
+from nlpress.passes.compress.grams import TeacherRows, paired_grams, teacher_rows
+from nlpress.passes.compress.sensitivity import Fidelity
 from nlpress.passes.prune_edits import (
     Edit,
     Settings,
@@ -151,8 +154,7 @@ from nlpress.passes.prune_structure import (
     linears,
     residual,
 )
-from nlpress.passes.recovery import DEFAULT_DAMPING, TeacherRows, paired_grams, teacher_rows
-from nlpress.passes.torch_graph import require_torch
+from nlpress.passes.recovery import DEFAULT_DAMPING
 
 LOG = logging.getLogger(__name__)
 WIDTHS_KEY = "nlpress.prune-sparsify.widths"
@@ -199,13 +201,6 @@ class PruneSparsify(Pass):
             (the same, by the output loss measured with each unit pruned alone at three
             levels). On all-MiniLM-L6-v2 (neurons at 25% with OBS) the mean cosine was 0.966
             with global, 0.975 with sensitivity and 0.974 with uniform.
-        distill-epochs: After pruning (and recovery), train the pruned layers' weights end to
-            end for this many epochs so that the model's pooled output follows the unpruned
-            model's on spliced calibration sequences (`passes/distill.py`; needs PyTorch).
-            0, the default, skips it. On all-MiniLM-L6-v2 (neurons at 25%, OBS refit) five
-            epochs raised the cosine from 0.979 to 0.982 with the zoo's 1,299 calibration
-            sentences; with 265 no epoch beat the refit on held-out sentences.
-        distill-lr: Distillation's initial learning rate (Adam, cosine decay).
     """
 
     name: ClassVar[str] = "prune-sparsify"
@@ -223,11 +218,11 @@ class PruneSparsify(Pass):
     sequential: bool = False
     residual_correction: bool = True
     allocation: Literal["uniform", "global", "sensitivity"] = "uniform"
-    distill_epochs: int = 0
-    distill_lr: float = DEFAULT_LEARNING_RATE
+    distill_epochs: int = distill_epochs_option()
+    distill_lr: float = distill_lr_option()
 
     def __post_init__(self) -> None:
-        validate_settings(self.distill_epochs, self.distill_lr)
+        check_distill_options(self.distill_epochs, self.distill_lr)
         n_m = _N_M.match(self.pattern)
         if self.pattern not in _DEFAULT_SPARSITY and not n_m:
             raise ValueError(
@@ -301,8 +296,7 @@ class PruneSparsify(Pass):
         self._units(_working(model, self.pattern == "heads"))
         if self.needs_data:
             require_feeds(model, self.name)
-        if self.distill_epochs:
-            require_torch(f"{self.name}{{distill-epochs}}")
+        require_distill(self.name, self.distill_epochs)
 
     def run(self, model: Model) -> PassResult:
         """Prune a copy of `model` (the teacher)."""
@@ -334,11 +328,8 @@ class PruneSparsify(Pass):
             **_edit_stats(edits),
             **budget,
         }
-        if self.distill_epochs:
-            settings = DistillSettings(self.distill_epochs, self.distill_lr)
-            distilled = distill(out, model, feeds, settings)
-            out, summary = distilled.model, {**summary, **distilled.stats()}
-        return PassResult(out, True, summary)
+        out, trained = distill_stage(out, model, feeds, self.distill_epochs, self.distill_lr)
+        return PassResult(out, True, {**summary, **trained})
 
     def _units(self, model: Model) -> tuple[list[Unit], dict[str, float]]:
         graph = model.graph
@@ -396,7 +387,7 @@ class _Planner:
     cache: dict[tuple[object, ...], Edit | None] = field(default_factory=dict)
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     teacher_rows: TeacherRows | None = None
-    reference: list[np.ndarray] | None = None
+    fidelity: Fidelity | None = None
 
     def __post_init__(self) -> None:
         opts = self.options
@@ -437,15 +428,18 @@ class _Planner:
             levels = {u.name: level if u is unit else 0.0 for u in self.units}
             writer.undo()
             writer.apply(self.plan(levels))
-            losses.append(1.0 - self.output_cosine())
+            losses.append(self._fidelity().loss(self.work))
             LOG.debug("sensitivity of %s at %.3f: loss %.5f", unit.name, level, losses[-1])
         return interpolated_costs(removals, losses)
 
     def output_cosine(self) -> float:
         """The pooled cosine between the rewritten model's first output and the teacher's."""
-        if self.reference is None:
-            self.reference = first_outputs(self.teacher, self.feeds)
-        return output_cosine(self.work, self.reference, self.feeds)
+        return self._fidelity().cosine(self.work)
+
+    def _fidelity(self) -> Fidelity:
+        if self.fidelity is None:
+            self.fidelity = Fidelity(self.teacher, self.feeds)
+        return self.fidelity
 
     @property
     def settings(self) -> Settings:

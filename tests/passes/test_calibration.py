@@ -9,7 +9,8 @@ from nlpress.compiler import Calibration, calibration_batches, optimize
 from nlpress.ir import NlpressError, UsageError
 from nlpress.models import zoo
 from nlpress.passes.base import PreconditionError
-from nlpress.passes.calibration import activations, channel_norms, require_feeds, second_moments
+from nlpress.passes.calibration import activations, require_feeds
+from nlpress.passes.compress.grams import channel_norms, second_moments
 
 
 def _two_layer():

@@ -10,6 +10,7 @@ from nlpress.ir.graph import weighted_matmuls
 from nlpress.ir.verify import check, run
 from nlpress.passes import PASSES, OptionError, PreconditionError, parse
 from nlpress.passes.base import Pass, PassResult, option_fields
+from nlpress.passes.compress.grams import token_input_grams
 from nlpress.passes.factorize_matmul import (
     MARK_U,
     MARK_V,
@@ -19,7 +20,6 @@ from nlpress.passes.factorize_matmul import (
     useful_rank_limit,
 )
 from nlpress.passes.instruments import run_pipeline
-from nlpress.passes.recovery import token_input_grams
 
 K, N, ROWS = 24, 16, 256
 

@@ -9,11 +9,10 @@ from onnx import helper
 
 from nlpress.ir import Model
 from nlpress.ir.verify import check, run
+from nlpress.passes.compress.grams import Grams, paired_grams
 from nlpress.passes.prune_patterns import allocate, interpolated_costs
 from nlpress.passes.prune_sparsify import PruneSparsify
 from nlpress.passes.recovery import (
-    PairedGrams,
-    paired_grams,
     paired_output_error,
     refit_masked,
     refit_masked_paired,
@@ -154,7 +153,7 @@ def _student_teacher(rows=300, k=10, n=4, seed=0):
     w, b = rng.standard_normal((k, n)), rng.standard_normal(n)
     s = np.hstack([x_s, np.ones((rows, 1))])
     t = np.hstack([x_t, np.ones((rows, 1))])
-    return x_s, x_t, w, b, PairedGrams(s.T @ s, s.T @ t, t.T @ t)
+    return x_s, x_t, w, b, Grams(s.T @ s, s.T @ t, t.T @ t)
 
 
 def test_paired_refit_is_least_squares_of_student_inputs_on_teacher_outputs():
@@ -183,7 +182,7 @@ def test_shifted_refit_fits_the_teacher_sum_through_the_residual():
         np.hstack([x_s, np.ones((len(x_s), 1))]),
         np.hstack([x_t, np.ones((len(x_t), 1))]),
     )
-    shifted = PairedGrams(
+    shifted = Grams(
         grams.student, grams.cross, grams.teacher, s_rows.T @ d, t_rows.T @ d, float(np.sum(d**2))
     )
     mask = np.ones(w.shape, bool)
@@ -204,9 +203,9 @@ def test_shifted_refit_fits_the_teacher_sum_through_the_residual():
 def test_paired_forms_reduce_to_the_teacher_only_ones():
     _, _, w, b, grams = _student_teacher()
     mask = np.random.default_rng(1).random(w.shape) > 0.5
-    same = PairedGrams.single(grams.teacher)
+    same = Grams(grams.teacher)
     one = refit_masked(grams.teacher, w, b, mask, damping=1e-3)
-    two = refit_masked_paired(same.student, same.cross, w, b, mask, damping=1e-3)
+    two = refit_masked_paired(same.student, same.mixed, w, b, mask, damping=1e-3)
     np.testing.assert_allclose(one[0], two[0])
     np.testing.assert_allclose(one[1], two[1])
 

@@ -1,0 +1,41 @@
+"""How much the model's output loses when one unit is compressed alone.
+
+A unit (a layer, an FFN, an attention block) is compressed in a copy of the teacher with
+everything else left as it was; its loss is 1 - the pooled cosine (`calibration.pooled_cosine`)
+between that copy's first output and the teacher's on the calibration data. Allocation weighs
+units by it; budgets compare the whole compressed model the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nlpress.ir import Model
+from nlpress.passes.calibration import Feeds, first_outputs, output_cosine
+
+
+@dataclass
+class Fidelity:
+    """The teacher's first outputs on the calibration data, computed once, to compare against."""
+
+    teacher: Model
+    feeds: Sequence[Feeds]
+    _reference: list[np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def reference(self) -> list[np.ndarray]:
+        """The teacher's first output on each calibration batch."""
+        if self._reference is None:
+            self._reference = first_outputs(self.teacher, self.feeds)
+        return self._reference
+
+    def cosine(self, model: Model) -> float:
+        """The pooled cosine of `model`'s first output to the teacher's."""
+        return output_cosine(model, self.reference, self.feeds)
+
+    def loss(self, model: Model) -> float:
+        """1 - `cosine`: what `model` (the teacher with some units compressed) loses."""
+        return 1.0 - self.cosine(model)
