@@ -107,10 +107,10 @@ from nlpress.ir.graph import (
     WeightedMatMul,
     fresh_name,
     fresh_node_name,
-    is_graph_output,
     producer,
     weighted_matmuls,
 )
+from nlpress.ir.linear import Linear, linear_layer
 from nlpress.ir.progress import steps
 from nlpress.passes.base import Pass, PassResult, PreconditionError
 from nlpress.passes.calibration import require_feeds
@@ -149,7 +149,6 @@ _CONFLICTS: Mapping[str, str] = {
 
 _OVERSAMPLE = 10
 _POWER_ITERATIONS = 2
-_FLOAT_KINDS = "f"
 
 
 @dataclass(frozen=True)
@@ -329,11 +328,11 @@ class FactorizeMatmul(Pass):
             began = time.perf_counter()
             fit = self.fit(plan.decomposition, None if ranks is None else ranks[index])
             seconds = plan.seconds + time.perf_counter() - began
-            k, n = plan.dense.weight.shape
+            k, n = plan.decomposition.weight.shape
             if fit.rank >= useful_rank_limit(k, n):
                 stats.skip(plan.label, "no_gain", rank=fit.rank)
                 continue
-            _rewrite(graph, plan.layer, plan.dense, fit, names)
+            _rewrite(graph, plan.linear, fit, names)
             stats.add(plan.label, k, n, fit, plan.decomposition, seconds)
 
     def _selected(self, node: gs.Node) -> bool:
@@ -352,9 +351,10 @@ class FactorizeMatmul(Pass):
         if isinstance(dense, str):
             stats.skip(label, dense)
             return None
+        linear, weight, bias = dense
         began = time.perf_counter()
-        decomposition = self.decompose(dense.weight, dense.bias, grams)
-        return Plan(label, layer, dense, decomposition, time.perf_counter() - began)
+        decomposition = self.decompose(weight, bias, grams)
+        return Plan(label, linear, decomposition, time.perf_counter() - began)
 
     def factorize(
         self, weight: np.ndarray, bias: np.ndarray | None, grams: Grams | np.ndarray | None
@@ -465,7 +465,7 @@ class FactorizeMatmul(Pass):
             fit = self.fit(plan.decomposition)
             d = plan.decomposition
             tail = float(np.sum(d.s[fit.rank :].astype(np.float64) ** 2)) / max(d.energy, 1e-300)
-            alone = self._alone(model, layers.index(plan.layer), fit)
+            alone = self._alone(model, layers.index(plan.linear.matmul), fit)
             loss = fidelity.loss(alone)
             weights.append(max(loss, 0.0) / max(tail, 1e-12))
             stats.sensitivity[plan.label] = weights[-1]
@@ -477,7 +477,7 @@ class FactorizeMatmul(Pass):
         selected = [layer for layer in weighted_matmuls(copy.graph) if self._selected(layer.node)]
         dense = _dense_layer(copy.graph, selected[index])
         assert not isinstance(dense, str)  # the same layer was planned in the model itself
-        _rewrite(copy.graph, selected[index], dense, fit, set(copy.graph.tensors()))
+        _rewrite(copy.graph, dense[0], fit, set(copy.graph.tensors()))
         return copy
 
     def _global_ranks(self, plans: Sequence[Plan], weights: Sequence[float]) -> list[int]:
@@ -556,23 +556,12 @@ class Decomposition:
 
 @dataclass(frozen=True)
 class Plan:
-    """A layer about to be factorized: where it is, its dense form and its decomposition."""
+    """A layer about to be factorized: where it is and its decomposition."""
 
     label: str
-    layer: WeightedMatMul
-    dense: DenseLayer
+    linear: Linear
     decomposition: Decomposition
     seconds: float
-
-
-@dataclass(frozen=True)
-class DenseLayer:
-    """A layer's effective float64 weight [k, n] and bias [n], and where its bias lives."""
-
-    weight: np.ndarray
-    bias: np.ndarray | None
-    bias_tensor: gs.Constant | None
-    bias_node: gs.Node | None
 
 
 def useful_rank_limit(k: int, n: int) -> int:
@@ -689,60 +678,27 @@ def _grams(model: Model, layers: Sequence[WeightedMatMul], needed: bool) -> dict
     return {id(t): Grams(g) for t, g in zip(inputs, grams, strict=True)}
 
 
-def _dense_layer(graph: gs.Graph, layer: WeightedMatMul) -> DenseLayer | str:
-    """The layer as y = x W + b in float64, or the reason it cannot be factorized."""
+def _dense_layer(
+    graph: gs.Graph, layer: WeightedMatMul
+) -> tuple[Linear, np.ndarray, np.ndarray | None] | str:
+    """The layer and its effective W [k, n] and b in float64, or why it cannot be factorized."""
+    linear = linear_layer(graph, layer)
+    if isinstance(linear, str):
+        return linear
     values = np.asarray(layer.weight.values)
-    if values.dtype.kind not in _FLOAT_KINDS:
-        return "not_float"
-    if layer.weight_index != 1:
-        return "weight_first"
     if len(layer.weight.outputs) > 1:
         return "shared_weight"
     if values.size and np.mean(values == 0) >= SPARSE_SHARE:
         return "sparse"
-    if layer.node.op == "Gemm":
-        return _gemm_layer(layer, values)
-    bias, bias_node = _bias_add(graph, layer.node)
-    bias_values = None if bias is None else np.asarray(bias.values, np.float64).reshape(-1)
-    return DenseLayer(values.astype(np.float64), bias_values, bias, bias_node)
-
-
-def _gemm_layer(layer: WeightedMatMul, values: np.ndarray) -> DenseLayer | str:
-    alpha = float(layer.node.attrs.get("alpha", 1.0))
-    beta = float(layer.node.attrs.get("beta", 1.0))
-    if alpha == 0.0:
+    if linear.alpha == 0.0:
         return "gemm_alpha_zero"
-    weight = alpha * (values.T if layer.transposed else values).astype(np.float64)
-    if layer.bias is None or beta == 0.0:
-        return DenseLayer(weight, None, None, None)
-    c = np.asarray(layer.bias.values, np.float64)
-    n = weight.shape[1]
-    if c.size not in (1, n) or (c.ndim == 2 and c.shape[0] != 1) or c.ndim > 2:
-        return "gemm_bias_shape"
-    return DenseLayer(weight, beta * np.broadcast_to(c.reshape(-1), (n,)), layer.bias, None)
+    effective = linear.effective()
+    return effective if isinstance(effective, str) else (linear, *effective)
 
 
-def _bias_add(graph: gs.Graph, node: gs.Node) -> tuple[gs.Constant | None, gs.Node | None]:
-    """The constant [n] bias of the Add that alone reads a MatMul's output, if there is one."""
-    result = node.outputs[0]
-    readers = list(result.outputs)
-    if len(readers) != 1 or readers[0].op != "Add" or is_graph_output(graph, result):
-        return None, None
-    add = readers[0]
-    others = [t for t in add.inputs if t is not result]
-    if len(others) != 1 or not isinstance(others[0], gs.Constant):
-        return None, None
-    values = np.asarray(others[0].values)
-    n = np.asarray(node.inputs[1].values).shape[1]
-    if values.dtype.kind not in _FLOAT_KINDS or values.size != n or values.shape[-1] != n:
-        return None, None
-    return others[0], add
-
-
-def _rewrite(
-    graph: gs.Graph, layer: WeightedMatMul, dense: DenseLayer, fit: Fit, names: set[str]
-) -> None:
+def _rewrite(graph: gs.Graph, linear: Linear, fit: Fit, names: set[str]) -> None:
     """Put MatMul(x, U) before the layer's node and make that node read (h, V)."""
+    layer = linear.matmul
     node, dtype = layer.node, np.asarray(layer.weight.values).dtype
     base = node.name or layer.weight.name
     first = gs.Constant(
@@ -761,8 +717,8 @@ def _rewrite(
     )
     inputs = list(node.inputs)
     inputs[0], inputs[1] = hidden, second
-    if fit.bias is not None and dense.bias_tensor is not None:
-        _replace_bias(layer, dense, fit.bias, inputs, names)
+    if fit.bias is not None and linear.bias is not None:
+        _replace_bias(linear, fit.bias, inputs, names)
     node.inputs = inputs
     node.name = base + MARK_V
     graph.nodes.insert(graph.nodes.index(node), matmul)
@@ -776,25 +732,21 @@ def _second_values(layer: WeightedMatMul, fit: Fit) -> np.ndarray:
 
 
 def _replace_bias(
-    layer: WeightedMatMul,
-    dense: DenseLayer,
-    bias: np.ndarray,
-    inputs: list[gs.Tensor],
-    names: set[str],
+    linear: Linear, bias: np.ndarray, inputs: list[gs.Tensor], names: set[str]
 ) -> None:
     """Give the layer its refitted bias, in the tensor and node where its old bias was."""
-    old = dense.bias_tensor
+    old = linear.bias
     assert old is not None
     dtype = np.asarray(old.values).dtype
-    if layer.node.op == "Gemm":
-        values = bias / float(layer.node.attrs.get("beta", 1.0))
+    if linear.node.op == "Gemm":
+        values = bias / linear.beta
         shape = old.values.shape if old.values.size == bias.size else bias.shape
         new = gs.Constant(
             fresh_name(names, f"{old.name}_refit"), values.reshape(shape).astype(dtype)
         )
         inputs[2] = new
         return
-    add = dense.bias_node
+    add = linear.bias_node
     assert add is not None
     new = gs.Constant(
         fresh_name(names, f"{old.name}_refit"), bias.reshape(old.values.shape).astype(dtype)

@@ -18,7 +18,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from nlpress.ir import Model
+from nlpress.ir.blocks import AttentionBlock, FfnPair
 from nlpress.ir.graph import constant_value
+from nlpress.ir.linear import Linear
 from nlpress.ir.progress import steps
 from nlpress.passes.calibration import Feeds, activations, token_rows
 from nlpress.passes.compress.grams import Grams, GramSum, augmented_weight
@@ -33,7 +35,6 @@ from nlpress.passes.prune_patterns import (
     per_output_mask,
     scores,
 )
-from nlpress.passes.prune_structure import AttentionBlock, FfnPair, Linear
 from nlpress.passes.recovery import paired_output_error, refit_masked_paired
 
 Kind = Literal["weights", "neurons", "heads"]
@@ -403,7 +404,7 @@ class Writer:
         same = bias is not None and old_value is not None and np.array_equal(bias, old_value)
         if bias is not None and linear.bias is not None and not same:
             old_bias = linear.bias
-            value = bias.reshape((1, -1) if old_bias.values.ndim == 2 else (-1,))
+            value = bias.reshape((*old_bias.values.shape[:-1], -1))
             reader = linear.bias_node or wm.node
             new = self._constant(old_bias.name, value.astype(old_bias.values.dtype))
             self._set_input(reader, old_bias, new)

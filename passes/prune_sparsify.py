@@ -119,6 +119,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from nlpress.ir import Model
+from nlpress.ir.blocks import activation_nodes, attention_blocks, ffn_pairs
+from nlpress.ir.linear import Linear, linears, residual
 from nlpress.ir.progress import steps
 from nlpress.ir.verify import infer_shapes
 from nlpress.passes.base import Pass, PassResult, PreconditionError
@@ -146,14 +148,6 @@ from nlpress.passes.prune_edits import (
     plan_weights,
 )
 from nlpress.passes.prune_patterns import global_masks, interpolated_costs, scores
-from nlpress.passes.prune_structure import (
-    Linear,
-    activation_nodes,
-    attention_blocks,
-    ffn_pairs,
-    linears,
-    residual,
-)
 from nlpress.passes.recovery import DEFAULT_DAMPING
 
 LOG = logging.getLogger(__name__)
@@ -333,7 +327,7 @@ class PruneSparsify(Pass):
 
     def _units(self, model: Model) -> tuple[list[Unit], dict[str, float]]:
         graph = model.graph
-        layers = linears(graph)
+        layers = prunable_linears(graph)
         if self.pattern == "neurons":
             units, found = _ffn_units(graph, layers)
         elif self.pattern == "heads":
@@ -520,6 +514,19 @@ class _Planner:
         return plan_groups(unit, level, original, stats, self.settings)
 
 
+def prunable_linears(graph: gs.Graph) -> list[Linear]:
+    """The linears prune-sparsify rewrites: a Gemm only with alpha = beta = 1 and an [n] bias."""
+    return [lin for lin in linears(graph) if _unscaled(lin)]
+
+
+def _unscaled(linear: Linear) -> bool:
+    if linear.node.op != "Gemm":
+        return True
+    if linear.alpha != 1.0 or linear.beta != 1.0:
+        return False
+    return linear.bias is None or np.asarray(linear.bias.values).size == linear.shape[1]
+
+
 def _stages(units: Sequence[Unit]) -> list[list[Unit]]:
     """Consecutive units that read the same consumer input (pruning one leaves the others' be)."""
     stages: list[list[Unit]] = []
@@ -602,7 +609,7 @@ def _size_stats(graph: gs.Graph) -> dict[str, float]:
             params += tensor.values.size
             nonzero += int(np.count_nonzero(tensor.values))
     dense = sparse = 0
-    for lin in linears(graph):
+    for lin in prunable_linears(graph):
         k, n = lin.shape
         dense += 2 * k * n
         sparse += 2 * int(np.count_nonzero(lin.matmul.weight.values))

@@ -5,9 +5,10 @@ import onnx_graphsurgeon as gs
 from graphs import initializer, model, tensor, weights
 from onnx import helper
 
+from nlpress.ir.blocks import attention_blocks, ffn_pairs
+from nlpress.ir.linear import linears
 from nlpress.ir.verify import check, run
 from nlpress.passes.prune_sparsify import PruneSparsify
-from nlpress.passes.prune_structure import attention_blocks, ffn_pairs, linears
 
 
 def _gated(extra_reader: bool = False):

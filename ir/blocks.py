@@ -1,10 +1,7 @@
-"""Structures that prune-sparsify finds by shape of the graph: linears, FFN pairs, attention blocks.
+"""Groups of linear layers (`ir.linear`) found by shape of the graph: FFN pairs, attention blocks.
 
 Everything here is matched by identity and by structure, never by tensor or node names:
 
-- A `Linear` is `x @ W (+ b)`: a MatMul with a constant 2-D weight as its second input and an
-  optional `Add(y, b)` with a constant `[n]` bias that is the MatMul output's only reader, or a
-  Gemm (alpha = beta = 1, no transA) with its own bias.
 - An `FfnPair` is `up linear(s) -> per-channel elementwise chain -> down linear`: the chain is made
   of elementwise ops (activations, Mul/Add/...) whose constant operands are scalars or per-channel
   vectors, and every tensor in it is read only inside the chain. Several up linears may feed the
@@ -21,18 +18,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from nlpress.ir.graph import (
-    WeightedMatMul,
     constant_value,
     consumers,
     is_graph_output,
     opset_version,
     producer,
-    weighted_matmuls,
 )
+from nlpress.ir.linear import Linear
 
 # Ops that act on each channel (last axis) independently, with numpy broadcasting.
 ELEMENTWISE = frozenset(
@@ -53,96 +48,6 @@ ACTIVATIONS = frozenset(
     }
 )  # fmt: skip
 _MAX_CHAIN = 64
-
-
-@dataclass(frozen=True, eq=False)
-class Linear:
-    """`x @ W (+ b)` with W seen as `[k, n]`.
-
-    Attributes:
-        matmul: The MatMul or Gemm.
-        bias_node: The `Add` that adds a MatMul's bias, if any (None for Gemm).
-        bias: The bias constant `[n]`, if any.
-    """
-
-    matmul: WeightedMatMul
-    bias_node: gs.Node | None
-    bias: gs.Constant | None
-
-    @property
-    def name(self) -> str:
-        """The MatMul/Gemm node's name (for stats and `exclude`)."""
-        return str(self.matmul.node.name)
-
-    @property
-    def activation(self) -> gs.Tensor:
-        """The input x."""
-        return self.matmul.activation
-
-    @property
-    def output(self) -> gs.Tensor:
-        """The layer's result, after the bias."""
-        node = self.bias_node or self.matmul.node
-        return node.outputs[0]
-
-    def weight(self) -> np.ndarray:
-        """W as `[k, n]`."""
-        value = np.asarray(self.matmul.weight.values)
-        return value.T if self.matmul.transposed else value
-
-    def bias_value(self) -> np.ndarray | None:
-        """The bias as `[n]`, if any."""
-        return None if self.bias is None else np.asarray(self.bias.values).reshape(-1)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(k, n)."""
-        k, n = self.matmul.weight.values.shape
-        return (n, k) if self.matmul.transposed else (k, n)
-
-
-def linears(graph: gs.Graph) -> list[Linear]:
-    """Every `x @ W (+ b)` of the graph, in graph order."""
-    found = []
-    for wm in weighted_matmuls(graph):
-        linear = _linear(graph, wm)
-        if linear is not None:
-            found.append(linear)
-    return found
-
-
-def _linear(graph: gs.Graph, wm: WeightedMatMul) -> Linear | None:
-    if wm.weight_index != 1 or wm.weight.values.dtype.kind != "f":
-        return None
-    if wm.node.op == "Gemm":
-        if wm.node.attrs.get("alpha", 1.0) != 1.0 or wm.node.attrs.get("beta", 1.0) != 1.0:
-            return None
-        n = wm.weight.values.shape[0 if wm.transposed else 1]
-        if wm.bias is not None and np.asarray(wm.bias.values).size != n:
-            return None
-        return Linear(wm, None, wm.bias)
-    out = wm.node.outputs[0]
-    readers = consumers(out)
-    n = wm.weight.values.shape[1]
-    if len(readers) == 1 and readers[0].op == "Add" and not is_graph_output(graph, out):
-        add = readers[0]
-        other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
-        if isinstance(other, gs.Constant) and other.values.shape in ((n,), (1, n)):
-            return Linear(wm, add, other)
-    return Linear(wm, None, None)
-
-
-def residual(graph: gs.Graph, linear: Linear) -> gs.Tensor | None:
-    """The stream r that the linear's output is added to (`Add(y, r)`, y read only there)."""
-    out = linear.output
-    readers = consumers(out)
-    if len(readers) != 1 or readers[0].op != "Add" or is_graph_output(graph, out):
-        return None
-    add = readers[0]
-    if len(add.inputs) != 2 or add.inputs[0] is add.inputs[1]:
-        return None
-    other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
-    return None if constant_value(other) is not None else other
 
 
 def _only_read_by(graph: gs.Graph, tensor: gs.Tensor, allowed: Iterable[gs.Node]) -> bool:
