@@ -23,7 +23,7 @@ Patterns:
 - `heads`: attention heads are removed from the Q/K/V projections (columns and bias), from the
   output projection (rows), and from the Reshape constants that carry the head count.
 
-Structures are found by shape of the graph (`prune_structure`); what is not recognized is
+Structures are found by shape of the graph (`ir.linear`, `ir.blocks`); what is not recognized is
 counted in the stats (`ffn_unrecognized`, `attention_unrecognized`) and left alone.
 
 Recovery (`recover`, on by default for neurons and heads): the model the pass receives is the
