@@ -1,12 +1,8 @@
-"""Quantization arithmetic for quantize-insert: int8 weight scales, activation ranges, histograms.
+"""Activation ranges for quantize-insert, from bounded histograms of calibration data.
 
-Weights are int8 symmetric: scale = max|W| / 127 (per output column, or over the whole matrix),
-values rounded half to even (as ONNX QuantizeLinear rounds) and clipped to [-127, 127].
-Activations are uint8 asymmetric over a range [lo, hi] that holds 0: scale = (hi - lo) / 255,
-zero point = round(-lo / scale).
-
-Activation ranges come from calibration statistics, collected on token rows (padding excluded,
-`calibration.token_rows`) in a bounded histogram per tensor:
+How values are stored once a range is chosen is the QDQ format (`ir.qdq`). Ranges come from
+calibration statistics, collected on token rows (padding excluded, `calibration.token_rows`) in
+a bounded histogram per tensor:
 
 - `minmax`: the smallest and largest values seen.
 - `percentile`: the p-th and (100 - p)-th percentiles of the values (two-sided).
@@ -28,12 +24,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nlpress.ir.qdq import ACTIVATION
+
 BINS = 4096
 ENTROPY_LEVELS = 128
 ENTROPY_STEPS = 240
 MSE_GRID = 64
-INT8_MAX = 127
-UINT8_MAX = 255
 
 
 @dataclass
@@ -168,7 +164,7 @@ def _mse_range(histogram: Histogram, low: float, high: float) -> tuple[float, fl
     his = (high * grid).reshape(-1, 1)
     best, best_error = (low, high), np.inf
     for lo in low * grid:
-        step = np.maximum(his - lo, 1e-30) / UINT8_MAX
+        step = np.maximum(his - lo, 1e-30) / ACTIVATION.levels
         inside = (centers >= lo) & (centers <= his)
         error = (centers - np.clip(centers, lo, his)) ** 2 + np.where(inside, step**2 / 12, 0.0)
         totals = error @ counts
@@ -176,34 +172,6 @@ def _mse_range(histogram: Histogram, low: float, high: float) -> tuple[float, fl
         if totals[pick] < best_error:
             best, best_error = (float(lo), float(his[pick, 0])), float(totals[pick])
     return best
-
-
-def uint8_params(lo: float, hi: float) -> tuple[np.float32, np.uint8]:
-    """Scale and zero point of uint8 asymmetric quantization over [lo, hi] (lo <= 0 <= hi)."""
-    span = hi - lo
-    scale = np.float32(span / UINT8_MAX if span > 0 else 1.0)
-    zero = np.clip(np.round(-lo / float(scale)), 0, UINT8_MAX)
-    return scale, np.uint8(zero)
-
-
-def int8_scale(absmax: float) -> np.float32:
-    """Scale of int8 symmetric quantization of values within [-absmax, absmax]."""
-    return np.float32(absmax / INT8_MAX if absmax > 0 else 1.0)
-
-
-def quantize_weight(weight: np.ndarray, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
-    """W [k, n] as (int8 values [k, n], float32 scale [n] or scalar), symmetric."""
-    magnitude = np.abs(weight.astype(np.float64))
-    absmax = magnitude.max(axis=0) if per_channel else np.asarray(magnitude.max())
-    scale = np.where(absmax > 0, absmax / INT8_MAX, 1.0).astype(np.float32)
-    values = np.clip(np.round(weight / scale), -INT8_MAX, INT8_MAX).astype(np.int8)
-    return values, scale
-
-
-def quantize_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A table [rows, d] as (int8 values [rows, d], float32 scale [rows]), symmetric per row."""
-    values, scale = quantize_weight(table.T, per_channel=True)
-    return np.ascontiguousarray(values.T), scale
 
 
 def smooth_factors(channel_max: np.ndarray, weight_max: np.ndarray, alpha: float) -> np.ndarray:

@@ -1,11 +1,10 @@
 """QDQ MatMul -> int matmul: dq(x_q) @ dq(W_q) + b -> (x_q @ W_q - zp_x colsum(W_q)) s_x s_w + b.
 
 The Relax rewrite runs right after `from_onnx`, before legalization, for every target. It takes
-a `matmul` whose left operand is `dequantize(x_q, s_x, zp_x)` of a per-tensor uint8 activation
-(static QuantizeLinear or DynamicQuantizeLinear) and whose right operand is
-`dequantize(W_q, s_w, 0, axis=1)` of a constant int8 [k, n] weight (per-channel or per-tensor
-scale, zero zero-point), and an optional float bias added to its result. The quantize of x stays:
-it is real work (float -> uint8). What replaces the float matmul:
+a `matmul` whose left operand is `dequantize(x_q, s_x, zp_x)` of an activation in the QDQ format's
+`ACTIVATION` scheme and whose right operand is `dequantize(W_q, s_w, 0, axis=1)` of a constant
+weight in its `WEIGHT` scheme (`ir.qdq`), and an optional float bias added to its result. The
+quantize of x stays: it is real work (float -> uint8). What replaces the float matmul:
 
 - on CPU targets, one kernel (`call_te`) that accumulates uint8 x int8 products in int32 over
   a weight repacked at compile time into blocks of the target's kernel family,
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from nlpress.ir.qdq import ACTIVATION, TABLE, WEIGHT
 from nlpress.targets import relax_match
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ def _find_gathers(func: Any) -> dict[Any, tuple[Any, Any]]:
         table = dequantize.args[0]
         float_result = str(dequantize.attrs.out_dtype) == "float32"
         if (
-            relax_match.dtype_of(table) in ("int8", "uint8")
+            relax_match.dtype_of(table) in (TABLE.name, ACTIVATION.name)
             and relax_match.ndim_of(table) == 2
             and float_result
         ):
@@ -251,12 +251,13 @@ def _match_matmul(value: Any, values: dict[Any, Any]) -> tuple[Any, Any, Any, _W
 def _activation(dequantize: Any) -> tuple[Any, Any, Any] | None:
     """(x_q, s_x, zp_x) of a per-tensor uint8 dequantize with a float32 result, else None."""
     x_q, scale, zero_point = dequantize.args
-    if relax_match.dtype_of(x_q) != "uint8" or str(dequantize.attrs.out_dtype) != "float32":
+    float_result = str(dequantize.attrs.out_dtype) == "float32"
+    if relax_match.dtype_of(x_q) != ACTIVATION.name or not float_result:
         return None
     if (
         relax_match.ndim_of(x_q) not in (2, 3)
         or relax_match.dtype_of(scale) != "float32"
-        or relax_match.dtype_of(zero_point) != "uint8"
+        or relax_match.dtype_of(zero_point) != ACTIVATION.name
     ):
         return None
     if not (relax_match.is_scalar(scale) and relax_match.is_scalar(zero_point)):
@@ -270,12 +271,12 @@ def _weight(dequantize: Any) -> _Weight | None:
     if not all(relax_match.is_const(a) for a in (w_q, scale, zero_point)):
         return None
     q, s, zp = (a.value.numpy() for a in (w_q, scale, zero_point))
-    if q.dtype != np.int8 or q.ndim != 2 or s.dtype != np.float32 or np.any(zp != 0):
+    if q.dtype != WEIGHT.dtype or q.ndim != 2 or s.dtype != np.float32 or np.any(zp != 0):
         return None
     n = q.shape[1]
     if s.size == 1:
         s = np.full(n, s.reshape(()), dtype=np.float32)
-    elif s.shape != (n,) or int(dequantize.attrs.axis) not in (1, -1):
+    elif s.shape != (n,) or int(dequantize.attrs.axis) not in (WEIGHT.axis, -1):
         return None
     return _Weight(q, s.astype(np.float32))
 

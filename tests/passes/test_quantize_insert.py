@@ -14,7 +14,7 @@ from nlpress.passes.instruments import VerifyEach, run_pipeline
 from nlpress.passes.quantize_insert import (
     FLOAT_KEY,
     QuantizeInsert,
-    _predicted_count,
+    predicted_count,
     sensitivity_batches,
 )
 from nlpress.passes.quantize_ranges import Histogram, activation_range, entropy_threshold
@@ -419,9 +419,9 @@ def test_sensitivity_batches_hold_about_64_sequences_spread_over_the_set():
 
 
 def test_predicted_float_count_sums_the_gains_of_the_most_sensitive():
-    assert _predicted_count(0.990, [0.004, 0.002, 0.001, 0.0005], 0.997) == 3
-    assert _predicted_count(0.990, [0.001, -0.001], 0.997) == 2
-    assert _predicted_count(0.990, [0.01], 0.997) == 1
+    assert predicted_count(0.990, [0.004, 0.002, 0.001, 0.0005], 0.997) == 3
+    assert predicted_count(0.990, [0.001, -0.001], 0.997) == 2
+    assert predicted_count(0.990, [0.01], 0.997) == 1
 
 
 def test_attention_matmuls_quantize_both_inputs():
