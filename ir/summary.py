@@ -5,7 +5,7 @@ Sparsity is shown three ways: `sparsity`, the share of zeros among all float par
 entry per such weight with its shape, its share of zeros, and the tightest N:M pattern
 (N nonzeros at most in every M consecutive weights along the reduction axis, M in 4 or 8)
 that it satisfies, if its zeros fall in one. Zeros stay in the dense tensors of the artifact
-(TVM has no sparse kernel to run them; see `passes/prune_sparsify.py`), so this is what the
+(TVM has no sparse kernel to run them; see `passes.prune_sparsify`), so this is what the
 compression did, not what the kernels skip.
 
 `size_summary` is the part of it that manifests record before and after a pipeline: totals,

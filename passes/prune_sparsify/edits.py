@@ -1,33 +1,30 @@
-"""Plans and writes prune-sparsify's edits, one `Unit` (layer, FFN or attention block) at a time.
-
-New weights are computed in numpy, then written into the graph with an undo journal.
+"""Plans prune-sparsify's edits, one `Unit` (layer, FFN or attention block) at a time, in numpy.
 
 A unit's `Edit` holds the new `[k, n]` weight and bias of each of its linears, plus the kept groups
-of a structured unit; `apply` swaps in new constants (never mutating old ones), slices per-channel
-constants, rewrites the head counts of attention reshapes, and forgets the static shapes of the
-tensors whose width changed. Every change is journaled so that the budget search can undo it.
+of a structured unit. Weights are masked by score (`prune_patterns`) and, with recovery, each
+consumer is refitted to the teacher's outputs (`recovery.refit_masked_paired`) on the Grams of its
+input (`compress.grams`); pruned weights stay exactly zero.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from nlpress.ir import Model
 from nlpress.ir.blocks import AttentionBlock, FfnPair
-from nlpress.ir.graph import constant_value
 from nlpress.ir.linear import Linear
-from nlpress.ir.progress import steps
 from nlpress.passes.calibration import Feeds, activations, token_rows
-from nlpress.passes.compress.grams import Grams, GramSum, augmented_weight
+from nlpress.passes.compress.grams import (
+    Grams,
+    GramSum,
+    augmented_weight,
+)
 from nlpress.passes.prune_patterns import (
-    allocate,
     greedy_groups,
-    greedy_removals,
     group_rows,
     group_scores,
     kept_groups,
@@ -237,76 +234,6 @@ def plan_groups(
 
 
 # The most a unit is pruned under global or sensitivity allocation, relative to the pass's level.
-GLOBAL_CAP = 2.0
-# Allocation moves FFN neurons in steps of this many (when every width is a multiple), so that
-# the pruned widths stay friendly to vectorized, tiled matmul kernels.
-NEURON_STEP = 32
-
-# A unit's successive removal costs, given the unit, how many groups it may remove and the step.
-CostCurve = Callable[[Unit, int, int], np.ndarray]
-
-
-def allocate_levels(
-    units: Sequence[Unit], recorded: Mapping[str, int], level: float, curve: CostCurve
-) -> dict[str, float]:
-    """Per-unit levels that prune `level` of all groups together, cheapest first.
-
-    `curve` gives each unit's successive removal costs, comparable across units (see
-    `obs_cost_curve`, or the measured curves of allocation=sensitivity). Each unit keeps at
-    least one group and at most GLOBAL_CAP times the level is pruned; FFN neurons move in steps
-    of NEURON_STEP where the widths allow, so that every pruned width stays a multiple of it
-    (then the total is rounded to a multiple too).
-    """
-    originals = [original_groups(u, recorded) for u in units]
-    target = round(sum(originals) * (1.0 - level))
-    total = max(0, sum(u.groups for u in units) - target)
-    cap = min(GLOBAL_CAP * level, 1.0)
-    limits = [
-        max(0, u.groups - max(1, round(o * (1.0 - cap))))
-        for u, o in zip(units, originals, strict=True)
-    ]
-    step = _step(units)
-    pairs = list(zip(units, limits, strict=True))
-    curves = [curve(u, limit, step) for u, limit in steps(pairs, "sensitivity of each unit")]
-    counts = allocate(curves, round(total / step) * step, limits, step)
-    return {
-        u.name: 1.0 - (u.groups - count) / o
-        for u, o, count in zip(units, originals, counts, strict=True)
-    }
-
-
-def _step(units: Sequence[Unit]) -> int:
-    wide = all(u.kind == "neurons" and u.groups % NEURON_STEP == 0 for u in units)
-    return NEURON_STEP if units and wide else 1
-
-
-def obs_cost_curve(stats: Statistics, settings: Settings) -> CostCurve:
-    """Removal costs on the teacher's statistics (allocation=global).
-
-    A unit's successive removal costs are OBS costs (`greedy_removals`) under `obs`, else its
-    sorted group scores; each is divided by the unit's calibration output energy
-    tr([W; b]^T G [W; b]) (or its total score without a Gram), so units compare by relative
-    damage.
-    """
-    return lambda unit, limit, _step: _cost_curve(unit, stats, settings, limit)
-
-
-def _cost_curve(unit: Unit, stats: Statistics, settings: Settings, limit: int) -> np.ndarray:
-    consumer = unit.consumer
-    weight, bias = consumer.weight(), consumer.bias_value()
-    gram = stats.gram(unit) if settings.criterion != "magnitude" else None
-    if gram is None:
-        producers = [lin.weight() for lin in unit.linears if lin is not consumer]
-        score = np.sort(group_scores(weight, unit.groups, None, producers))
-        return np.asarray(score[:limit] / max(float(np.sum(score)), 1e-30))
-    bias_row = np.zeros(weight.shape[1]) if bias is None else bias
-    target = np.vstack([weight, bias_row])
-    energy = max(float(np.sum(target * (gram @ target))), 1e-30)
-    if settings.criterion == "obs":
-        _, costs = greedy_removals(gram, weight, bias, unit.groups, limit, settings.damping)
-        return np.asarray(costs / energy)
-    score = np.sort(group_scores(weight, unit.groups, gram))
-    return np.asarray(score[:limit] / energy)
 
 
 def _refit(
@@ -343,104 +270,6 @@ def _errors(
         return before, None
     offset = zero if new_bias is None else new_bias
     return before, paired_output_error(pair, refitted, offset, weight, bias)
-
-
-# --- writing edits into the graph ------------------------------------------------------------
-
-Undo = Callable[[], None]
-
-
-@dataclass
-class Writer:
-    """Writes edits into a graph, journaling every change so that `undo` restores the graph."""
-
-    graph: gs.Graph
-    journal: list[Undo] = field(default_factory=list)
-    _names: set[str] = field(default_factory=set)
-
-    def __post_init__(self) -> None:
-        self._names = set(self.graph.tensors())
-
-    def apply(self, edits: Iterable[Edit]) -> None:
-        """Write every edit."""
-        for edit in edits:
-            for linear, weight, bias in edit.weights:
-                self._write_linear(linear, weight, bias)
-            if isinstance(edit.unit.structure, FfnPair) and edit.kept is not None:
-                self._slice_ffn(edit.unit.structure, edit.kept)
-            if isinstance(edit.unit.structure, AttentionBlock) and edit.kept is not None:
-                self._rewrite_heads(edit.unit.structure, len(edit.kept))
-
-    def undo(self) -> None:
-        """Restore the graph as it was before the first `apply`."""
-        while self.journal:
-            self.journal.pop()()
-
-    def _constant(self, base: str, value: np.ndarray) -> gs.Constant:
-        name, count = f"{base}.pruned", 0
-        while name in self._names:
-            count += 1
-            name = f"{base}.pruned{count}"
-        self._names.add(name)
-        return gs.Constant(name, np.ascontiguousarray(value))
-
-    def _set_input(self, node: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:
-        index = next(i for i, t in enumerate(node.inputs) if t is old)
-        node.inputs[index] = new
-        self.journal.append(lambda: node.inputs.__setitem__(index, old))
-
-    def _forget_shape(self, tensor: gs.Tensor) -> None:
-        if isinstance(tensor, gs.Variable) and tensor.shape is not None:
-            shape = tensor.shape
-            tensor.shape = None
-            self.journal.append(lambda: setattr(tensor, "shape", shape))
-
-    def _write_linear(self, linear: Linear, weight: np.ndarray, bias: np.ndarray | None) -> None:
-        wm = linear.matmul
-        old = wm.weight
-        stored = weight.T if wm.transposed else weight
-        self._set_input(wm.node, old, self._constant(old.name, stored.astype(old.values.dtype)))
-        old_value = linear.bias_value()
-        same = bias is not None and old_value is not None and np.array_equal(bias, old_value)
-        if bias is not None and linear.bias is not None and not same:
-            old_bias = linear.bias
-            value = bias.reshape((*old_bias.values.shape[:-1], -1))
-            reader = linear.bias_node or wm.node
-            new = self._constant(old_bias.name, value.astype(old_bias.values.dtype))
-            self._set_input(reader, old_bias, new)
-        for node in (wm.node, linear.bias_node):
-            if node is not None and linear.shape[1] != weight.shape[1]:
-                self._forget_shape(node.outputs[0])
-
-    def _slice_ffn(self, pair: FfnPair, kept: np.ndarray) -> None:
-        for node, index in pair.channel_constants:
-            old = node.inputs[index]
-            value = constant_value(old)
-            if value is not None:
-                self._set_input(node, old, self._constant(old.name or "channel", value[..., kept]))
-        for node in pair.chain:
-            for out in node.outputs:
-                self._forget_shape(out)
-
-    def _rewrite_heads(self, block: AttentionBlock, heads: int) -> None:
-        for split in block.splits:
-            self._reshape_dim(split.reshape, -2, heads)
-            for node in (*split.between, split.reshape):
-                self._forget_shape(node.outputs[0])
-        self._reshape_dim(block.merge, -1, heads * block.head_dim)
-        self._forget_shape(block.merge.outputs[0])
-        for node in block.region:
-            for out in node.outputs:
-                self._forget_shape(out)
-
-    def _reshape_dim(self, reshape: gs.Node, axis: int, size: int) -> None:
-        old = reshape.inputs[1]
-        target = constant_value(old)
-        if target is None or int(target[axis]) <= 0:
-            return
-        value = np.array(target, dtype=np.int64)
-        value[axis] = size
-        self._set_input(reshape, old, self._constant(old.name or "shape", value))
 
 
 def original_groups(unit: Unit, recorded: Mapping[str, int]) -> int:
