@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -59,6 +60,8 @@ from nlpress.passes.base import option_default, option_fields, option_text, pars
 log = logging.getLogger("nlpress")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET = 0, 1, 2, 3
+# `nlpress passes` wraps each option's help to this many columns.
+HELP_WIDTH = 100
 
 __all__ = ["EXIT_BUDGET", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "BudgetNotMet", "main"]
 
@@ -558,7 +561,10 @@ def _passes(args: argparse.Namespace) -> int:
         helps = cls.option_help()
         for key, f in option_fields(cls).items():
             default = option_text(f, option_default(f))
-            print(f"    {key} (default {default or 'none'}): {helps.get(key, '')}")
+            text = f"{key} (default {default or 'none'}): {helps.get(key, '')}"
+            print(
+                textwrap.fill(text, HELP_WIDTH, initial_indent=" " * 4, subsequent_indent=" " * 8)
+            )
     print("named pipelines:")
     for name, text in NAMED_PIPELINES.items():
         print(f"    {name} = {text}")

@@ -11,33 +11,17 @@ The first term compares the first output mean-pooled over real tokens (attention
 sentence embedding that the lossy passes' budgets compare (`calibration.pooled_cosine`). The
 second matches, token by token, every LayerNormalization output that student and teacher share
 (a transformer block's hidden states), as TinyBERT distils its layers: that keeps each block
-close to its teacher rather than only the end result, and on all-MiniLM-L6-v2 (factorized, six
-epochs) it lowered the held-out loss to 0.141 against 0.148 with the first term alone. Adam,
-with the learning rate decayed to zero along a cosine over the steps. Weights that were exactly
-zero (pruned) stay zero: their gradient steps are masked out.
+close to its teacher rather than only the end result. Adam, with the learning rate decayed to
+zero along a cosine over the steps. Weights that were exactly zero (pruned) stay zero: their
+gradient steps are masked out.
 
 Data. A tenth of the calibration batches is held out; the weights with the lowest held-out
 pooled loss (the first term) are kept, and the student comes back unchanged when no epoch beats
-it. Trained on the other batches as they are, the student overfits them within an epoch: on
-all-MiniLM-L6-v2 (FFN neurons pruned by 25%, 240 training sentences) the training loss fell by a
-third while the held-out loss stayed at 0.0124. Distillation needs no labels, so each training
-sequence is spliced instead: the first tokens of one calibration sequence followed by the last
-tokens of another, cut at random places (every input shaped like the attention mask is cut
-alike), and the teacher labels it on the fly. Batches without an attention mask, or with padding
-that is not at the end, train as they are.
-
-Measured on all-MiniLM-L6-v2, sentence cosine on the evaluation text (benchmarks/factorize.py,
-benchmarks/prune.py). With the zoo's first 265 calibration sentences, FFN and attention
-projections factorized to 0.6 of their parameters (activation, recovery) went from 0.788 to
-0.841 in 30 epochs with uniform ranks (held-out loss 0.158 to 0.124), and from 0.841 to 0.896 in
-60 epochs and 0.904 in 120 with allocation=sensitivity (0.122 to 0.085 and 0.080); FFN neurons
-pruned by 25% (OBS refit, cosine 0.974) gained nothing: no epoch beat the refit on the held-out
-sentences. With all 1,299 sentences the same pruned model went from 0.979 to 0.982 in five
-epochs (held-out loss 0.0195 to 0.0173): distillation needs more data than the closed-form refit.
-On the 1,299 sentences an epoch takes about 20 s on two cores; how far the factorized model
-gets is in `factorize_matmul.py`. Larger learning rates are worse there: in four epochs 3e-4
-reached 0.861 against 0.902 at 1e-4 (its first epoch dropped the cosine to 0.742), and 1e-3
-broke the model (0.18).
+it. Trained on the other batches as they are, the student overfits them quickly, and
+distillation needs no labels, so each training sequence is spliced instead: the first tokens of
+one calibration sequence followed by the last tokens of another, cut at random places (every
+input shaped like the attention mask is cut alike), and the teacher labels it on the fly.
+Batches without an attention mask, or with padding that is not at the end, train as they are.
 
 Static graphs carry their batch size in Reshape constants, so a step does not stack sequences
 into one bigger batch: it maps the graph over several calibration batches (`TorchGraph.batched`).

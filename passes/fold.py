@@ -66,12 +66,10 @@ class Fold(Pass):
     """Fold constants and shapes exactly, remove no-ops, and canonicalize fused ops.
 
     Options:
-        shape: Static input shapes, e.g. `input_ids:1x128,attention_mask:1x128`; they rewrite the
-            inputs' declared dims and fold every shape computation to constants. Without them,
-            batch and sequence stay symbolic and whatever does not depend on them is folded.
-        max-bytes: A folded constant larger than this many bytes is kept only when it is no
-            larger than the constants it is computed from (a broadcast of a scalar to a huge
-            tensor stays unfolded).
+        shape: Static input shapes, e.g. `input_ids:1x128`, which fold every shape computation
+            to constants; without them batch and sequence stay symbolic.
+        max-bytes: A folded constant larger than this is kept only when it is no larger than
+            the constants it is computed from.
     """
 
     name = "fold"

@@ -262,3 +262,16 @@ def test_the_package_lists_its_public_names_only():
 
     assert {"compile", "optimize", "load", "SessionOptions"} <= set(dir(package))
     assert not {"annotations", "importlib", "version", "PackageNotFoundError"} & set(dir(package))
+
+
+def test_passes_prints_each_option_in_at_most_two_lines(capsys):
+    assert nlpress("passes") == EXIT_OK
+    lines = capsys.readouterr().out.splitlines()
+    options = [i for i, line in enumerate(lines) if line.startswith("    ") and line[4] != " "]
+    assert len(options) >= sum(len(cls.option_help()) for cls in PASSES.values())
+    for start in options:
+        wrapped = 1
+        while start + wrapped < len(lines) and lines[start + wrapped].startswith(" " * 8):
+            wrapped += 1
+        assert wrapped <= 2, lines[start]
+        assert all(len(line) <= 100 for line in lines[start : start + wrapped])

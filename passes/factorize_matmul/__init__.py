@@ -109,8 +109,8 @@ class FactorizeMatmul(Pass):
             least this cosine with the unfactorized layer's, in (0, 1).
         method: svd (truncated SVD of W), randomized (randomized SVD) or activation (SVD whitened
             by the calibration inputs, minimizing the error in the layer's outputs).
-        allocation: uniform (each layer's own rule), global (param-ratio of all layers together,
-            where it cuts most relative error) or sensitivity (as global, weighted by output loss).
+        allocation: uniform (each layer's own rule), global (param-ratio over all layers, where
+            it cuts most error) or sensitivity (global, weighted by output loss).
         recover: Refit the second factor and the bias to the unfactorized layer's outputs on
             calibration data (ridge regression in closed form).
         sequential: Factorize in graph order, each layer fitted on the inputs it sees once the
