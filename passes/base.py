@@ -77,12 +77,14 @@ class Pass(abc.ABC):
         """The canonical pipeline text of this pass: every option but empty defaults.
 
         An option left at an empty default (no shapes, nothing excluded) says nothing and is
-        left out; parsing the text gives the same pass either way.
+        left out, as is a deprecated spelling left at its default; parsing the text gives the
+        same pass either way.
         """
         options = " ".join(
             f"{key}={text}"
             for key, f in option_fields(type(self)).items()
             if (text := option_text(f, getattr(self, f.name))) or option_text(f, option_default(f))
+            if not (f.metadata.get("deprecated") and getattr(self, f.name) == option_default(f))
         )
         return f"{self.name}{{{options}}}" if options else self.name
 

@@ -24,6 +24,7 @@ and never factorized again, so a second run changes nothing.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -46,6 +47,7 @@ from nlpress.passes.compress.distillation import (
     require_distill,
 )
 from nlpress.passes.compress.grams import Grams, paired_grams
+from nlpress.passes.compress.options import check_exclude, exclude_option, excluded
 from nlpress.passes.factorize_matmul.allocation import Plan, global_ranks, sensitivities
 from nlpress.passes.factorize_matmul.edits import (
     MARK_U,
@@ -81,6 +83,8 @@ __all__ = [
     "useful_rank_limit",
 ]
 
+log = logging.getLogger(__name__)
+
 Method = Literal["svd", "randomized", "activation"]
 METHODS: tuple[str, ...] = ("svd", "randomized", "activation")
 Allocation = Literal["uniform", "global", "sensitivity"]
@@ -105,7 +109,7 @@ class FactorizeMatmul(Pass):
             (0, 1] (method=activation: of the output energy on calibration data).
         param-ratio: r = floor(p k n / (k + n)): the factors keep about this share of the
             parameters, in (0, 1); the default (0.5) when no other rank option is given.
-        budget-cosine: Per layer, the smallest rank whose outputs on calibration data keep at
+        layer-cosine: Per layer, the smallest rank whose outputs on calibration data keep at
             least this cosine with the unfactorized layer's, in (0, 1).
         method: svd (truncated SVD of W), randomized (randomized SVD) or activation (SVD whitened
             by the calibration inputs, minimizing the error in the layer's outputs).
@@ -118,8 +122,9 @@ class FactorizeMatmul(Pass):
         damping: Ridge strength for recovery and whitening, relative to the mean diagonal of the
             Gram matrix; >= 0.
         include: Regexes on node names; only matching layers are factorized (default: all).
-        exclude: Regexes on node names; matching layers are left as they are.
         seed: Seed of the randomized SVD's sketch.
+        budget-cosine: Deprecated here: the old spelling of layer-cosine (a per-layer cosine,
+            not the model budget the other passes take).
         rank-multiple: Round each rank to a multiple of this (down for a cut, up for a floor; 1
             turns it off): ranks that fill whole vector lanes make faster thin matmuls.
     """
@@ -131,25 +136,35 @@ class FactorizeMatmul(Pass):
     rank_ratio: float | None = None
     energy: float | None = None
     param_ratio: float | None = None
-    budget_cosine: float | None = None
+    layer_cosine: float | None = None
     method: Method = "svd"
     allocation: Allocation = "uniform"
     recover: bool = False
     sequential: bool = False
     damping: float = 1e-2
     include: tuple[str, ...] = field(default=())
-    exclude: tuple[str, ...] = field(default=())
+    exclude: tuple[str, ...] = exclude_option()
     seed: int = 0
     rank_multiple: int = 16
     distill_epochs: int = distill_epochs_option()
     distill_lr: float = distill_lr_option()
+    budget_cosine: float | None = field(default=None, metadata={"deprecated": True})
 
     def __post_init__(self) -> None:
         check_distill_options(self.distill_epochs, self.distill_lr)
+        if self.budget_cosine is not None:
+            log.warning(
+                "%s{budget-cosine} is deprecated: it is a per-layer cosine here, spelled "
+                "layer-cosine; budget-cosine is the model's output cosine in other passes",
+                self.name,
+            )
+            if self.layer_cosine is None:
+                object.__setattr__(self, "layer_cosine", self.budget_cosine)
+            object.__setattr__(self, "budget_cosine", None)
         chosen = [key for key in RANK_RULES if self._rule_value(key) is not None]
         if len(chosen) > 1:
             raise ValueError(
-                "give at most one of rank-ratio, energy, param-ratio, budget-cosine; "
+                "give at most one of rank-ratio, energy, param-ratio, layer-cosine; "
                 f"got {', '.join(chosen)}"
             )
         if not chosen:
@@ -174,7 +189,8 @@ class FactorizeMatmul(Pass):
             raise ValueError(f"rank-multiple must be >= 1, got {self.rank_multiple}")
         if not self.damping >= 0:
             raise ValueError(f"damping must be >= 0, got {self.damping}")
-        for pattern in (*self.include, *self.exclude):
+        check_exclude(self.name, self.exclude)
+        for pattern in self.include:
             try:
                 re.compile(pattern)
             except re.error as exc:
@@ -329,4 +345,5 @@ class FactorizeMatmul(Pass):
             return False
         if self.include and not any(re.search(p, name) for p in self.include):
             return False
-        return not any(re.search(p, name) for p in self.exclude)
+        weights = [t.name for t in node.inputs[:2] if isinstance(t, gs.Constant)]
+        return not excluded(self.exclude, node.op, [name, *weights])

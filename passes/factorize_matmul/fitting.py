@@ -141,7 +141,7 @@ def _rounded(settings: Settings, d: Decomposition, found: Fit, *, up: bool) -> F
 def _search(settings: Settings, d: Decomposition, budget: float) -> Fit:
     """The smallest rank whose outputs keep cosine `budget` with the layer's, by bisection."""
     if d.grams is None:
-        raise PreconditionError(f"{PASS}: budget-cosine needs calibration data")
+        raise PreconditionError(f"{PASS}: layer-cosine needs calibration data")
     k, n = d.weight.shape
     low, high = 1, min(len(d.s), max(1, useful_rank_limit(k, n) - 1))
     best = fit_at(settings, d, high)

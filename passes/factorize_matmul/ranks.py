@@ -7,7 +7,7 @@ only below the useful limit ceil(k n / (k + n)). Each rule is one `RankRule` in 
 - `param-ratio=p`: r = floor(p k n / (k + n)): the factors hold about a share p of W's parameters.
 - `energy=e`: the fewest singular values s_1 >= s_2 >= ... whose squares hold a share e of
   sum s_i^2.
-- `budget-cosine=c`: the smallest r whose layer outputs keep cosine c (searched in `fitting`).
+- `layer-cosine=c`: the smallest r whose layer outputs keep cosine c (searched in `fitting`).
 
 Rounding to a multiple m goes down for a rule that cuts (the cut is at least the one asked) and
 up for a rule that keeps a floor (the floor still holds).
@@ -61,7 +61,7 @@ RANK_RULES: Mapping[str, RankRule] = {
     "rank-ratio": RankRule(True, False, True, False, _rank_ratio),
     "energy": RankRule(True, True, False, False, _energy),
     "param-ratio": RankRule(False, False, True, False, _param_ratio),
-    "budget-cosine": RankRule(False, True, False, True, None),
+    "layer-cosine": RankRule(False, True, False, True, None),
 }
 DEFAULT_RULE = ("param-ratio", 0.5)
 

@@ -38,10 +38,9 @@ sparse matmul to lower them to. `nlpress inspect` reports the sparsity per layer
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from nlpress.ir import Model
@@ -54,6 +53,13 @@ from nlpress.passes.compress.distillation import (
     distill_lr_option,
     distill_stage,
     require_distill,
+)
+from nlpress.passes.compress.options import (
+    budget_cosine_option,
+    check_budget_cosine,
+    check_exclude,
+    exclude_option,
+    excluded,
 )
 from nlpress.passes.prune_sparsify.edits import Statistics, Unit, collect
 from nlpress.passes.prune_sparsify.planner import Planner, PlanOptions, meet_budget
@@ -93,10 +99,6 @@ class PruneSparsify(Pass):
         recover: Refit each pruned layer to the unpruned model's outputs on calibration data
             (default: on for neurons and heads, off for unstructured and N:M).
         damping: The refit's ridge, relative to the mean input energy.
-        exclude: Comma-separated glob patterns; a layer is skipped when the name of one of its
-            MatMul/Gemm nodes or weights matches one.
-        budget-cosine: A least cosine between the pruned and the unpruned model's first output
-            on the calibration data; the most damaged layers are pruned less until it is met.
         sequential: With recovery, prune and refit the units in graph order, each on the
             pruned model's own inputs to the teacher's outputs.
         residual-correction: In sequential recovery, fit a layer that feeds a residual stream
@@ -115,8 +117,8 @@ class PruneSparsify(Pass):
     scope: Literal["layer", "global"] = "layer"
     recover: bool | None = None
     damping: float = DEFAULT_DAMPING
-    exclude: tuple[str, ...] = field(default_factory=tuple)
-    budget_cosine: float | None = None
+    exclude: tuple[str, ...] = exclude_option()
+    budget_cosine: float | None = budget_cosine_option()
     sequential: bool = False
     residual_correction: bool = True
     allocation: Literal["uniform", "global", "sensitivity"] = "uniform"
@@ -145,8 +147,8 @@ class PruneSparsify(Pass):
             )
         if self.damping < 0:
             raise ValueError(f"damping {self.damping}: expected >= 0")
-        if self.budget_cosine is not None and not 0.0 < self.budget_cosine <= 1.0:
-            raise ValueError(f"budget-cosine {self.budget_cosine}: expected 0 < budget <= 1")
+        check_budget_cosine(self.budget_cosine)
+        check_exclude(self.name, self.exclude)
 
     @property
     def level(self) -> float:
@@ -281,5 +283,7 @@ class PruneSparsify(Pass):
         return units, found
 
     def _excluded(self, unit: Unit) -> bool:
-        names = [n for lin in unit.linears for n in (lin.name, lin.matmul.weight.name)]
-        return any(fnmatch.fnmatchcase(n, p) for n in names for p in self.exclude)
+        return any(
+            excluded(self.exclude, lin.node.op, [lin.name, lin.matmul.weight.name])
+            for lin in unit.linears
+        )

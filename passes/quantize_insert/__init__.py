@@ -20,9 +20,8 @@ changes nothing.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 import onnx_graphsurgeon as gs
@@ -31,6 +30,13 @@ from nlpress.ir import Model
 from nlpress.ir.graph import opset_version
 from nlpress.passes.base import Pass, PassResult, PreconditionError
 from nlpress.passes.calibration import Feeds, require_feeds
+from nlpress.passes.compress.options import (
+    budget_cosine_option,
+    check_budget_cosine,
+    check_exclude,
+    exclude_option,
+    excluded,
+)
 from nlpress.passes.quantize_insert.budget import meet_budget, predicted_count, sensitivity_batches
 from nlpress.passes.quantize_insert.layers import (
     Layer,
@@ -69,12 +75,8 @@ class QuantizeInsert(Pass):
         attention: Also quantize attention's batched MatMuls (both inputs computed).
         smooth: SmoothQuant migration strength alpha in [0, 1] (none: off); needs calibration
             data.
-        exclude: Layers kept in float: node names, regexes searched in node names, or op types
-            (e.g. Gemm).
         embeddings: Also store the constant tables read by Gather (embeddings) as int8, one
             symmetric scale per row.
-        budget-cosine: A least cosine between the quantized and the input model's first output
-            on the calibration data, in (0, 1); the most sensitive layers stay float until met.
     """
 
     name: ClassVar[str] = "quantize-insert"
@@ -87,9 +89,9 @@ class QuantizeInsert(Pass):
     per_channel: bool = True
     attention: bool = False
     smooth: float | None = None
-    exclude: tuple[str, ...] = field(default_factory=tuple)
+    exclude: tuple[str, ...] = exclude_option()
     embeddings: bool = True
-    budget_cosine: float | None = None
+    budget_cosine: float | None = budget_cosine_option()
 
     def __post_init__(self) -> None:
         if self.mode not in ("static", "dynamic"):
@@ -102,16 +104,8 @@ class QuantizeInsert(Pass):
             raise ValueError(f"percentile {self.percentile}: expected 50 < percentile <= 100")
         if self.smooth is not None and not 0.0 <= self.smooth <= 1.0:
             raise ValueError(f"smooth {self.smooth}: expected an alpha in [0, 1]")
-        if self.budget_cosine is not None and not 0.0 < self.budget_cosine < 1.0:
-            raise ValueError(f"budget-cosine {self.budget_cosine}: expected 0 < budget < 1")
-        for pattern in self.exclude:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(
-                    f"exclude {pattern!r} is not a valid regex ({exc}); escape it to match "
-                    "a name literally"
-                ) from exc
+        check_budget_cosine(self.budget_cosine)
+        check_exclude(self.name, self.exclude)
 
     @property
     def needs_data(self) -> bool:
@@ -198,8 +192,8 @@ class QuantizeInsert(Pass):
         return [t for t in find_tables(graph) if not any(self._excluded(n) for n in t.readers)]
 
     def _excluded(self, node: gs.Node) -> bool:
-        name = node.name or ""
-        return any(p == node.op or p == name or re.search(p, name) for p in self.exclude)
+        weights = [t.name for t in node.inputs[1:2] if isinstance(t, gs.Constant)]
+        return excluded(self.exclude, node.op, [node.name or "", *weights])
 
     def _smooth(
         self, work: Model, layers: Sequence[Layer], feeds: Sequence[Feeds]

@@ -8,6 +8,7 @@ from onnx import helper
 from nlpress.passes.compress.allocate import allocate, step_sums
 from nlpress.passes.compress.distillation import check_distill_options, distill_stage
 from nlpress.passes.compress.grams import GramSum, augmented_weight, with_ones
+from nlpress.passes.compress.options import check_budget_cosine, check_exclude, excluded
 from nlpress.passes.compress.sensitivity import Fidelity
 
 
@@ -83,3 +84,29 @@ def test_distill_options_are_checked_and_zero_epochs_leave_the_student():
     student = _scaled(0.5)
     out, stats = distill_stage(student, _scaled(1.0), [], 0, 1e-4)
     assert out is student and stats == {}
+
+
+def test_exclude_matches_op_types_and_regexes_in_node_or_weight_names():
+    names = ["/encoder/layer.0/attention/MatMul", "encoder.layer.0.query.weight"]
+    assert excluded(("Gemm",), "Gemm", ["dense"])
+    assert excluded((r"layer\.0/",), "MatMul", names)
+    assert excluded(("query",), "MatMul", names)  # the weight's name
+    assert not excluded(("layer.1", "Gemm"), "MatMul", names)
+
+
+def test_exclude_reads_globs_as_globs_and_warns(caplog):
+    with caplog.at_level("WARNING"):
+        check_exclude("prune-sparsify", ("*layer.0*", "dow*"))
+    assert caplog.text.count("deprecated") == 2
+    assert excluded(("dow*",), "MatMul", ["down"]) and not excluded(("dow*",), "MatMul", ["ado"])
+    assert excluded(("*layer.0*",), "MatMul", ["/encoder/layer.0/MatMul"])
+
+
+def test_bad_exclude_and_budget_cosine_are_refused():
+    with pytest.raises(ValueError, match="not a valid regex"):
+        check_exclude("quantize-insert", ("(unclosed",))
+    for value in (0.0, 1.5):
+        with pytest.raises(ValueError, match="budget-cosine"):
+            check_budget_cosine(value)
+    check_budget_cosine(1.0)
+    check_budget_cosine(None)

@@ -232,10 +232,10 @@ def test_grams_leave_out_padding_positions():
     np.testing.assert_allclose(gram, rows.T @ rows, rtol=1e-5)
 
 
-def test_budget_cosine_picks_the_smallest_rank_that_meets_it():
+def test_layer_cosine_picks_the_smallest_rank_that_meets_it():
     w, b = _weight(), _bias(3)
     grams = _gram()
-    options = FactorizeMatmul(budget_cosine=0.95, method="activation")
+    options = FactorizeMatmul(layer_cosine=0.95, method="activation")
     fit = options.factorize(w.astype(np.float64), b.astype(np.float64), grams)
 
     def cosine(f):
@@ -243,7 +243,7 @@ def test_budget_cosine_picks_the_smallest_rank_that_meets_it():
         return np.sum(want * got) / np.linalg.norm(want) / np.linalg.norm(got)
 
     assert cosine(fit) >= 0.95
-    smaller = dataclasses.replace(options, budget_cosine=None, rank_ratio=(fit.rank - 1) / N)
+    smaller = dataclasses.replace(options, layer_cosine=None, rank_ratio=(fit.rank - 1) / N)
     assert cosine(smaller.factorize(w.astype(np.float64), b.astype(np.float64), grams)) < 0.95
 
 
@@ -364,7 +364,7 @@ def test_data_hungry_options_need_calibration():
     data_hungry = (
         {"method": "activation"},
         {"recover": True},
-        {"budget_cosine": 0.9},
+        {"layer_cosine": 0.9},
         {"allocation": "sensitivity"},
     )
     for options in data_hungry:
@@ -469,3 +469,11 @@ def test_minilm_activation_recovery_beats_svd(minilm_path):
             session(result.model, optimize=True), reference, tokenizer
         ).mean_cosine
     assert cosines["activation"] > cosines["svd"] + 0.1
+
+
+def test_budget_cosine_is_the_deprecated_spelling_of_layer_cosine(caplog):
+    with caplog.at_level("WARNING"):
+        options = parse("factorize-matmul{budget-cosine=0.9}").passes[0]
+    assert "deprecated" in caplog.text and "layer-cosine" in caplog.text
+    assert options == FactorizeMatmul(layer_cosine=0.9)
+    assert "layer-cosine=0.9" in str(options)

@@ -460,7 +460,7 @@ def test_options_are_validated():
     with pytest.raises(ValueError, match="smooth"):
         QuantizeInsert(smooth=1.5)
     with pytest.raises(ValueError, match="budget-cosine"):
-        QuantizeInsert(budget_cosine=1.0)
+        QuantizeInsert(budget_cosine=1.5)
     with pytest.raises(ValueError, match="percentile"):
         QuantizeInsert(percentile=20.0)
     with pytest.raises(ValueError, match="not a valid regex"):
