@@ -340,10 +340,17 @@ def compile(
         if tune and tuning_records is not None:
             _require_static(result.model, {})
             tuning.tune_model(result.model.to_onnx(), descriptor, tune, tuning_records)
-        with tuning.using_records(tuning_records):
-            return targets.build_artifact(
-                result.model, descriptor, Path(output), manifest=manifest, files=files
-            )
+        from nlpress import __version__
+
+        return targets.build_artifact(
+            result.model,
+            descriptor,
+            Path(output),
+            manifest=manifest,
+            files=files,
+            records=tuning_records,
+            version=__version__,
+        )
 
 
 def _check_tuning(tune: int, records: str | os.PathLike[str] | None) -> None:

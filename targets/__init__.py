@@ -7,6 +7,7 @@ session (the runtime needs only numpy and the TVM runtime).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,21 @@ def build_artifact(
     *,
     manifest: Mapping[str, Any],
     files: Mapping[str, Path] | None = None,
+    records: str | os.PathLike[str] | None = None,
+    version: str = "unknown",
 ) -> Path:
     """Lower an optimized model and write its artifact folder atomically (see artifact.py)."""
     from nlpress.targets.artifact import build_artifact as build
 
-    return build(model, target, Path(out_dir), manifest=manifest, files=files)
+    return build(
+        model,
+        target,
+        Path(out_dir),
+        manifest=manifest,
+        files=files,
+        records=records,
+        version=version,
+    )
 
 
 def check_replaceable(out_dir: Path) -> None:

@@ -55,6 +55,8 @@ def build_artifact(
     *,
     manifest: Mapping[str, Any],
     files: Mapping[str, Path] | None = None,
+    records: str | os.PathLike[str] | None = None,
+    version: str = "unknown",
 ) -> Path:
     """Lower an optimized model (fold already run) and write its artifact folder atomically.
 
@@ -67,6 +69,8 @@ def build_artifact(
             under the lowering's own.
         files: Files the artifact carries besides its own (e.g. "tokenizer.json"), by their
             name in the folder; each is copied in and listed in the manifest's "files" by stem.
+        records: A MetaSchedule tuning-records folder whose schedules the CPU build reuses.
+        version: The nlpress version the manifest records.
 
     Returns:
         `out_dir`.
@@ -80,11 +84,11 @@ def build_artifact(
     check_replaceable(out_dir)
     began = time.perf_counter()
     with _staging(out_dir) as staging:
-        timings, facts = _lower(model, target, staging)
+        timings, facts = _lower(model, target, staging, records)
         save_model(model, staging / ONNX_FILE)
         for name, source in (files or {}).items():
             shutil.copyfile(source, staging / name)
-        fields = _manifest(model, target, manifest, facts)
+        fields = _manifest(model, target, manifest, facts, version)
         fields["files"].update({Path(name).stem: name for name in files or {}})
         fields["library"] = library_facts(staging / LIBRARY)
         if "sizes" in fields:
@@ -103,7 +107,9 @@ def build_artifact(
     return out_dir
 
 
-def _lower(model: Model, target: Target, staging: Path) -> tuple[dict[str, float], dict[str, Any]]:
+def _lower(
+    model: Model, target: Target, staging: Path, records: str | os.PathLike[str] | None
+) -> tuple[dict[str, float], dict[str, Any]]:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     with step("lowering: import into TVM Relax"):
@@ -111,7 +117,7 @@ def _lower(model: Model, target: Target, staging: Path) -> tuple[dict[str, float
     timings["import_seconds"] = time.perf_counter() - clock
     clock = time.perf_counter()
     with step("lowering: schedule the kernels"):
-        executable = lower.build(mod, target)
+        executable = lower.build(mod, target, records)
     timings["build_seconds"] = time.perf_counter() - clock
     clock = time.perf_counter()
     with step("lowering: generate code and link model.so"):
@@ -122,18 +128,20 @@ def _lower(model: Model, target: Target, staging: Path) -> tuple[dict[str, float
 
 
 def _manifest(
-    model: Model, target: Target, caller: Mapping[str, Any], facts: Mapping[str, Any]
+    model: Model,
+    target: Target,
+    caller: Mapping[str, Any],
+    facts: Mapping[str, Any],
+    version: str,
 ) -> dict[str, Any]:
     import tvm
-
-    from nlpress import __version__
 
     proto = model.to_onnx()
     fields: dict[str, Any] = dict(caller)
     fields.update(
         {
             "format_version": FORMAT_VERSION,
-            "nlpress_version": __version__,
+            "nlpress_version": version,
             "tvm_version": str(tvm.__version__),
             "target": target.describe(),
             "code": isa.kernel_facts(lower.tvm_target(target)),

@@ -238,15 +238,15 @@ def build(mod: Any, target: Target, records: str | os.PathLike[str] | None = Non
     Args:
         mod: The Relax module from `import_onnx`.
         target: The target descriptor.
-        records: A MetaSchedule tuning-records folder whose schedules the CPU build reuses;
-            default the folder of an enclosing `tuning.using_records` block, if any.
+        records: A MetaSchedule tuning-records folder whose schedules the CPU build reuses
+            (None: the default schedules only).
 
     """
     from tvm import relax
 
     from nlpress.targets import tuning
 
-    folder = Path(records) if records is not None else tuning.active_records()
+    folder = Path(records) if records is not None else None
     if folder is not None and not tuning.has_records(folder):
         log.warning("no tuning records in %s: building with the default schedules", folder)
         folder = None

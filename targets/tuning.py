@@ -1,8 +1,8 @@
 """MetaSchedule tuning on top of the default schedules, with records a later build reuses.
 
 `tune` searches schedules for a model's CPU kernels and stores them in a records folder (a
-MetaSchedule JSON database). A build given that folder (`lower.build(..., records=DIR)`, or
-any build inside `using_records(DIR)`) takes each kernel's best tuned schedule from it and
+MetaSchedule JSON database). A build given that folder (`lower.build(..., records=DIR)`,
+`build_artifact(..., records=DIR)`) takes each kernel's best tuned schedule from it and
 schedules the rest with the default rules, without tuning again. Records are keyed by the
 kernel's structure, so they serve every model and shape that has the same kernels on the same
 target.
@@ -11,7 +11,6 @@ target.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import logging
 import os
 import time
@@ -29,25 +28,6 @@ log = logging.getLogger(__name__)
 WORKER_TIMEOUT = 180
 # Timed calls of a default schedule when it is stored as a record (the median counts).
 SEED_REPEAT = 9
-
-_RECORDS: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
-    "nlpress_tuning_records", default=None
-)
-
-
-@contextlib.contextmanager
-def using_records(records: str | os.PathLike[str] | None) -> Iterator[None]:
-    """Builds inside this block reuse the tuning records in `records` (None: no records)."""
-    token = _RECORDS.set(Path(records) if records is not None else None)
-    try:
-        yield
-    finally:
-        _RECORDS.reset(token)
-
-
-def active_records() -> Path | None:
-    """The records folder of the innermost `using_records` block, if any."""
-    return _RECORDS.get()
 
 
 def has_records(records: str | os.PathLike[str]) -> bool:

@@ -49,8 +49,7 @@ def test_seeded_records_are_reused(tiny_model: Model, tmp_path: Path) -> None:
         default_schedules=False,
     )  # fmt: skip
     assert "fused_matmul_relu" not in unscheduled  # its schedule came from the records
-    with tuning.using_records(tmp_path):
-        z, idf = _outputs(lower.build(lower.import_onnx(model.to_onnx()), target))
+    z, idf = _outputs(lower.build(lower.import_onnx(model.to_onnx()), target, tmp_path))
     expected = run(model, FEEDS)
     np.testing.assert_allclose(z, expected["z"], atol=1e-5)
     np.testing.assert_array_equal(idf, expected["idf"])
@@ -62,13 +61,6 @@ def test_a_folder_without_records_builds_with_defaults(
     with caplog.at_level(logging.WARNING, logger="nlpress.targets.lower"):
         lower.build(lower.import_onnx(tiny_model.to_onnx()), get_target("x86"), tmp_path)
     assert "no tuning records" in caplog.text
-
-
-def test_using_records_is_scoped(tmp_path: Path) -> None:
-    assert tuning.active_records() is None
-    with tuning.using_records(tmp_path):
-        assert tuning.active_records() == tmp_path
-    assert tuning.active_records() is None
 
 
 @pytest.mark.slow
