@@ -19,9 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
+import machine
 import numpy as np
 
 import nlpress
@@ -342,6 +344,12 @@ def main() -> None:
         report = {**json.loads(path.read_text()), **_parts(report, args.only)}
     path.write_text(json.dumps(report, indent=2))
     (args.out / "factorize.md").write_text(markdown(report))
+    machine.write_section(
+        "factorize",
+        "factorize-matmul on all-MiniLM-L6-v2 (benchmarks/factorize.py)",
+        markdown(report).rstrip().splitlines(),
+        "python benchmarks/factorize.py " + " ".join(sys.argv[1:]),
+    )
 
 
 def _parts(report: dict[str, object], only: str) -> dict[str, object]:

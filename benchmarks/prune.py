@@ -23,11 +23,13 @@ import argparse
 import json
 import logging
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import machine
 import numpy as np
 
 import nlpress
@@ -248,6 +250,12 @@ def write(rows: list[dict[str, Any]], out: Path) -> None:
         "and N:M artifacts are dense with zeros: TVM 0.27 has no sparse matmul.\n"
     )
     (out / "prune.md").write_text(head + "\n".join(lines) + "\n" + notes)
+    machine.write_section(
+        "prune",
+        "prune-sparsify on all-MiniLM-L6-v2 (benchmarks/prune.py)",
+        (head + "\n".join(lines) + "\n" + notes).splitlines(),
+        "python benchmarks/prune.py " + " ".join(sys.argv[1:]),
+    )
 
 
 if __name__ == "__main__":

@@ -26,12 +26,14 @@ import argparse
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import machine
 import numpy as np
 import onnx
 
@@ -349,6 +351,12 @@ def write(report: Mapping[str, Any], results: Path) -> None:
         ]
     lines += ["", *(f"- {note}" for note in report.get("notes", []))]
     (results / "quantize.md").write_text("\n".join(lines).rstrip() + "\n")
+    machine.write_section(
+        "quantize",
+        "quantize-insert on all-MiniLM-L6-v2 (benchmarks/quantize.py)",
+        "\n".join(lines).rstrip().splitlines(),
+        "python benchmarks/quantize.py " + " ".join(sys.argv[1:]),
+    )
 
 
 def _artifact_line(r: Mapping[str, Any]) -> str:
