@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nlpress.ir import Model
-from nlpress.passes.calibration import Feeds, first_outputs, output_cosine
+from nlpress.passes.calibration import Feeds, first_outputs, output_cosine, pooled_cosine
 
 
 @dataclass
@@ -32,9 +32,17 @@ class Fidelity:
             self._reference = first_outputs(self.teacher, self.feeds)
         return self._reference
 
-    def cosine(self, model: Model) -> float:
-        """The pooled cosine of `model`'s first output to the teacher's."""
-        return output_cosine(model, self.reference, self.feeds)
+    def cosine(self, model: Model, batches: Sequence[int] | None = None) -> float:
+        """The pooled cosine of `model`'s first output to the teacher's (on some batches)."""
+        if batches is None:
+            return output_cosine(model, self.reference, self.feeds)
+        outputs = first_outputs(model, [self.feeds[i] for i in batches])
+        return self.outputs_cosine(outputs, batches)
+
+    def outputs_cosine(self, outputs: Sequence[np.ndarray], batches: Sequence[int]) -> float:
+        """The pooled cosine of first outputs computed on `batches` to the teacher's there."""
+        reference = [self.reference[i] for i in batches]
+        return pooled_cosine(reference, outputs, [self.feeds[i] for i in batches])
 
     def loss(self, model: Model) -> float:
         """1 - `cosine`: what `model` (the teacher with some units compressed) loses."""

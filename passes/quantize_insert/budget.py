@@ -19,8 +19,8 @@ from nlpress.ir.progress import steps
 from nlpress.passes.calibration import (
     Feeds,
     first_outputs,
-    pooled_cosine,
 )
+from nlpress.passes.compress.sensitivity import Fidelity
 from nlpress.passes.quantize_insert.writer import Plan
 
 log = logging.getLogger(__name__)
@@ -40,19 +40,17 @@ def meet_budget(
     on the sensitivity batches, then the count of float layers that the summed sensitivities
     predict, checked on all the data and moved one layer at a time to the least that meets it.
     """
-    reference = first_outputs(teacher, feeds)
+    fidelity = Fidelity(teacher, feeds)
+    cosine = fidelity.outputs_cosine
     few = sensitivity_batches(feeds)
     scores = 0
-
-    def cosine(outputs: Sequence[np.ndarray], index: Sequence[int]) -> float:
-        return pooled_cosine([reference[i] for i in index], outputs, [feeds[i] for i in index])
 
     def score(selected: frozenset[int], index: Sequence[int]) -> float:
         nonlocal scores
         if not selected and not plan.tables:
             return 1.0  # the float model itself
         scores += 1
-        return cosine(first_outputs(plan.build(selected), [feeds[i] for i in index]), index)
+        return fidelity.cosine(plan.build(selected), index)
 
     everything = frozenset(range(len(plan.layers)))
     every = range(len(feeds))
