@@ -18,6 +18,8 @@ Padding = Literal["longest", "max_length"]
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
+Pair = tuple[str, str]
+
 
 def calibration_sentences() -> list[str]:
     """The calibration set: 1,299 sentences on many topics, disjoint from the evaluation set."""
@@ -43,6 +45,29 @@ def read_sentences(path: str | os.PathLike[str]) -> list[str]:
     if not sentences:
         raise NlpressError(f"{path}: holds no sentences")
     return sentences
+
+
+def read_eval_text(path: str | os.PathLike[str]) -> list[str] | list[Pair]:
+    """Sentences, one per line, or pairs: two tab-separated sentences on every line.
+
+    Empty lines are skipped; a file that mixes the two forms is refused, naming the line.
+    """
+    sentences = read_sentences(path)
+    tabs = [line.count("\t") for line in sentences]
+    if not any(tabs):
+        return sentences
+    pairs: list[Pair] = []
+    for number, line in enumerate(sentences, start=1):
+        a, _, b = line.partition("\t")
+        if line.count("\t") != 1 or not a.strip() or not b.strip():
+            raise NlpressError(
+                f"{path}: non-empty line {number} is not two tab-separated sentences; give one "
+                "sentence per line, or a pair on every line"
+            )
+        pairs.append((a.strip(), b.strip()))
+    if len(pairs) < 2:
+        raise NlpressError(f"{path}: one pair; retrieval needs at least two")
+    return pairs
 
 
 @cache
