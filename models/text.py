@@ -18,6 +18,11 @@ Padding = Literal["longest", "max_length"]
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
+# Calibration text of at least MIN_HELDOUT_TEXT sentences is split: every HELDOUT_EVERY-th
+# sentence is held out for scoring; a shorter text calibrates whole.
+HELDOUT_EVERY = 5
+MIN_HELDOUT_TEXT = 20
+
 Pair = tuple[str, str]
 
 
@@ -45,6 +50,20 @@ def read_sentences(path: str | os.PathLike[str]) -> list[str]:
     if not sentences:
         raise NlpressError(f"{path}: holds no sentences")
     return sentences
+
+
+def split_heldout(sentences: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The calibration part and the held-out part of a calibration text.
+
+    In a text of at least MIN_HELDOUT_TEXT sentences, sentence i (from 0) is held out when
+    i % HELDOUT_EVERY == HELDOUT_EVERY - 1 (every fifth); a shorter text is all calibration. The
+    split depends only on the order of the sentences.
+    """
+    if len(sentences) < MIN_HELDOUT_TEXT:
+        return list(sentences), []
+    held = [i % HELDOUT_EVERY == HELDOUT_EVERY - 1 for i in range(len(sentences))]
+    calibration = [s for s, h in zip(sentences, held, strict=True) if not h]
+    return calibration, [s for s, h in zip(sentences, held, strict=True) if h]
 
 
 def read_eval_text(path: str | os.PathLike[str]) -> list[str] | list[Pair]:

@@ -145,6 +145,9 @@ def _opt(args: argparse.Namespace) -> int:
     save_model(result.model, output)
     if timer:
         print(timer.report(), file=sys.stderr)
+    if result.heldout or result.heldout_note:
+        line = result.heldout.describe() if result.heldout else result.heldout_note
+        print(line, file=sys.stderr)
     for record in result.records:
         log.info("%s: changed=%s %s", record.text, record.changed, dict(record.stats))
     return EXIT_OK

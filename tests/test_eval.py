@@ -144,6 +144,8 @@ def test_bad_models_are_one_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_eval_of_a_minilm_artifact_on_a_text_file(tmp_path, capsys):
     artifact = nlpress.compile("minilm-l6", "x86", tmp_path / "o1")
+    heldout = json.loads((artifact / "manifest.json").read_text())["fidelity"]["heldout"]
+    assert heldout["text"] == "zoo calibration text" and heldout["min_cosine"] > 0.9999
     text = tmp_path / "text.txt"
     text.write_text("\n".join(SENTENCES))
     args = ["eval", artifact, "--reference", "minilm-l6", "--text", text, "--json"]
