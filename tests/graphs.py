@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
+import onnx.parser
 from onnx import TensorProto, helper, numpy_helper
 
 from nlpress.ir import Model
@@ -50,3 +51,17 @@ def model(*args: object, **kwargs: object) -> Model:
 def weights(shape: Dims, seed: int = 0) -> np.ndarray:
     """Seeded float32 weights."""
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def text_model(body: str, opset: int = OPSET, checked: bool = True) -> Model:
+    """A model written in ONNX's text syntax (`onnx.parser`), imported into the IR.
+
+    `body` is the graph, e.g. `g (float[N, 4] x) => (float[N, 4] y) { [relu] y = Relu(x) }`;
+    the header with IR version 8 and the default domain at `opset` is prepended. The model is
+    checked unless asked not to (e.g. for unsorted nodes).
+    """
+    header = f'<ir_version: 8, opset_import: ["" : {opset}]>\n'
+    proto = onnx.parser.parse_model(header + body)
+    if checked:
+        onnx.checker.check_model(proto, full_check=True)
+    return Model.from_onnx(proto)
