@@ -65,3 +65,8 @@ def text_model(body: str, opset: int = OPSET, checked: bool = True) -> Model:
     if checked:
         onnx.checker.check_model(proto, full_check=True)
     return Model.from_onnx(proto)
+
+
+def weights_text(shape: Dims, seed: int = 0) -> str:
+    """Seeded weights (as `weights`, to 6 significant digits) as an ONNX text literal `{...}`."""
+    return "{" + ", ".join(f"{v:.6g}" for v in weights(shape, seed).reshape(-1)) + "}"

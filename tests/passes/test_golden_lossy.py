@@ -1,0 +1,80 @@
+"""Golden dumps of what the lossy passes write for one layer, through the public pass API.
+
+Only what must not change is pinned: the QDQ pattern quantize-insert writes around one MatMul
+(with the int8 weights and scales of dynamic mode, which calibration does not touch), the pair
+of MatMuls factorize-matmul writes at a fixed rank, and the shapes prune-sparsify leaves in one
+FFN. Values that calibration or a fit decides are left out of the comparison (`pattern`).
+Regenerate with `--update-golden` (see tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+from conftest import Golden
+from graphs import text_model, weights_text
+
+from nlpress.ir import Model
+from nlpress.ir.dump import dump_text
+from nlpress.ir.verify import check
+from nlpress.passes import parse, run_pipeline
+
+_CONSTANT_DATA = re.compile(r"^(const \S+: \S+) (?:= \[.*\]|#[0-9a-f]+)$", re.MULTILINE)
+
+
+def pattern(dump: str) -> str:
+    """A dump without the constants' data: names, dtypes, shapes and nodes only."""
+    return _CONSTANT_DATA.sub(r"\1", dump)
+
+
+def dense() -> Model:
+    """x[N, 8] -> MatMul(W[8, 6]) -> y, calibrated on four seeded batches."""
+    m = text_model(
+        f"""g (float[N, 8] x) => (float[N, 6] y) <float[8, 6] w = {weights_text([8, 6])}> {{
+            [dense] y = MatMul(x, w)
+        }}"""
+    )
+    return dataclasses.replace(m, calibration=_feeds(8))
+
+
+def ffn() -> Model:
+    """x[N, 4] -> up (8 neurons, bias) -> Relu -> down (bias) -> y, calibrated."""
+    m = text_model(
+        f"""g (float[N, 4] x) => (float[N, 4] y)
+            <float[4, 8] up_w = {weights_text([4, 8], 1)}, float[8] up_b = {weights_text([8], 2)},
+             float[8, 4] down_w = {weights_text([8, 4], 3)},
+             float[4] down_b = {weights_text([4], 4)}> {{
+            [up] h = MatMul(x, up_w)
+            [up_bias] hb = Add(h, up_b)
+            [relu] r = Relu(hb)
+            [down] o = MatMul(r, down_w)
+            [down_bias] y = Add(o, down_b)
+        }}"""
+    )
+    return dataclasses.replace(m, calibration=_feeds(4))
+
+
+def _feeds(width: int) -> tuple[dict[str, np.ndarray], ...]:
+    rng = np.random.default_rng(5)
+    return tuple({"x": rng.standard_normal((16, width)).astype(np.float32)} for _ in range(4))
+
+
+CASES = {
+    "quantize-insert-dynamic": (dense, "quantize-insert{mode=dynamic}", False),
+    "quantize-insert-static": (dense, "quantize-insert", True),
+    "factorize-matmul-rank-3": (dense, "factorize-matmul{rank-ratio=0.5 rank-multiple=1}", True),
+    "prune-sparsify-neurons": (ffn, "prune-sparsify{pattern=neurons sparsity=0.5}", True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_lossy_rewrite_matches_its_golden_dump(name: str, golden: Golden) -> None:
+    builder, pipeline, pattern_only = CASES[name]
+    result = run_pipeline(builder(), parse(pipeline))
+    assert result.records[0].changed
+    check(result.model)
+    dump = dump_text(result.model)
+    golden(name, pattern(dump) if pattern_only else dump)
