@@ -8,10 +8,10 @@ Regenerate the dumps after a deliberate change with `--update-golden` (see tests
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-from conftest import Golden
 from graphs import text_model
 
 from nlpress.ir.dump import dump_text
@@ -197,7 +197,7 @@ DIMS = {"N": 3, "batch": 2, "sequence": 5}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_rewrite_matches_its_golden_dump(name: str, golden: Golden) -> None:
+def test_rewrite_matches_its_golden_dump(name: str, golden: Callable[[str, str], None]) -> None:
     case = CASES[name]
     before = text_model(case.graph, case.opset, case.checked)
     pipeline = parse(case.pipeline)

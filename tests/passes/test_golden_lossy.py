@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 
 import numpy as np
 import pytest
-from conftest import Golden
 from graphs import text_model, weights_text
 
 from nlpress.ir import Model
@@ -71,7 +71,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_lossy_rewrite_matches_its_golden_dump(name: str, golden: Golden) -> None:
+def test_lossy_rewrite_matches_its_golden_dump(
+    name: str, golden: Callable[[str, str], None]
+) -> None:
     builder, pipeline, pattern_only = CASES[name]
     result = run_pipeline(builder(), parse(pipeline))
     assert result.records[0].changed
