@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -70,3 +71,64 @@ def text_model(body: str, opset: int = OPSET, checked: bool = True) -> Model:
 def weights_text(shape: Dims, seed: int = 0) -> str:
     """Seeded weights (as `weights`, to 6 significant digits) as an ONNX text literal `{...}`."""
     return "{" + ", ".join(f"{v:.6g}" for v in weights(shape, seed).reshape(-1)) + "}"
+
+
+def calibrated(m: Model, feeds: Sequence[Mapping[str, np.ndarray]]) -> Model:
+    """`m` carrying `feeds` as its calibration batches."""
+    return dataclasses.replace(m, calibration=tuple(feeds))
+
+
+def dense(
+    x: Dims,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    activation: str | None = "Relu",
+    then: np.ndarray | None = None,
+    opset: int = OPSET,
+) -> Model:
+    """x[..., k] -> MatMul(w[k, n]) (+ b) (-> activation) (-> MatMul(w2[n, m])) -> y.
+
+    Nodes are named `dense/MatMul`, `dense/Add`, the activation's op in lower case and
+    `out/MatMul`; weights `w`, `b` and `w2`.
+    """
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="dense/MatMul")]
+    inits = [initializer("w", weight)]
+    last = "h"
+    if bias is not None:
+        nodes.append(helper.make_node("Add", ["h", "b"], ["hb"], name="dense/Add"))
+        inits.append(initializer("b", bias))
+        last = "hb"
+    if activation is not None:
+        nodes.append(helper.make_node(activation, [last], ["r"], name=activation.lower()))
+        last = "r"
+    width = weight.shape[1]
+    if then is not None:
+        nodes.append(helper.make_node("MatMul", [last, "w2"], ["o"], name="out/MatMul"))
+        inits.append(initializer("w2", then))
+        last, width = "o", then.shape[1]
+    nodes[-1].output[0] = "y"
+    y = tensor("y", [*list(x)[:-1], width])
+    return model(nodes, [tensor("x", x)], [y], inits, opset=opset)
+
+
+def embedding(
+    table: np.ndarray,
+    ids: Dims = ("batch", "sequence"),
+    ids_name: str = "ids",
+    cast: bool = False,
+) -> Model:
+    """Token ids (through a Cast to int32 if asked, as exporters often write them) -> Gather(T).
+
+    The nodes are named `cast` and `embed`, the table `table`, the output `rows`.
+    """
+    source = "ids32" if cast else ids_name
+    nodes = [helper.make_node("Gather", ["table", source], ["rows"], name="embed")]
+    if cast:
+        to = TensorProto.INT32
+        nodes.insert(0, helper.make_node("Cast", [ids_name], [source], name="cast", to=to))
+    return model(
+        nodes,
+        [tensor(ids_name, ids, TensorProto.INT64)],
+        [tensor("rows", [*ids, table.shape[1]])],
+        [initializer("table", table)],
+    )

@@ -9,13 +9,12 @@ Regenerate with `--update-golden` (see tests/conftest.py).
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable
 
 import numpy as np
 import pytest
-from graphs import text_model, weights_text
+from graphs import calibrated, text_model, weights_text
 
 from nlpress.ir import Model
 from nlpress.ir.dump import dump_text
@@ -37,7 +36,7 @@ def dense() -> Model:
             [dense] y = MatMul(x, w)
         }}"""
     )
-    return dataclasses.replace(m, calibration=_feeds(8))
+    return calibrated(m, _feeds(8))
 
 
 def ffn() -> Model:
@@ -54,7 +53,7 @@ def ffn() -> Model:
             [down_bias] y = Add(o, down_b)
         }}"""
     )
-    return dataclasses.replace(m, calibration=_feeds(4))
+    return calibrated(m, _feeds(4))
 
 
 def _feeds(width: int) -> tuple[dict[str, np.ndarray], ...]:

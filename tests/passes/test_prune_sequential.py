@@ -4,7 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from graphs import initializer, model, tensor, weights
+from graphs import calibrated, initializer, model, tensor, weights
 from onnx import helper
 
 from nlpress.ir import Model
@@ -50,7 +50,7 @@ def _two_ffns(second_scale: float = 1.0, residual: bool = False) -> Model:
     m = model(nodes, [tensor("x", shape)], [tensor("y", shape)], inits)
     rng = np.random.default_rng(5)
     feeds = tuple({"x": rng.standard_normal((ROWS, HIDDEN)).astype(np.float32)} for _ in range(12))
-    return dataclasses.replace(m, calibration=feeds)
+    return calibrated(m, feeds)
 
 
 def _error(teacher: Model, student: Model) -> float:

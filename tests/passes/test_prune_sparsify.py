@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 import pytest
-from graphs import initializer, model, tensor, weights
+from graphs import calibrated, initializer, model, tensor, weights
 from onnx import helper
 
 from nlpress.ir import Model
@@ -24,7 +24,7 @@ def _calibrate(m: Model, batches: int = 8, seed: int = 1) -> Model:
     feeds = tuple(
         {"x": (rng.standard_normal(shape) * scale).astype(np.float32)} for _ in range(batches)
     )
-    return dataclasses.replace(m, calibration=feeds)
+    return calibrated(m, feeds)
 
 
 def _ffn(gemm: bool = False) -> Model:
@@ -108,7 +108,7 @@ def _attention_calibrated(mask_heads: int = 1) -> Model:
     feeds = tuple(
         {"x": rng.standard_normal((1, SEQ, HEADS * HEAD_DIM)).astype(np.float32)} for _ in range(16)
     )
-    return dataclasses.replace(_attention(mask_heads), calibration=feeds)
+    return calibrated(_attention(mask_heads), feeds)
 
 
 def _weight(m: Model, node_name: str) -> np.ndarray:

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
-from graphs import initializer, model, tensor
+from graphs import calibrated, dense, initializer, model, tensor
 from onnx import TensorProto, helper
 
 from nlpress.ir.verify import check, run
@@ -38,20 +38,10 @@ def _feeds(outlier=None, batches=4):
 
 
 def _dense(bias=True, feeds=None):
-    """x[batch, 8, K] -> MatMul(W) (-> Add(b)) -> Relu -> MatMul(W2) -> y."""
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="dense/MatMul")]
-    inits = [initializer("w", _weight()), initializer("w2", _weight(N, 6, seed=2))]
-    last = "h"
-    if bias:
-        nodes.append(helper.make_node("Add", ["h", "b"], ["hb"], name="dense/Add"))
-        inits.append(initializer("b", np.linspace(-1, 1, N).astype(np.float32)))
-        last = "hb"
-    nodes += [
-        helper.make_node("Relu", [last], ["r"], name="relu"),
-        helper.make_node("MatMul", ["r", "w2"], ["y"], name="out/MatMul"),
-    ]
-    m = model(nodes, [tensor("x", ["batch", SEQ, K])], [tensor("y", ["batch", SEQ, 6])], inits)
-    return dataclasses.replace(m, calibration=_feeds() if feeds is None else feeds)
+    """x[batch, 8, K] -> MatMul(W) (-> Add(b)) -> Relu -> MatMul(W2) -> y, calibrated."""
+    b = np.linspace(-1, 1, N).astype(np.float32) if bias else None
+    m = dense(["batch", SEQ, K], _weight(), b, then=_weight(N, 6, seed=2))
+    return calibrated(m, _feeds() if feeds is None else feeds)
 
 
 def _shared(feeds):
@@ -85,7 +75,7 @@ def _shared(feeds):
         [tensor("y", ["batch", SEQ, N]), tensor("y2", ["batch", SEQ, K])],
         inits,
     )
-    return dataclasses.replace(m, calibration=feeds)
+    return calibrated(m, feeds)
 
 
 def _relative(want, got):
@@ -288,7 +278,7 @@ def _embedded(feeds=None):
         feeds = tuple(
             {"ids": rng.integers(0, ROWS, (4, SEQ)), "pos": np.arange(SEQ)} for _ in range(3)
         )
-    return dataclasses.replace(m, calibration=feeds)
+    return calibrated(m, feeds)
 
 
 def test_embedding_tables_become_int8_with_one_scale_per_row():
