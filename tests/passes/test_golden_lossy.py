@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from graphs import calibrated, text_model, weights_text
+from graphs import calibrated, dense, ffn, weights
 
 from nlpress.ir import Model
 from nlpress.ir.dump import dump_text
@@ -29,31 +29,15 @@ def pattern(dump: str) -> str:
     return _CONSTANT_DATA.sub(r"\1", dump)
 
 
-def dense() -> Model:
+def one_matmul() -> Model:
     """x[N, 8] -> MatMul(W[8, 6]) -> y, calibrated on four seeded batches."""
-    m = text_model(
-        f"""g (float[N, 8] x) => (float[N, 6] y) <float[8, 6] w = {weights_text([8, 6])}> {{
-            [dense] y = MatMul(x, w)
-        }}"""
-    )
-    return calibrated(m, _feeds(8))
+    return calibrated(dense(["N", 8], weights([8, 6]), activation=None), _feeds(8))
 
 
-def ffn() -> Model:
+def one_ffn() -> Model:
     """x[N, 4] -> up (8 neurons, bias) -> Relu -> down (bias) -> y, calibrated."""
-    m = text_model(
-        f"""g (float[N, 4] x) => (float[N, 4] y)
-            <float[4, 8] up_w = {weights_text([4, 8], 1)}, float[8] up_b = {weights_text([8], 2)},
-             float[8, 4] down_w = {weights_text([8, 4], 3)},
-             float[4] down_b = {weights_text([4], 4)}> {{
-            [up] h = MatMul(x, up_w)
-            [up_bias] hb = Add(h, up_b)
-            [relu] r = Relu(hb)
-            [down] o = MatMul(r, down_w)
-            [down_bias] y = Add(o, down_b)
-        }}"""
-    )
-    return calibrated(m, _feeds(4))
+    block = (weights([4, 8], 1), weights([8], 2), weights([8, 4], 3), weights([4], 4))
+    return calibrated(ffn(["N", 4], [block]), _feeds(4))
 
 
 def _feeds(width: int) -> tuple[dict[str, np.ndarray], ...]:
@@ -62,10 +46,14 @@ def _feeds(width: int) -> tuple[dict[str, np.ndarray], ...]:
 
 
 CASES = {
-    "quantize-insert-dynamic": (dense, "quantize-insert{mode=dynamic}", False),
-    "quantize-insert-static": (dense, "quantize-insert", True),
-    "factorize-matmul-rank-3": (dense, "factorize-matmul{rank-ratio=0.5 rank-multiple=1}", True),
-    "prune-sparsify-neurons": (ffn, "prune-sparsify{pattern=neurons sparsity=0.5}", True),
+    "quantize-insert-dynamic": (one_matmul, "quantize-insert{mode=dynamic}", False),
+    "quantize-insert-static": (one_matmul, "quantize-insert", True),
+    "factorize-matmul-rank-3": (
+        one_matmul,
+        "factorize-matmul{rank-ratio=0.5 rank-multiple=1}",
+        True,
+    ),
+    "prune-sparsify-neurons": (one_ffn, "prune-sparsify{pattern=neurons sparsity=0.5}", True),
 }
 
 
