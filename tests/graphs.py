@@ -224,3 +224,161 @@ def _rename(nodes: list[onnx.NodeProto], old: str, new: str) -> None:
     for node in nodes:
         node.input[:] = [new if name == old else name for name in node.input]
         node.output[:] = [new if name == old else name for name in node.output]
+
+
+# ---- int8 QDQ graphs, as quantize-insert writes them ----------------------------------------
+
+
+def quantize_matmuls(
+    proto: onnx.ModelProto, dynamic: bool = True, embeddings: bool = False
+) -> onnx.ModelProto:
+    """QDQ every MatMul with a 2-D float initializer weight, as quantize-insert does.
+
+    Weights: symmetric per-column int8. Activations: DynamicQuantizeLinear (dynamic) or
+    QuantizeLinear with a fixed scale 0.05 and zero-point 128 (static). With `embeddings`, the
+    2-D tables that Gathers read become int8 too (symmetric, one scale per row).
+    """
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    graph = proto.graph
+    weights = {i.name: i for i in graph.initializer}
+    nodes: list[onnx.NodeProto] = []
+    for index, node in enumerate(graph.node):
+        table = weights.get(node.input[0]) if node.op_type == "Gather" and embeddings else None
+        if table is not None and len(table.dims) == 2:
+            nodes += _quantized_table(graph, table, f"qdq{index}")
+            nodes.append(helper.make_node("Gather", [f"qdq{index}_t", node.input[1]], node.output))
+            continue
+        weight = weights.get(node.input[1]) if node.op_type == "MatMul" else None
+        if weight is None or len(weight.dims) != 2 or weight.data_type != TensorProto.FLOAT:
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(weight)
+        scale = np.maximum(np.abs(w).max(axis=0), 1e-12).astype(np.float32) / 127
+        q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+        p = f"qdq{index}"
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(q, f"{p}_wq"),
+                numpy_helper.from_array(scale, f"{p}_ws"),
+                numpy_helper.from_array(np.zeros(w.shape[1], np.int8), f"{p}_wzp"),
+            ]
+        )
+        dq = [f"{p}_xq", f"{p}_xs", f"{p}_xzp"]
+        if dynamic:
+            nodes.append(helper.make_node("DynamicQuantizeLinear", [node.input[0]], dq))
+        else:
+            graph.initializer.extend(
+                [
+                    numpy_helper.from_array(np.float32(0.05), dq[1]),
+                    numpy_helper.from_array(np.uint8(128), dq[2]),
+                ]
+            )
+            nodes.append(helper.make_node("QuantizeLinear", [node.input[0], *dq[1:]], dq[:1]))
+        nodes.append(helper.make_node("DequantizeLinear", dq, [f"{p}_x"]))
+        nodes.append(
+            helper.make_node(
+                "DequantizeLinear", [f"{p}_wq", f"{p}_ws", f"{p}_wzp"], [f"{p}_w"], axis=1
+            )
+        )
+        nodes.append(helper.make_node("MatMul", [f"{p}_x", f"{p}_w"], node.output, name=node.name))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return proto
+
+
+def _quantized_table(
+    graph: onnx.GraphProto, table: onnx.TensorProto, p: str
+) -> list[onnx.NodeProto]:
+    t = numpy_helper.to_array(table)
+    scale = np.maximum(np.abs(t).max(axis=1), 1e-12).astype(np.float32) / 127
+    q = np.clip(np.round(t / scale[:, None]), -127, 127).astype(np.int8)
+    names = [f"{p}_tq", f"{p}_ts", f"{p}_tzp"]
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(q, names[0]),
+            numpy_helper.from_array(scale, names[1]),
+            numpy_helper.from_array(np.zeros(len(scale), np.int8), names[2]),
+        ]
+    )
+    return [helper.make_node("DequantizeLinear", names, [f"{p}_t"], axis=0)]
+
+
+def qdq_matmul(
+    m: int | str,
+    k: int,
+    n: int,
+    *,
+    lead: int | str = 1,
+    dynamic: bool = False,
+    bias: bool = True,
+    scales: tuple[float, float] | None = None,
+    zero_point: int = 131,
+    per_tensor: bool = False,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """x[lead, m, k] -> QDQ -> MatMul(W_q[k, n]) (+ bias) -> Relu.
+
+    `scales` = (s_x, s_w) fixes both scales (s_w for every column), else they are random.
+    """
+    rng = np.random.default_rng(seed)
+    wq = rng.integers(-127, 128, (k, n)).astype(np.int8)
+    ws = rng.uniform(0.001, 0.01, n).astype(np.float32)
+    x_scale = 0.05
+    if scales is not None:
+        x_scale, ws = scales[0], np.full(n, scales[1], dtype=np.float32)
+    if per_tensor:
+        ws = np.float32(ws[0])
+    inits = [
+        initializer("wq", wq),
+        initializer("ws", ws),
+        initializer("wzp", np.zeros(np.shape(ws), np.int8)),
+        initializer("b", rng.standard_normal(n).astype(np.float32)),
+    ]
+    dq = ["xq", "xs", "xzp"]
+    if dynamic:
+        nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], dq)]
+    else:
+        inits += [
+            initializer("xs", np.float32(x_scale)),
+            initializer("xzp", np.uint8(zero_point)),
+        ]
+        nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xzp"], ["xq"])]
+    nodes += [
+        helper.make_node("DequantizeLinear", dq, ["xd"]),
+        helper.make_node("DequantizeLinear", ["wq", "ws", "wzp"], ["wd"], axis=1),
+        helper.make_node("MatMul", ["xd", "wd"], ["y"]),
+    ]
+    last = "y"
+    if bias:
+        nodes.append(helper.make_node("Add", ["y", "b"], ["yb"]))
+        last = "yb"
+    nodes.append(helper.make_node("Relu", [last], ["out"]))
+    inputs = [tensor("x", [lead, m, k])]
+    return build(nodes, inputs, [tensor("out", [lead, m, n])], inits, opset=21)
+
+
+def exact_qdq_case(
+    m: int | str,
+    k: int,
+    n: int,
+    lead: int | str = 1,
+    zero_point: int = 131,
+    seed: int = 0,
+    weight_seed: int = 0,
+) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
+    """A `qdq_matmul` with unit scales and no bias, integral x and its exact output.
+
+    x holds integers in [-zero_point, 256 - zero_point), so that quantizing it is exact, and the
+    output is relu(x @ W_q) in int32 arithmetic. A symbolic lead is run as 3, a symbolic m as 13.
+    """
+    scales = (1.0, 1.0)
+    proto = qdq_matmul(
+        m, k, n, lead=lead, bias=False, scales=scales, zero_point=zero_point, seed=weight_seed
+    )
+    wq = numpy_helper.to_array(next(i for i in proto.graph.initializer if i.name == "wq"))
+    batch = 3 if isinstance(lead, str) else lead
+    rows = 13 if isinstance(m, str) else m
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-zero_point, 256 - zero_point, (batch, rows, k)).astype(np.int32)
+    expected = np.maximum(x @ wq.astype(np.int32), 0).astype(np.float32)
+    return proto, x.astype(np.float32), expected
