@@ -18,8 +18,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
     Golden files are the text dumps stored beside the tests that read them, in `golden/NAME.txt`.
     After a deliberate change to a rewrite, regenerate them with
-    `python -m pytest tests/passes/test_golden.py --update-golden`, then read the diff
-    (`git diff tests/`) before committing it: the diff is the review of the change.
+    `python -m pytest tests/passes --update-golden`, then read the diff (`git diff tests/`)
+    before committing it: the diff is the review of the change. A missing file is an error
+    without the option.
     """
     parser.addoption(
         "--update-golden",
