@@ -421,17 +421,7 @@ def test_compiles_with_tvm(tmp_path):
     targets = pytest.importorskip("nlpress.targets")
     if not hasattr(targets, "build_artifact"):
         pytest.skip("nlpress.targets has no build_artifact yet")
-    m = _dense(_weight(), _bias(3), calibrate=False)
-    fixed = model(
-        [
-            helper.make_node("MatMul", ["x", "w"], ["h"], name="dense/MatMul"),
-            helper.make_node("Add", ["h", "b"], ["y"], name="dense/Add"),
-        ],
-        [tensor("x", [2, 8, K])],
-        [tensor("y", [2, 8, N])],
-        [initializer("w", _weight()), initializer("b", _bias(3))],
-    )
-    del m
+    fixed = dense([2, 8, K], _weight(), _bias(3), activation=None)
     result = FactorizeMatmul(param_ratio=0.6).run(fixed)
     target = targets.get_target("x86")
     out = targets.build_artifact(result.model, target, tmp_path / "art", manifest={})

@@ -105,12 +105,7 @@ def test_pipeline_text_round_trips():
 
 def test_per_channel_weight_scales_on_hand_made_weights():
     w = np.array([[1.0, -0.5, 0.0], [-2.54, 0.25, 0.0], [0.127, 0.1, 0.0]], np.float32)
-    m = model(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
-        [tensor("x", [2, 3])],
-        [tensor("y", [2, 3])],
-        [initializer("w", w)],
-    )
+    m = dense([2, 3], w, activation=None)
     result = QuantizeInsert(mode="dynamic").run(m)
     dq = next(n for n in result.model.graph.nodes if n.inputs[0].name == "w_quantized")
     values, scale, zero = (np.asarray(t.values) for t in dq.inputs)
@@ -470,13 +465,7 @@ def test_static_mode_needs_calibration_data():
 
 
 def test_old_opsets_and_graphs_without_layers_are_refused():
-    old = model(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
-        [tensor("x", [2, K])],
-        [tensor("y", [2, N])],
-        [initializer("w", _weight())],
-        opset=11,
-    )
+    old = dense([2, K], _weight(), activation=None, opset=11)
     with pytest.raises(PreconditionError, match="opset >= 13"):
         QuantizeInsert(mode="dynamic").requires(old)
     relu = model(
