@@ -723,7 +723,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_quiet_flag(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("compile", help="optimize a model and lower it to an artifact folder")
+    p = sub.add_parser(
+        "compile",
+        help="optimize a model and lower it to an artifact folder",
+        usage="nlpress compile MODEL -t TARGET -o DIR [options]   (or from --config FILE)",
+    )
     p.add_argument("model", nargs="?", metavar="MODEL", help="an ONNX file or a zoo name")
     p.add_argument("-t", "--target", help="x86, arm or cuda")
     p.add_argument("-p", "--pipeline", help="pipeline text or a named pipeline (default O1)")
@@ -754,7 +758,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_pipeline_flags(p)
     p.set_defaults(handler=_compile)
 
-    p = sub.add_parser("opt", help="run a pipeline of passes on a model")
+    p = sub.add_parser(
+        "opt",
+        help="run a pipeline of passes on a model",
+        usage="nlpress opt MODEL -p PIPELINE -o OUT.onnx [options]   (or from --config FILE)",
+    )
     p.add_argument("model", nargs="?", metavar="MODEL", help="an ONNX file or a zoo name")
     p.add_argument("-p", "--pipeline", help="pipeline text or a named pipeline")
     p.add_argument("-o", "--output", metavar="OUT.onnx")
