@@ -444,24 +444,12 @@ def write(report: dict[str, Any], out: Path, args: argparse.Namespace) -> None:
     if report.get("sweep"):
         lines += ["", *sweep_table(report["sweep"])]
     (out / "cpu.md").write_text("\n".join(lines) + "\n")
-    command = "python benchmarks/cpu.py " + " ".join(_without_out(sys.argv[1:]))
+    command = "python benchmarks/cpu.py " + " ".join(machine.without_out(sys.argv[1:]))
     name, title = "cpu", "x86 artifacts vs ONNX Runtime (benchmarks/cpu.py)"
     if args.mcpu:  # code for another CPU than this one: a section of its own
         name, title = f"cpu-{args.mcpu}", f"{title}, compiled for {args.mcpu}"
     machine.write_section(name, title, lines, command)
     log.info("wrote %s, %s and %s", out / "cpu.json", out / "cpu.md", machine.RESULTS)
-
-
-def _without_out(argv: list[str]) -> list[str]:
-    """The arguments less --out and its folder, which is this machine's business."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip or arg == "--out":
-            skip = not skip
-            continue
-        if not arg.startswith("--out="):
-            kept.append(arg)
-    return kept
 
 
 def workload_table(rows: list[dict[str, Any]]) -> list[str]:

@@ -61,6 +61,18 @@ def commit() -> str:
     return f"{head}+changes" if dirty else head or "unknown"
 
 
+def without_out(argv: list[str]) -> list[str]:
+    """Command-line arguments less --out and its folder, which is the measuring machine's."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg == "--out":
+            skip = not skip
+            continue
+        if not arg.startswith("--out="):
+            kept.append(arg)
+    return kept
+
+
 def clean_environment() -> dict[str, str]:
     """This process's environment without the thread settings a user would not set."""
     return {k: v for k, v in os.environ.items() if not k.startswith(("TVM_", "OMP_"))}

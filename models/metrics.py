@@ -1,4 +1,4 @@
-"""Fidelity of a candidate model against a reference on the evaluation text.
+"""Fidelity of a candidate model against a reference on sentences or paraphrase pairs.
 
 Sentence embeddings are mean-pooled token embeddings over the attention mask, L2-normalized, as
 sentence-transformers computes them for all-MiniLM-L6-v2.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -15,6 +16,9 @@ from tokenizers import Tokenizer
 from nlpress.ir import NlpressError
 from nlpress.models.feeds import Session, inputs_of, static_dims, text_feeds
 from nlpress.models.text import evaluation_pairs
+
+QUANTILES = (5, 25, 50)  # percentiles of the per-sentence cosines that a distribution reports
+THRESHOLDS = (0.99, 0.95, 0.9)  # and the cosines whose share of sentences below it reports
 
 
 @dataclass(frozen=True)
@@ -25,22 +29,45 @@ class Fidelity:
         mean_cosine: Mean cosine between candidate and reference embeddings of each sentence.
         min_cosine: The smallest of those cosines.
         recall_at_1: The candidate's paraphrase retrieval: the share of sentences whose nearest
-            neighbour among the other side of the pairs is their own paraphrase (both directions).
+            neighbour among the other side of the pairs is their own paraphrase (both directions);
+            None for text without pairs.
         reference_recall_at_1: The same for the reference.
-        spearman: Spearman correlation of the two models' pairwise similarity matrices.
+        spearman: Spearman correlation of the two models' pairwise similarity matrices; None for
+            text without pairs.
         sentences: How many sentences were embedded.
+        per_sentence: The cosine of each sentence, in the text's order (for pairs, every first
+            sentence, then every second).
     """
 
     mean_cosine: float
     min_cosine: float
-    recall_at_1: float
-    reference_recall_at_1: float
-    spearman: float
+    recall_at_1: float | None
+    reference_recall_at_1: float | None
+    spearman: float | None
     sentences: int
+    per_sentence: tuple[float, ...] = ()
 
-    def as_dict(self) -> dict[str, float]:
-        """The metrics as a JSON-ready mapping."""
-        return {k: float(v) for k, v in asdict(self).items()}
+    def scores(self) -> dict[str, float | int | None]:
+        """The summary scores by name; None where the text has no pairs to score."""
+        return {k: v for k, v in asdict(self).items() if k != "per_sentence"}
+
+    def as_dict(self) -> dict[str, Any]:
+        """The scores, the distribution of the cosines and the per-sentence cosines, for JSON."""
+        return {
+            **self.scores(),
+            "distribution": distribution(self.per_sentence),
+            "per_sentence": list(self.per_sentence),
+        }
+
+
+def distribution(cosines: Sequence[float]) -> dict[str, float]:
+    """Quantiles of per-sentence cosines, and the share of sentences below a few thresholds."""
+    if not len(cosines):
+        return {}
+    values = np.asarray(cosines, dtype=np.float64)
+    quantiles = {f"p{q:02d}": float(np.quantile(values, q / 100)) for q in QUANTILES}
+    below = {f"share_below_{t}": float(np.mean(values < t)) for t in THRESHOLDS}
+    return {**quantiles, **below}
 
 
 def sentence_embeddings(
@@ -68,12 +95,14 @@ def sentence_embeddings(
     return np.stack([rows[i] for i in range(len(texts))])
 
 
-def fidelity(
-    candidate: Session, reference: Session, tokenizer: Tokenizer, max_length: int = 128
-) -> Fidelity:
-    """Compare two models on the evaluation pairs."""
-    pairs = evaluation_pairs()
-    texts = [a for a, _ in pairs] + [b for _, b in pairs]
+def paired_embeddings(
+    candidate: Session,
+    reference: Session,
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    max_length: int = 128,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both models' embeddings of `texts`, refused when their widths differ."""
     cand = sentence_embeddings(candidate, tokenizer, texts, max_length)
     ref = sentence_embeddings(reference, tokenizer, texts, max_length)
     if cand.shape != ref.shape:
@@ -81,14 +110,51 @@ def fidelity(
             f"the candidate's embeddings have width {cand.shape[1]} and the reference's "
             f"{ref.shape[1]}: compare a model with its own compressed versions"
         )
-    cosines = np.sum(cand * ref, axis=1)
+    return cand, ref
+
+
+def sentence_fidelity(
+    candidate: Session,
+    reference: Session,
+    tokenizer: Tokenizer,
+    sentences: Sequence[str],
+    max_length: int = 128,
+) -> Fidelity:
+    """Compare two models on sentences: the cosine of each sentence's two embeddings."""
+    cand, ref = paired_embeddings(candidate, reference, tokenizer, sentences, max_length)
+    return _scored(np.sum(cand * ref, axis=1), None)
+
+
+def fidelity(
+    candidate: Session,
+    reference: Session,
+    tokenizer: Tokenizer,
+    max_length: int = 128,
+    pairs: Sequence[tuple[str, str]] | None = None,
+) -> Fidelity:
+    """Compare two models on paraphrase pairs (the evaluation pairs unless given)."""
+    pairs = evaluation_pairs() if pairs is None else pairs
+    texts = [a for a, _ in pairs] + [b for _, b in pairs]
+    cand, ref = paired_embeddings(candidate, reference, tokenizer, texts, max_length)
+    retrieval = (
+        recall_at_1(cand, len(pairs)),
+        recall_at_1(ref, len(pairs)),
+        spearman(cand @ cand.T, ref @ ref.T),
+    )
+    return _scored(np.sum(cand * ref, axis=1), retrieval)
+
+
+def _scored(cosines: np.ndarray, retrieval: tuple[float, float, float] | None) -> Fidelity:
+    """A Fidelity from per-sentence cosines and, for pairs, recall@1 of both and Spearman."""
+    recall, reference_recall, rank = retrieval or (None, None, None)
     return Fidelity(
         mean_cosine=float(np.mean(cosines)),
         min_cosine=float(np.min(cosines)),
-        recall_at_1=recall_at_1(cand, len(pairs)),
-        reference_recall_at_1=recall_at_1(ref, len(pairs)),
-        spearman=spearman(cand @ cand.T, ref @ ref.T),
-        sentences=len(texts),
+        recall_at_1=recall,
+        reference_recall_at_1=reference_recall,
+        spearman=rank,
+        sentences=len(cosines),
+        per_sentence=tuple(float(c) for c in cosines),
     )
 
 

@@ -18,6 +18,13 @@ Padding = Literal["longest", "max_length"]
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
+# Calibration text of at least MIN_HELDOUT_TEXT sentences is split: every HELDOUT_EVERY-th
+# sentence is held out for scoring; a shorter text calibrates whole.
+HELDOUT_EVERY = 5
+MIN_HELDOUT_TEXT = 20
+
+Pair = tuple[str, str]
+
 
 def calibration_sentences() -> list[str]:
     """The calibration set: 1,299 sentences on many topics, disjoint from the evaluation set."""
@@ -43,6 +50,43 @@ def read_sentences(path: str | os.PathLike[str]) -> list[str]:
     if not sentences:
         raise NlpressError(f"{path}: holds no sentences")
     return sentences
+
+
+def split_heldout(sentences: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The calibration part and the held-out part of a calibration text.
+
+    In a text of at least MIN_HELDOUT_TEXT sentences, sentence i (from 0) is held out when
+    i % HELDOUT_EVERY == HELDOUT_EVERY - 1 (every fifth); a shorter text is all calibration. The
+    split depends only on the order of the sentences.
+    """
+    if len(sentences) < MIN_HELDOUT_TEXT:
+        return list(sentences), []
+    held = [i % HELDOUT_EVERY == HELDOUT_EVERY - 1 for i in range(len(sentences))]
+    calibration = [s for s, h in zip(sentences, held, strict=True) if not h]
+    return calibration, [s for s, h in zip(sentences, held, strict=True) if h]
+
+
+def read_eval_text(path: str | os.PathLike[str]) -> list[str] | list[Pair]:
+    """Sentences, one per line, or pairs: two tab-separated sentences on every line.
+
+    Empty lines are skipped; a file that mixes the two forms is refused, naming the line.
+    """
+    sentences = read_sentences(path)
+    tabs = [line.count("\t") for line in sentences]
+    if not any(tabs):
+        return sentences
+    pairs: list[Pair] = []
+    for number, line in enumerate(sentences, start=1):
+        a, _, b = line.partition("\t")
+        if line.count("\t") != 1 or not a.strip() or not b.strip():
+            raise NlpressError(
+                f"{path}: non-empty line {number} is not two tab-separated sentences; give one "
+                "sentence per line, or a pair on every line"
+            )
+        pairs.append((a.strip(), b.strip()))
+    if len(pairs) < 2:
+        raise NlpressError(f"{path}: one pair; retrieval needs at least two")
+    return pairs
 
 
 @cache

@@ -19,7 +19,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -56,6 +56,9 @@ from nlpress.passes import (
     VerifyEach,
 )
 from nlpress.passes.base import option_default, option_fields, option_text, parse_dims
+
+if TYPE_CHECKING:
+    from nlpress.models.metrics import Fidelity
 
 log = logging.getLogger("nlpress")
 
@@ -168,8 +171,7 @@ def _opt(args: argparse.Namespace) -> int:
     for record in result.records:
         log.info("%s: changed=%s %s", record.text, record.changed, dict(record.stats))
     if not args.quiet:
-        done = compiler.optimized_record(model, result)
-        _say(overview(done, output, time.perf_counter() - began))
+        _say(overview(result.record, output, time.perf_counter() - began, args.report))
     return EXIT_OK
 
 
@@ -389,13 +391,14 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_text(args: argparse.Namespace, session: Any, entry: zoo.ZooModel | None) -> int:
     """Print each --text sentence's embedding: its shape, L2 norm and first values."""
-    from nlpress.models.feeds import inputs_of, text_feeds
-    from nlpress.models.text import load_tokenizer
+    from nlpress.models.feeds import inputs_of, static_dims, text_feeds
+    from nlpress.models.text import load_tokenizer, token_counts
     from nlpress.targets.encode import EncodeError, Encoder, encode, plan
 
     tokenizer = load_tokenizer(_tokenizer_for(args, session, entry, "--text"))
     longest = _longest_text(session, entry)
-    _say_cut(tokenizer, args.text, longest, session)
+    counts = token_counts(tokenizer, args.text)
+    _say_cut("--text", counts, longest, static_dims(session)[1] is not None, "text")
     manifest = getattr(session, "manifest", {})
     encoder = dataclasses.replace(Encoder.from_manifest(manifest), max_length=longest)
     try:
@@ -442,25 +445,26 @@ def _tokenizer_for(
     return path
 
 
-def _say_cut(tokenizer: Any, texts: Sequence[str], longest: int, session: Any) -> None:
-    """Say on stderr which texts are cut to the longest the session takes."""
-    from nlpress.models.feeds import static_dims
-    from nlpress.models.text import token_counts
-
-    counts = token_counts(tokenizer, texts)
+def _say_cut(flag: str, counts: Sequence[int], longest: int, static: bool, unit: str) -> None:
+    """Say in one line which texts (by number) have more than `longest` tokens and are cut."""
     cut = [i for i, n in enumerate(counts, start=1) if n > longest]
-    if cut:
-        static = static_dims(session)[1] is not None
-        why = "the model's fixed sequence length" if static else "the longest the model takes"
-        texts = "text" if len(cut) == 1 else "texts"
-        log.warning(
-            "--text: %s %s of up to %d tokens cut to %d, %s",
-            texts,
-            ", ".join(map(str, cut)),
-            max(counts),
-            longest,
-            why,
-        )
+    if not cut:
+        return
+    why = "the model's fixed sequence length" if static else "the longest the model takes"
+    listed = ", ".join(map(str, cut[:MAX_LISTED])) + (", ..." if len(cut) > MAX_LISTED else "")
+    many = f"{len(cut)} {unit}s" if len(cut) > MAX_LISTED else f"{unit}s"
+    log.warning(
+        "%s: %s %s of up to %d tokens cut to %d, %s",
+        flag,
+        unit if len(cut) == 1 else many,
+        listed,
+        max(counts),
+        longest,
+        why,
+    )
+
+
+MAX_LISTED = 10  # the cut texts a warning names by number
 
 
 def _longest_text(session: Any, entry: zoo.ZooModel | None) -> int:
@@ -533,26 +537,46 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from nlpress.ir.verify import session
-    from nlpress.models.metrics import fidelity
-    from nlpress.models.text import load_tokenizer
+    from nlpress.models.feeds import static_dims
+    from nlpress.models.metrics import fidelity, sentence_fidelity
+    from nlpress.models.text import evaluation_pairs, load_tokenizer, read_eval_text, token_counts
 
-    reference = compiler.resolve_model(args.reference)
-    candidate = compiler.resolve_model(args.candidate)
-    tokenizer = compiler.tokenizer_path(args.tokenizer, reference.zoo)
-    if tokenizer is None:
+    reference, entry = compiler.open_session(args.reference)
+    candidate, candidate_entry = compiler.open_session(args.candidate)
+    path = compiler.tokenizer_path(args.tokenizer, entry)
+    if path is None:
         raise UsageError("eval needs --tokenizer when the reference is not a zoo model")
-    result = fidelity(
-        session(candidate.model, optimize=True),
-        session(reference.model, optimize=True),
-        load_tokenizer(tokenizer),
-    )
-    if args.json:
-        print(json.dumps(result.as_dict(), indent=2))
+    tokenizer = load_tokenizer(path)
+    sessions = ((candidate, candidate_entry), (reference, entry))
+    longest = min(_longest_text(s, e) for s, e in sessions)
+    static = any(static_dims(s)[1] == longest for s, _ in sessions)
+    text = read_eval_text(args.text) if args.text else evaluation_pairs()
+    flag, lines = (f"--text {args.text}", "line") if args.text else ("eval", "pair")
+    result: Fidelity
+    if all(isinstance(t, str) for t in text):
+        sentences = [t for t in text if isinstance(t, str)]
+        _say_cut(flag, token_counts(tokenizer, sentences), longest, static, lines)
+        result = sentence_fidelity(candidate, reference, tokenizer, sentences, longest)
     else:
-        for key, value in result.as_dict().items():
-            print(f"{key:<22} {value:.6f}" if key != "sentences" else f"{key:<22} {int(value)}")
+        pairs = [t for t in text if isinstance(t, tuple)]
+        firsts = token_counts(tokenizer, [a for a, _ in pairs])
+        seconds = token_counts(tokenizer, [b for _, b in pairs])
+        counts = [max(a, b) for a, b in zip(firsts, seconds, strict=True)]
+        _say_cut(flag, counts, longest, static, lines)
+        result = fidelity(candidate, reference, tokenizer, longest, pairs)
+    _print_fidelity(args.text or "evaluation text", result, args.json)
     return EXIT_OK
+
+
+def _print_fidelity(text: str, result: Fidelity, as_json: bool) -> None:
+    """The eval's scores, one per line, or as JSON with the per-sentence cosines."""
+    if as_json:
+        print(json.dumps({"text": text, **result.as_dict()}, indent=2))
+        return
+    print(f"{'text':<22} {text}")
+    for key, value in {**result.scores(), **result.as_dict()["distribution"]}.items():
+        if value is not None:
+            print(f"{key:<22} {value}" if isinstance(value, int) else f"{key:<22} {value:.6f}")
 
 
 def _passes(args: argparse.Namespace) -> int:
@@ -705,7 +729,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_quiet_flag(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("compile", help="optimize a model and lower it to an artifact folder")
+    p = sub.add_parser(
+        "compile",
+        help="optimize a model and lower it to an artifact folder",
+        usage="nlpress compile MODEL -t TARGET -o DIR [options]   (or from --config FILE)",
+    )
     p.add_argument("model", nargs="?", metavar="MODEL", help="an ONNX file or a zoo name")
     p.add_argument("-t", "--target", help="x86, arm or cuda")
     p.add_argument("-p", "--pipeline", help="pipeline text or a named pipeline (default O1)")
@@ -736,7 +764,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_pipeline_flags(p)
     p.set_defaults(handler=_compile)
 
-    p = sub.add_parser("opt", help="run a pipeline of passes on a model")
+    p = sub.add_parser(
+        "opt",
+        help="run a pipeline of passes on a model",
+        usage="nlpress opt MODEL -p PIPELINE -o OUT.onnx [options]   (or from --config FILE)",
+    )
     p.add_argument("model", nargs="?", metavar="MODEL", help="an ONNX file or a zoo name")
     p.add_argument("-p", "--pipeline", help="pipeline text or a named pipeline")
     p.add_argument("-o", "--output", metavar="OUT.onnx")
@@ -795,10 +827,15 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_diff)
 
     p = sub.add_parser("eval", help="fidelity of a candidate against a reference model")
-    p.add_argument("candidate", metavar="CANDIDATE")
+    p.add_argument("candidate", metavar="CANDIDATE", help="an ONNX file, zoo name or artifact")
     p.add_argument("--reference", required=True, metavar="MODEL")
+    p.add_argument(
+        "--text",
+        metavar="FILE",
+        help="sentences one per line, or tab-separated pairs (default: the evaluation pairs)",
+    )
     p.add_argument("--tokenizer", metavar="ZOO-NAME|tokenizer.json")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="also per-sentence cosines")
     p.set_defaults(handler=_eval)
 
     p = sub.add_parser("passes", help="every registered pass with its options and defaults")

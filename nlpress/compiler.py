@@ -14,6 +14,7 @@ from typing import Any
 
 import onnx
 
+from nlpress.heldout import ZOO_TEXT, HeldOut, HeldOutText, held_out, measure
 from nlpress.ir import (
     BudgetNotMet,
     Model,
@@ -27,7 +28,7 @@ from nlpress.ir.interface import dim_limits, graph_inputs, index_ranges, value_e
 from nlpress.ir.staging import check_writable, refuse_overwrite
 from nlpress.models import zoo
 from nlpress.models.feeds import Feeds, Session, batches_from_npz, batches_from_text
-from nlpress.models.text import calibration_sentences, load_tokenizer, read_sentences
+from nlpress.models.text import calibration_sentences, load_tokenizer, read_sentences, split_heldout
 from nlpress.passes import Instrument, Pass, Pipeline, PipelineResult, parse, run_pipeline
 from nlpress.targets.runtime import FeedError, NodeArg, check_feeds
 
@@ -82,6 +83,22 @@ def resolve_model(model: ModelLike) -> Source:
     return Source(ir_model, sha256, entry or zoo.identify(sha256), entry is not None, path)
 
 
+@dataclass(frozen=True)
+class OptimizeResult(PipelineResult):
+    """A pipeline's result, with the rewritten model's fidelity on held-out calibration text.
+
+    Attributes:
+        heldout: The held-out fidelity, or None when it could not be measured.
+        heldout_note: Why not, in one line, where the reason is worth saying (e.g. calibration
+            feeds hold no text); None otherwise.
+        record: What the run did, in the fields an artifact's manifest gives them.
+    """
+
+    heldout: HeldOut | None = None
+    heldout_note: str | None = None
+    record: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
 def tokenizer_path(tokenizer: str | None, entry: zoo.ZooModel | None) -> str | None:
     """A tokenizer.json path from a zoo name or path, else the zoo model's own, else None."""
     if tokenizer:
@@ -96,13 +113,41 @@ def calibration_batches(
     static = _static_text_shape(shapes)
     if calibration.feeds:
         return batches_from_npz(calibration.feeds, static[0] if static else None)
-    if not (calibration.text or entry):
+    text = calibration_text(calibration, entry)
+    if text is None:
         return ()
     path = tokenizer_path(calibration.tokenizer, entry)
     if path is None:
         raise UsageError("--calibration-text needs --tokenizer (a zoo name or tokenizer.json)")
-    sentences = read_sentences(calibration.text) if calibration.text else calibration_sentences()
+    sentences = split_heldout(text[1])[0]
     return batches_from_text(load_tokenizer(path), sentences, static=static)
+
+
+def calibration_text(
+    calibration: Calibration, entry: zoo.ZooModel | None
+) -> tuple[str, list[str]] | None:
+    """The calibration text's name and sentences (the file's, else the zoo's), or None.
+
+    Calibration from feeds has no text. The text is whole: `split_heldout` takes the held-out
+    sentences from it.
+    """
+    if calibration.feeds or not (calibration.text or entry):
+        return None
+    if calibration.text:
+        return Path(calibration.text).name, read_sentences(calibration.text)
+    return ZOO_TEXT, calibration_sentences()
+
+
+def heldout_text(source: Source, calibration: Calibration) -> tuple[HeldOutText | None, str | None]:
+    """The held-out part of the calibration text, or None and, where worth saying, why not."""
+    if calibration.feeds:
+        return None, f"no held-out fidelity: {Path(calibration.feeds).name} holds feeds, no text"
+    text = calibration_text(calibration, source.zoo)
+    if text is None:
+        return None, None
+    tokenizer = tokenizer_path(calibration.tokenizer, source.zoo)
+    length = source.zoo.max_length if source.zoo else zoo.DEFAULT_MAX_LENGTH
+    return held_out(*text, source.model, tokenizer, length)
 
 
 def _static_text_shape(shapes: Shapes) -> tuple[int, int] | None:
@@ -147,7 +192,7 @@ def _prepare(
     source = resolve_model(model)
     check_shapes(source.model, shapes)
     if not any(p.needs_calibration for p in pipeline):
-        if calibration.text or calibration.feeds:
+        if calibration.feeds:
             log.warning("calibration data given, but no pass in %s reads it", pipeline)
         return source, pipeline
     if calibration.text and not calibration.tokenizer and not source.named:
@@ -249,16 +294,26 @@ def check_budgets(pipeline: Pipeline, result: PipelineResult) -> None:
             raise BudgetNotMet(p.name, "budget-cosine", wanted, reached, result)
 
 
-def run_record(source: Source, pipeline: Pipeline, result: PipelineResult) -> dict[str, Any]:
-    """What a manifest records of a pipeline run: its text, source, passes and sizes."""
+def run_record(
+    source: Source,
+    pipeline: Pipeline,
+    result: PipelineResult,
+    heldout: HeldOut | None,
+    note: str | None,
+) -> dict[str, Any]:
+    """What a manifest records of a pipeline run: text, source, passes, sizes, fidelity."""
     from nlpress.ir.summary import size_summary
 
-    return {
+    record: dict[str, Any] = {
         "pipeline": str(pipeline),
         "source": {"sha256": source.sha256, "zoo": source.zoo.name if source.zoo else None},
         "passes": [r.as_manifest() for r in result.records],
         "sizes": {"before": size_summary(source.model), "after": size_summary(result.model)},
     }
+    if heldout or note:
+        key, value = ("heldout", heldout.as_dict()) if heldout else ("heldout_note", note)
+        record["fidelity"] = {key: value}
+    return record
 
 
 def optimize(
@@ -268,26 +323,25 @@ def optimize(
     instruments: Sequence[Instrument] = (),
     calibration: Calibration = Calibration(),
     report: str | os.PathLike[str] | None = None,
-) -> PipelineResult:
+) -> OptimizeResult:
     """Run a pipeline (text, named, or parsed) on a model path, zoo name or IR model.
 
-    With `report`, also write an HTML page of the run there (see `targets/report_html.py`).
+    Where calibration text is available, the result holds the rewritten model's fidelity to
+    the source on the text's held-out sentences. With `report`, also write an HTML page of the
+    run there (see `targets/report_html.py`).
     """
     parsed = parse(pipeline) if isinstance(pipeline, str) else pipeline
     source, parsed = _prepare(model, parsed, shapes or {}, calibration)
+    held, note = heldout_text(source, calibration)
     result = run_pipeline(source.model, parsed, instruments)
     check_budgets(parsed, result)
+    heldout, note = measure(source.model, result.model, held, note)
+    record = run_record(source, parsed, result, heldout, note)
     if report is not None:
         from nlpress.targets.report_html import write_report
 
-        write_report(Path(report), run_record(source, parsed, result))
-    return result
-
-
-def optimized_record(model: ModelLike, result: PipelineResult) -> dict[str, Any]:
-    """What `optimize` did to `model`, in the fields an artifact's manifest gives them."""
-    pipeline = Pipeline(tuple(parse(r.text).passes[0] for r in result.records))
-    return run_record(resolve_model(model), pipeline, result)
+        write_report(Path(report), record)
+    return OptimizeResult(result.model, result.records, heldout, note, record)
 
 
 def compile(
@@ -329,9 +383,11 @@ def compile(
     carried = sentences.checked_tokenizer(
         tokenizer_path(tokenizer or calibration.tokenizer, source.zoo)
     )
+    held, note = heldout_text(source, calibration)
     result = run_pipeline(source.model, parsed, instruments)
     check_budgets(parsed, result)
-    manifest = run_record(source, parsed, result)
+    heldout, note = measure(source.model, result.model, held, note)
+    manifest = run_record(source, parsed, result, heldout, note)
     encoder = sentences.encoder_entry(parsed, result.model, carried, source.zoo)
     if encoder:
         manifest["encoder"] = encoder

@@ -66,9 +66,10 @@ def _parameters(record: Record) -> str:
 
 
 def _held_out(record: Record) -> str:
-    found = record.get("fidelity", {}).get("heldout")
+    fidelity = record.get("fidelity", {})
+    found = fidelity.get("heldout")
     if not found:
-        return ""
+        return str(fidelity.get("heldout_note", ""))
     return (
         f"mean cosine {found['mean_cosine']:.4f}, min {found['min_cosine']:.4f} on "
         f"{found['sentences']} held-out sentences ({found['text']}), against the source"

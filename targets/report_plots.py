@@ -18,6 +18,7 @@ WIDTH = 8.0  # inches
 BAR_HEIGHT = 0.22  # inches per bar row
 LABEL_CHARS = 56  # longer tick labels are cut in the middle (tables keep the full names)
 COLORS = ("#7f8c9a", "#2a7ab0", "#d9822b", "#3a9d5d")
+MIN_HALF_WIDTH = 1e-6  # a histogram of values that (nearly) agree still gets finite bins
 
 _PROLOGUE = re.compile(r"^.*?(?=<svg)", re.S)
 _METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.S)
@@ -55,7 +56,10 @@ def histogram(title: str, values: Sequence[float], xlabel: str, marks: Mapping[s
     """A histogram of `values` with a vertical line at each mark (e.g. mean, minimum)."""
     figure = _figure(3.0)
     axes = figure.add_subplot()
-    axes.hist(list(values), bins=min(40, max(5, len(values) // 3)), color=COLORS[1])
+    low, high = min(values), max(values)
+    middle, half = (low + high) / 2, max((high - low) / 2, MIN_HALF_WIDTH)
+    bins = min(40, max(5, len(values) // 3))
+    axes.hist(list(values), bins=bins, range=(middle - half, middle + half), color=COLORS[1])
     for index, (name, value) in enumerate(marks.items()):
         axes.axvline(
             value, color=COLORS[2 + index % 2], linestyle="--", label=f"{name} {value:.4f}"

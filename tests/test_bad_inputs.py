@@ -518,12 +518,7 @@ def _model_files(inputs: Path, tiny_bert: Path) -> dict[str, Path]:
         [graphs.tensor("y", [2, 3])],
     )
     onnx.save(celu, os.fspath(inputs / "celu.onnx"))
-    matmul = graphs.build(
-        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
-        [graphs.tensor("x", ["batch", 8])],
-        [graphs.tensor("y", ["batch", 4])],
-        [graphs.initializer("W", graphs.weights([8, 4]))],
-    )
+    matmul = graphs.dense(["batch", 8], graphs.weights([8, 4]), activation=None).to_onnx()
     onnx.save(matmul, os.fspath(inputs / "matmul.onnx"))
     names = ["tiny", "garbage", "empty", "truncated", "opset99", "external", "celu", "matmul"]
     found = {name: inputs / f"{name}.onnx" for name in names}

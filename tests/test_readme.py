@@ -21,7 +21,9 @@ def test_readme_test_command_is_what_ci_runs():
     assert test_command in (ROOT / ".ci" / "run").read_text()
 
 
+@pytest.mark.slow
 def test_readme_main_job_runs(tmp_path):
+    """Compiles the real minilm-l6, as the README's main job does."""
     install_and_run = _shell_blocks()[0].strip()
     steps = [step.strip() for step in install_and_run.split("&&")]
     assert steps[0].startswith("pip install -e")

@@ -55,12 +55,7 @@ def test_a_constant_table_bounds_the_dim_that_reads_it(kind, offset, maximum):
 
 
 def test_no_limit_without_symbolic_dims_or_tables():
-    matmul = graphs.model(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])],
-        [graphs.tensor("x", ["batch", 8])],
-        [graphs.tensor("y", ["batch", 4])],
-        [graphs.initializer("W", graphs.weights([8, 4]))],
-    )
+    matmul = graphs.dense(["batch", 8], graphs.weights([8, 4]), activation=None)
     assert dim_limits(matmul.graph) == {}
     static = graphs.model(
         [helper.make_node("Identity", ["x"], ["y"])],

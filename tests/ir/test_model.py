@@ -3,8 +3,7 @@ import os
 import numpy as np
 import onnx
 import pytest
-from graphs import build, initializer, tensor, weights
-from onnx import helper
+from graphs import dense, initializer, weights
 
 from nlpress.ir import ModelLoadError, file_sha256, load_model, load_onnx, save_model, save_onnx
 from nlpress.ir import model as model_module
@@ -12,12 +11,10 @@ from nlpress.ir.verify import make_feeds, run
 
 
 def _matmul_proto() -> onnx.ModelProto:
-    return build(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
-        [tensor("x", ["batch", 4])],
-        [tensor("y", ["batch", 3])],
-        [initializer("w", weights([4, 3])), initializer("unused", weights([2]))],
-    )
+    """One MatMul, and an initializer that nothing reads."""
+    proto = dense(["batch", 4], weights([4, 3]), activation=None).to_onnx()
+    proto.graph.initializer.append(initializer("unused", weights([2])))
+    return proto
 
 
 def test_round_trip_keeps_graph_metadata_and_loose_initializers(tmp_path):

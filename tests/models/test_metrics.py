@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
-from graphs import initializer, model, tensor
-from onnx import TensorProto, helper
+from graphs import embedding
 
 from nlpress.ir import NlpressError
 from nlpress.ir.verify import session
@@ -27,12 +26,7 @@ def test_spearman_is_rank_correlation():
 def _embedding_model(width: int, scale: float = 1.0, seed: int = 0):
     """input_ids -> Gather from a random table: token embeddings of a toy encoder."""
     table = np.random.default_rng(seed).standard_normal((30522, width)).astype(np.float32)
-    return model(
-        [helper.make_node("Gather", ["table", "input_ids"], ["tokens"])],
-        [tensor("input_ids", ["batch", "sequence"], TensorProto.INT64)],
-        [tensor("tokens", ["batch", "sequence", width])],
-        [initializer("table", table * scale)],
-    )
+    return embedding(table * scale, ids_name="input_ids")
 
 
 @pytest.fixture(scope="module")

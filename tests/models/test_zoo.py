@@ -30,6 +30,7 @@ def test_bert_tiny_random_exports_once_into_the_xdg_cache(tmp_path, monkeypatch)
     assert summary["inputs"][0]["shape"] == ["batch", "sequence"]
 
 
+@pytest.mark.slow
 def test_minilm_is_the_real_model(minilm_path):
     summary = summarize(load_model(minilm_path))
     assert round(summary["parameters"] / 1e6, 1) == 22.7

@@ -2,8 +2,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from graphs import initializer, model, tensor, weights
-from onnx import helper
+from graphs import dense, weights
 
 from nlpress.compiler import Calibration, calibration_batches, optimize
 from nlpress.ir import NlpressError, UsageError
@@ -14,16 +13,7 @@ from nlpress.passes.compress.grams import channel_norms, second_moments
 
 
 def _two_layer():
-    return model(
-        [
-            helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
-            helper.make_node("Relu", ["h"], ["r"], name="relu"),
-            helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2"),
-        ],
-        [tensor("x", ["batch", "seq", 4])],
-        [tensor("y", ["batch", "seq", 2])],
-        [initializer("w1", weights([4, 3], 1)), initializer("w2", weights([3, 2], 2))],
-    )
+    return dense(["batch", "seq", 4], weights([4, 3], 1), then=weights([3, 2], 2))
 
 
 def _batches(n=3):

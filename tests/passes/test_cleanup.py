@@ -1,27 +1,24 @@
 import numpy as np
-from graphs import initializer, model, tensor, weights
-from onnx import TensorProto, helper
+from graphs import text_model
 
 from nlpress.ir.dump import dump_text
 from nlpress.ir.verify import check, make_feeds, run
 from nlpress.passes.cleanup import Cleanup
 
+W = np.arange(12, dtype=np.float32).reshape(4, 3) / 4
+
 
 def _messy():
-    return model(
-        [
-            helper.make_node("Neg", ["h"], ["y"], name="neg"),  # out of order
-            helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
-            helper.make_node("Relu", ["x"], ["dead"], name="dead_relu"),
-            helper.make_node("Add", ["dead", "b"], ["dead2"], name="dead_add"),
-        ],
-        [tensor("x", [2, 4]), tensor("unused_input", [3], TensorProto.INT64)],
-        [tensor("y", [2, 3])],
-        [
-            initializer("w", weights([4, 3])),
-            initializer("b", weights([4])),
-            initializer("orphan", np.zeros(5, np.float32)),
-        ],
+    """Nodes out of order, a dead branch, an orphan initializer and an unused input."""
+    return text_model(
+        """g (float[2, 4] x, int64[3] unused_input) => (float[2, 3] y)
+            <float[4, 3] w = {0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 2.25, 2.5, 2.75},
+             float[4] b = {1, 2, 3, 4}, float[5] orphan = {0, 0, 0, 0, 0}> {
+            [neg] y = Neg(h)
+            [mm] h = MatMul(x, w)
+            [dead_relu] dead = Relu(x)
+            [dead_add] dead2 = Add(dead, b)
+        }""",
         checked=False,
     )
 
@@ -37,8 +34,12 @@ def test_removes_dead_nodes_and_initializers_and_sorts():
     assert [i.name for i in graph.inputs] == ["x", "unused_input"]
     check(result.model)
     feeds = make_feeds(result.model)
-    np.testing.assert_array_equal(run(result.model, feeds)["y"], -(feeds["x"] @ weights([4, 3])))
+    np.testing.assert_array_equal(run(result.model, feeds)["y"], -(feeds["x"] @ W))
     assert len(before.graph.nodes) == 4, "the input model is left as it was"
+
+
+def test_the_rewrite_is_golden(golden):
+    golden("cleanup", dump_text(Cleanup().run(_messy()).model))
 
 
 def test_second_run_reports_unchanged():

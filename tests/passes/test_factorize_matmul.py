@@ -2,7 +2,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from graphs import initializer, model, tensor
+from graphs import calibrated, dense, initializer, model, tensor
 from onnx import helper
 
 from nlpress.ir import Model
@@ -46,19 +46,9 @@ def _inputs(seed=1):
 
 
 def _dense(w, bias=None, calibrate=True):
-    """x[batch, 8, K] -> MatMul(W) (-> Add(b)) -> Relu -> y."""
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="dense/MatMul")]
-    inits = [initializer("w", w)]
-    last = "h"
-    if bias is not None:
-        nodes.append(helper.make_node("Add", ["h", "b"], ["hb"], name="dense/Add"))
-        inits.append(initializer("b", bias))
-        last = "hb"
-    nodes.append(helper.make_node("Relu", [last], ["y"], name="relu"))
-    m = model(nodes, [tensor("x", ["batch", 8, K])], [tensor("y", ["batch", 8, w.shape[1]])], inits)
-    if not calibrate:
-        return m
-    return dataclasses.replace(m, calibration=tuple(_feeds()))
+    """x[batch, 8, K] -> MatMul(W) (-> Add(b)) -> Relu -> y, calibrated on `_feeds` if asked."""
+    m = dense(["batch", 8, K], w, bias)
+    return calibrated(m, _feeds()) if calibrate else m
 
 
 def _feeds():
@@ -286,7 +276,7 @@ def _gemm(trans_b, alpha=1.0, beta=1.0):
         [initializer("w", stored), initializer("c", c)],
     )
     feeds = tuple({"x": _inputs()[i : i + 64]} for i in range(0, ROWS, 64))
-    return dataclasses.replace(m, calibration=feeds)
+    return calibrated(m, feeds)
 
 
 @pytest.mark.parametrize(("trans_b", "alpha", "beta"), [(0, 1.0, 1.0), (1, 0.5, 2.0)])
@@ -314,7 +304,7 @@ def _two_branches(quiet_scale):
     ]
     inits = [initializer("w1", _weight(seed=5)), initializer("w2", _weight(seed=6) * quiet_scale)]
     m = model(nodes, [tensor("x", ["batch", 8, K])], [tensor("y", ["batch", 8, N])], inits)
-    return dataclasses.replace(m, calibration=tuple(_feeds()))
+    return calibrated(m, tuple(_feeds()))
 
 
 def test_sensitivity_allocation_gives_rank_to_what_the_output_sees():
@@ -431,17 +421,7 @@ def test_compiles_with_tvm(tmp_path):
     targets = pytest.importorskip("nlpress.targets")
     if not hasattr(targets, "build_artifact"):
         pytest.skip("nlpress.targets has no build_artifact yet")
-    m = _dense(_weight(), _bias(3), calibrate=False)
-    fixed = model(
-        [
-            helper.make_node("MatMul", ["x", "w"], ["h"], name="dense/MatMul"),
-            helper.make_node("Add", ["h", "b"], ["y"], name="dense/Add"),
-        ],
-        [tensor("x", [2, 8, K])],
-        [tensor("y", [2, 8, N])],
-        [initializer("w", _weight()), initializer("b", _bias(3))],
-    )
-    del m
+    fixed = dense([2, 8, K], _weight(), _bias(3), activation=None)
     result = FactorizeMatmul(param_ratio=0.6).run(fixed)
     target = targets.get_target("x86")
     out = targets.build_artifact(result.model, target, tmp_path / "art", manifest={})

@@ -1,18 +1,26 @@
+"""fold: exactness, every rewrite of its table on a small graph, options and preconditions.
+
+The rewrites are checked against golden dumps in `golden/fold-*.txt` (regenerate them with
+`--update-golden`, see tests/conftest.py); graphs are written in ONNX's text syntax.
+"""
+
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
-import onnx
 import pytest
-from graphs import build, initializer, model, tensor, weights
-from onnx import TensorProto, helper
+from graphs import initializer, model, tensor, text_model
+from onnx import helper
 
 from nlpress.ir import Model
+from nlpress.ir.dump import dump_text
 from nlpress.ir.verify import check, compare, make_feeds
 from nlpress.passes import PreconditionError, parse
 from nlpress.passes.fold import Fold
 from nlpress.passes.registry import NAMED_PIPELINES
 
-I64 = TensorProto.INT64
+Golden = Callable[[str, str], None]
 
 
 def ops(m: Model) -> list[str]:
@@ -32,35 +40,100 @@ def folds_exactly(m: Model, p: Fold | None = None, dims: dict[str, int] | None =
 
 def shape_chain_model(batch: int | str = "batch") -> Model:
     """Reshape(x, Concat(Gather(Shape(x), 0), Gather(Shape(x), 1), [4, 8])): x [b, s, 32]."""
-    nodes = [
-        helper.make_node("Shape", ["x"], ["s"]),
-        helper.make_node("Gather", ["s", "zero"], ["b"], axis=0),
-        helper.make_node("Gather", ["s", "one"], ["n"], axis=0),
-        helper.make_node("Unsqueeze", ["b", "axes"], ["b1"]),
-        helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
-        helper.make_node("Concat", ["b1", "n1", "heads"], ["target"], axis=0),
-        helper.make_node("Reshape", ["x", "target"], ["y"]),
-    ]
-    inits = [
-        initializer("zero", np.array(0, np.int64)),
-        initializer("one", np.array(1, np.int64)),
-        initializer("axes", np.array([0], np.int64)),
-        initializer("heads", np.array([4, 8], np.int64)),
-    ]
-    x = tensor("x", [batch, "seq", 32])
-    return model(nodes, [x], [tensor("y", [batch, "seq", 4, 8])], inits)
+    return text_model(
+        f"""g (float[{batch}, seq, 32] x) => (float[{batch}, seq, 4, 8] y)
+            <int64 zero = {{0}}, int64 one = {{1}}, int64[1] axes = {{0}},
+             int64[2] heads = {{4, 8}}> {{
+            [shape] s = Shape(x)
+            [batch] b = Gather<axis = 0>(s, zero)
+            [sequence] n = Gather<axis = 0>(s, one)
+            [batch_1d] b1 = Unsqueeze(b, axes)
+            [sequence_1d] n1 = Unsqueeze(n, axes)
+            [target] target = Concat<axis = 0>(b1, n1, heads)
+            [split] y = Reshape(x, target)
+        }}"""
+    )
 
 
-def test_constant_subgraph_folds_to_one_initializer() -> None:
-    nodes = [
-        helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
-        helper.make_node("Mul", ["wt", "two"], ["w2"]),
-        helper.make_node("MatMul", ["x", "w2"], ["y"]),
-    ]
-    inits = [initializer("w", weights([8, 4])), initializer("two", np.float32(2.0))]
-    m = model(nodes, [tensor("x", [2, 4])], [tensor("y", [2, 8])], inits)
-    out = folds_exactly(m)
-    assert ops(out) == ["MatMul"]
+LAYER_NORM = """g (float[n, 4] x) => (float[n, 4] y)
+    <float two = {2}, float eps = {1e-5},
+     float[4] gamma = {1, 2, 3, 4}, float[4] beta = {0.5, 0, -0.5, 1}> {
+    [mean] mean = ReduceMean<axes = [-1]>(x)
+    [centre] d = Sub(x, mean)
+    [square] sq = Pow(d, two)
+    [variance] var = ReduceMean<axes = [-1]>(sq)
+    [plus_eps] ve = Add(var, eps)
+    [std] std = Sqrt(ve)
+    [normalize] n = Div(d, std)
+    [scale] g = Mul(n, gamma)
+    [shift] y = Add(g, beta)
+}"""
+
+GELU = """g (float[n, 8] x) => (float[n, 8] y)
+    <float sqrt2 = {1.4142135}, float one = {1}, float half = {0.5}> {
+    [div] s = Div(x, sqrt2)
+    [erf] e = Erf(s)
+    [add] a = Add(e, one)
+    [mul] m = Mul(x, a)
+    [half] y = Mul(m, half)
+}"""
+
+# One graph per entry of fold's rewrite table (passes/fold.py, _REWRITES), by golden name.
+REWRITES = {
+    # constants_to_initializers: a Constant node becomes an initializer.
+    "fold-constant-node": """g (float[n, 2] x) => (float[n, 2] y) {
+        [c] c = Constant<value = float[2] {1.5, -2.0}>()
+        [add] y = Add(x, c)
+    }""",
+    # shape_folded: a Shape of a static tensor and the arithmetic on it become one constant.
+    "fold-static-shape": """g (float[2, 3] x, float[6] z) => (float[2, 3] y) <int64 one = {1}> {
+        [shape] s = Shape(x)
+        [plus] t = Add(s, one)
+        [minus] u = Sub(t, one)
+        [reshape] y = Reshape(z, u)
+    }""",
+    # folded: a subgraph of constants is evaluated into one initializer.
+    "fold-constant-subgraph": """g (float[n, 3] x) => (float[n, 2] y)
+        <float[2, 3] w = {1, 2, 3, 4, 5, 6}, float two = {2}> {
+        [transpose] wt = Transpose<perm = [1, 0]>(w)
+        [double] w2 = Mul(wt, two)
+        [mm] y = MatMul(x, w2)
+    }""",
+    # noops_removed: every kind of no-op fold knows, between two real ops.
+    "fold-noops": """g (float[n, 4] x) => (float[n, 4] y)
+        <float zero = {0}, float one = {1}, int64[2] same = {0, 4}, bool yes = {1}> {
+        [relu] r = Relu(x)
+        [identity] a = Identity(r)
+        [dropout] d = Dropout(a)
+        [cast] c = Cast<to = 1>(d)
+        [reshape] s = Reshape(c, same)
+        [transpose] t = Transpose<perm = [0, 1]>(s)
+        [concat] k = Concat<axis = 1>(t)
+        [plus_zero] p = Add(k, zero)
+        [times_one] m = Mul(p, one)
+        [where] w = Where(yes, m, x)
+        [neg] y = Neg(w)
+    }""",
+    # operands_reordered: a commutative op takes its constant second (MatMul + bias stays).
+    "fold-constant-operand-second": """g (float[n, 2] x) => (float[n, 2] y)
+        <float[2, 2] w = {1, 2, 3, 4}, float[2] b = {1, 2}, float[2] s = {3, 4}> {
+        [mm] h = MatMul(x, w)
+        [bias] a = Add(b, h)
+        [scale] y = Mul(s, a)
+    }""",
+    # deduplicated: identical initializers merge, then identical nodes on them.
+    "fold-duplicates": """g (float[n, 2] x) => (float[n, 2] y)
+        <float[2] b1 = {1, 2}, float[2] b2 = {1, 2}> {
+        [first] a1 = Add(x, b1)
+        [second] a2 = Add(x, b2)
+        [sum] y = Mul(a1, a2)
+    }""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(REWRITES))
+def test_each_rewrite_is_exact_and_golden(name: str, golden: Golden) -> None:
+    golden(name, dump_text(folds_exactly(text_model(REWRITES[name]))))
 
 
 def test_size_guard_keeps_a_huge_broadcast() -> None:
@@ -101,109 +174,24 @@ def test_static_shapes_fold_every_shape_chain_and_rewrite_inputs() -> None:
     assert np.asarray(target.values).tolist() in ([2, 5, 4, 8], [0, 0, 4, 8])
 
 
-def test_symbolic_shapes_keep_batch_and_fold_the_rest() -> None:
-    m = shape_chain_model()
-    out = folds_exactly(m, dims={"batch": 3, "seq": 7})
-    assert ops(out) == ["Reshape"]
+def test_symbolic_shapes_keep_batch_and_fold_the_rest(golden: Golden) -> None:
+    """targets_folded: a Reshape target made of the input's own dims becomes (0, 0, 4, 8)."""
+    out = folds_exactly(shape_chain_model(), dims={"batch": 3, "seq": 7})
+    golden("fold-symbolic-reshape-target", dump_text(out))
     assert np.asarray(out.graph.nodes[0].inputs[1].values).tolist() == [0, 0, 4, 8]
     assert out.graph.inputs[0].shape == ["batch", "seq", 32]
 
 
-def test_noops_are_removed() -> None:
-    nodes = [
-        helper.make_node("Identity", ["x"], ["a"]),
-        helper.make_node("Cast", ["a"], ["b"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["b", "one"], ["c"]),
-        helper.make_node("Where", ["yes", "c", "zero"], ["d"]),
-        helper.make_node("Dropout", ["d"], ["e"]),
-        helper.make_node("Relu", ["e"], ["y"]),
-    ]
-    inits = [
-        initializer("one", np.float32(1.0)),
-        initializer("zero", np.float32(0.0)),
-        initializer("yes", np.array(True)),
-    ]
-    m = model(nodes, [tensor("x", ["n", 4])], [tensor("y", ["n", 4])], inits)
-    assert ops(folds_exactly(m)) == ["Relu"]
+def test_decomposed_layer_norm_becomes_layer_normalization(golden: Golden) -> None:
+    """fused: LayerNormalization exists from opset 17 on."""
+    assert "LayerNormalization" not in ops(folds_exactly(text_model(LAYER_NORM, opset=13)))
+    golden("fold-layer-norm", dump_text(folds_exactly(text_model(LAYER_NORM))))
 
 
-def test_commutative_constant_goes_second_keeping_matmul_bias_pattern() -> None:
-    nodes = [
-        helper.make_node("MatMul", ["x", "w"], ["m"]),
-        helper.make_node("Add", ["b", "m"], ["y"]),
-    ]
-    inits = [initializer("w", weights([4, 8])), initializer("b", weights([8], seed=1))]
-    m = model(nodes, [tensor("x", ["n", 4])], [tensor("y", ["n", 8])], inits)
-    out = folds_exactly(m)
-    matmul, add = out.graph.nodes
-    assert matmul.op == "MatMul" and isinstance(matmul.inputs[1], type(add.inputs[1]))
-    assert add.inputs[0] is matmul.outputs[0] and add.inputs[1].name == "b"
-
-
-def test_identical_initializers_and_nodes_are_merged() -> None:
-    nodes = [
-        helper.make_node("Add", ["x", "c1"], ["a"]),
-        helper.make_node("Add", ["x", "c2"], ["b"]),
-        helper.make_node("Mul", ["a", "b"], ["y"]),
-    ]
-    value = weights([4])
-    inits = [initializer("c1", value), initializer("c2", value.copy())]
-    m = model(nodes, [tensor("x", ["n", 4])], [tensor("y", ["n", 4])], inits)
-    assert ops(folds_exactly(m)) == ["Add", "Mul"]
-
-
-def layer_norm_nodes() -> list[onnx.NodeProto]:
-    return [
-        helper.make_node("ReduceMean", ["x"], ["mean"], axes=[-1]),
-        helper.make_node("Sub", ["x", "mean"], ["d"]),
-        helper.make_node("Pow", ["d", "two"], ["sq"]),
-        helper.make_node("ReduceMean", ["sq"], ["var"], axes=[-1]),
-        helper.make_node("Add", ["var", "eps"], ["ve"]),
-        helper.make_node("Sqrt", ["ve"], ["std"]),
-        helper.make_node("Div", ["d", "std"], ["n"]),
-        helper.make_node("Mul", ["n", "gamma"], ["g"]),
-        helper.make_node("Add", ["g", "beta"], ["y"]),
-    ]
-
-
-def test_decomposed_layer_norm_becomes_layer_normalization() -> None:
-    inits = [
-        initializer("two", np.float32(2.0)),
-        initializer("eps", np.float32(1e-5)),
-        initializer("gamma", weights([16], seed=2)),
-        initializer("beta", weights([16], seed=3)),
-    ]
-    m = model(
-        layer_norm_nodes(), [tensor("x", ["n", 16])], [tensor("y", ["n", 16])], inits, opset=13
-    )
-    assert "LayerNormalization" not in ops(folds_exactly(m))
-    m17 = model(layer_norm_nodes(), [tensor("x", ["n", 16])], [tensor("y", ["n", 16])], inits)
-    assert ops(folds_exactly(m17)) == ["LayerNormalization"]
-
-
-def gelu_nodes() -> list[onnx.NodeProto]:
-    return [
-        helper.make_node("Div", ["x", "sqrt2"], ["s"]),
-        helper.make_node("Erf", ["s"], ["e"]),
-        helper.make_node("Add", ["e", "one"], ["a"]),
-        helper.make_node("Mul", ["x", "a"], ["m"]),
-        helper.make_node("Mul", ["m", "half"], ["y"]),
-    ]
-
-
-@pytest.mark.parametrize(
-    ("opset", "expected"), [(17, ["Div", "Erf", "Add", "Mul", "Mul"]), (20, ["Gelu"])]
-)
-def test_erf_gelu_becomes_gelu_only_where_the_opset_has_it(opset: int, expected: list[str]) -> None:
-    inits = [
-        initializer("sqrt2", np.float32(np.sqrt(2.0))),
-        initializer("one", np.float32(1.0)),
-        initializer("half", np.float32(0.5)),
-    ]
-    m = Model.from_onnx(
-        build(gelu_nodes(), [tensor("x", ["n", 8])], [tensor("y", ["n", 8])], inits, opset=opset)
-    )
-    assert ops(folds_exactly(m)) == expected
+def test_erf_gelu_becomes_gelu_only_where_the_opset_has_it(golden: Golden) -> None:
+    """fused: Gelu exists from opset 20 on; before, the erf form stays."""
+    assert ops(folds_exactly(text_model(GELU))) == ["Div", "Erf", "Add", "Mul", "Mul"]
+    golden("fold-gelu", dump_text(folds_exactly(text_model(GELU, opset=20))))
 
 
 def test_unchanged_graph_reports_false() -> None:

@@ -1,3 +1,5 @@
+"""fold on the real all-MiniLM-L6-v2: exact, and every shape chain gone where shapes are static."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +10,8 @@ import pytest
 from nlpress.ir import Model, load_model
 from nlpress.ir.verify import compare
 from nlpress.passes.fold import Fold
+
+pytestmark = pytest.mark.slow
 
 STATIC = {name: (1, 128) for name in ("input_ids", "attention_mask", "token_type_ids")}
 TEXT = "nlpress folds the shape arithmetic that exporters leave behind."

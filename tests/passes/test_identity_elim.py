@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from graphs import initializer, model, tensor
+from graphs import initializer, model, tensor, text_model
 from onnx import TensorProto, helper
 
 from nlpress.ir.dump import dump_text
@@ -9,22 +9,17 @@ from nlpress.passes.identity_elim import IdentityElim
 
 
 def _noops():
-    return model(
-        [
-            helper.make_node("Identity", ["x"], ["a"], name="id_in"),
-            helper.make_node("Relu", ["a"], ["r"], name="relu"),
-            helper.make_node("Dropout", ["r"], ["d"], name="drop"),
-            helper.make_node("Cast", ["d"], ["c"], name="cast", to=TensorProto.FLOAT),
-            helper.make_node("Reshape", ["c", "same"], ["s"], name="reshape"),
-            helper.make_node("Reshape", ["s", "other"], ["t"], name="real_reshape"),
-            helper.make_node("Identity", ["t"], ["y"], name="id_out"),
-        ],
-        [tensor("x", [2, 6])],
-        [tensor("y", [3, 4])],
-        [
-            initializer("same", np.array([0, -1], np.int64)),
-            initializer("other", np.array([3, 4], np.int64)),
-        ],
+    return text_model(
+        """g (float[2, 6] x) => (float[3, 4] y)
+            <int64[2] same = {0, -1}, int64[2] other = {3, 4}> {
+            [id_in] a = Identity(x)
+            [relu] r = Relu(a)
+            [drop] d = Dropout(r)
+            [cast] c = Cast<to = 1>(d)
+            [reshape] s = Reshape(c, same)
+            [real_reshape] t = Reshape(s, other)
+            [id_out] y = Identity(t)
+        }"""
     )
 
 
@@ -44,6 +39,10 @@ def test_removes_each_kind_of_noop_and_keeps_output_names():
     assert [o.name for o in graph.outputs] == ["y"]
     check(result.model)
     assert compare(before, result.model, make_feeds(before)).worst == 0.0
+
+
+def test_the_rewrite_is_golden(golden):
+    golden("identity-elim", dump_text(IdentityElim().run(_noops()).model))
 
 
 def test_second_run_reports_unchanged():

@@ -2,11 +2,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import pytest
+from graphs import text_model
 from hypothesis import given
 from hypothesis import strategies as st
 
 from nlpress.ir import Model, UsageError
-from nlpress.passes import PASSES, OptionError, PipelineSyntaxError, parse
+from nlpress.ir.dump import dump_text
+from nlpress.ir.verify import compare, make_feeds
+from nlpress.passes import PASSES, OptionError, PipelineSyntaxError, parse, run_pipeline
 from nlpress.passes.base import SHAPES_OPTION, Pass, PassResult, option_fields
 from nlpress.passes.pipeline import parse_pipeline
 
@@ -122,3 +125,23 @@ def test_option_help_comes_from_the_docstring():
     for cls in PASSES.values():
         assert cls.summary(), cls
         assert set(cls.option_help()) >= set(option_fields(cls)), cls
+
+
+def test_the_o1_pipeline_is_exact_and_golden(golden):
+    """O1 (fold, identity-elim, cleanup) on a graph with work for each of them."""
+    before = text_model(
+        """g (float[n, 3] x) => (float[n, 2] y)
+            <float[2, 3] w = {1, 2, 3, 4, 5, 6}, float[2] b = {0.5, -0.5}> {
+            [id] a = Identity(x)
+            [transpose] wt = Transpose<perm = [1, 0]>(w)
+            [mm] h = MatMul(a, wt)
+            [bias] z = Add(b, h)
+            [dead] unused = Relu(z)
+            [out] y = Identity(z)
+        }"""
+    )
+    pipeline = parse("O1")
+    result = run_pipeline(before, pipeline)
+    golden("O1", dump_text(result.model))
+    assert compare(before, result.model, make_feeds(before, {"n": 3})).worst <= 1e-6
+    assert not any(record.changed for record in run_pipeline(result.model, pipeline).records)

@@ -1,24 +1,23 @@
 import graphs
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from onnx import helper
 
 from nlpress.compiler import optimize
+from nlpress.ir.dump import dump_text
 from nlpress.ir.verify import check, make_feeds, run
-from nlpress.passes import OptionError, PreconditionError, VerifyEach, parse
+from nlpress.passes import OptionError, PreconditionError, VerifyEach, parse, run_pipeline
 from nlpress.passes.pool import Pool
 
 
 def _tokens_model(opset: int, mask: bool = True):
     """h[batch, sequence, 4] -> Relu -> tokens; optionally an attention_mask input."""
-    inputs = [graphs.tensor("h", ["batch", "sequence", 4])]
-    if mask:
-        inputs.append(graphs.tensor("attention_mask", ["batch", "sequence"], TensorProto.INT64))
-    return graphs.model(
-        [helper.make_node("Relu", ["h"], ["tokens"], name="relu")],
-        inputs,
-        [graphs.tensor("tokens", ["batch", "sequence", 4])],
-        opset=opset,
+    mask_input = ", int64[batch, sequence] attention_mask" if mask else ""
+    return graphs.text_model(
+        f"""g (float[batch, sequence, 4] h{mask_input}) => (float[batch, sequence, 4] tokens) {{
+            [relu] tokens = Relu(h)
+        }}""",
+        opset,
     )
 
 
@@ -56,6 +55,18 @@ def test_without_a_mask_every_token_counts(opset):
     want = out["tokens"].mean(axis=1)
     want /= np.maximum(np.linalg.norm(want, axis=1, keepdims=True), 1e-12)
     np.testing.assert_allclose(out["sentence_embedding"], want, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "pipeline", "mask"),
+    [
+        ("pool-mean", "pool{mode=mean}", True),
+        ("pool-cls-normalized", "pool{mode=cls normalize=true}", False),
+    ],
+)
+def test_the_graphs_it_adds_are_golden(name, pipeline, mask, golden):
+    result = run_pipeline(_tokens_model(17, mask), parse(pipeline))
+    golden(name, dump_text(result.model))
 
 
 def test_bert_mean_normalized_and_cls_against_numpy():

@@ -4,8 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from graphs import initializer, model, tensor, weights
-from onnx import helper
+from graphs import calibrated, ffn, weights
 
 from nlpress.ir import Model
 from nlpress.ir.verify import check, run
@@ -23,33 +22,19 @@ HIDDEN, INNER, ROWS = 8, 16, 24
 
 def _two_ffns(second_scale: float = 1.0, residual: bool = False) -> Model:
     """x -> [up -> Relu -> down] -> [up -> Relu -> down] -> y, with biases (and residuals)."""
-    nodes, inits = [], []
-    source = "x"
-    for i in (1, 2):
-        nodes += [
-            helper.make_node("MatMul", [source, f"w{i}a"], [f"h{i}"], name=f"up{i}"),
-            helper.make_node("Add", [f"h{i}", f"b{i}a"], [f"hb{i}"], name=f"up{i}_bias"),
-            helper.make_node("Relu", [f"hb{i}"], [f"r{i}"], name=f"relu{i}"),
-            helper.make_node("MatMul", [f"r{i}", f"w{i}b"], [f"o{i}"], name=f"down{i}"),
-            helper.make_node("Add", [f"o{i}", f"b{i}b"], [f"f{i}"], name=f"down{i}_bias"),
-            helper.make_node("Add", [f"f{i}", source], [f"y{i}"], name=f"residual{i}")
-            if residual
-            else helper.make_node("Identity", [f"f{i}"], [f"y{i}"], name=f"out{i}"),
-        ]
-        scale = second_scale if i == 2 else 1.0
-        inits += [
-            initializer(f"w{i}a", weights([HIDDEN, INNER], 10 * i)),
-            initializer(f"b{i}a", weights([INNER], 10 * i + 1) * 0.1),
-            initializer(f"w{i}b", weights([INNER, HIDDEN], 10 * i + 2) * scale / 4),
-            initializer(f"b{i}b", weights([HIDDEN], 10 * i + 3) * 0.1),
-        ]
-        source = f"y{i}"
-    nodes[-1].output[0] = "y"
-    shape = [ROWS, HIDDEN]
-    m = model(nodes, [tensor("x", shape)], [tensor("y", shape)], inits)
+    blocks = [
+        (
+            weights([HIDDEN, INNER], 10 * i),
+            weights([INNER], 10 * i + 1) * 0.1,
+            weights([INNER, HIDDEN], 10 * i + 2) * (second_scale if i == 2 else 1.0) / 4,
+            weights([HIDDEN], 10 * i + 3) * 0.1,
+        )
+        for i in (1, 2)
+    ]
+    m = ffn([ROWS, HIDDEN], blocks, residual=residual)
     rng = np.random.default_rng(5)
     feeds = tuple({"x": rng.standard_normal((ROWS, HIDDEN)).astype(np.float32)} for _ in range(12))
-    return dataclasses.replace(m, calibration=feeds)
+    return calibrated(m, feeds)
 
 
 def _error(teacher: Model, student: Model) -> float:

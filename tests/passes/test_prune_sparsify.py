@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 import pytest
-from graphs import initializer, model, tensor, weights
+from graphs import calibrated, ffn, initializer, model, tensor, weights
 from onnx import helper
 
 from nlpress.ir import Model
@@ -24,43 +24,19 @@ def _calibrate(m: Model, batches: int = 8, seed: int = 1) -> Model:
     feeds = tuple(
         {"x": (rng.standard_normal(shape) * scale).astype(np.float32)} for _ in range(batches)
     )
-    return dataclasses.replace(m, calibration=feeds)
+    return calibrated(m, feeds)
 
 
 def _ffn(gemm: bool = False) -> Model:
     """x -> up (+b) -> erf GELU -> down (+b) -> y; with Gemm (transB) on 2-D inputs if asked."""
-    up = helper.make_node("MatMul", ["x", "w1"], ["h0"], name="up")
-    add = helper.make_node("Add", ["h0", "b1"], ["h"], name="up_bias")
-    gelu = [
-        helper.make_node("Div", ["h", "sqrt2"], ["d"], name="div"),
-        helper.make_node("Erf", ["d"], ["e"], name="erf"),
-        helper.make_node("Add", ["e", "one"], ["e1"], name="add1"),
-        helper.make_node("Mul", ["h", "e1"], ["m"], name="mul"),
-        helper.make_node("Mul", ["m", "half"], ["a"], name="half_mul"),
-    ]
-    down = [
-        helper.make_node("MatMul", ["a", "w2"], ["y0"], name="down"),
-        helper.make_node("Add", ["y0", "b2"], ["y"], name="down_bias"),
-    ]
-    w1, w2 = weights([HIDDEN, INNER], 1), weights([INNER, HIDDEN], 2)
-    inits = [
-        initializer("b1", weights([INNER], 3)),
-        initializer("b2", weights([HIDDEN], 4)),
-        initializer("sqrt2", np.array(1.4142135, np.float32)),
-        initializer("one", np.array(1.0, np.float32)),
-        initializer("half", np.array(0.5, np.float32)),
-    ]
-    if gemm:
-        up = helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="up", transB=1)
-        down = [helper.make_node("Gemm", ["a", "w2", "b2"], ["y"], name="down", transB=1)]
-        inits += [initializer("w1", w1.T.copy()), initializer("w2", w2.T.copy())]
-        nodes = [up, *gelu, *down]
-        shape = [2 * SEQ, HIDDEN]
-    else:
-        inits += [initializer("w1", w1), initializer("w2", w2)]
-        nodes = [up, add, *gelu, *down]
-        shape = [2, SEQ, HIDDEN]
-    return model(nodes, [tensor("x", shape)], [tensor("y", shape)], inits)
+    block = (
+        weights([HIDDEN, INNER], 1),
+        weights([INNER], 3),
+        weights([INNER, HIDDEN], 2),
+        weights([HIDDEN], 4),
+    )
+    shape = [2 * SEQ, HIDDEN] if gemm else [2, SEQ, HIDDEN]
+    return ffn(shape, [block], "erf-gelu", gemm=gemm)
 
 
 def _attention(mask_heads: int = 1) -> Model:
@@ -108,7 +84,7 @@ def _attention_calibrated(mask_heads: int = 1) -> Model:
     feeds = tuple(
         {"x": rng.standard_normal((1, SEQ, HEADS * HEAD_DIM)).astype(np.float32)} for _ in range(16)
     )
-    return dataclasses.replace(_attention(mask_heads), calibration=feeds)
+    return calibrated(_attention(mask_heads), feeds)
 
 
 def _weight(m: Model, node_name: str) -> np.ndarray:
@@ -237,7 +213,7 @@ def test_neurons_are_removed_and_match_the_dense_model_with_them_zeroed(gemm):
     kept = _kept_columns(up, new_up)
     zeroed = down.copy()
     zeroed[[i for i in range(INNER) if i not in kept]] = 0
-    reference = _with_weight(m, "w2", zeroed.T.copy() if gemm else zeroed)
+    reference = _with_weight(m, "down_w", zeroed.T.copy() if gemm else zeroed)
     np.testing.assert_allclose(
         _outputs(result.model, m.calibration), _outputs(reference, m.calibration), atol=1e-5
     )

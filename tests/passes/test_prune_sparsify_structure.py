@@ -1,8 +1,6 @@
-import dataclasses
-
 import numpy as np
 import onnx_graphsurgeon as gs
-from graphs import initializer, model, tensor, weights
+from graphs import calibrated, initializer, model, tensor, weights
 from onnx import helper
 
 from nlpress.ir.blocks import attention_blocks, ffn_pairs
@@ -35,7 +33,7 @@ def _gated(extra_reader: bool = False):
     m = model(nodes, [tensor("x", [2, 8])], outputs, inits)
     rng = np.random.default_rng(0)
     feeds = tuple({"x": rng.standard_normal((2, 8)).astype(np.float32)} for _ in range(8))
-    return dataclasses.replace(m, calibration=feeds)
+    return calibrated(m, feeds)
 
 
 def test_gated_ffn_is_found_and_pruned_in_every_projection():

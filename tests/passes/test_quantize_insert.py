@@ -4,7 +4,7 @@ import json
 import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
-from graphs import initializer, model, tensor
+from graphs import calibrated, dense, initializer, model, tensor
 from onnx import TensorProto, helper
 
 from nlpress.ir.verify import check, run
@@ -38,20 +38,10 @@ def _feeds(outlier=None, batches=4):
 
 
 def _dense(bias=True, feeds=None):
-    """x[batch, 8, K] -> MatMul(W) (-> Add(b)) -> Relu -> MatMul(W2) -> y."""
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="dense/MatMul")]
-    inits = [initializer("w", _weight()), initializer("w2", _weight(N, 6, seed=2))]
-    last = "h"
-    if bias:
-        nodes.append(helper.make_node("Add", ["h", "b"], ["hb"], name="dense/Add"))
-        inits.append(initializer("b", np.linspace(-1, 1, N).astype(np.float32)))
-        last = "hb"
-    nodes += [
-        helper.make_node("Relu", [last], ["r"], name="relu"),
-        helper.make_node("MatMul", ["r", "w2"], ["y"], name="out/MatMul"),
-    ]
-    m = model(nodes, [tensor("x", ["batch", SEQ, K])], [tensor("y", ["batch", SEQ, 6])], inits)
-    return dataclasses.replace(m, calibration=_feeds() if feeds is None else feeds)
+    """x[batch, 8, K] -> MatMul(W) (-> Add(b)) -> Relu -> MatMul(W2) -> y, calibrated."""
+    b = np.linspace(-1, 1, N).astype(np.float32) if bias else None
+    m = dense(["batch", SEQ, K], _weight(), b, then=_weight(N, 6, seed=2))
+    return calibrated(m, _feeds() if feeds is None else feeds)
 
 
 def _shared(feeds):
@@ -85,7 +75,7 @@ def _shared(feeds):
         [tensor("y", ["batch", SEQ, N]), tensor("y2", ["batch", SEQ, K])],
         inits,
     )
-    return dataclasses.replace(m, calibration=feeds)
+    return calibrated(m, feeds)
 
 
 def _relative(want, got):
@@ -115,12 +105,7 @@ def test_pipeline_text_round_trips():
 
 def test_per_channel_weight_scales_on_hand_made_weights():
     w = np.array([[1.0, -0.5, 0.0], [-2.54, 0.25, 0.0], [0.127, 0.1, 0.0]], np.float32)
-    m = model(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
-        [tensor("x", [2, 3])],
-        [tensor("y", [2, 3])],
-        [initializer("w", w)],
-    )
+    m = dense([2, 3], w, activation=None)
     result = QuantizeInsert(mode="dynamic").run(m)
     dq = next(n for n in result.model.graph.nodes if n.inputs[0].name == "w_quantized")
     values, scale, zero = (np.asarray(t.values) for t in dq.inputs)
@@ -288,7 +273,7 @@ def _embedded(feeds=None):
         feeds = tuple(
             {"ids": rng.integers(0, ROWS, (4, SEQ)), "pos": np.arange(SEQ)} for _ in range(3)
         )
-    return dataclasses.replace(m, calibration=feeds)
+    return calibrated(m, feeds)
 
 
 def test_embedding_tables_become_int8_with_one_scale_per_row():
@@ -480,13 +465,7 @@ def test_static_mode_needs_calibration_data():
 
 
 def test_old_opsets_and_graphs_without_layers_are_refused():
-    old = model(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
-        [tensor("x", [2, K])],
-        [tensor("y", [2, N])],
-        [initializer("w", _weight())],
-        opset=11,
-    )
+    old = dense([2, K], _weight(), activation=None, opset=11)
     with pytest.raises(PreconditionError, match="opset >= 13"):
         QuantizeInsert(mode="dynamic").requires(old)
     relu = model(

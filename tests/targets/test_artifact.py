@@ -11,7 +11,7 @@ from pathlib import Path
 import graphs
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from onnx import helper
 
 from nlpress.ir import Model, UsageError
 from nlpress.ir.verify import run
@@ -164,21 +164,8 @@ def test_side_by_side_timing_pauses_between_runs(tiny_model: Model, x86_artifact
     assert result["nlpress_ms"] > 0 and result["ort_ms"] > 0
 
 
-def _embedding_model() -> Model:
-    """Token ids (through a Cast, as exporters often write them) index a 10-row table."""
-    return graphs.model(
-        [
-            helper.make_node("Cast", ["ids"], ["ids32"], name="cast", to=TensorProto.INT32),
-            helper.make_node("Gather", ["table", "ids32"], ["rows"], name="embed"),
-        ],
-        [graphs.tensor("ids", ["batch", 3], TensorProto.INT64)],
-        [graphs.tensor("rows", ["batch", 3, 4])],
-        [graphs.initializer("table", graphs.weights([10, 4]))],
-    )
-
-
 def test_token_ids_outside_the_table_are_refused(tmp_path: Path) -> None:
-    model = _embedding_model()
+    model = graphs.embedding(graphs.weights([10, 4]), ids=["batch", 3], cast=True)
     out = build_artifact(model, get_target("x86"), tmp_path / "out", manifest={})
     [ids] = json.loads((out / "manifest.json").read_text())["inputs"]
     assert ids["index_range"] == [-10, 9]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import graphs
 import numpy as np
 import pytest
 
@@ -32,20 +33,6 @@ if SKIP_REASON is None and shutil.which("aarch64-linux-gnu-gcc") is None:
 needs_emulation = pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))
 
 
-def _matmul_relu(w: np.ndarray) -> object:
-    from onnx import TensorProto, helper, numpy_helper
-
-    k, n = w.shape
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Relu", ["y"], ["z"])],
-        "matmul_relu",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, k])],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, n])],
-        [numpy_helper.from_array(w, "w")],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
 def _build_aarch64(model: object, out: Path) -> None:
     import tvm
     import tvm.support.cc
@@ -65,7 +52,7 @@ def test_aarch64_artifact_matches_numpy(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     w = rng.standard_normal((16, 8)).astype(np.float32)
     x = rng.standard_normal((2, 16)).astype(np.float32)
-    _build_aarch64(_matmul_relu(w), tmp_path / "model.so")
+    _build_aarch64(graphs.dense([2, 16], w).to_onnx(), tmp_path / "model.so")
     np.save(tmp_path / "x.npy", x)
 
     proc = emulation.run_python(

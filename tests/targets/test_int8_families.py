@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import graphs
 import numpy as np
 import pytest
 import test_quantized as tq
@@ -54,24 +55,6 @@ def _target(cpu: str) -> Any:
     return get_target("x86", mcpu=cpu)
 
 
-def _exact(proto: Any, x: np.ndarray, wq: np.ndarray, target: Any, zero_point: int) -> None:
-    expected = np.maximum((x.astype(np.int64) - zero_point) @ wq.astype(np.int64), 0)
-    got = tq._run(proto, x.astype(np.float32) - zero_point, target)
-    np.testing.assert_array_equal(got, expected.astype(np.float32))
-
-
-def _case(m: int | str, k: int, n: int, lead: int | str, zero_point: int, seed: int) -> Any:
-    """A QDQ MatMul with unit scales and no bias, its weight, and integral activations."""
-    proto = tq._qdq_matmul(
-        m, k, n, lead=lead, bias=False, scales=(1.0, 1.0), zero_point=zero_point, seed=seed
-    )
-    wq = numpy_helper.to_array(next(i for i in proto.graph.initializer if i.name == "wq"))
-    batch = 3 if lead == "batch" else int(lead)
-    rows = 13 if isinstance(m, str) else m
-    x = np.random.default_rng(seed).integers(0, 256, (batch, rows, k))
-    return proto, wq, x
-
-
 @pytest.mark.parametrize(("family", "cpu", "instruction", "flags"), X86_FAMILIES)
 def test_target_chooses_the_family(family: str, cpu: str, instruction: str, flags: Any) -> None:
     kernel = int8_intrinsics.int8_kernel(lower.tvm_target(_target(cpu)))
@@ -83,7 +66,7 @@ def test_assembly_holds_the_instruction(
     family: str, cpu: str, instruction: str, flags: Any
 ) -> None:
     target = lower.tvm_target(_target(cpu))
-    asm = tq._assembly(tq._scheduled_kernel(tq._qdq_matmul(16, 64, 48), target), target)
+    asm = tq._assembly(tq._scheduled_kernel(graphs.qdq_matmul(16, 64, 48), target), target)
     assert instruction in asm
     assert ("vpdpbusd" in asm) == ("vnni" in family)
 
@@ -96,15 +79,17 @@ def test_family_is_exact(
     missing = [f for f in flags if f not in HOST_FLAGS]
     if missing:
         pytest.skip(f"this CPU lacks {', '.join(missing)}: checked by its assembly only")
-    proto, wq, x = _case(m, k, n, lead, zero_point=131, seed=k + n)
-    _exact(proto, x, wq, _target(cpu), zero_point=131)
+    proto, x, expected = graphs.exact_qdq_case(
+        m, k, n, lead, zero_point=131, seed=k + n, weight_seed=k + n
+    )
+    np.testing.assert_array_equal(tq._run(proto, x, _target(cpu)), expected)
 
 
 @pytest.mark.parametrize("family", [f.family for f in int8_intrinsics.FAMILIES])
 def test_every_weight_layout_is_exact_on_this_host(family: str) -> None:
     """Each family's packing and activation dtype, run through the generic vector kernel here."""
     kernel = next(f for f in int8_intrinsics.FAMILIES if f.family == family)
-    proto, wq, x = _case(13, 68, 56, 1, zero_point=0, seed=3)
+    proto, x, expected = graphs.exact_qdq_case(13, 68, 56, zero_point=0, seed=3, weight_seed=3)
     mod = quantized.rewrite_qdq_matmuls(
         lower.import_onnx(proto),
         activation_offset=kernel.activation_offset,
@@ -113,16 +98,15 @@ def test_every_weight_layout_is_exact_on_this_host(family: str) -> None:
     )
     host = get_target("x86", mcpu="x86-64")  # the generic family, whatever the block
     vm = relax.VirtualMachine(lower.build(mod, host), tvm.cpu())
-    got = vm["main"](tvm.runtime.tensor(x.astype(np.float32))).numpy()
-    expected = np.maximum(x.astype(np.int64) @ wq.astype(np.int64), 0)
-    np.testing.assert_array_equal(got, expected.astype(np.float32))
+    got = vm["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.skipif("avx2" not in HOST_FLAGS, reason="this CPU has no AVX2")
 def test_avx2_is_exact_where_vpmaddubsw_would_saturate() -> None:
     """Activations 255 and weights of one sign: u8 x s8 pairs reach 64770, past int16's 32767."""
     m, k, n = 4, 32, 16
-    proto = tq._qdq_matmul(m, k, n, bias=False, scales=(1.0, 1.0), zero_point=0)
+    proto = graphs.qdq_matmul(m, k, n, bias=False, scales=(1.0, 1.0), zero_point=0)
     wq = np.full((k, n), 127, np.int8)
     wq[:, 8:] = -128
     for init in proto.graph.initializer:

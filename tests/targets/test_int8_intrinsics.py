@@ -11,11 +11,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import graphs
 import numpy as np
 import pytest
 import test_quantized as tq
 import tvm
-from onnx import numpy_helper
 from tvm import relax
 
 from nlpress.targets import emulation, get_target, lower, quantized
@@ -27,17 +27,7 @@ NEON = lower.tvm_target(get_target("arm"))
 
 
 def _asm(target: Any, m: int = 16, k: int = 64, n: int = 48) -> str:
-    return tq._assembly(tq._scheduled_kernel(tq._qdq_matmul(m, k, n), target), target)
-
-
-def _exact_case(m: int, k: int, n: int, zero_point: int, seed: int) -> tuple[Any, Any, Any]:
-    """(model, x, expected): unit scales, no bias, so the output is relu of the int32 sums."""
-    proto = tq._qdq_matmul(m, k, n, bias=False, scales=(1.0, 1.0), zero_point=zero_point)
-    wq = numpy_helper.to_array(next(i for i in proto.graph.initializer if i.name == "wq"))
-    rng = np.random.default_rng(seed)
-    x = rng.integers(-zero_point, 256 - zero_point, (1, m, k)).astype(np.int32)
-    expected = np.maximum(x @ wq.astype(np.int32), 0).astype(np.float32)
-    return proto, x.astype(np.float32), expected
+    return tq._assembly(tq._scheduled_kernel(graphs.qdq_matmul(m, k, n), target), target)
 
 
 def test_dotprod_target_uses_sdot_on_shifted_activations() -> None:
@@ -64,7 +54,7 @@ def test_signed_instructions_shift_the_activations() -> None:
 
 
 def test_dotprod_kernel_subtracts_128_from_activation_and_zero_point() -> None:
-    kernel = tq._scheduled_kernel(tq._qdq_matmul(16, 64, 48), DOTPROD)
+    kernel = tq._scheduled_kernel(graphs.qdq_matmul(16, 64, 48), DOTPROD)
     text = kernel.script()
     assert "llvm.aarch64.neon.sdot" in text
     assert '(T.Cast("int32", param_2[()]) - 128)' in text  # the zero point, in the epilogue
@@ -73,7 +63,7 @@ def test_dotprod_kernel_subtracts_128_from_activation_and_zero_point() -> None:
 @pytest.mark.parametrize("offset", [0, 128])
 def test_sdot_fits_only_kernels_with_shifted_activations(offset: int) -> None:
     """A kernel built without the shift (x86's) must not be tensorized with sdot."""
-    proto = tq._qdq_matmul(16, 64, 48)
+    proto = graphs.qdq_matmul(16, 64, 48)
     mod = quantized.rewrite_qdq_matmuls(lower.import_onnx(proto), activation_offset=offset)
     with DOTPROD:
         legal = lower.cpu_kernels(mod, DOTPROD, default_schedules=False)[0]
@@ -89,7 +79,7 @@ def test_sdot_fits_only_kernels_with_shifted_activations(offset: int) -> None:
 @pytest.mark.parametrize("zero_point", [0, 131, 255])
 def test_shifted_kernel_is_exact_on_the_host(zero_point: int) -> None:
     """The sdot formulation's arithmetic, sum((x - 128) w) - (zp - 128) colsum, run on x86."""
-    proto, x, expected = _exact_case(9, 36, 40, zero_point, seed=7)
+    proto, x, expected = graphs.exact_qdq_case(9, 36, 40, zero_point=zero_point, seed=7)
     mod = quantized.rewrite_qdq_matmuls(lower.import_onnx(proto), activation_offset=128)
     assert "- 128" in tq._kernels(mod)["qmatmul"].script()
     vm = relax.VirtualMachine(lower.build(mod, get_target("x86")), tvm.cpu())
@@ -119,7 +109,7 @@ def _run_arm(proto: Any, mattr: list[str], x: np.ndarray, folder: Path) -> np.nd
 def test_arm_dot_product_artifact_is_exact_under_emulation(
     mattr: list[str], tmp_path: Path
 ) -> None:
-    proto, x, expected = _exact_case(13, 68, 56, zero_point=250, seed=8)
+    proto, x, expected = graphs.exact_qdq_case(13, 68, 56, zero_point=250, seed=8)
     got = _run_arm(proto, mattr, x, tmp_path / "arm")
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_array_equal(got, tq._run(proto, x))  # the x86 artifact
@@ -128,7 +118,7 @@ def test_arm_dot_product_artifact_is_exact_under_emulation(
 @pytest.mark.slow
 @pytest.mark.skipif(tq.EMULATION_SKIP is not None, reason=str(tq.EMULATION_SKIP))
 def test_arm_sdot_matches_x86_with_scales_and_bias(tmp_path: Path) -> None:
-    proto = tq._qdq_matmul(10, 40, 48, zero_point=120)
+    proto = graphs.qdq_matmul(10, 40, 48, zero_point=120)
     x = np.random.default_rng(9).standard_normal((1, 10, 40)).astype(np.float32)
     host = tq._run(proto, x)
     got = _run_arm(proto, ["dotprod"], x, tmp_path / "arm")
@@ -154,7 +144,7 @@ def _cuda_source(proto: Any, arch: str = "sm_80") -> str:
 
 @pytest.mark.parametrize(("m", "k", "n", "lead"), [(16, 64, 48, "batch"), (7, 18, 40, 1)])
 def test_cuda_integer_matmul_uses_dp4a(m: int, k: int, n: int, lead: int | str) -> None:
-    source = _cuda_source(tq._qdq_matmul(m, k, n, lead=lead))
+    source = _cuda_source(graphs.qdq_matmul(m, k, n, lead=lead))
     kernel = source[source.index("fused_qmatmul") :]
     assert "__dp4a(" in kernel
     assert "^ -2139062144" in kernel  # the activation bytes shifted into int8 (0x80808080)
@@ -167,7 +157,7 @@ def test_cuda_dp4a_artifact_compiles_with_nvcc(arch: str, tmp_path: Path) -> Non
     from nlpress.targets import build_artifact
     from nlpress.targets.cuda import device_code
 
-    model = Model.from_onnx(tq._qdq_matmul(16, 64, 48, lead="batch"))
+    model = Model.from_onnx(graphs.qdq_matmul(16, 64, 48, lead="batch"))
     out = build_artifact(model, get_target("cuda", arch=arch), tmp_path / "a", manifest={})
     cubins = [image for image in device_code(out / "model.so") if image.kind == "elf"]
     assert [image.arch for image in cubins] == [arch]
@@ -189,7 +179,7 @@ def test_cuda_dp4a_artifact_is_exact_on_the_gpu(tmp_path: Path) -> None:
 
     major, minor = tvm.cuda(0).compute_version.split(".")
     arch = f"sm_{major}{minor}" if f"sm_{major}{minor}" in ("sm_80", "sm_90") else "sm_80"
-    proto, x, expected = _exact_case(13, 68, 56, zero_point=250, seed=10)
+    proto, x, expected = graphs.exact_qdq_case(13, 68, 56, zero_point=250, seed=10)
     model = Model.from_onnx(proto)
     out = build_artifact(model, get_target("cuda", arch=arch), tmp_path / "a", manifest={})
     (got,) = load(out).run(None, {"x": x})

@@ -12,7 +12,6 @@ import graphs
 import numpy as np
 import pytest
 import tvm
-from onnx import helper
 from tvm import relax
 
 from nlpress.ir import Model
@@ -28,19 +27,9 @@ AVX512 = get_target("x86", mcpu="skylake-avx512")
 def _model(shape: list[int | str], k: int, n: int, seed: int = 0) -> Any:
     """x @ W + b -> Gelu, the FFN's first half."""
     rng = np.random.default_rng(seed)
-    inits = [
-        graphs.initializer("w", rng.standard_normal((k, n)).astype(np.float32)),
-        graphs.initializer("b", rng.standard_normal(n).astype(np.float32)),
-    ]
-    nodes = [
-        helper.make_node("MatMul", ["x", "w"], ["y"]),
-        helper.make_node("Add", ["y", "b"], ["z"]),
-        helper.make_node("Gelu", ["z"], ["out"]),
-    ]
-    out_shape = [*shape[:-1], n]
-    return graphs.build(
-        nodes, [graphs.tensor("x", shape)], [graphs.tensor("out", out_shape)], inits, opset=21
-    )
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    return graphs.dense(shape, w, b, "Gelu", opset=21).to_onnx()
 
 
 def _kernels(mod: Any) -> dict[str, Any]:
@@ -73,7 +62,7 @@ def test_symbolic_rows_are_exact_in_whole_tiles(target: Any) -> None:
     vm = relax.VirtualMachine(lower.build(lower.import_onnx(proto), target), tvm.cpu())
     for batch, rows in [(1, 1), (2, 13), (3, 6), (1, 37)]:  # partial tiles, and less than one
         x = np.random.default_rng(rows).standard_normal((batch, rows, 40)).astype(np.float32)
-        expected = run(Model.from_onnx(proto), {"x": x})["out"]
+        expected = run(Model.from_onnx(proto), {"x": x})["y"]
         got = vm["main"](tvm.runtime.tensor(x)).numpy()
         bound = 1e-5 * float(np.abs(expected).max()) + 1e-5
         np.testing.assert_allclose(got, expected, rtol=0, atol=bound)
@@ -92,7 +81,7 @@ def test_each_instruction_set_has_its_panel_tile() -> None:
 def test_panel_kernel_matches_onnxruntime(shape: list[int], k: int, n: int) -> None:
     proto = _model(shape, k, n, seed=k + n)
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
-    expected = run(Model.from_onnx(proto), {"x": x})["out"]
+    expected = run(Model.from_onnx(proto), {"x": x})["y"]
     executable = lower.build(lower.import_onnx(proto), AVX2)
     got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     bound = 1e-5 * float(np.abs(expected).max()) + 1e-5

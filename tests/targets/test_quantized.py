@@ -35,132 +35,6 @@ def _bound(reference: np.ndarray) -> float:
     return 1e-5 * float(np.abs(reference).max()) + 1e-5
 
 
-def quantize_matmuls(
-    proto: onnx.ModelProto, dynamic: bool = True, embeddings: bool = False
-) -> onnx.ModelProto:
-    """QDQ every MatMul with a 2-D float initializer weight, as quantize-insert does.
-
-    Weights: symmetric per-column int8. Activations: DynamicQuantizeLinear (dynamic) or
-    QuantizeLinear with a fixed scale 0.05 and zero-point 128 (static). With `embeddings`, the
-    2-D tables that Gathers read become int8 too (symmetric, one scale per row).
-    """
-    proto = onnx.ModelProto.FromString(proto.SerializeToString())
-    graph = proto.graph
-    weights = {i.name: i for i in graph.initializer}
-    nodes: list[onnx.NodeProto] = []
-    for index, node in enumerate(graph.node):
-        table = weights.get(node.input[0]) if node.op_type == "Gather" and embeddings else None
-        if table is not None and len(table.dims) == 2:
-            nodes += _quantized_table(graph, table, f"qdq{index}")
-            nodes.append(helper.make_node("Gather", [f"qdq{index}_t", node.input[1]], node.output))
-            continue
-        weight = weights.get(node.input[1]) if node.op_type == "MatMul" else None
-        if weight is None or len(weight.dims) != 2 or weight.data_type != TensorProto.FLOAT:
-            nodes.append(node)
-            continue
-        w = numpy_helper.to_array(weight)
-        scale = np.maximum(np.abs(w).max(axis=0), 1e-12).astype(np.float32) / 127
-        q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
-        p = f"qdq{index}"
-        graph.initializer.extend(
-            [
-                numpy_helper.from_array(q, f"{p}_wq"),
-                numpy_helper.from_array(scale, f"{p}_ws"),
-                numpy_helper.from_array(np.zeros(w.shape[1], np.int8), f"{p}_wzp"),
-            ]
-        )
-        dq = [f"{p}_xq", f"{p}_xs", f"{p}_xzp"]
-        if dynamic:
-            nodes.append(helper.make_node("DynamicQuantizeLinear", [node.input[0]], dq))
-        else:
-            graph.initializer.extend(
-                [
-                    numpy_helper.from_array(np.float32(0.05), dq[1]),
-                    numpy_helper.from_array(np.uint8(128), dq[2]),
-                ]
-            )
-            nodes.append(helper.make_node("QuantizeLinear", [node.input[0], *dq[1:]], dq[:1]))
-        nodes.append(helper.make_node("DequantizeLinear", dq, [f"{p}_x"]))
-        nodes.append(
-            helper.make_node(
-                "DequantizeLinear", [f"{p}_wq", f"{p}_ws", f"{p}_wzp"], [f"{p}_w"], axis=1
-            )
-        )
-        nodes.append(helper.make_node("MatMul", [f"{p}_x", f"{p}_w"], node.output, name=node.name))
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return proto
-
-
-def _quantized_table(graph: onnx.GraphProto, table: onnx.TensorProto, p: str) -> list[Any]:
-    t = numpy_helper.to_array(table)
-    scale = np.maximum(np.abs(t).max(axis=1), 1e-12).astype(np.float32) / 127
-    q = np.clip(np.round(t / scale[:, None]), -127, 127).astype(np.int8)
-    names = [f"{p}_tq", f"{p}_ts", f"{p}_tzp"]
-    graph.initializer.extend(
-        [
-            numpy_helper.from_array(q, names[0]),
-            numpy_helper.from_array(scale, names[1]),
-            numpy_helper.from_array(np.zeros(len(scale), np.int8), names[2]),
-        ]
-    )
-    return [helper.make_node("DequantizeLinear", names, [f"{p}_t"], axis=0)]
-
-
-def _qdq_matmul(
-    m: int | str,
-    k: int,
-    n: int,
-    *,
-    lead: int | str = 1,
-    dynamic: bool = False,
-    bias: bool = True,
-    scales: tuple[float, float] | None = None,
-    zero_point: int = 131,
-    per_tensor: bool = False,
-    seed: int = 0,
-) -> onnx.ModelProto:
-    """x[lead, m, k] -> QDQ -> MatMul(W_q[k, n]) (+ bias) -> Relu.
-
-    `scales` = (s_x, s_w) fixes both scales (s_w for every column), else they are random.
-    """
-    rng = np.random.default_rng(seed)
-    wq = rng.integers(-127, 128, (k, n)).astype(np.int8)
-    ws = rng.uniform(0.001, 0.01, n).astype(np.float32)
-    x_scale = 0.05
-    if scales is not None:
-        x_scale, ws = scales[0], np.full(n, scales[1], dtype=np.float32)
-    if per_tensor:
-        ws = np.float32(ws[0])
-    inits = [
-        graphs.initializer("wq", wq),
-        graphs.initializer("ws", ws),
-        graphs.initializer("wzp", np.zeros(np.shape(ws), np.int8)),
-        graphs.initializer("b", rng.standard_normal(n).astype(np.float32)),
-    ]
-    dq = ["xq", "xs", "xzp"]
-    if dynamic:
-        nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], dq)]
-    else:
-        inits += [
-            graphs.initializer("xs", np.float32(x_scale)),
-            graphs.initializer("xzp", np.uint8(zero_point)),
-        ]
-        nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xzp"], ["xq"])]
-    nodes += [
-        helper.make_node("DequantizeLinear", dq, ["xd"]),
-        helper.make_node("DequantizeLinear", ["wq", "ws", "wzp"], ["wd"], axis=1),
-        helper.make_node("MatMul", ["xd", "wd"], ["y"]),
-    ]
-    last = "y"
-    if bias:
-        nodes.append(helper.make_node("Add", ["y", "b"], ["yb"]))
-        last = "yb"
-    nodes.append(helper.make_node("Relu", [last], ["out"]))
-    inputs = [graphs.tensor("x", [lead, m, k])]
-    return graphs.build(nodes, inputs, [graphs.tensor("out", [lead, m, n])], inits, opset=21)
-
-
 def _run(proto: onnx.ModelProto, x: np.ndarray, target: Any = None) -> np.ndarray:
     executable = lower.build(lower.import_onnx(proto), target or get_target("x86"))
     vm = relax.VirtualMachine(executable, tvm.cpu())
@@ -184,7 +58,7 @@ def _kernels(mod: Any) -> dict[str, Any]:
 
 
 def test_rewrite_replaces_the_float_matmul_by_an_integer_kernel() -> None:
-    mod = quantized.rewrite_qdq_matmuls(lower.import_onnx(_qdq_matmul(7, 20, 24)))
+    mod = quantized.rewrite_qdq_matmuls(lower.import_onnx(graphs.qdq_matmul(7, 20, 24)))
     text = _main_text(mod)
     assert "R.dequantize" not in text  # neither the weight's nor the activation's
     assert "R.matmul" not in text
@@ -200,7 +74,9 @@ def test_rewrite_replaces_the_float_matmul_by_an_integer_kernel() -> None:
 
 
 def test_portable_form_is_an_int32_matmul_over_uint8_and_int8() -> None:
-    mod = quantized.rewrite_qdq_matmuls(lower.import_onnx(_qdq_matmul(7, 20, 24)), packed=False)
+    mod = quantized.rewrite_qdq_matmuls(
+        lower.import_onnx(graphs.qdq_matmul(7, 20, 24)), packed=False
+    )
     text = _main_text(mod)
     assert 'R.matmul(lv, metadata["ir.GenericConst"]' in text or "R.matmul(" in text
     assert 'out_dtype="int32"' in text
@@ -215,7 +91,7 @@ def test_portable_form_is_an_int32_matmul_over_uint8_and_int8() -> None:
 
 
 def test_rewrite_leaves_what_it_does_not_lower() -> None:
-    proto = _qdq_matmul(7, 20, 24)
+    proto = graphs.qdq_matmul(7, 20, 24)
     for init in proto.graph.initializer:
         if init.name == "wzp":  # a nonzero weight zero-point stays in float
             init.CopyFrom(graphs.initializer("wzp", np.ones(24, np.int8)))
@@ -224,7 +100,7 @@ def test_rewrite_leaves_what_it_does_not_lower() -> None:
 
 
 def test_matmul_that_is_the_graph_output_is_rewritten() -> None:
-    proto = _qdq_matmul(7, 20, 24, bias=False)
+    proto = graphs.qdq_matmul(7, 20, 24, bias=False)
     proto.graph.node.pop()  # the Relu
     proto.graph.output[0].name = "y"
     x = np.random.default_rng(5).standard_normal((1, 7, 20)).astype(np.float32)
@@ -234,7 +110,9 @@ def test_matmul_that_is_the_graph_output_is_rewritten() -> None:
 
 
 def test_dynamic_range_is_two_row_reductions() -> None:
-    mod = quantized.rewrite_qdq_matmuls(lower.import_onnx(_qdq_matmul(7, 20, 24, dynamic=True)))
+    mod = quantized.rewrite_qdq_matmuls(
+        lower.import_onnx(graphs.qdq_matmul(7, 20, 24, dynamic=True))
+    )
     text = _main_text(mod)
     assert "axis=None" not in text  # no reduction of a whole tensor at once
     assert text.count("R.max(") == 2 and text.count("R.min(") == 2
@@ -280,21 +158,15 @@ def test_pack_weight_puts_16x4_blocks_together() -> None:
 @pytest.mark.parametrize("target", ["host", "avx2"])
 def test_integer_path_is_exact(m: int, k: int, n: int, lead: int | str, target: str) -> None:
     """With unit scales, no bias and x integral, the output is the int32 sum itself."""
-    zero_point = 131
-    proto = _qdq_matmul(m, k, n, lead=lead, bias=False, scales=(1.0, 1.0), zero_point=zero_point)
-    wq = numpy_helper.to_array(next(i for i in proto.graph.initializer if i.name == "wq"))
-    rng = np.random.default_rng(1)
-    batch = 3 if lead == "batch" else int(lead)
-    x_int = rng.integers(-zero_point, 256 - zero_point, (batch, m, k)).astype(np.int32)
-    expected = np.maximum(x_int @ wq.astype(np.int32), 0)
-    got = _run(proto, x_int.astype(np.float32), get_target("x86") if target == "host" else AVX2)
-    np.testing.assert_array_equal(got, expected.astype(np.float32))
+    proto, x, expected = graphs.exact_qdq_case(m, k, n, lead, zero_point=131, seed=1)
+    got = _run(proto, x, get_target("x86") if target == "host" else AVX2)
+    np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 @pytest.mark.parametrize("per_tensor", [False, True], ids=["per-channel", "per-tensor"])
 def test_matches_onnxruntime(dynamic: bool, per_tensor: bool) -> None:
-    proto = _qdq_matmul(12, 40, 56, lead="batch", dynamic=dynamic, per_tensor=per_tensor)
+    proto = graphs.qdq_matmul(12, 40, 56, lead="batch", dynamic=dynamic, per_tensor=per_tensor)
     x = np.random.default_rng(2).standard_normal((2, 12, 40)).astype(np.float32)
     expected = _ort(proto, x)
     np.testing.assert_allclose(_run(proto, x), expected, rtol=0, atol=_bound(expected))
@@ -316,7 +188,7 @@ def test_quantized_minilm_style_block_matches_onnxruntime() -> None:
         graphs.initializer("w2", rng.standard_normal((64, 32)).astype(np.float32) * 0.1),
     ]
     io = [graphs.tensor("x", [1, 16, 32])], [graphs.tensor("out", [1, 16, 32])]
-    proto = quantize_matmuls(graphs.build(nodes, *io, inits, opset=21))
+    proto = graphs.quantize_matmuls(graphs.build(nodes, *io, inits, opset=21))
     x = rng.standard_normal((1, 16, 32)).astype(np.float32)
     expected = _ort(proto, x)
     np.testing.assert_allclose(_run(proto, x), expected, rtol=0, atol=_bound(expected))
@@ -339,12 +211,12 @@ def _assembly(func: Any, target: Any) -> str:
 
 
 def test_scheduled_kernel_is_not_scheduled_again() -> None:
-    kernel = _scheduled_kernel(_qdq_matmul(16, 64, 48), ZNVER4)
+    kernel = _scheduled_kernel(graphs.qdq_matmul(16, 64, 48), ZNVER4)
     assert schedules.Int8Matmul().apply(kernel, ZNVER4, False) is None
 
 
 def test_rule_takes_the_kernel_and_tensorizes_it(caplog: pytest.LogCaptureFixture) -> None:
-    mod = lower.import_onnx(_qdq_matmul(128, 384, 96))
+    mod = lower.import_onnx(graphs.qdq_matmul(128, 384, 96))
     mod = quantized.rewrite_qdq_matmuls(mod)
     with ZNVER4:
         legal = lower.cpu_kernels(mod, ZNVER4, default_schedules=False)[0]
@@ -355,7 +227,7 @@ def test_rule_takes_the_kernel_and_tensorizes_it(caplog: pytest.LogCaptureFixtur
 
 
 def test_arm_with_dotprod_builds() -> None:
-    executable = lower.build(lower.import_onnx(_qdq_matmul(16, 64, 48)), ARM_DOTPROD)
+    executable = lower.build(lower.import_onnx(graphs.qdq_matmul(16, 64, 48)), ARM_DOTPROD)
     assert executable is not None
 
 
@@ -370,7 +242,7 @@ def test_cuda_artifact_holds_the_integer_kernel(tmp_path: Path) -> None:
     from nlpress.targets import build_artifact
     from nlpress.targets.cuda import device_code
 
-    model = Model.from_onnx(_qdq_matmul(16, 64, 48))
+    model = Model.from_onnx(graphs.qdq_matmul(16, 64, 48))
     out = build_artifact(model, get_target("cuda", arch="sm_80"), tmp_path / "a", manifest={})
     kernels = {k for image in device_code(out / "model.so") for k in image.kernels}
     assert any(k.startswith("fused_qmatmul") for k in kernels), kernels
@@ -396,7 +268,7 @@ np.save(out_path, vm["main"](tvm.runtime.tensor(np.load(x_path))).numpy())
 @pytest.mark.skipif(EMULATION_SKIP is not None, reason=str(EMULATION_SKIP))
 def test_arm_dotprod_artifact_is_exact_under_emulation(tmp_path: Path) -> None:
     zero_point = 131
-    proto = _qdq_matmul(9, 36, 40, bias=False, scales=(1.0, 1.0), zero_point=zero_point)
+    proto = graphs.qdq_matmul(9, 36, 40, bias=False, scales=(1.0, 1.0), zero_point=zero_point)
     wq = numpy_helper.to_array(next(i for i in proto.graph.initializer if i.name == "wq"))
     x = np.random.default_rng(4).integers(-zero_point, 256 - zero_point, (1, 9, 36))
     executable = lower.build(lower.import_onnx(proto), ARM_DOTPROD)
