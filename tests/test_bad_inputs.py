@@ -23,9 +23,10 @@ import graphs
 import numpy as np
 import onnx
 import pytest
+from commands import nlpress
 from onnx import TensorProto, helper
 
-from nlpress.cli import EXIT_BUDGET, EXIT_FAILED, EXIT_USAGE, main
+from nlpress.cli import EXIT_BUDGET, EXIT_FAILED, EXIT_USAGE
 from nlpress.ir import file_sha256
 from nlpress.models import zoo
 
@@ -338,13 +339,6 @@ CASES: dict[str, Case] = {
 }
 
 
-def _cli(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exc:  # argparse's usage errors
-        return int(exc.code or 0)
-
-
 def _tree(root: Path) -> set[str]:
     return {os.path.relpath(p, root) for p in root.rglob("*")}
 
@@ -368,7 +362,7 @@ def test_bad_input(name: str, bad: dict[str, str], capsys: pytest.CaptureFixture
     root = Path(bad["root"])
     tree, digests = _tree(root), _named_files(argv, root)
     capsys.readouterr()
-    code = _cli(argv)
+    code = nlpress(*argv)
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert code == case.code, err
@@ -446,7 +440,7 @@ def test_bench_vs_ort_picks_a_shape_for_a_symbolic_artifact(
     bad: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     capsys.readouterr()
-    assert _cli(["bench", bad["art"], "--vs-ort", "--runs", "2"]) == 0
+    assert nlpress("bench", bad["art"], "--vs-ort", "--runs", "2") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("feeds      input_ids 1x128, attention_mask 1x128")
     assert [line.split()[0] for line in lines] == [
@@ -587,7 +581,7 @@ def _texts(inputs: Path) -> dict[str, Path]:
 def _artifacts(inputs: Path) -> dict[str, Path]:
     art = inputs / "art"
     tiny = os.fspath(inputs / "tiny.onnx")
-    assert _cli(["compile", tiny, "-t", "x86", "-o", os.fspath(art)]) == 0
+    assert nlpress("compile", tiny, "-t", "x86", "-o", os.fspath(art)) == 0
     library = (art / "model.so").read_bytes()
 
     def copy(name: str, so: bytes | None = None, manifest: dict | None = None) -> Path:
@@ -641,6 +635,6 @@ def test_onnx_model_with_a_sequence_type_input_is_one_line(tmp_path: Path, capsy
     path = tmp_path / "seq.onnx"
     onnx.save(proto, os.fspath(path))
     np.save(tmp_path / "x.npy", np.ones(3, np.float32))
-    code = _cli(["run", os.fspath(path), "--input", f"s={tmp_path / 'x.npy'}"])
+    code = nlpress("run", os.fspath(path), "--input", f"s={tmp_path / 'x.npy'}")
     err = capsys.readouterr().err
     assert code in (EXIT_FAILED, EXIT_USAGE) and _one_line(err), err

@@ -4,19 +4,12 @@ import sys
 
 import numpy as np
 import pytest
+from commands import nlpress
 
-from nlpress.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from nlpress.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from nlpress.ir import file_sha256, load_model
 from nlpress.ir.verify import compare, make_feeds
 from nlpress.passes import PASSES
-
-
-def nlpress(*argv, capsys=None):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse's own usage errors
-        code = exc.code
-    return code
 
 
 def test_opt_with_dump_ir_keeps_outputs_equal(tiny_bert_path, tmp_path, capsys):

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from commands import nlpress as nlpress_cli
 
 import nlpress
-from nlpress.cli import EXIT_OK, EXIT_USAGE, main
+from nlpress.cli import EXIT_OK, EXIT_USAGE
 from nlpress.config import load_config
 from nlpress.ir import UsageError, load_model
 from nlpress.ir.verify import session as ort_session
@@ -27,13 +28,6 @@ TEXTS = [
     "Mean pooling over the attention mask.",
 ]
 STATIC = [f"--shape={name}=2x16" for name in ("input_ids", "attention_mask", "token_type_ids")]
-
-
-def nlpress_cli(*argv):
-    try:
-        return main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse's own usage errors
-        return exc.code
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,10 @@ import json
 
 import numpy as np
 import pytest
+from commands import nlpress as nlpress_cli
 
 import nlpress
-from nlpress.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from nlpress.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from nlpress.ir import load_model
 from nlpress.ir.verify import session
 from nlpress.models import zoo
@@ -27,13 +28,6 @@ PAIRS = [
     ("the cache hit rate dropped after the deploy", "fewer requests hit the cache once we shipped"),
     ("she merged the fix into main", "the patch landed on the main branch"),
 ]
-
-
-def nlpress_cli(*argv):
-    try:
-        return main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse's own usage errors
-        return exc.code
 
 
 @pytest.fixture(scope="module")

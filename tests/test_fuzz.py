@@ -16,12 +16,13 @@ from pathlib import Path
 import graphs
 import numpy as np
 import pytest
+from commands import nlpress
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from onnx import TensorProto, helper
 
-from nlpress.cli import EXIT_FAILED, EXIT_OK, main
+from nlpress.cli import EXIT_FAILED, EXIT_OK
 from nlpress.compiler import CheckedSession
 from nlpress.ir import Model, NlpressError
 from nlpress.targets import FeedError, build_artifact, get_target, load
@@ -29,13 +30,6 @@ from nlpress.targets import FeedError, build_artifact, get_target, load
 FAST = settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-
-
-def _cli(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
 
 
 def _one_clean_line(err: str) -> bool:
@@ -83,7 +77,7 @@ def test_random_bytes_as_a_model(
     path = tmp_path / "random.onnx"
     path.write_bytes(data)
     capsys.readouterr()
-    code = _cli(["inspect", os.fspath(path)])
+    code = nlpress("inspect", os.fspath(path))
     err = capsys.readouterr().err
     assert code == EXIT_OK or (code == EXIT_FAILED and _one_clean_line(err)), err
 
@@ -97,7 +91,7 @@ def test_a_truncated_model(
     path.write_bytes(onnx_bytes[: int(len(onnx_bytes) * fraction)])
     out = tmp_path / "out.onnx"
     capsys.readouterr()
-    code = _cli(["opt", os.fspath(path), "-p", "cleanup", "-o", os.fspath(out)])
+    code = nlpress("opt", os.fspath(path), "-p", "cleanup", "-o", os.fspath(out))
     err = capsys.readouterr().err
     if fraction < 1.0:
         assert code == EXIT_FAILED and _one_clean_line(err) and str(path) in err, err
@@ -120,7 +114,7 @@ def test_a_model_with_a_changed_byte(
     path = tmp_path / "changed.onnx"
     path.write_bytes(bytes(data) + onnx_bytes[4096:])
     capsys.readouterr()
-    code = _cli(["inspect", os.fspath(path)])
+    code = nlpress("inspect", os.fspath(path))
     err = capsys.readouterr().err
     assert code == EXIT_OK or (code == EXIT_FAILED and _one_clean_line(err)), err
 
@@ -148,7 +142,7 @@ def _run_artifact(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[st
     argv = ["run", os.fspath(folder)]
     argv += [f"--input={name}={tmp_path / f'{name}.npy'}" for name in FEEDS]
     capsys.readouterr()
-    code = _cli(argv)
+    code = nlpress(*argv)
     err = capsys.readouterr().err
     assert code == EXIT_FAILED and _one_clean_line(err) and "model.so" in err, err
     return err

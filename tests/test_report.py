@@ -9,18 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from commands import nlpress
 
-from nlpress.cli import EXIT_OK, EXIT_USAGE, main
+from nlpress.cli import EXIT_OK, EXIT_USAGE
 from nlpress.targets.report_html import render
 
 ARTIFACT_SECTIONS = ("summary", "pipeline", "sizes", "decisions", "fidelity", "kernels", "artifact")
-
-
-def nlpress(*argv: object) -> int:
-    try:
-        return main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse's own usage errors
-        return int(exc.code or 0)
 
 
 @pytest.fixture(scope="module")
