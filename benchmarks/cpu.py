@@ -444,7 +444,7 @@ def write(report: dict[str, Any], out: Path, args: argparse.Namespace) -> None:
     if report.get("sweep"):
         lines += ["", *sweep_table(report["sweep"])]
     (out / "cpu.md").write_text("\n".join(lines) + "\n")
-    command = "python benchmarks/cpu.py " + " ".join(machine.without_out(sys.argv[1:]))
+    command = machine.command(__file__, sys.argv[1:])
     name, title = "cpu", "x86 artifacts vs ONNX Runtime (benchmarks/cpu.py)"
     if args.mcpu:  # code for another CPU than this one: a section of its own
         name, title = f"cpu-{args.mcpu}", f"{title}, compiled for {args.mcpu}"

@@ -123,7 +123,7 @@ def write(report: dict[str, Any], args: argparse.Namespace) -> None:
         lines.append(
             f"| {r['calibrated_on']} | {r['calibration_sentences']} | {' | '.join(cells)} |"
         )
-    command = "python benchmarks/domain.py " + " ".join(machine.without_out(sys.argv[1:]))
+    command = machine.command(__file__, sys.argv[1:])
     title = "Calibration text from the user's domain (benchmarks/domain.py)"
     machine.write_section("domain", title, lines, command.strip())
     log.info("wrote %s and %s", args.out / "domain.json", machine.RESULTS)

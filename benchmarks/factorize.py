@@ -348,7 +348,7 @@ def main() -> None:
         "factorize",
         "factorize-matmul on all-MiniLM-L6-v2 (benchmarks/factorize.py)",
         markdown(report).rstrip().splitlines(),
-        "python benchmarks/factorize.py " + " ".join(sys.argv[1:]),
+        machine.command(__file__, sys.argv[1:]),
     )
 
 

@@ -61,16 +61,19 @@ def commit() -> str:
     return f"{head}+changes" if dirty else head or "unknown"
 
 
-def without_out(argv: list[str]) -> list[str]:
-    """Command-line arguments less --out and its folder, which is the measuring machine's."""
+PATH_FLAGS = ("--out", "--results", "--work")  # folders of the measuring machine
+
+
+def command(script: str, argv: list[str]) -> str:
+    """The command that ran `script`, less the flags naming the measuring machine's folders."""
     kept, skip = [], False
     for arg in argv:
-        if skip or arg == "--out":
+        if skip or arg in PATH_FLAGS:
             skip = not skip
             continue
-        if not arg.startswith("--out="):
+        if not arg.startswith(tuple(f"{flag}=" for flag in PATH_FLAGS)):
             kept.append(arg)
-    return kept
+    return " ".join(["python", f"benchmarks/{Path(script).name}", *kept])
 
 
 def clean_environment() -> dict[str, str]:

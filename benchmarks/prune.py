@@ -254,7 +254,7 @@ def write(rows: list[dict[str, Any]], out: Path) -> None:
         "prune",
         "prune-sparsify on all-MiniLM-L6-v2 (benchmarks/prune.py)",
         (head + "\n".join(lines) + "\n" + notes).splitlines(),
-        "python benchmarks/prune.py " + " ".join(sys.argv[1:]),
+        machine.command(__file__, sys.argv[1:]),
     )
 
 

@@ -355,7 +355,7 @@ def write(report: Mapping[str, Any], results: Path) -> None:
         "quantize",
         "quantize-insert on all-MiniLM-L6-v2 (benchmarks/quantize.py)",
         "\n".join(lines).rstrip().splitlines(),
-        "python benchmarks/quantize.py " + " ".join(sys.argv[1:]),
+        machine.command(__file__, sys.argv[1:]),
     )
 
 
