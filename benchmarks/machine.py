@@ -44,18 +44,19 @@ def describe_cpu(info: dict[str, Any]) -> str:
 
 
 def commit() -> str:
-    """The short commit of the checkout (with "+changes" when it has uncommitted changes)."""
+    """The short commit of the checkout, "+changes" when it has changes besides RESULTS.md."""
     here = Path(__file__).parent
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True
         ).stdout.strip()
-        dirty = subprocess.run(
+        status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
             cwd=here,
             capture_output=True,
             text=True,
-        ).stdout.strip()
+        ).stdout.splitlines()
+        dirty = [line for line in status if not line.endswith(RESULTS.name)]
     except OSError:
         return "unknown"
     return f"{head}+changes" if dirty else head or "unknown"
