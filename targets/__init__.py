@@ -7,8 +7,6 @@ session (the runtime needs only numpy and the TVM runtime).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,28 +30,11 @@ from nlpress.targets.target import (
 )
 
 
-def build_artifact(
-    model: Model,
-    target: Target,
-    out_dir: Path,
-    *,
-    manifest: Mapping[str, Any],
-    files: Mapping[str, Path] | None = None,
-    records: str | os.PathLike[str] | None = None,
-    version: str = "unknown",
-) -> Path:
+def build_artifact(model: Model, target: Target, out_dir: Path, **options: Any) -> Path:
     """Lower an optimized model and write its artifact folder atomically (see artifact.py)."""
     from nlpress.targets.artifact import build_artifact as build
 
-    return build(
-        model,
-        target,
-        Path(out_dir),
-        manifest=manifest,
-        files=files,
-        records=records,
-        version=version,
-    )
+    return build(model, target, Path(out_dir), **options)
 
 
 def check_replaceable(out_dir: Path) -> None:
