@@ -62,7 +62,7 @@ from nlpress.passes.compress.options import (
     excluded,
 )
 from nlpress.passes.prune_sparsify.edits import Statistics, Unit, collect
-from nlpress.passes.prune_sparsify.planner import Planner, PlanOptions, meet_budget
+from nlpress.passes.prune_sparsify.planner import Planner, PlanOptions, meet_cosine
 from nlpress.passes.prune_sparsify.stats import edit_stats, size_stats, suffixed
 from nlpress.passes.prune_sparsify.units import (
     WIDTHS_KEY,
@@ -234,7 +234,7 @@ class PruneSparsify(Pass):
         edits = planner.write(levels, writer)
         budget: dict[str, float] = {}
         if self.budget_cosine is not None:
-            edits, budget = meet_budget(self.budget_cosine, writer, planner, levels, edits)
+            edits, budget = meet_cosine(self.budget_cosine, writer, planner, levels, edits)
         if not edits:
             writer.undo()
             return PassResult(model.copy(), False, {**found, **suffixed(before, "before")})

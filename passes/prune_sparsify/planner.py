@@ -21,6 +21,7 @@ from nlpress.ir import Model
 from nlpress.ir.linear import residual
 from nlpress.ir.progress import steps
 from nlpress.passes.calibration import Feeds
+from nlpress.passes.compress.budget import Ladder, meet_budget
 from nlpress.passes.compress.grams import (
     TeacherRows,
     paired_grams,
@@ -240,31 +241,54 @@ def _stages(units: Sequence[Unit]) -> list[list[Unit]]:
 # --- the cosine budget -----------------------------------------------------------------------
 
 
-def meet_budget(
-    budget: float,
-    writer: Writer,
-    planner: Planner,
-    levels: dict[str, float],
-    edits: list[Edit],
+def meet_cosine(
+    budget: float, writer: Writer, planner: Planner, levels: dict[str, float], edits: list[Edit]
 ) -> tuple[list[Edit], dict[str, float]]:
-    """Halve the sparsity of the most damaged unit until the output cosine meets the budget."""
-    first = cosine = planner.output_cosine()
-    relaxed = 0
-    while cosine < budget and edits:
-        worst = max(edits, key=lambda e: e.error).unit.name
-        levels[worst] = _relaxed(levels[worst], planner.options.n_m is not None)
-        relaxed += 1
-        edits = planner.write(levels, writer)
-        cosine = planner.output_cosine() if edits else 1.0
-    stats = {
-        "budget_cosine_first": first,
-        "budget_cosine": cosine,
-        "budget_met": float(cosine >= budget),
-        "budget_relaxations": float(relaxed),
-    }
-    return edits, stats
+    """Relax the pruning one unit at a time until the output cosine meets `budget`; the edits."""
+    ladder = Relaxations(planner, writer, [(levels, edits)])
+    met = meet_budget(budget, Ladder(ladder.cosine, ladder.top()))
+    return ladder.show(met.step), met.stats()
 
 
-def _relaxed(level: float, n_m: bool) -> float:
-    half = level / 2
-    return 0.0 if n_m or half < 0.01 else half
+@dataclass
+class Relaxations:
+    """The ladder of pruning states: each step halves the sparsity of the most damaged unit.
+
+    The most damaged unit is the one whose edit has the largest layer error; an N:M unit (or one
+    under 1%) becomes dense. Steps are built in order, each from the edits of the one before.
+    """
+
+    planner: Planner
+    writer: Writer
+    states: list[tuple[dict[str, float], list[Edit]]]
+    current: int = 0
+
+    def cosine(self, step: int) -> float:
+        """The output cosine with the pruning relaxed `step` times (1 once nothing is pruned)."""
+        return self.planner.output_cosine() if self.show(step) else 1.0
+
+    def show(self, step: int) -> list[Edit]:
+        """Write the state `step` into the graph; its edits."""
+        while len(self.states) <= step:
+            levels, edits = self.states[-1]
+            if edits:
+                worst = max(edits, key=lambda e: e.error).unit.name
+                levels = {**levels, worst: self._relaxed(levels[worst])}
+            self.states.append((levels, self.planner.write(levels, self.writer)))
+            self.current = len(self.states) - 1
+        if step != self.current:
+            self.planner.write(self.states[step][0], self.writer)
+            self.current = step
+        return self.states[step][1]
+
+    def top(self) -> int:
+        """The most relaxations there can be before nothing is pruned."""
+        count = 0
+        for level in self.states[0][0].values():
+            while level > 0.0:
+                level, count = self._relaxed(level), count + 1
+        return count
+
+    def _relaxed(self, level: float) -> float:
+        half = level / 2
+        return 0.0 if self.planner.options.n_m is not None or half < 0.01 else half

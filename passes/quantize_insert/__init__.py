@@ -37,7 +37,7 @@ from nlpress.passes.compress.options import (
     exclude_option,
     excluded,
 )
-from nlpress.passes.quantize_insert.budget import meet_budget, predicted_count, sensitivity_batches
+from nlpress.passes.quantize_insert.budget import float_layers, predicted_count, sensitivity_batches
 from nlpress.passes.quantize_insert.layers import (
     Layer,
     Table,
@@ -149,7 +149,7 @@ class QuantizeInsert(Pass):
         selected: frozenset[int] = everything
         budget: dict[str, float] = {}
         if self.budget_cosine is not None and layers:
-            selected, budget = meet_budget(self.budget_cosine, model, plan, feeds)
+            selected, budget = float_layers(self.budget_cosine, model, plan, feeds)
         if not selected and not tables:
             return PassResult(model.copy(), False, {**skipped, **budget, "layers_quantized": 0.0})
         out = plan.build(selected)

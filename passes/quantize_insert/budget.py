@@ -1,15 +1,13 @@
 """The fidelity budget: the fewest layers kept float so that the output cosine meets c.
 
-The cosine between the quantized and the input model's first output (mean-pooled over real
-tokens) is measured on the calibration data. Below c, each layer's sensitivity is how much the
-cosine rises when that layer alone stays float, measured on a spread of calibration batches;
-the most sensitive layers stay float, as many as the summed sensitivities predict, then one more
-or one fewer at a time until the least count that meets c on all the data is found.
+The shared driver (`compress.budget`) walks a ladder whose step k keeps the k most sensitive
+layers float. A layer's sensitivity is how much the cosine rises when it alone stays float,
+measured on a spread of calibration batches; their running sum from the fully quantized cosine
+up predicts the step the driver starts from.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,76 +16,58 @@ from nlpress.ir import Model
 from nlpress.ir.progress import steps
 from nlpress.passes.calibration import (
     Feeds,
-    first_outputs,
 )
+from nlpress.passes.compress.budget import Ladder, meet_budget
 from nlpress.passes.compress.sensitivity import Fidelity
 from nlpress.passes.quantize_insert.writer import Plan
-
-log = logging.getLogger(__name__)
 
 # Layer sensitivities for the budget are measured on calibration batches holding about this
 # many sequences, spread over the set (4 batches of 16, or 64 of one at a static batch of 1).
 SENSITIVITY_ROWS = 64
 
 
-def meet_budget(
+def float_layers(
     budget: float, teacher: Model, plan: Plan, feeds: Sequence[Feeds]
 ) -> tuple[frozenset[int], dict[str, float]]:
-    """Keep the most sensitive layers in float until the output cosine meets `budget`.
+    """The layers to quantize: all but the fewest most sensitive, so the cosine meets `budget`.
 
-    One model (one ONNX Runtime session) per layer set tried: the fully quantized one on all
-    the data (its cosine on the sensitivity batches taken from the same outputs), one per layer
-    on the sensitivity batches, then the count of float layers that the summed sensitivities
-    predict, checked on all the data and moved one layer at a time to the least that meets it.
+    The ladder's step k keeps the k most sensitive layers float; the sensitivities are measured
+    only when the fully quantized model misses the budget, and their sum predicts the step.
     """
     fidelity = Fidelity(teacher, feeds)
-    cosine = fidelity.outputs_cosine
-    few = sensitivity_batches(feeds)
-    scores = 0
-
-    def score(selected: frozenset[int], index: Sequence[int]) -> float:
-        nonlocal scores
-        if not selected and not plan.tables:
-            return 1.0  # the float model itself
-        scores += 1
-        return fidelity.cosine(plan.build(selected), index)
-
     everything = frozenset(range(len(plan.layers)))
-    every = range(len(feeds))
-    outputs = first_outputs(plan.build(everything), feeds)
-    scores += 1
-    first = cosine(outputs, every)
-    stats: dict[str, float] = {"budget_cosine_first": first}
-    selected, result = everything, first
-    if first < budget:
-        base = cosine([outputs[i] for i in few], few)
-        gains = {
-            i: score(everything - {i}, few) - base
-            for i in steps(sorted(everything), "sensitivity of each layer")
-        }
-        for i, gain in gains.items():
-            stats[f"layer.{plan.layers[i].label}.sensitivity"] = gain
-        order = sorted(gains, key=lambda i: -gains[i])
-        count = predicted_count(first, [gains[i] for i in order], budget)
-        results = {0: first}
+    order: list[int] = []
+    stats: dict[str, float] = {}
 
-        def at(count: int) -> float:
-            if count not in results:
-                results[count] = score(everything - set(order[:count]), every)
-                log.debug("%d layers float: cosine %.5f", count, results[count])
-            return results[count]
+    def selected(step: int) -> frozenset[int]:
+        return everything - set(order[:step])
 
-        while count < len(order) and at(count) < budget:
-            count += 1
-        while count > 1 and at(count) >= budget and at(count - 1) >= budget:
-            count -= 1
-        selected, result = everything - set(order[:count]), at(count)
-        for i in order[:count]:
-            stats[f"layer.{plan.layers[i].label}.float_budget"] = 1.0
-    stats.update(
-        {"budget_cosine": result, "budget_met": float(result >= budget), "budget_models": scores}
-    )
-    return selected, stats
+    def cosine(step: int) -> float:
+        chosen = selected(step)
+        return 1.0 if not chosen and not plan.tables else fidelity.cosine(plan.build(chosen))
+
+    def guess(first: float) -> int:
+        gains = sensitivities(fidelity, plan, first)
+        order.extend(sorted(gains, key=lambda i: -gains[i]))
+        stats.update({f"layer.{plan.layers[i].label}.sensitivity": g for i, g in gains.items()})
+        stats["sensitivity_models"] = float(len(gains))
+        return predicted_count(first, [gains[i] for i in order], budget)
+
+    met = meet_budget(budget, Ladder(cosine, len(everything)), guess)
+    for i in order[: met.step]:
+        stats[f"layer.{plan.layers[i].label}.float_budget"] = 1.0
+    return selected(met.step), {**met.stats(), **stats}
+
+
+def sensitivities(fidelity: Fidelity, plan: Plan, first: float) -> dict[int, float]:
+    """How much the cosine rises when each layer alone stays float, on a spread of batches."""
+    few = sensitivity_batches(fidelity.feeds)
+    everything = frozenset(range(len(plan.layers)))
+    base = fidelity.cosine(plan.build(everything), few)
+    return {
+        i: fidelity.cosine(plan.build(everything - {i}), few) - base
+        for i in steps(sorted(everything), "sensitivity of each layer")
+    }
 
 
 def predicted_count(first: float, gains: Sequence[float], budget: float) -> int:

@@ -1,4 +1,4 @@
-"""The machinery the lossy passes share: Grams, the allocator, fidelity and distillation options."""
+"""What the lossy passes share: Grams, allocator, budget, fidelity, distillation options."""
 
 import numpy as np
 import pytest
@@ -6,6 +6,7 @@ from graphs import initializer, model, tensor
 from onnx import helper
 
 from nlpress.passes.compress.allocate import allocate, step_sums
+from nlpress.passes.compress.budget import Ladder, meet_budget
 from nlpress.passes.compress.distillation import check_distill_options, distill_stage
 from nlpress.passes.compress.grams import GramSum, augmented_weight, with_ones
 from nlpress.passes.compress.options import check_budget_cosine, check_exclude, excluded
@@ -110,3 +111,37 @@ def test_bad_exclude_and_budget_cosine_are_refused():
             check_budget_cosine(value)
     check_budget_cosine(1.0)
     check_budget_cosine(None)
+
+
+COSINES = [0.90, 0.95, 0.97, 0.985, 0.99, 1.0]
+
+
+def _ladder(cosines=COSINES):
+    asked = []
+
+    def cosine(step):
+        asked.append(step)
+        return cosines[step]
+
+    return Ladder(cosine, len(cosines) - 1), asked
+
+
+@pytest.mark.parametrize("guess", [None, 1, 2, 4, 99])
+def test_budget_driver_finds_the_least_step_that_meets_the_budget_from_any_guess(guess):
+    ladder, asked = _ladder()
+    met = meet_budget(0.97, ladder, guess and (lambda first: guess))
+    assert (met.step, met.cosine, met.first) == (2, 0.97, 0.90)
+    assert len(asked) == len(set(asked)) == met.measured  # each step measured once
+    assert met.stats()["budget_met"] == 1.0 and met.stats()["budget_steps"] == 2
+
+
+def test_budget_driver_stops_at_the_plan_when_it_meets_the_budget():
+    ladder, asked = _ladder()
+    met = meet_budget(0.85, ladder, lambda first: pytest.fail("no guess needed"))
+    assert (met.step, asked) == (0, [0])
+
+
+def test_budget_driver_reports_a_budget_the_top_step_still_misses():
+    ladder, _ = _ladder([0.5, 0.6, 0.7])
+    met = meet_budget(0.9, ladder)
+    assert met.step == 2 and met.stats()["budget_met"] == 0.0 and met.cosine == 0.7
