@@ -3,9 +3,9 @@
 Runs alternate (artifact, ORT, artifact, ...) after a warm-up, so that both see the same load on
 a shared machine; medians are reported with the load average. Each timed run starts after a
 pause (`SETTLE_S`): both runtimes keep their worker threads spinning for tens of milliseconds
-after a run (measured here: about 45 ms of CPU for ORT, 115 ms for TVM), and a spinning pool of
-one runtime would otherwise take a core from the other's next run. With the pause, each run
-starts from the same idle state, as a request arriving at a deployed model does.
+after a run, and a spinning pool of one runtime would otherwise take a core from the other's
+next run. With the pause, each run starts from the same idle state, as a request arriving at a
+deployed model does.
 
 Both use the same number of threads: ORT through its intra-op pool, the artifact through its
 session options (`runtime.SessionOptions`, by default one unpinned thread per usable CPU, as

@@ -112,10 +112,7 @@ def seed_with_defaults(kernels: Any, tvm_target: Any, records: Path) -> int:
 
     The search then starts from it, and a kernel whose tuned schedules all measured slower
     keeps its default one. Each kernel is timed alone, so on a loaded machine a record can
-    still lose in the whole model. Measured on minilm-l6 (benchmarks/cpu.py, two runs each),
-    tuning has not beaten the default schedules: 256 trials per shape (329 s at 1x128, 560 s
-    at 8x128) gave ratios to ONNX Runtime of 0.85-0.88 and 0.77-0.80, the defaults 0.80-0.87
-    and 0.75-0.78; 256 trials under load once ran 44.6 ms against 36.4 ms for the defaults.
+    still lose in the whole model: compare both with `nlpress bench --vs-ort`.
 
     Returns:
         How many kernels got a record.

@@ -78,7 +78,7 @@ GELU = """g (float[n, 8] x) => (float[n, 8] y)
     [half] y = Mul(m, half)
 }"""
 
-# One graph per entry of fold's rewrite table (passes/fold.py, _REWRITES), by golden name.
+# One graph per entry of fold's rewrite table (passes/fold/__init__.py, _REWRITES), by golden name.
 REWRITES = {
     # constants_to_initializers: a Constant node becomes an initializer.
     "fold-constant-node": """g (float[n, 2] x) => (float[n, 2] y) {

@@ -8,14 +8,14 @@ import torch
 from onnx.backend.test.case.node import collect_testcases
 
 from nlpress.ir import Model
-from nlpress.passes import torch_graph
+from nlpress.passes import torch_graph, torch_ops
 from nlpress.passes.base import PreconditionError
 from nlpress.passes.torch_graph import TorchGraph
 
 
 def _implemented() -> set[str]:
     torch_graph.require_torch("the conformance cases")
-    return set(torch_graph._ops())
+    return set(torch_ops.ops())
 
 
 def _cases() -> list[object]:
