@@ -41,13 +41,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from nlpress.ir import Model
+from nlpress.ir import Feeds, Model
 from nlpress.ir.evaluate import NOT_EVALUABLE, evaluate
 from nlpress.ir.fusions import fuse_gelu, fuse_layer_norm
 from nlpress.ir.graph import bypass, constant_value, is_graph_output, opset_version
@@ -103,7 +103,7 @@ class Fold(Pass):
                         f"fold: input {name} is declared {list(declared)}, not {list(dims)}"
                     )
 
-    def run(self, model: Model) -> PassResult:
+    def run(self, model: Model, data: Sequence[Feeds] = ()) -> PassResult:
         """Fold a copy of `model` to a fixed point."""
         self.requires(model)
         if _has_non_tensors(model.graph):

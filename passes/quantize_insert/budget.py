@@ -14,10 +14,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nlpress.ir import Model
+from nlpress.ir import Feeds, Model
 from nlpress.ir.progress import steps
 from nlpress.passes.calibration import (
-    Feeds,
     first_outputs,
 )
 from nlpress.passes.compress.sensitivity import Fidelity
