@@ -145,6 +145,8 @@ def calibration_text(
 
 def heldout_text(source: Source, calibration: Calibration) -> tuple[HeldOutText | None, str | None]:
     """The held-out part of the calibration text, or None and, where worth saying, why not."""
+    if calibration.batches:
+        return None, "no held-out fidelity: the calibration batches are feeds, no text"
     if calibration.feeds:
         return None, f"no held-out fidelity: {Path(calibration.feeds).name} holds feeds, no text"
     text = calibration_text(calibration, source.zoo)
@@ -207,8 +209,9 @@ def _prepare(
             "given as a file"
         )
     feeds = calibration_batches(calibration, source.zoo, shapes)
-    if calibration.feeds:
-        check_calibration_feeds(calibration.feeds, source.model, feeds, shapes)
+    if calibration.batches or calibration.feeds:
+        origin = "calibration batches" if calibration.batches else str(calibration.feeds)
+        check_calibration_feeds(origin, source.model, feeds, shapes)
     return source, pipeline, feeds
 
 
@@ -239,9 +242,9 @@ def check_shapes(model: Model, shapes: Shapes) -> None:
 
 
 def check_calibration_feeds(
-    path: str, model: Model, batches: Sequence[Feeds], shapes: Shapes
+    origin: str, model: Model, batches: Sequence[Feeds], shapes: Shapes
 ) -> None:
-    """Refuse an .npz whose arrays are not the model's inputs, naming what it wanted and found."""
+    """Refuse feeds (an .npz, or batches given) that are not the model's inputs, naming both."""
     inputs, ranges, limits = feed_checks(model)
     inputs = [NodeArg(a.name, list(shapes.get(a.name, a.shape)), a.dtype) for a in inputs]
     wanted = [arg.name for arg in inputs]
@@ -252,14 +255,14 @@ def check_calibration_feeds(
         parts = [f"missing {', '.join(missing)}"] if missing else []
         parts += [f"not inputs: {', '.join(unknown)}"] if unknown else []
         raise UsageError(
-            f"{path}: holds {', '.join(found) or 'no arrays'} ({'; '.join(parts)}); "
+            f"{origin}: holds {', '.join(found) or 'no arrays'} ({'; '.join(parts)}); "
             f"the model's inputs are {', '.join(wanted)}"
         )
     for batch in batches:
         try:
             check_feeds(inputs, batch, ranges, limits)
         except FeedError as exc:
-            raise UsageError(f"{path}: {exc}") from exc
+            raise UsageError(f"{origin}: {exc}") from exc
 
 
 def feed_checks(
