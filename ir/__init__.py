@@ -8,6 +8,7 @@ from nlpress.ir.errors import (
     VerificationError,
 )
 from nlpress.ir.model import (
+    Feeds,
     Model,
     copy_file,
     file_sha256,
@@ -19,6 +20,7 @@ from nlpress.ir.model import (
 
 __all__ = [
     "BudgetNotMet",
+    "Feeds",
     "Model",
     "ModelLoadError",
     "NlpressError",

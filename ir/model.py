@@ -24,6 +24,8 @@ from google.protobuf.message import DecodeError
 from nlpress.ir.errors import ModelLoadError, NlpressError
 from nlpress.ir.staging import rename_into_place, staging_dir, staging_file
 
+Feeds = Mapping[str, np.ndarray]  # one batch of input arrays by input name
+
 # Protobuf cannot serialize a message over 2 GiB; larger models keep their weights in a side file.
 _PROTOBUF_LIMIT = 2**31 - 1
 
@@ -39,15 +41,12 @@ class Model:
         doc_string: The model's doc string.
         loose_initializers: Initializers that no node or output reads (graphsurgeon drops them on
             import; nlpress keeps them until `cleanup` removes them).
-        calibration: Batches of representative feeds that travel with the model for passes
-            that need data; never written to the ONNX file.
     """
 
     graph: gs.Graph
     metadata: dict[str, str] = field(default_factory=dict)
     doc_string: str = ""
     loose_initializers: tuple[onnx.TensorProto, ...] = ()
-    calibration: tuple[Mapping[str, np.ndarray], ...] = ()
 
     @classmethod
     def from_onnx(cls, proto: onnx.ModelProto) -> Model:

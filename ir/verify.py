@@ -11,9 +11,7 @@ import onnx
 import onnxruntime as ort
 
 from nlpress.ir.errors import VerificationError
-from nlpress.ir.model import Model
-
-Feeds = Mapping[str, np.ndarray]
+from nlpress.ir.model import Feeds, Model
 
 # Symbolic dims get these sizes in generated feeds unless the caller names them.
 DEFAULT_DIM = 4

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from nlpress.ir import NlpressError, UsageError
+from nlpress.ir import Feeds, NlpressError, UsageError
 from nlpress.models.text import encode
-
-Feeds = Mapping[str, np.ndarray]
 
 
 class Session(Protocol):

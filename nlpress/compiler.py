@@ -17,6 +17,7 @@ import onnx
 from nlpress.heldout import ZOO_TEXT, HeldOut, HeldOutText, held_out, measure
 from nlpress.ir import (
     BudgetNotMet,
+    Feeds,
     Model,
     NlpressError,
     UsageError,
@@ -27,7 +28,7 @@ from nlpress.ir import (
 from nlpress.ir.interface import dim_limits, graph_inputs, index_ranges, value_entry
 from nlpress.ir.staging import check_writable, refuse_overwrite
 from nlpress.models import zoo
-from nlpress.models.feeds import Feeds, Session, batches_from_npz, batches_from_text
+from nlpress.models.feeds import Session, batches_from_npz, batches_from_text
 from nlpress.models.text import calibration_sentences, load_tokenizer, read_sentences, split_heldout
 from nlpress.passes import Instrument, Pass, Pipeline, PipelineResult, parse, run_pipeline
 from nlpress.targets.runtime import FeedError, NodeArg, check_feeds
@@ -46,11 +47,13 @@ class Calibration:
         text: A file of sentences, one per line (needs `tokenizer` unless the model is a zoo's).
         tokenizer: A zoo model name or a tokenizer.json file.
         feeds: An .npz of input arrays sharing their first (batch) axis.
+        batches: Batches of input feeds already made (from Python), used as they are.
     """
 
     text: str | None = None
     tokenizer: str | None = None
     feeds: str | None = None
+    batches: tuple[Feeds, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,8 @@ def calibration_batches(
     calibration: Calibration, entry: zoo.ZooModel | None, shapes: Shapes
 ) -> tuple[Feeds, ...]:
     """Calibration feeds from the given source, or the zoo model's own text, or none."""
+    if calibration.batches:
+        return calibration.batches
     static = _static_text_shape(shapes)
     if calibration.feeds:
         return batches_from_npz(calibration.feeds, static[0] if static else None)
@@ -140,6 +145,8 @@ def calibration_text(
 
 def heldout_text(source: Source, calibration: Calibration) -> tuple[HeldOutText | None, str | None]:
     """The held-out part of the calibration text, or None and, where worth saying, why not."""
+    if calibration.batches:
+        return None, "no held-out fidelity: the calibration batches are feeds, no text"
     if calibration.feeds:
         return None, f"no held-out fidelity: {Path(calibration.feeds).name} holds feeds, no text"
     text = calibration_text(calibration, source.zoo)
@@ -187,26 +194,25 @@ def starting_with_fold(pipeline: Pipeline) -> Pipeline:
 
 def _prepare(
     model: ModelLike, pipeline: Pipeline, shapes: Shapes, calibration: Calibration
-) -> tuple[Source, Pipeline]:
+) -> tuple[Source, Pipeline, tuple[Feeds, ...]]:
+    """The resolved model, the pipeline given `shapes`, and the batches its passes calibrate on."""
     pipeline = with_shapes(pipeline, shapes)
     source = resolve_model(model)
     check_shapes(source.model, shapes)
     if not any(p.needs_calibration for p in pipeline):
-        if calibration.feeds:
+        if calibration.feeds or calibration.batches:
             log.warning("calibration data given, but no pass in %s reads it", pipeline)
-        return source, pipeline
+        return source, pipeline, ()
     if calibration.text and not calibration.tokenizer and not source.named:
         raise UsageError(
             "--calibration-text needs --tokenizer (a zoo name or tokenizer.json) for a model "
             "given as a file"
         )
     feeds = calibration_batches(calibration, source.zoo, shapes)
-    if calibration.feeds:
-        check_calibration_feeds(calibration.feeds, source.model, feeds, shapes)
-    if not feeds:  # an IR model given with its own calibration keeps it
-        return source, pipeline
-    source = dataclasses.replace(source, model=dataclasses.replace(source.model, calibration=feeds))
-    return source, pipeline
+    if calibration.batches or calibration.feeds:
+        origin = "calibration batches" if calibration.batches else str(calibration.feeds)
+        check_calibration_feeds(origin, source.model, feeds, shapes)
+    return source, pipeline, feeds
 
 
 def check_shapes(model: Model, shapes: Shapes) -> None:
@@ -236,9 +242,9 @@ def check_shapes(model: Model, shapes: Shapes) -> None:
 
 
 def check_calibration_feeds(
-    path: str, model: Model, batches: Sequence[Feeds], shapes: Shapes
+    origin: str, model: Model, batches: Sequence[Feeds], shapes: Shapes
 ) -> None:
-    """Refuse an .npz whose arrays are not the model's inputs, naming what it wanted and found."""
+    """Refuse feeds (an .npz, or batches given) that are not the model's inputs, naming both."""
     inputs, ranges, limits = feed_checks(model)
     inputs = [NodeArg(a.name, list(shapes.get(a.name, a.shape)), a.dtype) for a in inputs]
     wanted = [arg.name for arg in inputs]
@@ -249,14 +255,14 @@ def check_calibration_feeds(
         parts = [f"missing {', '.join(missing)}"] if missing else []
         parts += [f"not inputs: {', '.join(unknown)}"] if unknown else []
         raise UsageError(
-            f"{path}: holds {', '.join(found) or 'no arrays'} ({'; '.join(parts)}); "
+            f"{origin}: holds {', '.join(found) or 'no arrays'} ({'; '.join(parts)}); "
             f"the model's inputs are {', '.join(wanted)}"
         )
     for batch in batches:
         try:
             check_feeds(inputs, batch, ranges, limits)
         except FeedError as exc:
-            raise UsageError(f"{path}: {exc}") from exc
+            raise UsageError(f"{origin}: {exc}") from exc
 
 
 def feed_checks(
@@ -331,9 +337,9 @@ def optimize(
     run there (see `targets/report_html.py`).
     """
     parsed = parse(pipeline) if isinstance(pipeline, str) else pipeline
-    source, parsed = _prepare(model, parsed, shapes or {}, calibration)
+    source, parsed, feeds = _prepare(model, parsed, shapes or {}, calibration)
     held, note = heldout_text(source, calibration)
-    result = run_pipeline(source.model, parsed, instruments)
+    result = run_pipeline(source.model, parsed, instruments, feeds)
     check_budgets(parsed, result)
     heldout, note = measure(source.model, result.model, held, note)
     record = run_record(source, parsed, result, heldout, note)
@@ -377,14 +383,14 @@ def compile(
     _refuse_overwrite(output, model, calibration, tuning_records)
     check_writable(output, folder=True)
     targets.check_replaceable(Path(output))
-    source, parsed = _prepare(model, parsed, shapes or {}, calibration)
+    source, parsed, feeds = _prepare(model, parsed, shapes or {}, calibration)
     if tune:
         _require_static(source.model, shapes or {})
     carried = sentences.checked_tokenizer(
         tokenizer_path(tokenizer or calibration.tokenizer, source.zoo)
     )
     held, note = heldout_text(source, calibration)
-    result = run_pipeline(source.model, parsed, instruments)
+    result = run_pipeline(source.model, parsed, instruments, feeds)
     check_budgets(parsed, result)
     heldout, note = measure(source.model, result.model, held, note)
     manifest = run_record(source, parsed, result, heldout, note)

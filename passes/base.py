@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from nlpress.ir import Model, NlpressError, UsageError
+from nlpress.ir import Feeds, Model, NlpressError, UsageError
 from nlpress.ir.verify import check
 
 
@@ -50,8 +50,8 @@ class Pass(abc.ABC):
     Subclasses are frozen dataclasses; `name` is kebab-case and unique; `tolerance` is the largest
     output difference the rewrite may cause on generated feeds (0-ish for exact passes, None for
     lossy passes whose accuracy is measured on real data instead); `needs_calibration` passes
-    read the calibration feeds that travel with the model (`passes.calibration`);
-    `adds_outputs` passes keep the model's outputs and add new ones after them.
+    may read the calibration batches that `run` receives as `data` (`passes.calibration`), which
+    exact passes ignore; `adds_outputs` passes keep the model's outputs and add new ones after them.
     """
 
     name: ClassVar[str]
@@ -60,14 +60,14 @@ class Pass(abc.ABC):
     adds_outputs: ClassVar[bool] = False
 
     def requires(self, model: Model) -> None:  # noqa: B027 - optional hook
-        """Raise PreconditionError if the pass cannot run on `model`."""
+        """Raise PreconditionError if the pass cannot run on `model` (`run` checks its data)."""
 
     def check_order(self, earlier: Sequence[Pass]) -> None:  # noqa: B027 - optional hook
         """Raise PreconditionError if this pass cannot follow the passes `earlier` in a pipeline."""
 
     @abc.abstractmethod
-    def run(self, model: Model) -> PassResult:
-        """Rewrite a copy of `model`."""
+    def run(self, model: Model, data: Sequence[Feeds] = ()) -> PassResult:
+        """Rewrite a copy of `model`; lossy passes may read the calibration batches `data`."""
 
     def ensures(self, model: Model) -> None:
         """Check the pass's output; by default the ONNX checker with shape inference."""

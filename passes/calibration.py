@@ -1,36 +1,36 @@
 """Activation statistics on calibration data, shared by the passes that need data.
 
-Calibration feeds travel with the model (`Model.calibration`, batches of input feeds made by the
-front door from a zoo model's calibration text, `--calibration-text` with `--tokenizer`, or
-`--calibration FEEDS.npz`). A pass that needs data reads the activations of the tensors it cares
-about here, batch by batch, and reduces them as it likes; the model it receives is its teacher.
+Calibration feeds are batches of input feeds, made by the front door from a zoo model's
+calibration text, `--calibration-text` with `--tokenizer`, or `--calibration FEEDS.npz`; the
+pipeline runner hands them to every pass's `run` as `data`. A pass that needs data reads the
+activations of the tensors it cares about here, batch by batch, and reduces them as it likes;
+the model it receives is its teacher.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from nlpress.ir import Model
+from nlpress.ir import Feeds, Model
 from nlpress.ir.progress import steps
 from nlpress.ir.verify import session
 from nlpress.passes.base import PreconditionError
 
-Feeds = Mapping[str, np.ndarray]
 MASK = "attention_mask"  # the feed that marks real tokens (1) and padding (0)
 
 
-def require_feeds(model: Model, pass_name: str) -> Sequence[Feeds]:
-    """The model's calibration batches, or a PreconditionError saying how to give some."""
-    if not model.calibration:
+def require_feeds(calibration: Sequence[Feeds], pass_name: str) -> Sequence[Feeds]:
+    """The calibration batches, or a PreconditionError saying how to give some where none are."""
+    if not calibration:
         raise PreconditionError(
             f"{pass_name} needs calibration data: use a zoo model, or give "
             "--calibration-text FILE with --tokenizer, or --calibration FEEDS.npz"
         )
-    return model.calibration
+    return calibration
 
 
 def activations(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import onnx_graphsurgeon as gs
 
-from nlpress.ir import Model
+from nlpress.ir import Feeds, Model
 from nlpress.passes.base import Pass, PassResult
 
 
@@ -22,7 +23,7 @@ class Cleanup(Pass):
     name = "cleanup"
     remove_unused_inputs: bool = False
 
-    def run(self, model: Model) -> PassResult:
+    def run(self, model: Model, data: Sequence[Feeds] = ()) -> PassResult:
         """Clean up a copy of `model`."""
         out = model.copy()
         graph = out.graph

@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from nlpress.ir import Model
+from nlpress.ir import Feeds, Model
 from nlpress.ir.progress import steps
-from nlpress.passes.calibration import MASK, Feeds
+from nlpress.passes.calibration import MASK
 from nlpress.passes.torch_graph import Tensor, TorchGraph, require_torch
 
 DEFAULT_LEARNING_RATE = 1e-4

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from nlpress.ir import Model
+from nlpress.ir import Feeds, Model
 from nlpress.ir.graph import bypass, constant_value, is_graph_output
 from nlpress.ir.verify import infer_shapes
 from nlpress.passes.base import Pass, PassResult
@@ -24,7 +25,7 @@ class IdentityElim(Pass):
 
     name = "identity-elim"
 
-    def run(self, model: Model) -> PassResult:
+    def run(self, model: Model, data: Sequence[Feeds] = ()) -> PassResult:
         """Bypass every no-op node of a shape-inferred copy of `model`."""
         out = _with_shapes(model)
         graph = out.graph

@@ -8,13 +8,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nlpress.ir import Model, VerificationError
+from nlpress.ir import Feeds, Model, VerificationError
 from nlpress.ir.dump import diff_text, dump_text
 from nlpress.ir.progress import step
 from nlpress.ir.staging import OutputError
@@ -72,10 +72,14 @@ class PipelineResult:
 
 
 def run_pipeline(
-    model: Model, pipeline: Pipeline, instruments: Sequence[Instrument] = ()
+    model: Model,
+    pipeline: Pipeline,
+    instruments: Sequence[Instrument] = (),
+    data: Sequence[Feeds] = (),
 ) -> PipelineResult:
-    """Run every pass in order; the input model is never modified.
+    """Run every pass in order on `model`, handing each the calibration batches `data`.
 
+    The input model is never modified.
     Conflicts between passes are found before the first pass runs; each pass's preconditions on
     the model it receives are checked right before it runs.
     """
@@ -90,14 +94,14 @@ def run_pipeline(
             instrument.before(index, p, model)
         began = time.perf_counter()
         with step(p.name):
-            result = p.run(model)
+            result = p.run(model, data)
         seconds = time.perf_counter() - began
         p.ensures(result.model)
         for instrument in instruments:
             instrument.after(index, p, model, result)
         records.append(PassRecord(str(p), result.changed, dict(result.stats), seconds))
         log.debug("%s: changed=%s in %.3f s", p.name, result.changed, seconds)
-        model = replace(result.model, calibration=model.calibration)
+        model = result.model
     return PipelineResult(model, tuple(records))
 
 

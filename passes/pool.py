@@ -8,6 +8,7 @@ the embedding is added after them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -15,7 +16,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import helper
 
-from nlpress.ir import Model
+from nlpress.ir import Feeds, Model
 from nlpress.ir.graph import fresh_name, opset_version
 from nlpress.passes.base import Pass, PassResult, PreconditionError
 
@@ -79,7 +80,7 @@ class Pool(Pass):
                 f"pool: input {MASK} has shape {mask.shape}; expected [batch, sequence]"
             )
 
-    def run(self, model: Model) -> PassResult:
+    def run(self, model: Model, data: Sequence[Feeds] = ()) -> PassResult:
         """Add the pooling nodes and the `sentence_embedding` output to a copy of `model`."""
         self.requires(model)
         if _pooled(model.graph) is not None:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-RUNNER = Path(__file__).with_name("arm_runner.py")
+from nlpress.ir import Feeds
 
-Feeds = Mapping[str, np.ndarray]
+RUNNER = Path(__file__).with_name("arm_runner.py")
 
 
 def run_emulated(

@@ -31,7 +31,6 @@ from nlpress.targets.runtime import FeedError, Session, SessionOptions, dim_limi
 
 log = logging.getLogger(__name__)
 
-Feeds = dict[str, np.ndarray]
 WARMUP = 3
 # Seconds between timed runs: longer than either runtime's worker threads keep spinning.
 SETTLE_S = 0.2
@@ -255,7 +254,9 @@ def ort_session(model: str | os.PathLike[str] | onnx.ModelProto | Model, threads
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def bench_feeds(session: Session, shapes: Mapping[str, Sequence[int | str]]) -> Feeds:
+def bench_feeds(
+    session: Session, shapes: Mapping[str, Sequence[int | str]]
+) -> dict[str, np.ndarray]:
     """Seeded random feeds of the bench's shapes (`bench_shapes`), like a tokenizer's output.
 
     Token ids (inputs that index a table) are drawn from the whole table, the attention mask
@@ -267,7 +268,7 @@ def bench_feeds(session: Session, shapes: Mapping[str, Sequence[int | str]]) -> 
         for v in session.manifest["inputs"]
         if "index_range" in v
     }
-    feeds: Feeds = {}
+    feeds: dict[str, np.ndarray] = {}
     for arg, dims in zip(session.get_inputs(), bench_shapes(session, shapes), strict=True):
         kind = np.dtype(arg.dtype).kind
         if arg.name == MASK and kind in "iub":

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -66,11 +65,6 @@ def text_model(body: str, opset: int = OPSET, checked: bool = True) -> Model:
     if checked:
         onnx.checker.check_model(proto, full_check=True)
     return Model.from_onnx(proto)
-
-
-def calibrated(m: Model, feeds: Sequence[Mapping[str, np.ndarray]]) -> Model:
-    """`m` carrying `feeds` as its calibration batches."""
-    return dataclasses.replace(m, calibration=tuple(feeds))
 
 
 def dense(

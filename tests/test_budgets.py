@@ -1,11 +1,9 @@
 """An accuracy budget a pass cannot reach stops the front door with BudgetNotMet (exit 3)."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 
-from nlpress.compiler import check_budgets, optimize
+from nlpress.compiler import Calibration, check_budgets, optimize
 from nlpress.ir import BudgetNotMet, load_model
 from nlpress.passes import PipelineResult, parse
 from nlpress.passes.instruments import PassRecord
@@ -38,8 +36,8 @@ def test_optimize_raises_when_quantize_insert_cannot_reach_its_budget(tiny_bert_
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 30522, (16, 12))
     feeds = ({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": 0 * ids},)
-    model = dataclasses.replace(load_model(tiny_bert_path), calibration=feeds)
+    model, calibration = load_model(tiny_bert_path), Calibration(batches=feeds)
     with pytest.raises(BudgetNotMet, match=r"quantize-insert: budget-cosine=0.99999999 asked"):
-        optimize(model, "fold,quantize-insert{budget-cosine=0.99999999}")
-    result = optimize(model, "fold,quantize-insert{budget-cosine=0.99}")
+        optimize(model, "fold,quantize-insert{budget-cosine=0.99999999}", calibration=calibration)
+    result = optimize(model, "fold,quantize-insert{budget-cosine=0.99}", calibration=calibration)
     assert result.records[1].stats["budget_met"] == 1.0

@@ -12,8 +12,7 @@ from collections.abc import Sequence
 from dataclasses import field
 from typing import Any
 
-from nlpress.ir import Model
-from nlpress.passes.calibration import Feeds
+from nlpress.ir import Feeds, Model
 from nlpress.passes.distill import DEFAULT_LEARNING_RATE, DistillSettings, distill
 from nlpress.passes.torch_graph import require_torch
 

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from nlpress.ir import Model
+from nlpress.ir import Feeds, Model
 from nlpress.passes.calibration import (
-    Feeds,
     activations,
     as_rows,
     paired_activations,

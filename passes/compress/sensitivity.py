@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nlpress.ir import Model
-from nlpress.passes.calibration import Feeds, first_outputs, output_cosine, pooled_cosine
+from nlpress.ir import Feeds, Model
+from nlpress.passes.calibration import first_outputs, output_cosine, pooled_cosine
 
 
 @dataclass

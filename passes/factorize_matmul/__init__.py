@@ -34,7 +34,7 @@ from typing import Literal
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from nlpress.ir import Model
+from nlpress.ir import Feeds, Model
 from nlpress.ir.graph import WeightedMatMul, weighted_matmuls
 from nlpress.ir.progress import steps
 from nlpress.passes.base import Pass, PassResult, PreconditionError
@@ -244,32 +244,30 @@ class FactorizeMatmul(Pass):
                 )
 
     def requires(self, model: Model) -> None:
-        """Need calibration data where the options use it; refuse already-quantized weights."""
+        """Refuse already-quantized weights."""
         quantized = quantized_layer(model.graph)
         if quantized is not None:
             raise PreconditionError(
                 f"{self.name}: the weights are already quantized (DequantizeLinear feeds "
                 f"{quantized!r}); run {self.name} before quantize-insert"
             )
-        if self.needs_data:
-            require_feeds(model, self.name)
         require_distill(self.name, self.distill_epochs)
 
-    def run(self, model: Model) -> PassResult:
+    def run(self, model: Model, data: Sequence[Feeds] = ()) -> PassResult:
         """Factorize the selected layers of a copy of `model`."""
+        if self.needs_data:
+            require_feeds(data, self.name)
         out = model.copy()
         layers = [layer for layer in weighted_matmuls(out.graph) if self._selected(layer.node)]
         stats = Stats()
         names = set(out.graph.tensors())
         if self.sequential:
             for group in steps(groups(layers), "layer groups fitted in order"):
-                (grams,) = paired_grams(
-                    out, model, [group[0].activation.name], model.calibration, flush_rows=1
-                )
+                (grams,) = paired_grams(out, model, [group[0].activation.name], data, flush_rows=1)
                 plans = [p for layer in group if (p := self._plan(out.graph, layer, grams, stats))]
                 self._apply(out.graph, plans, None, names, stats)
         else:
-            grams_by_input = input_grams(out, layers, self.needs_data)
+            grams_by_input = input_grams(out, layers, data)
             plans = [
                 plan
                 for layer in layers
@@ -281,11 +279,11 @@ class FactorizeMatmul(Pass):
             ]
             ranks = None
             if self.allocation != "uniform":
-                weights = self._weights(model, layers, plans, stats)
+                weights = self._weights(model, data, layers, plans, stats)
                 ranks = global_ranks(self.settings, plans, weights)
             self._apply(out.graph, plans, ranks, names, stats)
         epochs = self.distill_epochs if stats.factorized else 0
-        out, trained = distill_stage(out, model, model.calibration, epochs, self.distill_lr)
+        out, trained = distill_stage(out, model, data, epochs, self.distill_lr)
         return PassResult(out, stats.factorized > 0, {**stats.as_dict(), **trained})
 
     def factorize(
@@ -310,13 +308,17 @@ class FactorizeMatmul(Pass):
         return Plan(label, linear, decomposition, time.perf_counter() - began)
 
     def _weights(
-        self, model: Model, layers: Sequence[WeightedMatMul], plans: Sequence[Plan], stats: Stats
+        self,
+        model: Model,
+        data: Sequence[Feeds],
+        layers: Sequence[WeightedMatMul],
+        plans: Sequence[Plan],
+        stats: Stats,
     ) -> list[float]:
         """Each plan's error weight: 1 (global) or its measured sensitivity."""
         if self.allocation != "sensitivity":
             return [1.0] * len(plans)
-        feeds = require_feeds(model, self.name)
-        weights = sensitivities(self.settings, model, feeds, self._selected, layers, plans)
+        weights = sensitivities(self.settings, model, data, self._selected, layers, plans)
         stats.sensitivity.update({p.label: w for p, w in zip(plans, weights, strict=True)})
         return weights
 

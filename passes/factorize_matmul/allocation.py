@@ -17,11 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from nlpress.ir import Model
+from nlpress.ir import Feeds, Model
 from nlpress.ir.graph import WeightedMatMul, weighted_matmuls
 from nlpress.ir.linear import Linear
 from nlpress.ir.progress import steps
-from nlpress.passes.calibration import Feeds
 from nlpress.passes.compress.allocate import allocate
 from nlpress.passes.compress.sensitivity import Fidelity
 from nlpress.passes.factorize_matmul.edits import dense_layer, rewrite

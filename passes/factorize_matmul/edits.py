@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from nlpress.ir import Model
+from nlpress.ir import Feeds, Model
 from nlpress.ir.graph import WeightedMatMul, fresh_name, fresh_node_name, producer
 from nlpress.ir.linear import Linear, linear_layer
 from nlpress.passes.compress.grams import Grams, token_input_grams
@@ -35,12 +35,14 @@ def groups(layers: Sequence[WeightedMatMul]) -> list[list[WeightedMatMul]]:
     return list(groups.values())
 
 
-def input_grams(model: Model, layers: Sequence[WeightedMatMul], needed: bool) -> dict[int, Grams]:
-    """The augmented Gram of each distinct layer input, keyed by the tensor's identity."""
-    if not layers or not (needed or model.calibration):
+def input_grams(
+    model: Model, layers: Sequence[WeightedMatMul], data: Sequence[Feeds]
+) -> dict[int, Grams]:
+    """The augmented Gram of each distinct layer input on `data`, keyed by the tensor's identity."""
+    if not layers or not data:
         return {}
     inputs = list({id(layer.activation): layer.activation for layer in layers}.values())
-    grams = token_input_grams(model, inputs, model.calibration)
+    grams = token_input_grams(model, inputs, data)
     return {id(t): Grams(g) for t, g in zip(inputs, grams, strict=True)}
 
 

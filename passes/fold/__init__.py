@@ -42,13 +42,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from nlpress.ir import Model
+from nlpress.ir import Feeds, Model
 from nlpress.ir.shapes import Shapes, analyze
 from nlpress.passes.base import SHAPES_OPTION, Pass, PassResult, PreconditionError
 from nlpress.passes.fold.canonical import canonical_operands, fuse
@@ -111,7 +111,7 @@ class Fold(Pass):
                         f"fold: input {name} is declared {list(declared)}, not {list(dims)}"
                     )
 
-    def run(self, model: Model) -> PassResult:
+    def run(self, model: Model, data: Sequence[Feeds] = ()) -> PassResult:
         """Fold a copy of `model` to a fixed point."""
         self.requires(model)
         if _has_non_tensors(model.graph):

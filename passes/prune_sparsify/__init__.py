@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from nlpress.ir import Model
+from nlpress.ir import Feeds, Model
 from nlpress.ir.linear import Linear
 from nlpress.passes.base import Pass, PassResult, PreconditionError
 from nlpress.passes.calibration import require_feeds
@@ -211,20 +211,18 @@ class PruneSparsify(Pass):
                 )
 
     def requires(self, model: Model) -> None:
-        """The pattern must find something to prune, and data must be there when needed."""
+        """The pattern must find something to prune."""
         self._units(working_copy(model, self.pattern == "heads"))
-        if self.needs_data:
-            require_feeds(model, self.name)
         require_distill(self.name, self.distill_epochs)
 
-    def run(self, model: Model) -> PassResult:
+    def run(self, model: Model, data: Sequence[Feeds] = ()) -> PassResult:
         """Prune a copy of `model` (the teacher)."""
+        feeds = require_feeds(data, self.name) if self.needs_data else ()
         work = working_copy(model, self.pattern == "heads")
         units, found = self._units(work)
         before = size_stats(work.graph)
         if not units:
             return PassResult(model.copy(), False, {**found, **suffixed(before, "before")})
-        feeds = require_feeds(model, self.name) if self.needs_data else ()
         full = self.recovering or self.budget_cosine is not None
         stats = collect(work, units, feeds, full) if feeds and self._teacher_stats else Statistics()
         recorded = recorded_widths(model)

@@ -14,10 +14,10 @@ from typing import Literal
 
 import numpy as np
 
-from nlpress.ir import Model
+from nlpress.ir import Feeds, Model
 from nlpress.ir.blocks import AttentionBlock, FfnPair
 from nlpress.ir.linear import Linear
-from nlpress.passes.calibration import Feeds, activations, token_rows
+from nlpress.passes.calibration import activations, token_rows
 from nlpress.passes.compress.grams import (
     Grams,
     GramSum,

@@ -17,10 +17,9 @@ from typing import Literal
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from nlpress.ir import Model
+from nlpress.ir import Feeds, Model
 from nlpress.ir.linear import residual
 from nlpress.ir.progress import steps
-from nlpress.passes.calibration import Feeds
 from nlpress.passes.compress.budget import Ladder, meet_budget
 from nlpress.passes.compress.grams import (
     TeacherRows,

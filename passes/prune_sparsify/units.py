@@ -44,7 +44,7 @@ def working_copy(model: Model, with_shapes: bool) -> Model:
     work = model.copy()
     if with_shapes:
         try:
-            work = replace(infer_shapes(model), calibration=model.calibration)
+            work = infer_shapes(model)
         except (onnx.shape_inference.InferenceError, RuntimeError, ValueError):
             work = model.copy()
     work.graph.toposort()

@@ -26,10 +26,10 @@ from typing import ClassVar, Literal
 
 import onnx_graphsurgeon as gs
 
-from nlpress.ir import Model
+from nlpress.ir import Feeds, Model
 from nlpress.ir.graph import opset_version
 from nlpress.passes.base import Pass, PassResult, PreconditionError
-from nlpress.passes.calibration import Feeds, require_feeds
+from nlpress.passes.calibration import require_feeds
 from nlpress.passes.compress.options import (
     budget_cosine_option,
     check_budget_cosine,
@@ -113,7 +113,7 @@ class QuantizeInsert(Pass):
         return self.mode == "static" or self.smooth is not None or self.budget_cosine is not None
 
     def requires(self, model: Model) -> None:
-        """QDQ with axis needs opset 13; something must be quantizable; data where needed."""
+        """QDQ with axis needs opset 13, and something must be quantizable."""
         version = opset_version(model.graph) or 0
         if version < MIN_OPSET:
             raise PreconditionError(
@@ -129,11 +129,10 @@ class QuantizeInsert(Pass):
                 f"{self.name}: the graph has no MatMul/Gemm with a constant 2-D float weight "
                 "(nor a constant table read by Gather) to quantize"
             )
-        if self.needs_data:
-            require_feeds(model, self.name)
 
-    def run(self, model: Model) -> PassResult:
+    def run(self, model: Model, data: Sequence[Feeds] = ()) -> PassResult:
         """Quantize a copy of `model` (the teacher)."""
+        feeds = require_feeds(data, self.name) if self.needs_data else ()
         work = model.copy()
         work.graph.toposort()
         recorded = recorded_float(model)
@@ -141,7 +140,6 @@ class QuantizeInsert(Pass):
         tables = self._tables(work.graph)
         if not layers and not tables:
             return PassResult(model.copy(), False, {**skipped, "layers_quantized": 0.0})
-        feeds = require_feeds(model, self.name) if self.needs_data and layers else ()
         smoothing = self._smooth(work, layers, feeds) if self.smooth is not None else {}
         ranges = self._ranges(work, layers, feeds) if self.mode == "static" else {}
         plan = Plan(self.mode, self.per_channel, work, layers, ranges, {}, tables)

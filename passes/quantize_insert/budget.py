@@ -12,11 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nlpress.ir import Model
+from nlpress.ir import Feeds, Model
 from nlpress.ir.progress import steps
-from nlpress.passes.calibration import (
-    Feeds,
-)
 from nlpress.passes.compress.budget import Ladder, meet_budget
 from nlpress.passes.compress.sensitivity import Fidelity
 from nlpress.passes.quantize_insert.writer import Plan

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from nlpress.ir import Model
+from nlpress.ir import Feeds, Model
 from nlpress.ir.graph import (
     fresh_name,
     fresh_node_name,
@@ -22,7 +22,6 @@ from nlpress.ir.graph import (
 )
 from nlpress.ir.linear import linears
 from nlpress.passes.calibration import (
-    Feeds,
     activations,
     token_rows,
 )

@@ -1,15 +1,17 @@
-from dataclasses import replace
-
 import numpy as np
 import pytest
 from graphs import dense, weights
 
 from nlpress.compiler import Calibration, calibration_batches, optimize
-from nlpress.ir import NlpressError, UsageError
+from nlpress.ir import NlpressError, UsageError, load_model
 from nlpress.models import zoo
+from nlpress.passes import parse, run_pipeline
 from nlpress.passes.base import PreconditionError
 from nlpress.passes.calibration import activations, require_feeds
 from nlpress.passes.compress.grams import channel_norms, second_moments
+from nlpress.passes.prune_sparsify import PruneSparsify
+
+PRUNE = "prune-sparsify{sparsity=0.5 criterion=activation}"
 
 
 def _two_layer():
@@ -46,9 +48,28 @@ def test_second_moments_and_channel_norms_cover_every_position():
 
 def test_passes_that_need_data_say_how_to_give_it():
     with pytest.raises(PreconditionError, match="--calibration-text FILE with --tokenizer"):
-        require_feeds(_two_layer(), "some-pass")
+        require_feeds((), "some-pass")
     feeds = _batches(1)
-    assert require_feeds(replace(_two_layer(), calibration=feeds), "p") == feeds
+    assert require_feeds(feeds, "p") == feeds
+    with pytest.raises(PreconditionError, match="--calibration-text FILE with --tokenizer"):
+        PruneSparsify(sparsity=0.5, criterion="activation").run(_two_layer())
+
+
+def _matmul_weights(m):
+    return [np.asarray(n.inputs[1].values) for n in m.graph.nodes if n.op == "MatMul"]
+
+
+def test_run_pipeline_hands_the_batches_to_its_passes_and_not_to_the_model():
+    m, feeds = _two_layer(), _batches(2)
+    pipeline = parse(f"identity-elim,{PRUNE},cleanup")
+    result = run_pipeline(m, pipeline, data=feeds)
+    assert result.records[1].changed
+    direct = PruneSparsify(sparsity=0.5, criterion="activation").run(m, feeds).model
+    for got, want in zip(_matmul_weights(result.model), _matmul_weights(direct), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert not hasattr(result.model, "calibration")
+    with pytest.raises(PreconditionError, match="prune-sparsify needs calibration data"):
+        run_pipeline(m, pipeline)
 
 
 def test_zoo_models_bring_their_calibration_text():
@@ -60,13 +81,32 @@ def test_zoo_models_bring_their_calibration_text():
     assert calibration_batches(Calibration(), None, {}) == ()
 
 
-def test_an_ir_model_keeps_its_own_calibration():
-    feeds = _batches(2)
-    m = replace(_two_layer(), calibration=feeds)
-    result = optimize(m, "prune-sparsify{sparsity=0.5 criterion=activation}")
+def test_batches_given_from_python_reach_the_pass():
+    calibration = Calibration(batches=_batches(2))
+    result = optimize(_two_layer(), PRUNE, calibration=calibration)
     assert result.records[0].changed
     with pytest.raises(PreconditionError, match="needs calibration data"):
-        optimize(_two_layer(), "prune-sparsify{sparsity=0.5 criterion=activation}")
+        optimize(_two_layer(), PRUNE)
+
+
+def test_static_quantization_calibrates_on_batches_without_a_text(tiny_bert_path):
+    model = load_model(tiny_bert_path)  # an IR model: no zoo calibration text of its own
+    ids = np.random.default_rng(0).integers(0, 30522, (4, 8, 12))
+    feeds = tuple(
+        {"input_ids": i, "attention_mask": np.ones_like(i), "token_type_ids": 0 * i} for i in ids
+    )
+    pipeline = "fold,quantize-insert{mode=static},cleanup"
+    with pytest.raises(PreconditionError, match="quantize-insert needs calibration data"):
+        optimize(model, pipeline)
+    result = optimize(model, pipeline, calibration=Calibration(batches=feeds))
+    stats = result.records[1].stats
+    assert result.records[1].changed and stats["layers_quantized"] > 0
+    assert "QuantizeLinear" in {n.op for n in result.model.graph.nodes}
+    assert result.heldout is None
+    assert result.heldout_note == "no held-out fidelity: the calibration batches are feeds, no text"
+    missing = Calibration(batches=({"input_ids": ids[0]},))
+    with pytest.raises(UsageError, match=r"calibration batches: holds input_ids \(missing atten"):
+        optimize(model, pipeline, calibration=missing)
 
 
 def test_calibration_from_a_text_file_needs_a_tokenizer(tmp_path):

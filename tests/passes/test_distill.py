@@ -1,4 +1,3 @@
-import dataclasses
 import sys
 
 import numpy as np
@@ -35,10 +34,9 @@ def feeds():
 
 
 @pytest.fixture(scope="module")
-def tiny_static(feeds):
-    """bert-tiny-random folded at a static 1x24, carrying its calibration batches."""
-    folded = optimize("bert-tiny-random", "fold,cleanup", shapes=STATIC).model
-    return dataclasses.replace(folded, calibration=feeds)
+def tiny_static():
+    """bert-tiny-random folded at a static 1x24, which `feeds` calibrate."""
+    return optimize("bert-tiny-random", "fold,cleanup", shapes=STATIC).model
 
 
 def test_torch_graph_matches_onnx_runtime_on_the_raw_export(tiny_bert_path):
@@ -102,8 +100,8 @@ def test_rewritten_initializers_are_the_changed_and_new_float_ones():
     assert rewritten_initializers(teacher, teacher) == []
 
 
-def test_hidden_states_are_the_layer_norm_outputs_both_models_have(tiny_static):
-    pruned = PruneSparsify(pattern="neurons").run(tiny_static).model
+def test_hidden_states_are_the_layer_norm_outputs_both_models_have(tiny_static, feeds):
+    pruned = PruneSparsify(pattern="neurons").run(tiny_static, feeds).model
     norms = [n.outputs[0].name for n in tiny_static.graph.nodes if n.op == "LayerNormalization"]
     assert len(norms) == 5  # embeddings, then two per block
     assert hidden_states(pruned, tiny_static) == norms
@@ -159,7 +157,7 @@ def test_distillation_lowers_the_held_out_loss_of_a_damaged_student(tiny_static,
 
 
 def test_distillation_keeps_pruned_weights_at_zero(tiny_static, feeds):
-    pruned = PruneSparsify(pattern="2:4").run(tiny_static).model
+    pruned = PruneSparsify(pattern="2:4").run(tiny_static, feeds).model
     result = distill(pruned, tiny_static, feeds[:32], DistillSettings(epochs=1))
     before = _weights(pruned)
     for name, value in _weights(result.model).items():
@@ -167,7 +165,7 @@ def test_distillation_keeps_pruned_weights_at_zero(tiny_static, feeds):
 
 
 def test_distillation_returns_the_student_when_nothing_beats_it(tiny_static, feeds):
-    pruned = PruneSparsify(pattern="neurons", sparsity=0.5).run(tiny_static).model
+    pruned = PruneSparsify(pattern="neurons", sparsity=0.5).run(tiny_static, feeds).model
     tiny = DistillSettings(epochs=1, learning_rate=10.0)  # a step this large only does harm
     result = distill(pruned, tiny_static, feeds[:32], tiny)
     assert result.model is pruned
@@ -182,8 +180,8 @@ def test_distillation_returns_the_student_when_nothing_beats_it(tiny_static, fee
     ],
 )
 def test_passes_report_what_distillation_bought(tiny_static, feeds, pipeline):
-    few = dataclasses.replace(tiny_static, calibration=feeds[:32])
-    stats = optimize(few, pipeline).records[0].stats
+    few = Calibration(batches=feeds[:32])
+    stats = optimize(tiny_static, pipeline, calibration=few).records[0].stats
     assert stats["distill_loss_after"] <= stats["distill_loss_before"]
     assert stats["distill_seconds"] > 0
 
@@ -204,7 +202,7 @@ def test_without_pytorch_the_pass_says_how_to_install_it(tiny_static, monkeypatc
 
 
 def test_a_single_calibration_batch_cannot_be_split(tiny_static, feeds):
-    pruned = PruneSparsify(pattern="neurons").run(tiny_static).model
+    pruned = PruneSparsify(pattern="neurons").run(tiny_static, feeds).model
     with pytest.raises(ValueError, match="two calibration batches"):
         distill_module.distill(pruned, tiny_static, feeds[:1], DistillSettings(1))
 

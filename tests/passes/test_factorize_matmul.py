@@ -1,11 +1,12 @@
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
-from graphs import calibrated, dense, initializer, model, tensor
+from graphs import dense, initializer, model, tensor
 from onnx import helper
 
-from nlpress.ir import Model
+from nlpress.ir import Feeds, Model
 from nlpress.ir.graph import weighted_matmuls
 from nlpress.ir.verify import check, run
 from nlpress.passes import PASSES, OptionError, PreconditionError, parse
@@ -45,10 +46,9 @@ def _inputs(seed=1):
     return x.astype(np.float32)
 
 
-def _dense(w, bias=None, calibrate=True):
-    """x[batch, 8, K] -> MatMul(W) (-> Add(b)) -> Relu -> y, calibrated on `_feeds` if asked."""
-    m = dense(["batch", 8, K], w, bias)
-    return calibrated(m, _feeds()) if calibrate else m
+def _dense(w, bias=None):
+    """x[batch, 8, K] -> MatMul(W) (-> Add(b)) -> Relu -> y, which `_feeds` calibrate."""
+    return dense(["batch", 8, K], w, bias)
 
 
 def _feeds():
@@ -90,7 +90,7 @@ def test_pipeline_text_round_trips_with_the_default_rank_option():
 
 def test_exact_reconstruction_at_the_weights_full_rank():
     w = _weight(rank=3)
-    result = FactorizeMatmul(rank_ratio=3 / N).run(_dense(w, calibrate=False))
+    result = FactorizeMatmul(rank_ratio=3 / N).run(_dense(w))
     assert result.changed
     assert result.stats["layer.dense/MatMul.r"] == 3
     first, second = _factors(result.model)
@@ -108,7 +108,7 @@ def test_full_rank_factors_reproduce_any_weight():
 def test_svd_error_is_the_tail_of_the_singular_values():
     w = _weight()
     rank = 5
-    result = FactorizeMatmul(rank_ratio=rank / N).run(_dense(w, calibrate=False))
+    result = FactorizeMatmul(rank_ratio=rank / N).run(_dense(w))
     first, second = _factors(result.model)
     s = np.linalg.svd(w.astype(np.float64), compute_uv=False)
     error = np.linalg.norm(first.astype(np.float64) @ second - w) ** 2
@@ -145,9 +145,9 @@ def _gram():
 @pytest.mark.parametrize("method", ["svd", "activation"])
 def test_recovery_reduces_output_error(method):
     w, b = _weight(), _bias(3)
-    m = _dense(w, b)
-    plain = FactorizeMatmul(rank_ratio=0.25, method=method).run(m)
-    recovered = FactorizeMatmul(rank_ratio=0.25, method=method, recover=True).run(m)
+    m, feeds = _dense(w, b), _feeds()
+    plain = FactorizeMatmul(rank_ratio=0.25, method=method).run(m, feeds)
+    recovered = FactorizeMatmul(rank_ratio=0.25, method=method, recover=True).run(m, feeds)
     before = plain.stats["layer.dense/MatMul.output_error"]
     after = recovered.stats["layer.dense/MatMul.output_error"]
     assert after < before
@@ -161,10 +161,10 @@ def test_recovery_reduces_output_error(method):
 
 def test_sequential_matches_one_shot_on_the_first_layer():
     # The first layer's inputs are the teacher's either way, so the fits agree.
-    m = _dense(_weight(), _bias(3))
+    m, feeds = _dense(_weight(), _bias(3)), _feeds()
     options = FactorizeMatmul(rank_ratio=0.25, method="activation", recover=True)
-    one_shot = options.run(m).stats["layer.dense/MatMul.output_error"]
-    sequential = dataclasses.replace(options, sequential=True).run(m)
+    one_shot = options.run(m, feeds).stats["layer.dense/MatMul.output_error"]
+    sequential = dataclasses.replace(options, sequential=True).run(m, feeds)
     assert sequential.changed
     assert sequential.stats["layer.dense/MatMul.output_error"] == pytest.approx(one_shot)
 
@@ -172,7 +172,7 @@ def test_sequential_matches_one_shot_on_the_first_layer():
 def test_rewritten_graph_checks_and_runs_in_ort_within_the_stated_error():
     w, b = _weight(), _bias(3)
     m = _dense(w, b)
-    result = FactorizeMatmul(param_ratio=0.6, method="activation", recover=True).run(m)
+    result = FactorizeMatmul(param_ratio=0.6, method="activation", recover=True).run(m, _feeds())
     check(result.model)
     assert [n.op for n in result.model.graph.nodes] == ["MatMul", "MatMul", "Add", "Relu"]
     for feeds in _feeds():
@@ -215,9 +215,9 @@ def test_grams_leave_out_padding_positions():
     mask = np.ones((32, 8), np.int64)
     mask[:, 5:] = 0
     x[:, 5:] = 1e3  # padding rows that would swamp the Gram if they were counted
-    m = dataclasses.replace(_dense(_weight()), calibration=({"x": x, "attention_mask": mask},))
+    m = _dense(_weight())
     layer = next(iter(weighted_matmuls(m.graph)))
-    (gram,) = token_input_grams(m, [layer.activation], m.calibration)
+    (gram,) = token_input_grams(m, [layer.activation], [{"x": x, "attention_mask": mask}])
     rows = np.hstack([x[:, :5].reshape(-1, K), np.ones((160, 1))]).astype(np.float64)
     np.testing.assert_allclose(gram, rows.T @ rows, rtol=1e-5)
 
@@ -238,7 +238,7 @@ def test_layer_cosine_picks_the_smallest_rank_that_meets_it():
 
 
 def test_layers_without_gain_are_skipped_and_say_so():
-    result = FactorizeMatmul(rank_ratio=0.75).run(_dense(_weight(), calibrate=False))
+    result = FactorizeMatmul(rank_ratio=0.75).run(_dense(_weight()))
     assert not result.changed
     assert result.stats["skipped_no_gain"] == 1
     assert result.stats["layer.dense/MatMul.skipped_no_gain"] == 1
@@ -246,23 +246,24 @@ def test_layers_without_gain_are_skipped_and_say_so():
 
 
 def test_changed_is_exact_and_a_second_run_changes_nothing():
-    m = _dense(_weight(), _bias(3))
-    once = FactorizeMatmul(param_ratio=0.6, recover=True).run(m)
+    m, feeds = _dense(_weight(), _bias(3)), _feeds()
+    once = FactorizeMatmul(param_ratio=0.6, recover=True).run(m, feeds)
     assert once.changed
-    again = FactorizeMatmul(param_ratio=0.6, recover=True).run(once.model)
+    again = FactorizeMatmul(param_ratio=0.6, recover=True).run(once.model, feeds)
     assert not again.changed
     assert again.stats["factorized"] == 0
     assert len(m.graph.nodes) == 3, "the input model is left as it was"
 
 
 def test_include_and_exclude_select_by_node_name():
-    m = _dense(_weight(), calibrate=False)
+    m = _dense(_weight())
     assert not FactorizeMatmul(include=("attention",)).run(m).changed
     assert not FactorizeMatmul(exclude=("dense",)).run(m).changed
     assert FactorizeMatmul(include=("den.e",)).run(m).changed
 
 
-def _gemm(trans_b, alpha=1.0, beta=1.0):
+def _gemm(trans_b, alpha=1.0, beta=1.0) -> tuple[Model, tuple[Feeds, ...]]:
+    """x[batch, K] -> Gemm(W, c) -> y, and four batches of `_inputs` to calibrate it."""
     w = _weight()
     stored = w.T.copy() if trans_b else w
     c = _bias(4)
@@ -276,18 +277,18 @@ def _gemm(trans_b, alpha=1.0, beta=1.0):
         [initializer("w", stored), initializer("c", c)],
     )
     feeds = tuple({"x": _inputs()[i : i + 64]} for i in range(0, ROWS, 64))
-    return calibrated(m, feeds)
+    return m, feeds
 
 
 @pytest.mark.parametrize(("trans_b", "alpha", "beta"), [(0, 1.0, 1.0), (1, 0.5, 2.0)])
 def test_gemm_keeps_its_bias_and_attributes(trans_b, alpha, beta):
-    m = _gemm(trans_b, alpha, beta)
-    result = FactorizeMatmul(param_ratio=0.9, recover=True).run(m)
+    m, batches = _gemm(trans_b, alpha, beta)
+    result = FactorizeMatmul(param_ratio=0.9, recover=True).run(m, batches)
     gemm = next(n for n in result.model.graph.nodes if n.op == "Gemm")
     assert gemm.attrs["transB"] == trans_b and gemm.attrs["alpha"] == alpha
     assert len(gemm.inputs) == 3
     check(result.model)
-    feeds = m.calibration[0]
+    feeds = batches[0]
     want, got = run(m, feeds)["y"], run(result.model, feeds)["y"]
     assert _relative(want, got) == pytest.approx(
         result.stats["layer.pool/Gemm.output_error"], rel=0.5
@@ -296,7 +297,10 @@ def test_gemm_keeps_its_bias_and_attributes(trans_b, alpha, beta):
 
 
 def _two_branches(quiet_scale):
-    """y = x W1 + x W2, W2 with the same spectrum shape as W1 but scaled by `quiet_scale`."""
+    """y = x W1 + x W2, W2 with the same spectrum shape as W1 but scaled by `quiet_scale`.
+
+    `_feeds` calibrate it.
+    """
     nodes = [
         helper.make_node("MatMul", ["x", "w1"], ["h1"], name="loud/MatMul"),
         helper.make_node("MatMul", ["x", "w2"], ["h2"], name="quiet/MatMul"),
@@ -304,19 +308,19 @@ def _two_branches(quiet_scale):
     ]
     inits = [initializer("w1", _weight(seed=5)), initializer("w2", _weight(seed=6) * quiet_scale)]
     m = model(nodes, [tensor("x", ["batch", 8, K])], [tensor("y", ["batch", 8, N])], inits)
-    return calibrated(m, tuple(_feeds()))
+    return m
 
 
 def test_sensitivity_allocation_gives_rank_to_what_the_output_sees():
     m = _two_branches(quiet_scale=0.05)
     options = {"param_ratio": 0.5, "method": "activation", "rank_multiple": 1}
-    measured = FactorizeMatmul(**options, allocation="sensitivity").run(m)
-    relative = FactorizeMatmul(**options, allocation="global").run(m)
+    measured = FactorizeMatmul(**options, allocation="sensitivity").run(m, _feeds())
+    relative = FactorizeMatmul(**options, allocation="global").run(m, _feeds())
     stats = measured.stats
     assert stats["layer.loud/MatMul.r"] > stats["layer.quiet/MatMul.r"]
     assert stats["layer.loud/MatMul.sensitivity"] > 10 * stats["layer.quiet/MatMul.sensitivity"]
     assert stats["params_after"] <= 0.5 * stats["params_before"]
-    feeds = m.calibration[0]
+    feeds = _feeds()[0]
     want = run(m, feeds)["y"]
     assert _relative(want, run(measured.model, feeds)["y"]) < _relative(
         want, run(relative.model, feeds)["y"]
@@ -349,8 +353,9 @@ def test_options_are_validated():
 
 
 def test_data_hungry_options_need_calibration():
-    m = _dense(_weight(), calibrate=False)
-    FactorizeMatmul().requires(m)  # plain SVD needs no data
+    m = _dense(_weight())
+    FactorizeMatmul().requires(m)
+    assert FactorizeMatmul().run(m).changed  # plain SVD needs no data
     data_hungry = (
         {"method": "activation"},
         {"recover": True},
@@ -358,8 +363,9 @@ def test_data_hungry_options_need_calibration():
         {"allocation": "sensitivity"},
     )
     for options in data_hungry:
+        FactorizeMatmul(**options).requires(m)  # the data is checked when the pass runs
         with pytest.raises(PreconditionError, match="needs calibration data"):
-            FactorizeMatmul(**options).requires(m)
+            FactorizeMatmul(**options).run(m)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,7 +374,7 @@ class _QuantizeInsert(Pass):
 
     name = "quantize-insert"
 
-    def run(self, model: Model) -> PassResult:
+    def run(self, model: Model, data: Sequence[Feeds] = ()) -> PassResult:
         return PassResult(model, False, {})
 
 
@@ -382,7 +388,7 @@ class _PruneSparsify(_QuantizeInsert):
 def test_order_after_quantize_insert_is_refused_before_any_pass_runs():
     from nlpress.passes.pipeline import Pipeline
 
-    m = _dense(_weight(), calibrate=False)
+    m = _dense(_weight())
     bad = Pipeline((_QuantizeInsert(), FactorizeMatmul()))
     with pytest.raises(PreconditionError, match=r"cannot run after quantize-insert.*before"):
         run_pipeline(m, bad)
@@ -412,7 +418,7 @@ def test_quantized_weights_are_refused():
 def test_sparse_weights_are_left_sparse():
     w = _weight()
     w[:, ::2] = 0
-    result = FactorizeMatmul(rank_ratio=0.25).run(_dense(w, calibrate=False))
+    result = FactorizeMatmul(rank_ratio=0.25).run(_dense(w))
     assert not result.changed
     assert result.stats["skipped_sparse"] == 1
 

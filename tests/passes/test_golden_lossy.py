@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from graphs import calibrated, dense, ffn, weights
+from graphs import dense, ffn, weights
 
-from nlpress.ir import Model
+from nlpress.ir import Feeds, Model
 from nlpress.ir.dump import dump_text
 from nlpress.ir.verify import check
 from nlpress.passes import parse, run_pipeline
@@ -29,18 +29,18 @@ def pattern(dump: str) -> str:
     return _CONSTANT_DATA.sub(r"\1", dump)
 
 
-def one_matmul() -> Model:
-    """x[N, 8] -> MatMul(W[8, 6]) -> y, calibrated on four seeded batches."""
-    return calibrated(dense(["N", 8], weights([8, 6]), activation=None), _feeds(8))
+def one_matmul() -> tuple[Model, tuple[Feeds, ...]]:
+    """x[N, 8] -> MatMul(W[8, 6]) -> y, and four seeded batches to calibrate it on."""
+    return dense(["N", 8], weights([8, 6]), activation=None), _feeds(8)
 
 
-def one_ffn() -> Model:
-    """x[N, 4] -> up (8 neurons, bias) -> Relu -> down (bias) -> y, calibrated."""
+def one_ffn() -> tuple[Model, tuple[Feeds, ...]]:
+    """x[N, 4] -> up (8 neurons, bias) -> Relu -> down (bias) -> y, and its batches."""
     block = (weights([4, 8], 1), weights([8], 2), weights([8, 4], 3), weights([4], 4))
-    return calibrated(ffn(["N", 4], [block]), _feeds(4))
+    return ffn(["N", 4], [block]), _feeds(4)
 
 
-def _feeds(width: int) -> tuple[dict[str, np.ndarray], ...]:
+def _feeds(width: int) -> tuple[Feeds, ...]:
     rng = np.random.default_rng(5)
     return tuple({"x": rng.standard_normal((16, width)).astype(np.float32)} for _ in range(4))
 
@@ -62,7 +62,8 @@ def test_lossy_rewrite_matches_its_golden_dump(
     name: str, golden: Callable[[str, str], None]
 ) -> None:
     builder, pipeline, pattern_only = CASES[name]
-    result = run_pipeline(builder(), parse(pipeline))
+    model, feeds = builder()
+    result = run_pipeline(model, parse(pipeline), data=feeds)
     assert result.records[0].changed
     check(result.model)
     dump = dump_text(result.model)

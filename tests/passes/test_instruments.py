@@ -1,3 +1,4 @@
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 from graphs import initializer, model, tensor, weights
 from onnx import helper
 
-from nlpress.ir import Model, VerificationError
+from nlpress.ir import Feeds, Model, VerificationError
 from nlpress.passes import DumpIR, PassResult, TimePasses, VerifyEach, parse, run_pipeline
 from nlpress.passes.base import Pass, PreconditionError
 from nlpress.passes.pipeline import Pipeline
@@ -31,7 +32,7 @@ class BreakWeights(Pass):
 
     name = "break-weights"
 
-    def run(self, model: Model) -> PassResult:
+    def run(self, model: Model, data: Sequence[Feeds] = ()) -> PassResult:
         out = model.copy()
         for node in out.graph.nodes:
             node.inputs = [
@@ -53,7 +54,7 @@ class NeedsFirst(Pass):
         if earlier:
             raise PreconditionError("needs-first must come first")
 
-    def run(self, model: Model) -> PassResult:
+    def run(self, model: Model, data: Sequence[Feeds] = ()) -> PassResult:
         return PassResult(model, False, {})
 
 

@@ -1,3 +1,4 @@
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -6,7 +7,7 @@ from graphs import text_model
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nlpress.ir import Model, UsageError
+from nlpress.ir import Feeds, Model, UsageError
 from nlpress.ir.dump import dump_text
 from nlpress.ir.verify import compare, make_feeds
 from nlpress.passes import PASSES, OptionError, PipelineSyntaxError, parse, run_pipeline
@@ -41,7 +42,7 @@ class Knobs(Pass):
         if not 0 <= self.ratio <= 1:
             raise ValueError(f"ratio must be in [0, 1], got {self.ratio}")
 
-    def run(self, model: Model) -> PassResult:
+    def run(self, model: Model, data: Sequence[Feeds] = ()) -> PassResult:
         return PassResult(model, False, {})
 
 

@@ -4,9 +4,9 @@ import dataclasses
 
 import numpy as np
 import pytest
-from graphs import calibrated, ffn, weights
+from graphs import ffn, weights
 
-from nlpress.ir import Model
+from nlpress.ir import Feeds, Model
 from nlpress.ir.verify import check, run
 from nlpress.passes.compress.grams import Grams, paired_grams
 from nlpress.passes.prune_patterns import allocate, interpolated_costs
@@ -20,8 +20,8 @@ from nlpress.passes.recovery import (
 HIDDEN, INNER, ROWS = 8, 16, 24
 
 
-def _two_ffns(second_scale: float = 1.0, residual: bool = False) -> Model:
-    """x -> [up -> Relu -> down] -> [up -> Relu -> down] -> y, with biases (and residuals)."""
+def _two_ffns(second_scale: float = 1.0, residual: bool = False) -> tuple[Model, tuple[Feeds, ...]]:
+    """x -> [up -> Relu -> down] x 2 -> y, with biases (and residuals), and twelve batches."""
     blocks = [
         (
             weights([HIDDEN, INNER], 10 * i),
@@ -34,12 +34,12 @@ def _two_ffns(second_scale: float = 1.0, residual: bool = False) -> Model:
     m = ffn([ROWS, HIDDEN], blocks, residual=residual)
     rng = np.random.default_rng(5)
     feeds = tuple({"x": rng.standard_normal((ROWS, HIDDEN)).astype(np.float32)} for _ in range(12))
-    return calibrated(m, feeds)
+    return m, feeds
 
 
-def _error(teacher: Model, student: Model) -> float:
-    want = np.concatenate([run(teacher, f)["y"] for f in teacher.calibration])
-    got = np.concatenate([run(student, f)["y"] for f in teacher.calibration])
+def _error(teacher: Model, student: Model, feeds: tuple[Feeds, ...]) -> float:
+    want = np.concatenate([run(teacher, f)["y"] for f in feeds])
+    got = np.concatenate([run(student, f)["y"] for f in feeds])
     return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
@@ -50,42 +50,43 @@ def _widths(m: Model) -> dict[str, int]:
 
 @pytest.mark.parametrize("criterion", ["activation", "obs"])
 def test_sequential_refit_corrects_the_error_of_earlier_units(criterion):
-    m = _two_ffns()
+    m, feeds = _two_ffns()
     options = {"pattern": "neurons", "sparsity": 0.5, "criterion": criterion}
-    one_shot = PruneSparsify(**options, sequential=False).run(m)
-    sequential = PruneSparsify(**options, sequential=True).run(m)
+    one_shot = PruneSparsify(**options, sequential=False).run(m, feeds)
+    sequential = PruneSparsify(**options, sequential=True).run(m, feeds)
     check(sequential.model)
     first = "recovery_error_after:down1"
     assert sequential.stats[first] == pytest.approx(one_shot.stats[first])
-    assert _error(m, sequential.model) < _error(m, one_shot.model)
+    assert _error(m, sequential.model, feeds) < _error(m, one_shot.model, feeds)
 
 
 def test_residual_correction_matches_the_teacher_after_the_residual_add():
-    m = _two_ffns(residual=True)
+    m, feeds = _two_ffns(residual=True)
     options = {"pattern": "neurons", "sparsity": 0.5, "criterion": "obs", "sequential": True}
-    plain = PruneSparsify(**options, residual_correction=False).run(m)
-    corrected = PruneSparsify(**options).run(m)
+    plain = PruneSparsify(**options, residual_correction=False).run(m, feeds)
+    corrected = PruneSparsify(**options).run(m, feeds)
     check(corrected.model)
-    assert _error(m, corrected.model) < _error(m, plain.model)
+    assert _error(m, corrected.model, feeds) < _error(m, plain.model, feeds)
 
 
 def test_sequential_weights_keep_their_masks():
-    m = _two_ffns()
-    result = PruneSparsify(pattern="2:4", recover=True, sequential=True).run(m)
+    m, feeds = _two_ffns()
+    result = PruneSparsify(pattern="2:4", recover=True, sequential=True).run(m, feeds)
     assert result.stats["recovery_error_after"] < result.stats["recovery_error_before"]
     zeros = [np.mean(n.inputs[1].values == 0) for n in result.model.graph.nodes if n.op == "MatMul"]
     assert zeros == [0.5] * 4
 
 
 def test_global_allocation_keeps_the_total_and_prunes_the_cheap_layer_more():
-    m = _two_ffns(second_scale=0.05)  # the second FFN barely contributes: its neurons are cheap
-    result = PruneSparsify(pattern="neurons", sparsity=0.25, allocation="global").run(m)
+    # The second FFN barely contributes: its neurons are cheap.
+    m, feeds = _two_ffns(second_scale=0.05)
+    result = PruneSparsify(pattern="neurons", sparsity=0.25, allocation="global").run(m, feeds)
     widths = _widths(result.model)
     assert sum(widths.values()) == round(2 * INNER * 0.75)
     assert widths["down2"] < widths["down1"]
     assert widths["down2"] >= INNER // 2  # at most twice the level
     again = PruneSparsify(pattern="neurons", sparsity=0.25, allocation="global").run(
-        dataclasses.replace(result.model, calibration=m.calibration)
+        result.model, feeds
     )
     assert not again.changed
 
@@ -93,15 +94,15 @@ def test_global_allocation_keeps_the_total_and_prunes_the_cheap_layer_more():
 def test_sensitivity_allocation_prunes_what_the_output_misses_least():
     # With residuals, the second FFN adds little to y: its relative layer error is as large as
     # the first's, but the output hardly notices it.
-    m = _two_ffns(second_scale=0.05, residual=True)
+    m, feeds = _two_ffns(second_scale=0.05, residual=True)
     options = {"pattern": "neurons", "sparsity": 0.25, "criterion": "obs"}
-    measured = PruneSparsify(**options, allocation="sensitivity").run(m)
+    measured = PruneSparsify(**options, allocation="sensitivity").run(m, feeds)
     check(measured.model)
     widths = _widths(measured.model)
     assert sum(widths.values()) == round(2 * INNER * 0.75)
     assert widths == {"down1": INNER, "down2": INNER // 2}
-    uniform = PruneSparsify(**options).run(m)
-    assert _error(m, measured.model) < _error(m, uniform.model)
+    uniform = PruneSparsify(**options).run(m, feeds)
+    assert _error(m, measured.model, feeds) < _error(m, uniform.model, feeds)
     plain = PruneSparsify(pattern="neurons", criterion="magnitude", recover=False)
     assert not plain.needs_data
     assert dataclasses.replace(plain, allocation="sensitivity").needs_data
@@ -196,8 +197,8 @@ def test_paired_forms_reduce_to_the_teacher_only_ones():
 
 
 def test_paired_grams_of_a_model_and_itself_are_equal():
-    m = _two_ffns()
-    (grams,) = paired_grams(m, m.copy(), ["r2"], m.calibration)
+    m, feeds = _two_ffns()
+    (grams,) = paired_grams(m, m.copy(), ["r2"], feeds)
     np.testing.assert_allclose(grams.student, grams.teacher)
     np.testing.assert_allclose(grams.cross, grams.teacher)
-    assert grams.student[-1, -1] == ROWS * len(m.calibration)
+    assert grams.student[-1, -1] == ROWS * len(feeds)

@@ -1,12 +1,11 @@
-import dataclasses
 import json
 
 import numpy as np
 import pytest
-from graphs import calibrated, ffn, initializer, model, tensor, weights
+from graphs import ffn, initializer, model, tensor, weights
 from onnx import helper
 
-from nlpress.ir import Model
+from nlpress.ir import Feeds, Model
 from nlpress.ir.graph import constant_value
 from nlpress.ir.verify import check, run
 from nlpress.passes import PreconditionError, parse
@@ -17,14 +16,15 @@ from nlpress.passes.prune_sparsify import WIDTHS_KEY, PruneSparsify
 HIDDEN, INNER, HEADS, HEAD_DIM, SEQ = 8, 16, 4, 4, 6
 
 
-def _calibrate(m: Model, batches: int = 8, seed: int = 1) -> Model:
+def _calibrated(m: Model, batches: int = 8, seed: int = 1) -> tuple[Model, tuple[Feeds, ...]]:
+    """`m` and seeded batches for its input, with uneven channel norms."""
     rng = np.random.default_rng(seed)
     scale = np.linspace(0.2, 3.0, HIDDEN).astype(np.float32)  # uneven channel norms
     shape = [d.dim_value for d in m.to_onnx().graph.input[0].type.tensor_type.shape.dim]
     feeds = tuple(
         {"x": (rng.standard_normal(shape) * scale).astype(np.float32)} for _ in range(batches)
     )
-    return calibrated(m, feeds)
+    return m, feeds
 
 
 def _ffn(gemm: bool = False) -> Model:
@@ -79,12 +79,13 @@ def _attention(mask_heads: int = 1) -> Model:
     return model(nodes, [tensor("x", shape)], [tensor("y", shape)], inits)
 
 
-def _attention_calibrated(mask_heads: int = 1) -> Model:
+def _attention_calibrated(mask_heads: int = 1) -> tuple[Model, tuple[Feeds, ...]]:
+    """`_attention` and sixteen seeded batches for it."""
     rng = np.random.default_rng(3)
     feeds = tuple(
         {"x": rng.standard_normal((1, SEQ, HEADS * HEAD_DIM)).astype(np.float32)} for _ in range(16)
     )
-    return calibrated(_attention(mask_heads), feeds)
+    return _attention(mask_heads), feeds
 
 
 def _weight(m: Model, node_name: str) -> np.ndarray:
@@ -94,9 +95,9 @@ def _weight(m: Model, node_name: str) -> np.ndarray:
     return value
 
 
-def _run(p: PruneSparsify, m: Model) -> PassResult:
+def _run(p: PruneSparsify, m: Model, feeds: tuple[Feeds, ...] = ()) -> PassResult:
     p.requires(m)
-    result = p.run(m)
+    result = p.run(m, feeds)
     p.ensures(result.model)
     return result
 
@@ -105,8 +106,7 @@ def _outputs(m: Model, feeds) -> np.ndarray:
     return np.concatenate([run(m, f)["y"].reshape(-1) for f in feeds])
 
 
-def _relative_error(a: Model, b: Model) -> float:
-    feeds = a.calibration
+def _relative_error(a: Model, b: Model, feeds: tuple[Feeds, ...]) -> float:
     want, got = _outputs(a, feeds), _outputs(b, feeds)
     return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
@@ -115,9 +115,9 @@ def _relative_error(a: Model, b: Model) -> float:
 
 
 def test_unstructured_mask_is_exactly_the_requested_sparsity_per_output():
-    m = _calibrate(_ffn())
+    m, feeds = _calibrated(_ffn())
     p = PruneSparsify(pattern="unstructured", sparsity=0.5, criterion="magnitude", recover=False)
-    result = _run(p, m)
+    result = _run(p, m, feeds)
     assert result.changed
     for name, original in (("up", _weight(m, "up")), ("down", _weight(m, "down"))):
         pruned = _weight(result.model, name)
@@ -131,9 +131,9 @@ def test_unstructured_mask_is_exactly_the_requested_sparsity_per_output():
 
 
 def test_global_scope_prunes_the_requested_share_of_all_weights():
-    m = _calibrate(_ffn())
+    m, feeds = _calibrated(_ffn())
     p = PruneSparsify(sparsity=0.3, scope="global", criterion="magnitude", recover=False)
-    pruned = _run(p, m).model
+    pruned = _run(p, m, feeds).model
     total = sum(_weight(pruned, n).size for n in ("up", "down"))
     zeros = sum(np.count_nonzero(_weight(pruned, n) == 0) for n in ("up", "down"))
     assert zeros == round(0.3 * total)
@@ -143,8 +143,8 @@ def test_global_scope_prunes_the_requested_share_of_all_weights():
 @pytest.mark.parametrize("pattern", ["2:4", "4:8"])
 def test_n_m_keeps_exactly_n_in_every_m(pattern, criterion):
     n, m_ = map(int, pattern.split(":"))
-    m = _calibrate(_ffn())
-    result = _run(PruneSparsify(pattern=pattern, criterion=criterion), m)
+    m, feeds = _calibrated(_ffn())
+    result = _run(PruneSparsify(pattern=pattern, criterion=criterion), m, feeds)
     for name in ("up", "down"):
         w = _weight(result.model, name)
         assert satisfies_n_m(w, n, m_)
@@ -153,11 +153,11 @@ def test_n_m_keeps_exactly_n_in_every_m(pattern, criterion):
 
 
 def test_activation_criterion_scales_magnitudes_by_channel_norms():
-    m = _calibrate(_ffn())
-    magnitude = _run(PruneSparsify(sparsity=0.5, criterion="magnitude", recover=False), m)
-    activation = _run(PruneSparsify(sparsity=0.5, criterion="activation", recover=False), m)
+    m, feeds = _calibrated(_ffn())
+    magnitude = _run(PruneSparsify(sparsity=0.5, criterion="magnitude", recover=False), m, feeds)
+    activation = _run(PruneSparsify(sparsity=0.5, criterion="activation", recover=False), m, feeds)
     up = _weight(m, "up")
-    norms = np.sqrt(sum(np.sum(f["x"].reshape(-1, HIDDEN) ** 2, axis=0) for f in m.calibration))
+    norms = np.sqrt(sum(np.sum(f["x"].reshape(-1, HIDDEN) ** 2, axis=0) for f in feeds))
     expected = np.argsort(np.abs(up) * norms[:, None], axis=0, kind="stable")[HIDDEN // 2 :]
     kept = _weight(activation.model, "up") != 0
     for j in range(up.shape[1]):
@@ -166,20 +166,20 @@ def test_activation_criterion_scales_magnitudes_by_channel_norms():
 
 
 def test_exclude_skips_matching_layers():
-    m = _calibrate(_ffn())
-    result = _run(PruneSparsify(sparsity=0.5, criterion="magnitude", exclude=("dow*",)), m)
+    m, feeds = _calibrated(_ffn())
+    result = _run(PruneSparsify(sparsity=0.5, criterion="magnitude", exclude=("dow*",)), m, feeds)
     np.testing.assert_array_equal(_weight(result.model, "down"), _weight(m, "down"))
     assert np.count_nonzero(_weight(result.model, "up") == 0) == HIDDEN * INNER // 2
     assert result.stats["units_excluded"] == 1
 
 
 def test_unstructured_recovery_keeps_the_mask_and_lowers_the_error():
-    m = _calibrate(_ffn())
-    plain = _run(PruneSparsify(pattern="2:4", recover=False), m)
-    refit = _run(PruneSparsify(pattern="2:4", recover=True), m)
+    m, feeds = _calibrated(_ffn())
+    plain = _run(PruneSparsify(pattern="2:4", recover=False), m, feeds)
+    refit = _run(PruneSparsify(pattern="2:4", recover=True), m, feeds)
     assert satisfies_n_m(_weight(refit.model, "down"), 2, 4)
     assert refit.stats["recovery_error_after"] < refit.stats["recovery_error_before"]
-    assert _relative_error(m, refit.model) < _relative_error(m, plain.model)
+    assert _relative_error(m, refit.model, feeds) < _relative_error(m, plain.model, feeds)
 
 
 # --- structured removal ----------------------------------------------------------------------
@@ -197,13 +197,13 @@ def _with_weight(m: Model, name: str, value: np.ndarray) -> Model:
     for init in proto.graph.initializer:
         if init.name == name:
             init.CopyFrom(initializer(name, value))
-    return dataclasses.replace(Model.from_onnx(proto), calibration=m.calibration)
+    return Model.from_onnx(proto)
 
 
 @pytest.mark.parametrize("gemm", [False, True])
 def test_neurons_are_removed_and_match_the_dense_model_with_them_zeroed(gemm):
-    m = _calibrate(_ffn(gemm))
-    result = _run(PruneSparsify(pattern="neurons", sparsity=0.25, recover=False), m)
+    m, feeds = _calibrated(_ffn(gemm))
+    result = _run(PruneSparsify(pattern="neurons", sparsity=0.25, recover=False), m, feeds)
     check(result.model)
     up, down = (_weight(m, n) for n in ("up", "down"))
     new_up = _weight(result.model, "up")
@@ -214,32 +214,30 @@ def test_neurons_are_removed_and_match_the_dense_model_with_them_zeroed(gemm):
     zeroed = down.copy()
     zeroed[[i for i in range(INNER) if i not in kept]] = 0
     reference = _with_weight(m, "down_w", zeroed.T.copy() if gemm else zeroed)
-    np.testing.assert_allclose(
-        _outputs(result.model, m.calibration), _outputs(reference, m.calibration), atol=1e-5
-    )
+    np.testing.assert_allclose(_outputs(result.model, feeds), _outputs(reference, feeds), atol=1e-5)
     assert result.stats["params_after"] < result.stats["params_before"]
     assert result.stats["matmul_flops_per_token_after"] == 2 * 2 * HIDDEN * 12
 
 
 def test_neuron_recovery_reduces_the_layer_error():
-    m = _calibrate(_ffn())
-    plain = _run(PruneSparsify(pattern="neurons", sparsity=0.5, recover=False), m)
-    refit = _run(PruneSparsify(pattern="neurons", sparsity=0.5, recover=True), m)
+    m, feeds = _calibrated(_ffn())
+    plain = _run(PruneSparsify(pattern="neurons", sparsity=0.5, recover=False), m, feeds)
+    refit = _run(PruneSparsify(pattern="neurons", sparsity=0.5, recover=True), m, feeds)
     stats = refit.stats
     assert stats["recovery_error_after:down"] < stats["recovery_error_before:down"]
-    assert _relative_error(m, refit.model) < _relative_error(m, plain.model)
+    assert _relative_error(m, refit.model, feeds) < _relative_error(m, plain.model, feeds)
 
 
 def test_obs_criterion_is_no_worse_than_activation_after_recovery():
-    m = _calibrate(_ffn())
-    act = _run(PruneSparsify(pattern="neurons", sparsity=0.5), m)
-    obs = _run(PruneSparsify(pattern="neurons", sparsity=0.5, criterion="obs"), m)
+    m, feeds = _calibrated(_ffn())
+    act = _run(PruneSparsify(pattern="neurons", sparsity=0.5), m, feeds)
+    obs = _run(PruneSparsify(pattern="neurons", sparsity=0.5, criterion="obs"), m, feeds)
     assert obs.stats["recovery_error_after"] <= act.stats["recovery_error_after"] + 1e-12
 
 
 def test_heads_are_removed_with_reshapes_and_match_the_dense_model_with_them_zeroed():
-    m = _attention_calibrated()
-    result = _run(PruneSparsify(pattern="heads", sparsity=0.25, recover=False), m)
+    m, feeds = _attention_calibrated()
+    result = _run(PruneSparsify(pattern="heads", sparsity=0.25, recover=False), m, feeds)
     check(result.model)
     assert result.stats["attention_blocks_found"] == 1
     graph = result.model.graph
@@ -254,17 +252,15 @@ def test_heads_are_removed_with_reshapes_and_match_the_dense_model_with_them_zer
     for h in set(range(HEADS)) - set(kept_heads):
         wo[h * HEAD_DIM : (h + 1) * HEAD_DIM] = 0
     reference = _with_weight(m, "wo", wo)
-    np.testing.assert_allclose(
-        _outputs(result.model, m.calibration), _outputs(reference, m.calibration), atol=1e-5
-    )
+    np.testing.assert_allclose(_outputs(result.model, feeds), _outputs(reference, feeds), atol=1e-5)
 
 
 def test_head_recovery_reduces_the_error():
-    m = _attention_calibrated()
-    plain = _run(PruneSparsify(pattern="heads", sparsity=0.5, recover=False), m)
-    refit = _run(PruneSparsify(pattern="heads", sparsity=0.5), m)
+    m, feeds = _attention_calibrated()
+    plain = _run(PruneSparsify(pattern="heads", sparsity=0.5, recover=False), m, feeds)
+    refit = _run(PruneSparsify(pattern="heads", sparsity=0.5), m, feeds)
     assert refit.stats["recovery_error_after"] < refit.stats["recovery_error_before"]
-    assert _relative_error(m, refit.model) < _relative_error(m, plain.model)
+    assert _relative_error(m, refit.model, feeds) < _relative_error(m, plain.model, feeds)
 
 
 # --- changed, both ways ----------------------------------------------------------------------
@@ -280,44 +276,41 @@ def test_head_recovery_reduces_the_error():
     ],
 )
 def test_second_run_at_the_same_sparsity_reports_unchanged(make, options):
-    m = _attention_calibrated() if make is _attention else _calibrate(make())
+    m, feeds = _attention_calibrated() if make is _attention else _calibrated(make())
     p = PruneSparsify(**options)
-    first = _run(p, m)
+    first = _run(p, m, feeds)
     assert first.changed
-    again = _run(p, dataclasses.replace(first.model, calibration=m.calibration))
+    again = _run(p, first.model, feeds)
     assert not again.changed
     assert again.stats.get("units_pruned", 0) == 0
 
 
 def test_structured_widths_are_recorded_and_more_sparsity_prunes_further():
-    m = _calibrate(_ffn())
-    first = _run(PruneSparsify(pattern="neurons", sparsity=0.25), m).model
+    m, feeds = _calibrated(_ffn())
+    first = _run(PruneSparsify(pattern="neurons", sparsity=0.25), m, feeds).model
     assert json.loads(first.metadata[WIDTHS_KEY]) == {"down": INNER}
-    more = _run(
-        PruneSparsify(pattern="neurons", sparsity=0.5),
-        dataclasses.replace(first, calibration=m.calibration),
-    )
+    more = _run(PruneSparsify(pattern="neurons", sparsity=0.5), first, feeds)
     assert more.changed
     assert _weight(more.model, "up").shape == (HIDDEN, INNER // 2)
 
 
 def test_zero_sparsity_changes_nothing():
-    m = _calibrate(_ffn())
-    assert not _run(PruneSparsify(pattern="neurons", sparsity=0.0), m).changed
-    assert not _run(PruneSparsify(sparsity=0.0), m).changed
+    m, feeds = _calibrated(_ffn())
+    assert not _run(PruneSparsify(pattern="neurons", sparsity=0.0), m, feeds).changed
+    assert not _run(PruneSparsify(sparsity=0.0), m, feeds).changed
 
 
 # --- budget ----------------------------------------------------------------------------------
 
 
 def test_budget_cosine_relaxes_layers_until_met():
-    m = _calibrate(_ffn())
-    loose = _run(PruneSparsify(sparsity=0.9, recover=False), m)
-    strict = _run(PruneSparsify(sparsity=0.9, recover=False, budget_cosine=0.995), m)
+    m, feeds = _calibrated(_ffn())
+    loose = _run(PruneSparsify(sparsity=0.9, recover=False), m, feeds)
+    strict = _run(PruneSparsify(sparsity=0.9, recover=False, budget_cosine=0.995), m, feeds)
     assert strict.stats["budget_cosine"] >= 0.995
     assert strict.stats["budget_met"] == 1.0
     assert strict.stats["budget_steps"] >= 1
-    assert _relative_error(m, strict.model) < _relative_error(m, loose.model)
+    assert _relative_error(m, strict.model, feeds) < _relative_error(m, loose.model, feeds)
 
 
 # --- preconditions and options ---------------------------------------------------------------
@@ -325,23 +318,23 @@ def test_budget_cosine_relaxes_layers_until_met():
 
 def test_heads_without_attention_says_so():
     with pytest.raises(PreconditionError, match="no attention it recognizes"):
-        PruneSparsify(pattern="heads").requires(_calibrate(_ffn()))
+        PruneSparsify(pattern="heads").requires(_ffn())
 
 
 def test_neurons_without_ffn_says_so():
     with pytest.raises(PreconditionError, match="no FFN it recognizes"):
-        PruneSparsify(pattern="neurons").requires(_attention_calibrated())
+        PruneSparsify(pattern="neurons").requires(_attention())
 
 
 def test_heads_mixed_by_a_side_input_are_not_recognized():
     with pytest.raises(PreconditionError, match="no attention"):
-        PruneSparsify(pattern="heads").requires(_attention_calibrated(mask_heads=HEADS))
+        PruneSparsify(pattern="heads").requires(_attention(mask_heads=HEADS))
 
 
 def test_calibration_is_required_only_when_data_is_read():
     bare = _ffn()
     with pytest.raises(PreconditionError, match="needs calibration data"):
-        PruneSparsify(criterion="activation").requires(bare)
+        PruneSparsify(criterion="activation").run(bare)
     assert _run(PruneSparsify(criterion="magnitude", recover=False), bare).changed
 
 

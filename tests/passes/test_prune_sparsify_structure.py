@@ -1,6 +1,6 @@
 import numpy as np
 import onnx_graphsurgeon as gs
-from graphs import calibrated, initializer, model, tensor, weights
+from graphs import initializer, model, tensor, weights
 from onnx import helper
 
 from nlpress.ir.blocks import attention_blocks, ffn_pairs
@@ -10,7 +10,7 @@ from nlpress.passes.prune_sparsify import PruneSparsify
 
 
 def _gated(extra_reader: bool = False):
-    """SwiGLU-style: (x Wg) * sigmoid(x Wg) * (x Wu) -> down."""
+    """SwiGLU-style: (x Wg) * sigmoid(x Wg) * (x Wu) -> down, and eight batches for it."""
     nodes = [
         helper.make_node("MatMul", ["x", "wg"], ["g"], name="gate"),
         helper.make_node("MatMul", ["x", "wu"], ["u"], name="up"),
@@ -33,32 +33,32 @@ def _gated(extra_reader: bool = False):
     m = model(nodes, [tensor("x", [2, 8])], outputs, inits)
     rng = np.random.default_rng(0)
     feeds = tuple({"x": rng.standard_normal((2, 8)).astype(np.float32)} for _ in range(8))
-    return calibrated(m, feeds)
+    return m, feeds
 
 
 def test_gated_ffn_is_found_and_pruned_in_every_projection():
-    m = _gated()
+    m, feeds = _gated()
     (pair,) = ffn_pairs(m.graph, linears(m.graph))
     assert sorted(up.name for up in pair.ups) == ["gate", "up"]
     assert len(pair.channel_constants) == 1
-    result = PruneSparsify(pattern="neurons", sparsity=0.25).run(m)
+    result = PruneSparsify(pattern="neurons", sparsity=0.25).run(m, feeds)
     check(result.model)
     shapes = {
         n.name: n.inputs[1].values.shape for n in result.model.graph.nodes if n.op == "MatMul"
     }
     assert shapes == {"gate": (8, 9), "up": (8, 9), "down": (9, 8)}
-    assert run(result.model, m.calibration[0])["y"].shape == (2, 8)
+    assert run(result.model, feeds[0])["y"].shape == (2, 8)
 
 
 def test_ffn_whose_intermediate_leaks_out_is_not_a_pair():
-    m = _gated(extra_reader=True)
+    m, _ = _gated(extra_reader=True)
     assert ffn_pairs(m.graph, linears(m.graph)) == []
 
 
 def test_query_scale_between_projection_and_split_is_followed():
     from test_prune_sparsify import _attention_calibrated
 
-    m = _attention_calibrated()
+    m, feeds = _attention_calibrated()
     graph = m.graph
     q_bias = next(n for n in graph.nodes if n.name == "q_bias")
     split = next(n for n in graph.nodes if n.name == "q_split")
@@ -69,6 +69,6 @@ def test_query_scale_between_projection_and_split_is_followed():
     graph.toposort()
     (block,) = attention_blocks(graph, linears(graph))
     assert [len(s.between) for s in block.splits] == [1, 0, 0]
-    result = PruneSparsify(pattern="heads", sparsity=0.5).run(m)
+    result = PruneSparsify(pattern="heads", sparsity=0.5).run(m, feeds)
     check(result.model)
-    assert run(result.model, m.calibration[0])["y"].shape == (1, 6, 16)
+    assert run(result.model, feeds[0])["y"].shape == (1, 6, 16)

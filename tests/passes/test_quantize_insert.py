@@ -1,12 +1,12 @@
-import dataclasses
 import json
 
 import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
-from graphs import calibrated, dense, initializer, model, tensor
+from graphs import dense, initializer, model, tensor
 from onnx import TensorProto, helper
 
+from nlpress.ir import Feeds, Model
 from nlpress.ir.verify import check, run
 from nlpress.passes import PASSES, OptionError, PreconditionError, parse
 from nlpress.passes.base import option_fields
@@ -37,14 +37,13 @@ def _feeds(outlier=None, batches=4):
     return tuple({"x": _x(seed, outlier=outlier)} for seed in range(batches))
 
 
-def _dense(bias=True, feeds=None):
-    """x[batch, 8, K] -> MatMul(W) (-> Add(b)) -> Relu -> MatMul(W2) -> y, calibrated."""
+def _dense(bias=True):
+    """x[batch, 8, K] -> MatMul(W) (-> Add(b)) -> Relu -> MatMul(W2) -> y, which `_feeds` fit."""
     b = np.linspace(-1, 1, N).astype(np.float32) if bias else None
-    m = dense(["batch", SEQ, K], _weight(), b, then=_weight(N, 6, seed=2))
-    return calibrated(m, _feeds() if feeds is None else feeds)
+    return dense(["batch", SEQ, K], _weight(), b, then=_weight(N, 6, seed=2))
 
 
-def _shared(feeds):
+def _shared():
     """LayerNorm -> three MatMuls (as Q, K, V) and a residual Add, summed into y."""
     gamma = np.linspace(0.5, 1.5, K).astype(np.float32)
     beta = np.linspace(-0.2, 0.2, K).astype(np.float32)
@@ -69,13 +68,12 @@ def _shared(feeds):
         initializer("spread", spread),
         *(initializer(n, _weight(seed=i)) for i, n in enumerate(("wq", "wk", "wv", "wr"))),
     ]
-    m = model(
+    return model(
         nodes,
         [tensor("x", ["batch", SEQ, K])],
         [tensor("y", ["batch", SEQ, N]), tensor("y2", ["batch", SEQ, K])],
         inits,
     )
-    return calibrated(m, feeds)
 
 
 def _relative(want, got):
@@ -124,7 +122,7 @@ def test_per_channel_weight_scales_on_hand_made_weights():
 
 def test_static_qdq_graph_checks_runs_in_ort_within_a_bound():
     m = _dense()
-    result = QuantizeInsert(calibration="minmax").run(m)
+    result = QuantizeInsert(calibration="minmax").run(m, _feeds())
     assert result.changed
     check(result.model)
     q = _node(result.model, "x/QuantizeLinear")
@@ -134,7 +132,7 @@ def test_static_qdq_graph_checks_runs_in_ort_within_a_bound():
     matmul = _node(result.model, "dense/MatMul")
     assert [t.inputs[0].op for t in matmul.inputs] == ["DequantizeLinear"] * 2
     assert _node(result.model, "dense/Add").inputs[1].name == "b", "the bias stays float"
-    for feeds in m.calibration:
+    for feeds in _feeds():
         want, got = run(m, feeds)["y"], run(result.model, feeds)["y"]
         assert _relative(want, got) < 0.03  # int8 weights, uint8 activations, two layers
     assert result.stats["layers_quantized"] == 2
@@ -144,7 +142,7 @@ def test_static_qdq_graph_checks_runs_in_ort_within_a_bound():
 
 
 def test_dynamic_mode_needs_no_data_and_uses_dynamic_quantize_linear():
-    m = dataclasses.replace(_dense(), calibration=())
+    m = _dense()
     options = QuantizeInsert(mode="dynamic")
     options.requires(m)
     result = options.run(m)
@@ -157,8 +155,8 @@ def test_dynamic_mode_needs_no_data_and_uses_dynamic_quantize_linear():
 
 
 def test_one_qdq_pair_is_shared_by_the_layers_reading_a_tensor():
-    m = _shared(_feeds())
-    result = QuantizeInsert(calibration="minmax").run(m)
+    m = _shared()
+    result = QuantizeInsert(calibration="minmax").run(m, _feeds())
     assert _ops(result.model).count("QuantizeLinear") == 1
     assert _ops(result.model).count("DequantizeLinear") == 5
     check(result.model)
@@ -167,8 +165,8 @@ def test_one_qdq_pair_is_shared_by_the_layers_reading_a_tensor():
 @pytest.mark.parametrize("method", ["minmax", "percentile", "entropy", "mse"])
 def test_every_calibration_method_runs_within_a_bound(method):
     m = _dense()
-    result = QuantizeInsert(calibration=method).run(m)
-    feeds = m.calibration[0]
+    result = QuantizeInsert(calibration=method).run(m, _feeds())
+    feeds = _feeds()[0]
     assert _relative(run(m, feeds)["y"], run(result.model, feeds)["y"]) < 0.05
 
 
@@ -231,14 +229,13 @@ def test_gemm_becomes_matmul_and_add():
         [initializer("w", w.T.copy()), initializer("c", c)],
     )
     feeds = tuple({"x": _x(s).reshape(-1, K)} for s in range(3))
-    m = dataclasses.replace(m, calibration=feeds)
-    result = QuantizeInsert(calibration="minmax").run(m)
+    result = QuantizeInsert(calibration="minmax").run(m, feeds)
     check(result.model)
     assert "Gemm" not in _ops(result.model)
     assert _node(result.model, "pool").op == "MatMul"
     assert _node(result.model, "pool/bias").op == "Add"
     assert _relative(run(m, feeds[0])["y"], run(result.model, feeds[0])["y"]) < 0.02
-    assert not QuantizeInsert(exclude=("Gemm",)).run(m).changed
+    assert not QuantizeInsert(exclude=("Gemm",)).run(m, feeds).changed
 
 
 ROWS = 40
@@ -250,8 +247,8 @@ def _table(seed=3):
     return table
 
 
-def _embedded(feeds=None):
-    """ids[batch, 8] -> Gather(T) + Gather(P, positions) -> MatMul(W) -> y."""
+def _embedded() -> tuple[Model, tuple[Feeds, ...]]:
+    """ids[batch, 8] -> Gather(T) + Gather(P, positions) -> MatMul(W) -> y, and three batches."""
     nodes = [
         helper.make_node("Gather", ["table", "ids"], ["e"], name="word/Gather"),
         helper.make_node("Gather", ["positions", "pos"], ["p"], name="position/Gather"),
@@ -268,17 +265,14 @@ def _embedded(feeds=None):
         tensor("pos", [SEQ], TensorProto.INT64),
     ]
     m = model(nodes, inputs, [tensor("y", ["batch", SEQ, N])], inits)
-    if feeds is None:
-        rng = np.random.default_rng(7)
-        feeds = tuple(
-            {"ids": rng.integers(0, ROWS, (4, SEQ)), "pos": np.arange(SEQ)} for _ in range(3)
-        )
-    return calibrated(m, feeds)
+    rng = np.random.default_rng(7)
+    feeds = tuple({"ids": rng.integers(0, ROWS, (4, SEQ)), "pos": np.arange(SEQ)} for _ in range(3))
+    return m, feeds
 
 
 def test_embedding_tables_become_int8_with_one_scale_per_row():
-    m = _embedded()
-    result = QuantizeInsert().run(m)
+    m, feeds = _embedded()
+    result = QuantizeInsert().run(m, feeds)
     check(result.model)
     dq = next(n for n in result.model.graph.nodes if n.inputs[0].name == "table_quantized")
     values, scale, zero = (np.asarray(t.values) for t in dq.inputs)
@@ -294,58 +288,58 @@ def test_embedding_tables_become_int8_with_one_scale_per_row():
     assert result.stats["tables_quantized"] == 2
     assert result.stats["table_bytes_before"] == 4 * (ROWS + SEQ) * K
     assert result.stats["table_bytes_after"] == (ROWS + SEQ) * K + 5 * (ROWS + SEQ)
-    for feeds in m.calibration:
-        want, got = run(m, feeds)["y"], run(result.model, feeds)["y"]
+    for batch in feeds:
+        want, got = run(m, batch)["y"], run(result.model, batch)["y"]
         assert _relative(want, got) < 0.03
-    again = QuantizeInsert().run(dataclasses.replace(result.model, calibration=m.calibration))
+    again = QuantizeInsert().run(result.model, feeds)
     assert not again.changed
 
 
 def test_embeddings_can_be_left_float_or_quantized_alone():
-    m = _embedded()
-    kept = QuantizeInsert(embeddings=False).run(m).model
+    m, feeds = _embedded()
+    kept = QuantizeInsert(embeddings=False).run(m, feeds).model
     assert _node(kept, "word/Gather").inputs[0].name == "table"
-    excluded = QuantizeInsert(exclude=("position/Gather",)).run(m).model
+    excluded = QuantizeInsert(exclude=("position/Gather",)).run(m, feeds).model
     assert _node(excluded, "position/Gather").inputs[0].name == "positions"
     assert _node(excluded, "word/Gather").inputs[0].name != "table"
-    only = QuantizeInsert(exclude=("MatMul",)).run(m)
+    only = QuantizeInsert(exclude=("MatMul",)).run(m, feeds)
     assert only.changed and only.stats["layers_quantized"] == 0
     assert only.stats["tables_quantized"] == 2
 
 
 def test_a_table_with_other_readers_stays_float():
-    m = _embedded()
+    m, feeds = _embedded()
     table = m.graph.tensors()["table"]
     out = gs.Variable("t2", dtype=np.float32, shape=[ROWS, K])
     m.graph.nodes.append(gs.Node("Identity", "reader", inputs=[table], outputs=[out]))
     m.graph.outputs.append(out)
-    result = QuantizeInsert().run(m)
+    result = QuantizeInsert().run(m, feeds)
     assert _node(result.model, "word/Gather").inputs[0].name == "table"
     assert result.stats["tables_quantized"] == 1
 
 
 def test_changed_is_exact_and_a_second_run_changes_nothing():
-    m = _dense()
-    once = QuantizeInsert().run(m)
+    m, feeds = _dense(), _feeds()
+    once = QuantizeInsert().run(m, feeds)
     assert once.changed
-    again = QuantizeInsert().run(dataclasses.replace(once.model, calibration=m.calibration))
+    again = QuantizeInsert().run(once.model, feeds)
     assert not again.changed and again.stats["layers_quantized"] == 0
     assert _ops(m) == ["MatMul", "Add", "Relu", "MatMul"], "the input model is left as it was"
 
 
 def test_exclude_by_name_regex_or_op_type():
-    m = _dense()
-    assert QuantizeInsert(exclude=("dense/MatMul",)).run(m).stats["layers_quantized"] == 1
-    assert QuantizeInsert(exclude=("^out/",)).run(m).stats["layer.out/MatMul.excluded"] == 1
-    result = QuantizeInsert(exclude=("MatMul",)).run(m)
+    m, feeds = _dense(), _feeds()
+    assert QuantizeInsert(exclude=("dense/MatMul",)).run(m, feeds).stats["layers_quantized"] == 1
+    assert QuantizeInsert(exclude=("^out/",)).run(m, feeds).stats["layer.out/MatMul.excluded"] == 1
+    result = QuantizeInsert(exclude=("MatMul",)).run(m, feeds)
     assert not result.changed and result.stats["layers_excluded"] == 2
 
 
 def test_smooth_folds_into_layernorm_and_mul_producers_and_helps():
     feeds = _feeds()
-    m = _shared(feeds)
-    plain = QuantizeInsert(calibration="minmax").run(m)
-    smooth = QuantizeInsert(calibration="minmax", smooth=0.5).run(m)
+    m = _shared()
+    plain = QuantizeInsert(calibration="minmax").run(m, feeds)
+    smooth = QuantizeInsert(calibration="minmax", smooth=0.5).run(m, feeds)
     check(smooth.model)
     assert smooth.stats["smooth_folded"] == 1 and smooth.stats["smooth_mul"] == 0
     spread = _node(smooth.model, "spread")
@@ -362,12 +356,12 @@ def test_smooth_folds_into_layernorm_and_mul_producers_and_helps():
 
 def test_smooth_without_a_foldable_producer_inserts_a_mul():
     feeds = _feeds(outlier=30.0)
-    m = _dense(feeds=feeds)
-    result = QuantizeInsert(calibration="minmax", smooth=0.5).run(m)
+    m = _dense()
+    result = QuantizeInsert(calibration="minmax", smooth=0.5).run(m, feeds)
     assert result.stats["smooth_mul"] == 2  # x is a graph input, r a Relu output
     quantizers = [n for n in result.model.graph.nodes if n.op == "QuantizeLinear"]
     assert [q.inputs[0].inputs[0].op for q in quantizers] == ["Mul", "Mul"]
-    plain = QuantizeInsert(calibration="minmax").run(m)
+    plain = QuantizeInsert(calibration="minmax").run(m, feeds)
     error = {
         name: _relative(run(m, feeds[0])["y"], run(r.model, feeds[0])["y"])
         for name, r in (("plain", plain), ("smooth", result))
@@ -377,8 +371,8 @@ def test_smooth_without_a_foldable_producer_inserts_a_mul():
 
 def test_budget_keeps_the_most_sensitive_layer_float_and_a_rerun_keeps_it():
     feeds = _feeds(outlier=100.0)
-    m = _dense(feeds=feeds)
-    result = QuantizeInsert(calibration="minmax", budget_cosine=0.9999).run(m)
+    m = _dense()
+    result = QuantizeInsert(calibration="minmax", budget_cosine=0.9999).run(m, feeds)
     stats = result.stats
     assert stats["budget_cosine_first"] < 0.9999 <= stats["budget_cosine"]
     assert stats["budget_met"] == 1 and stats["layers_float"] == 1
@@ -386,9 +380,7 @@ def test_budget_keeps_the_most_sensitive_layer_float_and_a_rerun_keeps_it():
     assert stats["layer.dense/MatMul.sensitivity"] > stats["layer.out/MatMul.sensitivity"]
     assert json.loads(result.model.metadata[FLOAT_KEY]) == ["dense/MatMul"]
     assert _node(result.model, "dense/MatMul").inputs[1].name == "w"
-    again = QuantizeInsert(calibration="minmax", budget_cosine=0.9999).run(
-        dataclasses.replace(result.model, calibration=feeds)
-    )
+    again = QuantizeInsert(calibration="minmax", budget_cosine=0.9999).run(result.model, feeds)
     assert not again.changed and again.stats["layers_float_recorded"] == 1
 
 
@@ -421,23 +413,24 @@ def test_attention_matmuls_quantize_both_inputs():
         [tensor("y", ["batch", SEQ, SEQ])],
         [initializer("w", _weight())],
     )
-    m = dataclasses.replace(m, calibration=_feeds())
-    assert QuantizeInsert(calibration="minmax").run(m).stats["attention_quantized"] == 0
-    result = QuantizeInsert(calibration="minmax", attention=True).run(m)
+    feeds = _feeds()
+    assert QuantizeInsert(calibration="minmax").run(m, feeds).stats["attention_quantized"] == 0
+    result = QuantizeInsert(calibration="minmax", attention=True).run(m, feeds)
     check(result.model)
     assert result.stats["attention_quantized"] == 1
     scores = _node(result.model, "scores")
     quantizers = [t.inputs[0].inputs[0].inputs[0] for t in scores.inputs]
     assert [np.asarray(q.inputs[2].values).dtype for q in quantizers] == [np.uint8, np.int8]
-    f = m.calibration[0]
+    f = feeds[0]
     assert _relative(run(m, f)["y"], run(result.model, f)["y"]) < 0.03
     dynamic = QuantizeInsert(mode="dynamic", attention=True).run(m).model
     assert _ops(dynamic).count("DynamicQuantizeLinear") == 3
 
 
 def test_verify_each_and_the_named_pipeline_run():
-    m = _dense()
-    result = run_pipeline(m, parse("quantize-insert"), [VerifyEach(feeds=list(m.calibration))])
+    feeds = _feeds()
+    verify = [VerifyEach(feeds=list(feeds))]
+    result = run_pipeline(_dense(), parse("quantize-insert"), verify, data=feeds)
     assert result.changed
 
 
@@ -457,11 +450,11 @@ def test_options_are_validated():
 
 
 def test_static_mode_needs_calibration_data():
-    m = dataclasses.replace(_dense(), calibration=())
+    m = _dense()
     with pytest.raises(PreconditionError, match="needs calibration data"):
-        QuantizeInsert().requires(m)
+        QuantizeInsert().run(m)
     with pytest.raises(PreconditionError, match="needs calibration data"):
-        QuantizeInsert(mode="dynamic", smooth=0.5).requires(m)
+        QuantizeInsert(mode="dynamic", smooth=0.5).run(m)
 
 
 def test_old_opsets_and_graphs_without_layers_are_refused():
