@@ -68,6 +68,7 @@ def minilm_path() -> Path:
 # changes one (or writes into its folder) copies it to its own tmp_path first.
 
 STATIC_1X16 = {name: (1, 16) for name in ("input_ids", "attention_mask", "token_type_ids")}
+CALIBRATION_SENTENCES = 64  # 52 calibrate (4 batches), every fifth (12) is held out
 
 
 @pytest.fixture(scope="session")
@@ -89,35 +90,46 @@ def pruned_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def int8_on_a_terminal(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """`nlpress compile bert-tiny-random -t x86 -p int8` run on a pseudo-terminal, in a fresh
-    process: the artifact, and all the terminal showed."""
+def calibration_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The zoo's first CALIBRATION_SENTENCES calibration sentences, one a line: an int8 build
+    calibrates on a few batches and holds some out, as on the whole text, in less time."""
+    from nlpress.models.text import calibration_sentences
+
+    text = tmp_path_factory.mktemp("calibration") / "calibration.txt"
+    text.write_text("".join(f"{s}\n" for s in calibration_sentences()[:CALIBRATION_SENTENCES]))
+    return text
+
+
+@pytest.fixture(scope="session")
+def int8_on_a_terminal(
+    tmp_path_factory: pytest.TempPathFactory, calibration_text: Path
+) -> tuple[Path, str]:
+    """`nlpress compile bert-tiny-random -t x86 -p int8` (on the short calibration text) run on
+    a pseudo-terminal, in a fresh process: the artifact, and all the terminal showed."""
     from commands import nlpress_argv, on_a_terminal
 
     out = tmp_path_factory.mktemp("int8") / "int8"
-    argv = nlpress_argv("compile", "bert-tiny-random", "-t", "x86", "-p", "int8", "-o", out)
+    argv = nlpress_argv(
+        "compile", "bert-tiny-random", "-t", "x86", "-p", "int8", "-o", out,
+        "--calibration-text", calibration_text,
+    )  # fmt: skip
     return out, "".join(text for _, text in on_a_terminal(argv))
 
 
 @pytest.fixture(scope="session")
 def opt_int8_report(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, calibration_text: Path
 ) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    """`nlpress opt bert-tiny-random -p int8 -o o.onnx --report o.html` in a fresh process with
-    no terminal: the folder that held nothing else, and the finished process."""
+    """`nlpress opt bert-tiny-random -p int8 -o o.onnx --report o.html` (on the short
+    calibration text) in a fresh process with no terminal: the folder that held nothing else,
+    and the finished process."""
     from commands import nlpress_argv
 
     folder = tmp_path_factory.mktemp("opt-report")
     argv = nlpress_argv(
-        "opt",
-        "bert-tiny-random",
-        "-p",
-        "int8",
-        "-o",
-        folder / "o.onnx",
-        "--report",
-        folder / "o.html",
-    )
+        "opt", "bert-tiny-random", "-p", "int8", "-o", folder / "o.onnx",
+        "--report", folder / "o.html", "--calibration-text", calibration_text,
+    )  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     return folder, done

@@ -9,10 +9,6 @@ from pathlib import Path
 
 from commands import nlpress_argv, on_a_terminal
 
-from nlpress.models.text import calibration_sentences
-
-QUIET_SENTENCES = 32  # two calibration batches
-
 SLOW_STEP = """
 import sys, time
 from nlpress.ir.progress import reporting, step, steps
@@ -53,13 +49,12 @@ def test_compile_on_a_terminal_shows_its_steps_then_a_summary(
     assert "budget-cosine 0.997 met" in summary
 
 
-def test_quiet_opt_prints_nothing_on_a_terminal(tmp_path: Path) -> None:
-    """Calibration on a short text: its batches would still be shown without --quiet."""
-    sentences = tmp_path / "calibration.txt"
-    sentences.write_text("".join(f"{s}\n" for s in calibration_sentences()[:QUIET_SENTENCES]))
+def test_quiet_opt_prints_nothing_on_a_terminal(tmp_path: Path, calibration_text: Path) -> None:
+    """Calibration batches and a summary would be shown without --quiet."""
     out = tmp_path / "int8.onnx"
-    args = ("opt", "bert-tiny-random", "-p", "int8", "--calibration-text", sentences, "-o", out)
-    assert "".join(text for _, text in on_a_terminal(nlpress_argv(*args, "--quiet"))) == ""
+    args = ("opt", "bert-tiny-random", "-p", "int8", "-o", out, "--quiet")
+    shown = on_a_terminal(nlpress_argv(*args, "--calibration-text", calibration_text))
+    assert "".join(text for _, text in shown) == ""
     assert out.is_file()
 
 
