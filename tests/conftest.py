@@ -73,10 +73,12 @@ CALIBRATION_SENTENCES = 64  # 52 calibrate (4 batches), every fifth (12) is held
 
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """bert-tiny-random compiled for x86 with the default pipeline, its dims symbolic."""
+    """bert-tiny-random compiled for x86 as the README's main job compiles minilm-l6: the
+    default pipeline, mean pooling and L2 normalization in the graph, its dims symbolic."""
     import nlpress
 
-    return nlpress.compile("bert-tiny-random", "x86", tmp_path_factory.mktemp("tiny") / "x86")
+    out = tmp_path_factory.mktemp("tiny") / "x86"
+    return nlpress.compile("bert-tiny-random", "x86", out, pooling="mean", normalize=True)
 
 
 @pytest.fixture(scope="session")
