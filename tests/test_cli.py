@@ -248,6 +248,19 @@ def test_the_command_line_starts_without_pytorch():
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
+def test_running_an_artifact_leaves_pytorch_out(tiny_artifact):
+    """TVM would import PyTorch to exchange tensors with it; nlpress hands it numpy arrays only."""
+    code = (
+        "import sys, nlpress\n"
+        f"nlpress.load({str(tiny_artifact)!r}).encode(['a sentence'])\n"
+        "assert 'tvm' in sys.modules and 'torch' not in sys.modules, 'torch came with tvm'\n"
+        "import torch  # as distillation imports it, once TVM is loaded\n"
+        "torch.zeros(1)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def test_the_package_lists_its_public_names_only():
     import nlpress as package
 
