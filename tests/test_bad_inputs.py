@@ -582,7 +582,7 @@ def _texts(inputs: Path) -> dict[str, Path]:
 
 def _artifacts(inputs: Path, compiled: Path) -> dict[str, Path]:
     art = inputs / "art"
-    shutil.copytree(compiled, art)  # the compile of tiny.onnx: the same bytes as the zoo's
+    shutil.copytree(compiled, art)  # the shared compile of the zoo model tiny.onnx copies
     library = (art / "model.so").read_bytes()
 
     def copy(name: str, so: bytes | None = None, manifest: dict | None = None) -> Path:
