@@ -102,15 +102,29 @@ def paired_embeddings(
     texts: Sequence[str],
     max_length: int = 128,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Both models' embeddings of `texts`, refused when their widths differ."""
+    """Both models' embeddings of `texts`, refused before any text runs when their widths differ."""
+    _same_widths(output_width(candidate, tokenizer), output_width(reference, tokenizer))
     cand = sentence_embeddings(candidate, tokenizer, texts, max_length)
     ref = sentence_embeddings(reference, tokenizer, texts, max_length)
-    if cand.shape != ref.shape:
-        raise NlpressError(
-            f"the candidate's embeddings have width {cand.shape[1]} and the reference's "
-            f"{ref.shape[1]}: compare a model with its own compressed versions"
-        )
+    _same_widths(cand.shape[1], ref.shape[1])
     return cand, ref
+
+
+def output_width(session: Session, tokenizer: Tokenizer) -> int:
+    """The hidden width of the first output: declared as [batch, sequence, W], else one text's."""
+    shape = list(session.get_outputs()[0].shape or [])
+    if len(shape) == 3 and isinstance(shape[2], int):
+        return shape[2]
+    return int(sentence_embeddings(session, tokenizer, [""]).shape[1])
+
+
+def _same_widths(candidate: int, reference: int) -> None:
+    """Refuse embeddings of two widths: such models do not embed into one space."""
+    if candidate != reference:
+        raise NlpressError(
+            f"the candidate's embeddings have width {candidate} and the reference's "
+            f"{reference}: compare a model with its own compressed versions"
+        )
 
 
 def sentence_fidelity(

@@ -2,7 +2,8 @@
 
 Only this package imports TVM. `get_target` describes where an artifact runs, `build_artifact`
 lowers an optimized model into an artifact folder, and `load` runs one like an ONNX Runtime
-session (the runtime needs only numpy and the TVM runtime).
+session (the runtime needs only numpy and the TVM runtime). TVM is loaded without PyTorch
+(see torchless.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from nlpress.ir import Model
+from nlpress.targets import torchless
 from nlpress.targets.runtime import (
     ArtifactError,
     DamagedArtifactError,
@@ -28,6 +30,8 @@ from nlpress.targets.target import (
     TargetError,
     get_target,
 )
+
+torchless.install()
 
 
 def build_artifact(model: Model, target: Target, out_dir: Path, **options: Any) -> Path:

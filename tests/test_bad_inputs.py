@@ -470,7 +470,9 @@ def _one_line(stderr: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def bad(tiny_bert_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def bad(
+    tiny_bert_path: Path, tiny_artifact: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
     """A folder of good and bad inputs, a symbolic bert-tiny-random artifact, damaged copies."""
     root = tmp_path_factory.mktemp("bad")
     inputs, out = root / "inputs", root / "out"
@@ -480,7 +482,7 @@ def bad(tiny_bert_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     places.update(_model_files(inputs, tiny_bert_path))
     places.update(_arrays(inputs))
     places.update(_texts(inputs))
-    places.update(_artifacts(inputs))
+    places.update(_artifacts(inputs, tiny_artifact))
     return {k: os.fspath(v) for k, v in places.items()}
 
 
@@ -578,10 +580,9 @@ def _texts(inputs: Path) -> dict[str, Path]:
     }
 
 
-def _artifacts(inputs: Path) -> dict[str, Path]:
+def _artifacts(inputs: Path, compiled: Path) -> dict[str, Path]:
     art = inputs / "art"
-    tiny = os.fspath(inputs / "tiny.onnx")
-    assert nlpress("compile", tiny, "-t", "x86", "-o", os.fspath(art)) == 0
+    shutil.copytree(compiled, art)  # the shared compile of the zoo model tiny.onnx copies
     library = (art / "model.so").read_bytes()
 
     def copy(name: str, so: bytes | None = None, manifest: dict | None = None) -> Path:

@@ -224,10 +224,8 @@ def test_compile_errors_name_what_is_valid(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_bench_runs_a_workload_of_sentences_through_both_runtimes(tmp_path, capsys):
-    artifact = tmp_path / "x86"
-    assert nlpress("compile", "bert-tiny-random", "-t", "x86", "-o", artifact) == EXIT_OK
-    capsys.readouterr()
+def test_bench_runs_a_workload_of_sentences_through_both_runtimes(tiny_artifact, tmp_path, capsys):
+    artifact = tiny_artifact
     workload = tmp_path / "sentences.txt"
     sentences = ["a short one", "a somewhat longer sentence than the first", "third", "four"]
     workload.write_text("\n".join(sentences) + "\n")
@@ -248,6 +246,19 @@ def test_the_command_line_starts_without_pytorch():
     """PyTorch is imported only when distillation runs: it would double every command's start."""
     code = "import sys, nlpress.cli; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_running_an_artifact_leaves_pytorch_out(tiny_artifact):
+    """TVM would import PyTorch to exchange tensors with it; nlpress hands it numpy arrays only."""
+    code = (
+        "import sys, nlpress\n"
+        f"nlpress.load({str(tiny_artifact)!r}).encode(['a sentence'])\n"
+        "assert 'tvm' in sys.modules and 'torch' not in sys.modules, 'torch came with tvm'\n"
+        "import importlib.util\n"
+        "assert importlib.util.find_spec('torch'), 'distillation could not import it now'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_the_package_lists_its_public_names_only():

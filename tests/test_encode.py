@@ -31,17 +31,16 @@ STATIC = [f"--shape={name}=2x16" for name in ("input_ids", "attention_mask", "to
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
+def artifacts(tiny_artifact, tmp_path_factory):
     """bert-tiny-random: symbolic, pooled and normalized; static 2x16, unpooled; no tokenizer."""
     root = tmp_path_factory.mktemp("encode")
-    pooled, static, bare = root / "pooled", root / "static", root / "bare"
+    static, bare = root / "static", root / "bare"
     args = ["compile", "bert-tiny-random", "-t", "x86"]
-    assert nlpress_cli(*args, "--pooling", "mean", "--normalize", "-o", pooled) == EXIT_OK
     assert nlpress_cli(*args, *STATIC, "-o", static) == EXIT_OK
     other = root / "other.onnx"  # not the zoo's file: no tokenizer is known for it
     assert nlpress_cli("opt", "bert-tiny-random", "-p", "fold", "-o", other) == EXIT_OK
     assert nlpress_cli("compile", other, "-t", "x86", "--pooling", "cls", "-o", bare) == EXIT_OK
-    return {"pooled": pooled, "static": static, "bare": bare}
+    return {"pooled": tiny_artifact, "static": static, "bare": bare}
 
 
 def _ort_embeddings(texts, normalize, max_length=128, model="bert-tiny-random"):

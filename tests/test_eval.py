@@ -15,7 +15,6 @@ from nlpress.models.metrics import sentence_embeddings
 from nlpress.models.text import load_tokenizer
 from nlpress.targets import runtime
 
-STATIC = ("input_ids", "attention_mask", "token_type_ids")
 SENTENCES = [
     "the scheduler retries a failed job three times before it pages anyone",
     "a null pointer in the parser crashed the nightly build",
@@ -28,16 +27,6 @@ PAIRS = [
     ("the cache hit rate dropped after the deploy", "fewer requests hit the cache once we shipped"),
     ("she merged the fix into main", "the patch landed on the main branch"),
 ]
-
-
-@pytest.fixture(scope="module")
-def pruned_artifact(tmp_path_factory):
-    """bert-tiny-random with half its weights pruned, static at 1x16: outputs differ from ORT's."""
-    out = tmp_path_factory.mktemp("eval") / "pruned"
-    shapes = {name: (1, 16) for name in STATIC}
-    return nlpress.compile(
-        "bert-tiny-random", "x86", out, "prune-sparsify{sparsity=0.5}", shapes=shapes
-    )
 
 
 @pytest.fixture

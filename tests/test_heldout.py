@@ -89,9 +89,10 @@ def test_a_model_without_text_has_no_heldout_fidelity(tiny_bert_path, tmp_path):
     assert result.heldout is None and result.heldout_note is None
 
 
-def test_the_manifest_holds_heldout_fidelity(tmp_path):
-    artifact = nlpress.compile("bert-tiny-random", "x86", tmp_path / "art", PRUNE)
-    fidelity = json.loads((artifact / "manifest.json").read_text())["fidelity"]
+def test_the_manifest_holds_heldout_fidelity(pruned_artifact):
+    manifest = json.loads((pruned_artifact / "manifest.json").read_text())
+    assert ",prune-sparsify{" in manifest["pipeline"] and " sparsity=0.5 " in manifest["pipeline"]
+    fidelity = manifest["fidelity"]
     heldout = fidelity["heldout"]
     assert set(heldout) == KEYS and "tvm_vs_onnxruntime" in fidelity
     assert heldout["text"] == "zoo calibration text"

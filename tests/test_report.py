@@ -18,10 +18,9 @@ ARTIFACT_SECTIONS = ("summary", "pipeline", "sizes", "decisions", "fidelity", "k
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("report") / "int8"
-    assert nlpress("compile", "bert-tiny-random", "-t", "x86", "-p", "int8", "-o", out) == EXIT_OK
-    return out
+def artifact(int8_on_a_terminal: tuple[Path, str]) -> Path:
+    """The bert-tiny-random int8 artifact, as compiled on a terminal."""
+    return int8_on_a_terminal[0]
 
 
 def sections(page: str) -> list[str]:
@@ -87,14 +86,16 @@ def test_the_report_measures_latency_by_kernel(artifact: Path) -> None:
     assert seconds == sorted(seconds, reverse=True) and min(seconds) > 0
 
 
-def test_opt_report_has_the_pipeline_sections_and_no_artifact_ones(tmp_path: Path) -> None:
-    out, page_path = tmp_path / "o.onnx", tmp_path / "o.html"
-    assert nlpress("opt", "bert-tiny-random", "-p", "int8", "-o", out, "--report", page_path) == 0
-    page = page_path.read_text()
+def test_opt_report_has_the_pipeline_sections_and_no_artifact_ones(
+    opt_int8_report: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    folder, done = opt_int8_report  # opt -p int8 -o o.onnx --report o.html
+    assert f"report     {folder / 'o.html'}" in done.stderr
+    page = (folder / "o.html").read_text()
     assert sections(page) == ["summary", "pipeline", "sizes", "decisions", "fidelity"]
     assert "nlpress optimization report" in page and page.count("<svg") >= 4
     assert_self_contained(page)
-    assert [p.name for p in sorted(tmp_path.iterdir())] == ["o.html", "o.onnx"]
+    assert [p.name for p in sorted(folder.iterdir())] == ["o.html", "o.onnx"]
 
 
 def test_opt_report_may_not_replace_the_output_or_an_input(tmp_path: Path, capsys) -> None:

@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from graphs import embedding
@@ -48,9 +50,43 @@ def test_a_different_model_has_lower_fidelity(tokenizer):
     assert result.min_cosine < result.mean_cosine < 0.9
 
 
+class _Counted:
+    """A session that counts the batches it runs; with `width=None` its output has no width."""
+
+    def __init__(self, inner, width=0):
+        self.inner, self.width, self.runs = inner, width, 0
+
+    def get_inputs(self):
+        return self.inner.get_inputs()
+
+    def get_outputs(self):
+        if self.width is not None:
+            return self.inner.get_outputs()
+        return [
+            SimpleNamespace(name=o.name, shape=["batch", "sequence", "width"])
+            for o in self.inner.get_outputs()
+        ]
+
+    def run(self, names, feeds):
+        self.runs += 1
+        return self.inner.run(names, feeds)
+
+
 def test_widths_must_match(tokenizer):
+    candidate, reference = (
+        _Counted(session(_embedding_model(8))),
+        _Counted(session(_embedding_model(16))),
+    )
     with pytest.raises(NlpressError, match="width 8 and the reference's 16"):
-        fidelity(session(_embedding_model(8)), session(_embedding_model(16)), tokenizer)
+        fidelity(candidate, reference, tokenizer)
+    assert candidate.runs == reference.runs == 0, "declared widths: refused before any text ran"
+
+
+def test_an_undeclared_width_is_found_on_one_text(tokenizer):
+    candidate = _Counted(session(_embedding_model(8)), width=None)
+    with pytest.raises(NlpressError, match="width 8 and the reference's 16"):
+        fidelity(candidate, session(_embedding_model(16)), tokenizer)
+    assert candidate.runs == 1, "one tiny batch, not the evaluation text"
 
 
 def test_embeddings_keep_text_order_and_fill_static_shapes(tokenizer):
