@@ -20,11 +20,14 @@ pairs of bins merge (exactly, as the edges line up), so memory stays bounded wha
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from nlpress.ir.qdq import ACTIVATION
+
+Range = tuple[float, float]
 
 BINS = 4096
 ENTROPY_LEVELS = 128
@@ -103,22 +106,19 @@ def activation_range(
     histogram: Histogram, method: str, percentile: float = 99.99
 ) -> tuple[float, float]:
     """The clipping range [lo, hi] (lo <= 0 <= hi) of a tensor by calibration `method`."""
+    if method not in RANGE_METHODS:
+        raise ValueError(f"unknown calibration method {method!r}")
     low, high = min(histogram.low, 0.0), max(histogram.high, 0.0)
-    if method == "minmax" or not histogram.counts.sum():
+    if not histogram.counts.sum():
         return low, high
-    if method == "percentile":
-        return _percentile_range(histogram, percentile, low, high)
-    if method == "entropy":
-        threshold = entropy_threshold(histogram.absolute(zeros=False), histogram.limit)
-        return max(low, -threshold), min(high, threshold)
-    if method == "mse":
-        return _mse_range(histogram, low, high)
-    raise ValueError(f"unknown calibration method {method!r}")
+    return RANGE_METHODS[method](histogram, low, high, percentile)
 
 
-def _percentile_range(
-    histogram: Histogram, percentile: float, low: float, high: float
-) -> tuple[float, float]:
+def _minmax(_histogram: Histogram, low: float, high: float, _percentile: float) -> Range:
+    return low, high
+
+
+def _percentile_range(histogram: Histogram, low: float, high: float, percentile: float) -> Range:
     cumulative = np.cumsum(histogram.counts) / histogram.counts.sum()
     edges = -histogram.limit + np.arange(histogram.bins + 1) * histogram.width
     tail = 1.0 - percentile / 100.0
@@ -157,7 +157,12 @@ def _clipped_kl(counts: np.ndarray, stop: int, levels: int) -> float:
     return float(np.sum(p[support] * np.log(p[support] / q[support])))
 
 
-def _mse_range(histogram: Histogram, low: float, high: float) -> tuple[float, float]:
+def _entropy_range(histogram: Histogram, low: float, high: float, _percentile: float) -> Range:
+    threshold = entropy_threshold(histogram.absolute(zeros=False), histogram.limit)
+    return max(low, -threshold), min(high, threshold)
+
+
+def _mse_range(histogram: Histogram, low: float, high: float, _percentile: float) -> Range:
     nonzero = histogram.counts > 0
     centers, counts = histogram.centers[nonzero], histogram.counts[nonzero]
     grid = np.linspace(1.0 / MSE_GRID, 1.0, MSE_GRID)
@@ -172,6 +177,15 @@ def _mse_range(histogram: Histogram, low: float, high: float) -> tuple[float, fl
         if totals[pick] < best_error:
             best, best_error = (float(lo), float(his[pick, 0])), float(totals[pick])
     return best
+
+
+# Each calibration method: (histogram, min, max, percentile) -> the range [lo, hi] it keeps.
+RANGE_METHODS: Mapping[str, Callable[[Histogram, float, float, float], Range]] = {
+    "minmax": _minmax,
+    "percentile": _percentile_range,
+    "entropy": _entropy_range,
+    "mse": _mse_range,
+}
 
 
 def smooth_factors(channel_max: np.ndarray, weight_max: np.ndarray, alpha: float) -> np.ndarray:

@@ -51,14 +51,13 @@ from nlpress.passes.quantize_insert.layers import (
 from nlpress.passes.quantize_insert.smooth import shared_input_groups, smooth_group
 from nlpress.passes.quantize_insert.stats import FLOAT_KEY, recorded_float, size_stats
 from nlpress.passes.quantize_insert.writer import Plan
-from nlpress.passes.quantize_ranges import activation_range
+from nlpress.passes.quantize_ranges import RANGE_METHODS, activation_range
 
 __all__ = ["FLOAT_KEY", "QuantizeInsert", "predicted_count", "sensitivity_batches"]
 
 
 MIN_OPSET = 13
 Mode = Literal["static", "dynamic"]
-Method = Literal["minmax", "percentile", "entropy", "mse"]
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,7 @@ class QuantizeInsert(Pass):
     needs_calibration: ClassVar[bool] = True
 
     mode: Mode = "static"
-    calibration: Method = "mse"
+    calibration: str = "mse"
     percentile: float = 99.99
     per_channel: bool = True
     attention: bool = False
@@ -96,9 +95,9 @@ class QuantizeInsert(Pass):
     def __post_init__(self) -> None:
         if self.mode not in ("static", "dynamic"):
             raise ValueError(f"mode {self.mode!r}: expected static or dynamic")
-        if self.calibration not in ("minmax", "percentile", "entropy", "mse"):
+        if self.calibration not in RANGE_METHODS:
             raise ValueError(
-                f"calibration {self.calibration!r}: expected minmax, percentile, entropy or mse"
+                f"calibration {self.calibration!r}: expected one of {', '.join(RANGE_METHODS)}"
             )
         if not 50.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile {self.percentile}: expected 50 < percentile <= 100")

@@ -443,7 +443,7 @@ def test_options_are_validated():
         QuantizeInsert(percentile=20.0)
     with pytest.raises(ValueError, match="not a valid regex"):
         QuantizeInsert(exclude=("(",))
-    with pytest.raises(OptionError, match="calibration"):
+    with pytest.raises(OptionError, match="expected one of minmax, percentile, entropy, mse"):
         parse("quantize-insert{calibration=kl}")
     with pytest.raises(OptionError, match="unknown option"):
         parse("quantize-insert{bits=4}")
