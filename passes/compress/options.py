@@ -27,8 +27,8 @@ EXCLUDE_HELP = (
     "Layers left as they are: op types (e.g. Gemm), or regexes searched in node and weight names."
 )
 BUDGET_HELP = (
-    "A least pooled cosine, in (0, 1], between the first floating-point output (the embedding) "
-    "and the input model's on calibration data; the pass compresses less until it is met."
+    "A least pooled cosine, in (0, 1], between the first float output and the input model's on "
+    "calibration data; the pass compresses less until it is met."
 )
 # A `*` or `?` after a plain character (not `.`, `)`, `]` or an escape) marks a glob.
 _GLOB = re.compile(r"(^|[^.)\]\\])[*?]")
