@@ -1,7 +1,8 @@
 """Fidelity of a candidate model against a reference on sentences or paraphrase pairs.
 
 Sentence embeddings are mean-pooled token embeddings over the attention mask, L2-normalized, as
-sentence-transformers computes them for all-MiniLM-L6-v2.
+sentence-transformers computes them for all-MiniLM-L6-v2. The token embeddings are the model's
+embedding output: its first floating-point output (`ir/embedding.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from nlpress.ir import NlpressError
+from nlpress.ir.embedding import embedding_output
 from nlpress.models.feeds import Session, inputs_of, static_dims, text_feeds
 from nlpress.models.text import evaluation_pairs
 
@@ -77,20 +79,21 @@ def sentence_embeddings(
     max_length: int = 128,
     batch_size: int = 32,
 ) -> np.ndarray:
-    """L2-normalized mean-pooled embeddings, one row per text.
+    """L2-normalized mean-pooled embeddings of the embedding output, one row per text.
 
     A session whose inputs have static batch or sequence dims is fed batches of exactly that
     shape (padded with empty texts and to the static length); the attention mask must be one of
     its inputs.
     """
     batch = static_dims(session)[0] or batch_size
+    name = embedding_output(session.get_outputs()).name
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # batches of like lengths
     rows: dict[int, np.ndarray] = {}
     for start in range(0, len(texts), batch):
         index = order[start : start + batch]
         feeds = text_feeds(session, tokenizer, [texts[i] for i in index], max_length)
-        tokens = session.run(None, inputs_of(session, feeds))[0]
-        pooled = mean_pool(np.asarray(tokens), feeds["attention_mask"])
+        [tokens] = session.run([name], inputs_of(session, feeds))
+        pooled = mean_pool(np.asarray(tokens), feeds["attention_mask"], name)
         rows.update(zip(index, pooled, strict=False))
     return np.stack([rows[i] for i in range(len(texts))])
 
@@ -111,8 +114,8 @@ def paired_embeddings(
 
 
 def output_width(session: Session, tokenizer: Tokenizer) -> int:
-    """The hidden width of the first output: declared as [batch, sequence, W], else one text's."""
-    shape = list(session.get_outputs()[0].shape or [])
+    """The embedding output's width: declared as [batch, sequence, W], else one text's."""
+    shape = list(embedding_output(session.get_outputs()).shape or [])
     if len(shape) == 3 and isinstance(shape[2], int):
         return shape[2]
     return int(sentence_embeddings(session, tokenizer, [""]).shape[1])
@@ -201,11 +204,15 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def mean_pool(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """L2-normalized mean of the token embeddings over the attention mask, one row per sentence."""
+def mean_pool(tokens: np.ndarray, mask: np.ndarray, output: str = "") -> np.ndarray:
+    """L2-normalized mean of the token embeddings over the attention mask, one row per sentence.
+
+    `output` names the model output the tokens came from, for the error.
+    """
     if tokens.ndim != 3:
+        named = f"embedding output {output} (its first floating-point output)" if output else ""
         raise NlpressError(
-            f"the model's first output has shape {tokens.shape}; "
+            f"the model's {named or 'output'} has shape {list(tokens.shape)}; "
             "sentence embeddings need token embeddings [batch, sequence, hidden]"
         )
     weights = mask[..., None].astype(np.float64)

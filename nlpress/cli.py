@@ -359,7 +359,10 @@ def _bench_report(result: Mapping[str, Any], vs_ort: bool) -> str:
 
 
 def _agreement_text(found: Mapping[str, Any]) -> str:
-    """The worst max abs diff, and the cosine of the first output (the one budgets measure)."""
+    """The worst max abs diff, and the cosine of the embedding output (what budgets measure).
+
+    `cosine` holds the float outputs in the model's order, so its first is the embedding output.
+    """
     cosines = found.get("cosine") or {}
     first = next(iter(cosines), None)
     cosine = f", {first} pooled cosine {cosines[first]:.6f}" if first else ""
@@ -756,7 +759,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pooling",
         choices=["mean", "cls"],
-        help="add a sentence_embedding output pooled from the first output's tokens",
+        help="add a sentence_embedding output pooled from the first float output's tokens",
     )
     p.add_argument(
         "--normalize", action="store_true", help="L2-normalize the pooled sentence_embedding"

@@ -16,6 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from nlpress.ir import Feeds, Model
+from nlpress.ir.embedding import embedding_output
 from nlpress.ir.progress import steps
 from nlpress.ir.verify import session
 from nlpress.passes.base import PreconditionError
@@ -128,8 +129,8 @@ def pooled_cosine(
 
 
 def output_cosine(model: Model, reference: Sequence[np.ndarray], feeds: Sequence[Feeds]) -> float:
-    """`pooled_cosine` of the model's first output against `reference` (from `first_outputs`)."""
-    return pooled_cosine(reference, first_outputs(model, feeds), feeds)
+    """`pooled_cosine` of the model's embedding against `reference` (`embedding_outputs`)."""
+    return pooled_cosine(reference, embedding_outputs(model, feeds), feeds)
 
 
 def _pooled(value: np.ndarray, batch: Feeds) -> np.ndarray:
@@ -141,10 +142,13 @@ def _pooled(value: np.ndarray, batch: Feeds) -> np.ndarray:
     return value.reshape(value.shape[0], -1) if value.ndim else value.reshape(1, 1)
 
 
-def first_outputs(model: Model, feeds: Sequence[Feeds]) -> list[np.ndarray]:
-    """The model's first output on each batch, in ONNX Runtime with its graph optimizations."""
+def embedding_outputs(model: Model, feeds: Sequence[Feeds]) -> list[np.ndarray]:
+    """The model's embedding output on each batch, in ONNX Runtime with its graph optimizations.
+
+    The embedding is the first floating-point output (`ir/embedding.py`).
+    """
     sess = session(model, optimize=True)
-    name = sess.get_outputs()[0].name
+    name = embedding_output(sess.get_outputs()).name
     wanted = {i.name for i in sess.get_inputs()}
     return [
         np.asarray(sess.run([name], {k: v for k, v in batch.items() if k in wanted})[0])

@@ -7,13 +7,13 @@ differ from the teacher's, or are new) end to end, through the whole graph (`Tor
     loss = 1 - mean over sequences of cos(pool(s_out(x)), pool(t_out(x)))
            + w * mean over hidden states h of ||s_h(x) - t_h(x)||^2 / ||t_h(x)||^2
 
-The first term compares the first output mean-pooled over real tokens (attention mask 1), the
-sentence embedding that the lossy passes' budgets compare (`calibration.pooled_cosine`). The
-second matches, token by token, every LayerNormalization output that student and teacher share
-(a transformer block's hidden states), as TinyBERT distils its layers: that keeps each block
-close to its teacher rather than only the end result. Adam, with the learning rate decayed to
-zero along a cosine over the steps. Weights that were exactly zero (pruned) stay zero: their
-gradient steps are masked out.
+The first term compares the embedding output (the first floating-point output, `ir/embedding.py`)
+mean-pooled over real tokens (attention mask 1), the sentence embedding that the lossy passes'
+budgets compare (`calibration.pooled_cosine`). The second matches, token by token, every
+LayerNormalization output that student and teacher share (a transformer block's hidden states), as
+TinyBERT distils its layers: that keeps each block close to its teacher rather than only the end
+result. Adam, with the learning rate decayed to zero along a cosine over the steps. Weights that
+were exactly zero (pruned) stay zero: their gradient steps are masked out.
 
 Data. A tenth of the calibration batches is held out; the weights with the lowest held-out
 pooled loss (the first term) are kept, and the student comes back unchanged when no epoch beats
@@ -38,6 +38,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from nlpress.ir import Feeds, Model
+from nlpress.ir.embedding import embedding_output
 from nlpress.ir.progress import steps
 from nlpress.passes.calibration import MASK
 from nlpress.passes.torch_graph import Tensor, TorchGraph, require_torch
@@ -98,7 +99,7 @@ def distill(
     rng = np.random.default_rng(settings.seed)
     _torch().manual_seed(settings.seed)
     trainable = rewritten_initializers(student, teacher)
-    outputs = [student.graph.outputs[0].name, *hidden_states(student, teacher)]
+    outputs = [embedding_output(student.graph.outputs).name, *hidden_states(student, teacher)]
     net = TorchGraph(student, trainable, outputs)
     reference = TorchGraph(teacher, (), outputs)
     train, held_out = _split(feeds, rng)

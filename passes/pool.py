@@ -17,6 +17,7 @@ import onnx_graphsurgeon as gs
 from onnx import helper
 
 from nlpress.ir import Feeds, Model
+from nlpress.ir.embedding import embedding_output, is_floating
 from nlpress.ir.graph import fresh_name, opset_version
 from nlpress.passes.base import Pass, PassResult, PreconditionError
 
@@ -35,7 +36,9 @@ _AXES_INPUT_SINCE = {"ReduceSum": 13, "ReduceMean": 18, "Unsqueeze": 13}
 
 @dataclass(frozen=True)
 class Pool(Pass):
-    """Pool the first output's token embeddings into a `sentence_embedding` output.
+    """Pool the embedding output's tokens into a `sentence_embedding` output.
+
+    The embedding output is the first floating-point output (`ir/embedding.py`).
 
     A model that already has a `sentence_embedding` output is left unchanged.
 
@@ -56,21 +59,21 @@ class Pool(Pass):
             raise ValueError(f"mode {self.mode!r}: expected one of {', '.join(MODES)}")
 
     def requires(self, model: Model) -> None:
-        """The first output must be token embeddings [batch, sequence, hidden] of floats."""
+        """The embedding output must be token embeddings [batch, sequence, hidden] of floats."""
         graph = model.graph
         if _pooled(graph) is not None:
             return
         if not graph.outputs:
             raise PreconditionError("pool: the model has no outputs")
-        tokens = graph.outputs[0]
+        tokens = embedding_output(graph.outputs)
+        if not is_floating(tokens.dtype):
+            raise PreconditionError(
+                f"pool: no output is floating point (the first, {tokens.name}, is {tokens.dtype})"
+            )
         if tokens.shape is None or len(tokens.shape) != 3:
             raise PreconditionError(
-                f"pool: the first output {tokens.name} has shape {tokens.shape}; pooling needs "
-                "token embeddings [batch, sequence, hidden]"
-            )
-        if tokens.dtype is None or np.dtype(tokens.dtype).kind != "f":
-            raise PreconditionError(
-                f"pool: the first output {tokens.name} is {tokens.dtype}, not floating point"
+                f"pool: the embedding output {tokens.name} (the first floating-point output) has "
+                f"shape {tokens.shape}; pooling needs token embeddings [batch, sequence, hidden]"
             )
         if OUTPUT in graph.tensors():
             raise PreconditionError(f"pool: the graph has a tensor named {OUTPUT} already")
@@ -88,7 +91,7 @@ class Pool(Pass):
         out = model.copy()
         graph = out.graph
         builder = _Builder(graph)
-        tokens = graph.outputs[0]
+        tokens = embedding_output(graph.outputs)
         if self.mode == "cls":
             first = builder.constant("pool_first", np.array(0, np.int64))
             pooled = builder.op("Gather", [tokens, first], axis=1)

@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 
 from nlpress.ir import Model, UsageError
+from nlpress.ir.embedding import is_floating
 from nlpress.passes.calibration import MASK, pooled_cosine
 from nlpress.targets.runtime import FeedError, Session, SessionOptions, dim_limits
 
@@ -229,7 +230,7 @@ def _cosines(
     return {
         name: round(pooled_cosine([b], [a], [feeds]), 6) if a.shape == b.shape else 0.0
         for name, a, b in zip(names, ours, theirs, strict=True)
-        if np.asarray(a).dtype.kind == "f"
+        if is_floating(np.asarray(a).dtype)
     }
 
 

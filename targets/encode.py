@@ -1,16 +1,17 @@
 """Sentences in, embeddings out: tokenize, batch, pad, run and pool.
 
-Like the runtime, this module needs only numpy at import; `tokenizers` is imported when a
-tokenizer is first read. `encode` works on any session with ONNX Runtime's shape of API (an
-artifact's, or ONNX Runtime's own); `Session.encode` calls it with the artifact's tokenizer
-and manifest "encoder" entry.
+Like the runtime, this module needs only numpy (and the output rule of `ir/embedding.py`) at import;
+`tokenizers` is imported when a tokenizer is first read. `encode` works on any session with ONNX
+Runtime's shape of API (an artifact's, or ONNX Runtime's own); `Session.encode` calls it with the
+artifact's tokenizer and manifest "encoder" entry.
 
 Each batch is padded to its longest sentence where the sequence dim is symbolic, to the fixed
 length where it is static (a static batch is filled up with empty sentences); sentences are
 cut to `max_length` tokens. Sentences are batched by token count and the rows put back in the
-order given. The embedding is the artifact's pooled output where it has one, else the first
-output pooled here: mean `sum_t(h_t * m_t) / max(sum_t(m_t), 1e-9)` over the attention mask
-m, or cls `h_0`; L2-normalized as `e / max(||e||_2, 1e-12)` when asked.
+order given. The embedding is the artifact's pooled output where it has one, else the embedding
+output (the first floating-point one, `ir/embedding.py`) pooled here: mean
+`sum_t(h_t * m_t) / max(sum_t(m_t), 1e-9)` over the attention mask m, or cls `h_0`;
+L2-normalized as `e / max(||e||_2, 1e-12)` when asked.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+
+from nlpress.ir.embedding import embedding_output
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 DEFAULT_MAX_LENGTH = 128
@@ -123,7 +126,8 @@ def plan(session: Runnable, encoder: Encoder, normalize: bool | None = None) -> 
         return Plan(str(encoder.output), True, str(encoder.pooling), wanted, here)
     if not names:
         raise EncodeError("the model has no outputs to embed sentences with")
-    return Plan(names[0], False, encoder.pooling or "mean", wanted, wanted)
+    tokens = embedding_output(session.get_outputs()).name
+    return Plan(tokens, False, encoder.pooling or "mean", wanted, wanted)
 
 
 def encode(
@@ -181,15 +185,19 @@ def _embed(session: Runnable, how: Plan, feeds: Mapping[str, np.ndarray]) -> np.
     [value] = session.run([how.output], _session_feeds(session, feeds))
     value = np.asarray(value)
     if not how.in_graph:
-        value = pool(value, feeds["attention_mask"], how.pooling)
+        value = pool(value, feeds["attention_mask"], how.pooling, how.output)
     return normalized(value) if how.normalize_here else value
 
 
-def pool(tokens: np.ndarray, mask: np.ndarray, mode: str = "mean") -> np.ndarray:
-    """Token embeddings [batch, sequence, hidden] pooled to [batch, hidden] (see the module)."""
+def pool(tokens: np.ndarray, mask: np.ndarray, mode: str = "mean", output: str = "") -> np.ndarray:
+    """Token embeddings [batch, sequence, hidden] pooled to [batch, hidden] (see the module).
+
+    `output` names the model output the tokens came from, for the error.
+    """
     if tokens.ndim != 3:
+        named = f"embedding output {output} (its first floating-point output)" if output else ""
         raise EncodeError(
-            f"the model's first output has shape {list(tokens.shape)}; sentence embeddings "
+            f"the model's {named or 'output'} has shape {list(tokens.shape)}; sentence embeddings "
             "need token embeddings [batch, sequence, hidden] (or an artifact compiled with "
             "--pooling)"
         )

@@ -215,7 +215,8 @@ class Session:
 
         Tokenizes with the artifact's tokenizer.json (or `tokenizer`, a tokenizer.json file),
         runs batches of `batch_size` padded inside, and reads the artifact's pooled output, or
-        mean-pools its first output over the attention mask (`targets/encode.py`).
+        mean-pools its embedding output (the first floating-point one) over the attention mask
+        (`targets/encode.py`).
         `normalize` None L2-normalizes as the compiled pooling does; True or False decides.
 
         Raises:

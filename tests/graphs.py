@@ -123,6 +123,32 @@ def embedding(
     )
 
 
+def copied_ids_encoder(width: int = 8, vocab: int = 30522, seed: int = 0) -> Model:
+    """A toy text encoder whose first output is an int64 copy of its input, as exporters write.
+
+    Outputs: `ids` = Identity(input_ids) (int64 [batch, sequence]), then `tokens` =
+    MatMul(Relu(MatMul(Gather(table, input_ids), w)), w2) (float [batch, sequence, width]).
+    Weights `table`, `w` and `w2` are seeded by `seed`; the nodes are `copy`, `embed`,
+    `up/MatMul`, `relu` and `down/MatMul`.
+    """
+    ids = ("batch", "sequence")
+    nodes = [
+        helper.make_node("Identity", ["input_ids"], ["ids"], name="copy"),
+        helper.make_node("Gather", ["table", "input_ids"], ["rows"], name="embed"),
+        helper.make_node("MatMul", ["rows", "w"], ["h"], name="up/MatMul"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["tokens"], name="down/MatMul"),
+    ]
+    inits = [
+        initializer(name, weights(shape, seed + i))
+        for i, (name, shape) in enumerate(
+            [("table", [vocab, width]), ("w", [width, 2 * width]), ("w2", [2 * width, width])]
+        )
+    ]
+    outputs = [tensor("ids", ids, TensorProto.INT64), tensor("tokens", [*ids, width])]
+    return model(nodes, [tensor("input_ids", ids, TensorProto.INT64)], outputs, inits)
+
+
 # Weights of one FFN block: up [hidden, inner], its bias [inner], down [inner, hidden], its bias.
 FfnWeights = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 

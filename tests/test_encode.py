@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from commands import nlpress as nlpress_cli
+from graphs import copied_ids_encoder
 
 import nlpress
 from nlpress.cli import EXIT_OK, EXIT_USAGE
@@ -18,6 +19,7 @@ from nlpress.models import zoo
 from nlpress.models.text import encode as tokenize
 from nlpress.models.text import load_tokenizer
 from nlpress.targets import ArtifactError, FeedError
+from nlpress.targets.encode import Encoder, encode, plan
 
 TEXTS = [
     "nlpress compiles NLP models.",
@@ -239,3 +241,15 @@ def test_bench_compares_a_pooled_artifact_with_its_source(artifacts, capsys):
     assert source["model"] == "bert-tiny-random"
     assert sorted(source["max_abs_diff"]) == ["last_hidden_state", "pooler_output"]
     assert source["worst"] < 1e-4
+
+
+def test_encode_pools_the_float_output_after_an_integer_copy_of_the_ids():
+    m = copied_ids_encoder()
+    session, tokenizer = ort_session(m), load_tokenizer(str(zoo.get("minilm-l6").tokenizer()))
+    assert plan(session, Encoder()).output == "tokens"
+    want = []
+    for text in TEXTS:  # one sentence at a time: the mean of its tokens under the mask
+        found = tokenizer.encode(text)
+        [tokens] = session.run(["tokens"], {"input_ids": np.array([found.ids])})
+        want.append(tokens[0][np.array(found.attention_mask) == 1].mean(0))
+    np.testing.assert_allclose(encode(session, tokenizer, TEXTS), want, atol=1e-5)

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from graphs import initializer, model, tensor, weights
+from graphs import copied_ids_encoder, initializer, model, tensor, weights
 from onnx import TensorProto, helper
 
 import nlpress
@@ -115,4 +115,18 @@ def test_a_model_without_token_embeddings_says_why(tmp_path):
     calibration = Calibration(str(text), "bert-tiny-random")
     result = nlpress.optimize(pooled, "identity-elim", calibration=calibration)
     assert result.heldout is None and result.heldout_note is not None
-    assert result.heldout_note.startswith("no held-out fidelity: the model's first output has")
+    assert result.heldout_note.startswith(
+        "no held-out fidelity: the model's embedding output pooled (its first floating-point "
+        "output) has shape"
+    )
+
+
+def test_the_float_output_is_scored_after_an_integer_copy_of_the_ids(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("".join(f"{s}\n" for s in calibration_sentences()[:40]))
+    calibration = Calibration(str(text), "bert-tiny-random")
+    m = copied_ids_encoder()
+    result = nlpress.optimize(m, "quantize-insert{calibration=minmax}", calibration=calibration)
+    assert result.heldout is not None, result.heldout_note
+    assert result.heldout.sentences == len(split_heldout(calibration_sentences()[:40])[1])
+    assert 0.9 < result.heldout.min_cosine <= result.heldout.mean_cosine < 1

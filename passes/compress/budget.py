@@ -1,11 +1,11 @@
 """The budget driver: the least relaxation of a compression whose output cosine meets the budget.
 
 A lossy pass lays its compression out as a ladder of states: step 0 is the compression as planned,
-and each step up gives some of it back (one more layer kept float, one unit's sparsity halved),
-so the pooled cosine of the model's first output to the teacher's (`compress.sensitivity`) rises
+and each step up gives some of it back (one more layer kept float, one unit's sparsity halved), so
+the pooled cosine of the model's embedding output to the teacher's (`compress.sensitivity`) rises
 towards 1 at the top. The driver measures step 0; where that misses the budget it starts at the
-pass's guess, climbs while the cosine misses, then descends while the step below meets it too.
-Where the cosine rises with the step, the step found is the least that meets the budget.
+pass's guess, climbs while the cosine misses, then descends while the step below meets it too. Where
+the cosine rises with the step, the step found is the least that meets the budget.
 Whether it was met is in the stats; `nlpress.compiler.check_budgets` raises `BudgetNotMet`.
 """
 

@@ -2,8 +2,9 @@
 
 A unit (a layer, an FFN, an attention block) is compressed in a copy of the teacher with
 everything else left as it was; its loss is 1 - the pooled cosine (`calibration.pooled_cosine`)
-between that copy's first output and the teacher's on the calibration data. Allocation weighs
-units by it; budgets compare the whole compressed model the same way.
+between that copy's embedding output (its first floating-point output, `ir/embedding.py`) and
+the teacher's on the calibration data. Allocation weighs units by it; budgets compare the whole
+compressed model the same way.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nlpress.ir import Feeds, Model
-from nlpress.passes.calibration import first_outputs, output_cosine, pooled_cosine
+from nlpress.passes.calibration import embedding_outputs, output_cosine, pooled_cosine
 
 
 @dataclass
 class Fidelity:
-    """The teacher's first outputs on the calibration data, computed once, to compare against."""
+    """The teacher's embedding outputs on the calibration data, computed once, to compare with."""
 
     teacher: Model
     feeds: Sequence[Feeds]
@@ -27,20 +28,20 @@ class Fidelity:
 
     @property
     def reference(self) -> list[np.ndarray]:
-        """The teacher's first output on each calibration batch."""
+        """The teacher's embedding output on each calibration batch."""
         if self._reference is None:
-            self._reference = first_outputs(self.teacher, self.feeds)
+            self._reference = embedding_outputs(self.teacher, self.feeds)
         return self._reference
 
     def cosine(self, model: Model, batches: Sequence[int] | None = None) -> float:
-        """The pooled cosine of `model`'s first output to the teacher's (on some batches)."""
+        """The pooled cosine of `model`'s embedding output to the teacher's (on some batches)."""
         if batches is None:
             return output_cosine(model, self.reference, self.feeds)
-        outputs = first_outputs(model, [self.feeds[i] for i in batches])
+        outputs = embedding_outputs(model, [self.feeds[i] for i in batches])
         return self.outputs_cosine(outputs, batches)
 
     def outputs_cosine(self, outputs: Sequence[np.ndarray], batches: Sequence[int]) -> float:
-        """The pooled cosine of first outputs computed on `batches` to the teacher's there."""
+        """The pooled cosine of embedding outputs computed on `batches` to the teacher's there."""
         reference = [self.reference[i] for i in batches]
         return pooled_cosine(reference, outputs, [self.feeds[i] for i in batches])
 

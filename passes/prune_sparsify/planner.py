@@ -122,7 +122,7 @@ class Planner:
     def _measured_costs(self, writer: Writer, unit: Unit, limit: int, step: int) -> np.ndarray:
         """The unit's removal costs, from the output loss with it alone pruned at three levels.
 
-        The loss is 1 - the pooled cosine between the model's first output and the teacher's
+        The loss is 1 - the pooled cosine between the model's embedding output and the teacher's
         on the calibration data, measured with a quarter, half and all of `limit` removed
         (one-shot plans, rounded down to `step`), and interpolated (`interpolated_costs`).
         """
@@ -139,7 +139,7 @@ class Planner:
         return interpolated_costs(removals, losses)
 
     def output_cosine(self) -> float:
-        """The pooled cosine between the rewritten model's first output and the teacher's."""
+        """The pooled cosine between the rewritten model's embedding output and the teacher's."""
         return self._fidelity().cosine(self.work)
 
     def _fidelity(self) -> Fidelity:

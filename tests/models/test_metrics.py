@@ -2,12 +2,18 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from graphs import embedding
+from graphs import copied_ids_encoder, embedding
 
 from nlpress.ir import NlpressError
 from nlpress.ir.verify import session
 from nlpress.models import zoo
-from nlpress.models.metrics import fidelity, recall_at_1, sentence_embeddings, spearman
+from nlpress.models.metrics import (
+    fidelity,
+    recall_at_1,
+    sentence_embeddings,
+    sentence_fidelity,
+    spearman,
+)
 from nlpress.models.text import load_tokenizer
 
 
@@ -97,3 +103,31 @@ def test_embeddings_keep_text_order_and_fill_static_shapes(tokenizer):
     )
     np.testing.assert_allclose(dynamic, one_by_one, atol=1e-6)
     assert dynamic.shape == (3, 8)
+
+
+def _perturbed(m, scale=0.3):
+    """`m` with seeded noise of `scale` times its spread added to the weight `w2`."""
+    out = m.copy()
+    w2 = out.graph.tensors()["w2"]
+    noise = np.random.default_rng(5).standard_normal(w2.values.shape).astype(np.float32)
+    w2.values = w2.values + scale * w2.values.std() * noise
+    return out
+
+
+def test_sentences_are_scored_on_the_float_output_after_an_integer_copy_of_the_ids(tokenizer):
+    texts = ["a much longer sentence about the weather in spring", "hi", "a middle one"]
+    m = copied_ids_encoder()
+    same = sentence_fidelity(session(m), session(copied_ids_encoder()), tokenizer, texts)
+    assert same.mean_cosine == pytest.approx(1.0, abs=1e-6)
+    other = _perturbed(m)
+    found = sentence_fidelity(session(other), session(m), tokenizer, texts)
+    want = []
+    for text in texts:  # one sentence at a time: the mean of its tokens under the mask
+        encoded = tokenizer.encode(text)
+        ids, real = np.array([encoded.ids]), np.array(encoded.attention_mask) == 1
+        a, b = (
+            session(x).run(["tokens"], {"input_ids": ids})[0][0][real].mean(0) for x in (m, other)
+        )
+        want.append(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    assert max(want) < 1
+    np.testing.assert_allclose(found.per_sentence, want, atol=1e-5)

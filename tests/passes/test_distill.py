@@ -3,7 +3,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from graphs import initializer, model, tensor, weights
+from graphs import copied_ids_encoder, initializer, model, tensor, weights
 from onnx import helper
 
 from nlpress.compiler import Calibration, calibration_batches, optimize
@@ -213,3 +213,15 @@ def _weights(m):
         for t in m.graph.tensors().values()
         if hasattr(t, "values") and np.asarray(t.values).dtype == np.float32
     }
+
+
+def test_distillation_follows_the_float_output_after_an_integer_copy_of_the_ids():
+    teacher = copied_ids_encoder()
+    w2 = np.asarray(teacher.graph.tensors()["w2"].values)
+    noise = np.random.default_rng(3).standard_normal(w2.shape).astype(np.float32)
+    student = with_weights(teacher, {"w2": w2 + 0.5 * w2.std() * noise})
+    rng = np.random.default_rng(4)
+    feeds = [{"input_ids": rng.integers(1, 50, (4, 8)).astype(np.int64)} for _ in range(20)]
+    result = distill(student, teacher, feeds, DistillSettings(3, learning_rate=1e-2))
+    assert result.loss_before > 1e-3, "the pooled loss compares the float tokens, not the ids"
+    assert result.loss_after < result.loss_before

@@ -105,3 +105,16 @@ def test_bad_options_and_models_are_refused():
     )
     with pytest.raises(PreconditionError, match=r"token embeddings \[batch, sequence, hidden\]"):
         Pool().requires(flat)
+
+
+def test_the_float_output_is_pooled_after_an_integer_copy_of_the_ids():
+    m = graphs.copied_ids_encoder()
+    out = Pool().run(m).model
+    feeds = {"input_ids": np.arange(1, 13, dtype=np.int64).reshape(2, 6)}
+    found = run(out, feeds)
+    np.testing.assert_allclose(found["sentence_embedding"], found["tokens"].mean(1), atol=1e-6)
+    ids_only = graphs.text_model(
+        "g (int64[b, s] input_ids) => (int64[b, s] ids) { [copy] ids = Identity(input_ids) }"
+    )
+    with pytest.raises(PreconditionError, match="no output is floating point"):
+        Pool().requires(ids_only)

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
-from graphs import dense, initializer, model, tensor
+from graphs import copied_ids_encoder, dense, initializer, model, tensor
 from onnx import TensorProto, helper
 
 from nlpress.ir import Feeds, Model
@@ -488,3 +488,34 @@ def test_minilm_int8_keeps_sentence_embeddings(minilm_path):
     stats = result.records[1].stats
     assert stats["tables_quantized"] == 3  # word, position and token-type embeddings
     assert stats["model_bytes_after"] <= 0.3 * stats["model_bytes_before"]
+
+
+def _text_feeds(batches=4, batch=4, seq=SEQ, vocab=30522):
+    """Seeded token ids with a padded tail in every other row, and their attention mask."""
+    rng = np.random.default_rng(7)
+    feeds = []
+    for _ in range(batches):
+        mask = np.ones((batch, seq), np.int64)
+        mask[::2, seq // 2 :] = 0
+        ids = rng.integers(1, vocab, (batch, seq)).astype(np.int64) * mask
+        feeds.append({"input_ids": ids, "attention_mask": mask})
+    return tuple(feeds)
+
+
+def _pooled_cosine_of_tokens(a, b, feeds):
+    """The mean cosine of the `tokens` outputs of two models, mean-pooled over the mask."""
+    cosines = []
+    for batch in feeds:
+        weights = batch["attention_mask"][..., None].astype(np.float64)
+        x, y = (run(m, {"input_ids": batch["input_ids"]})["tokens"] for m in (a, b))
+        x, y = ((v * weights).sum(1) / weights.sum(1) for v in (x, y))
+        cosines.extend((x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)))
+    return float(np.mean(cosines))
+
+
+def test_the_budget_measures_the_float_output_not_an_integer_copy_before_it():
+    m, feeds = copied_ids_encoder(), _text_feeds()
+    result = QuantizeInsert(calibration="minmax", budget_cosine=0.5).run(m, feeds)
+    cosine = result.stats["budget_cosine"]
+    assert result.stats["budget_met"] == 1 and cosine < 1
+    assert cosine == pytest.approx(_pooled_cosine_of_tokens(m, result.model, feeds), abs=1e-6)
