@@ -14,10 +14,13 @@ for x86 with static shapes 1x128 and 8x128 (`nlpress.compile`, which calibrates 
 and each artifact is measured: its fidelity on the evaluation text (padded to 128, as it takes
 them), its latency beside ORT's dynamic int8 model and ORT fp32 (`compare_with_ort`: 2 threads,
 alternating runs with a settle pause, on tokenized evaluation sentences), and its model.so size
-beside the fp32 artifact's. Writes quantize.json and quantize.md into --results; models and
-artifacts go to --out.
+beside the fp32 artifact's. With `--families`, the `-p int8` model is lowered for x86 once per
+int8 kernel family this CPU can run (its own, and those of older CPUs named by `FAMILY_CPUS`),
+with symbolic shapes, and each artifact's fidelity on the evaluation text is measured: the same
+QDQ model, so any difference is the kernels'. Writes quantize.json and quantize.md into
+--results; models and artifacts go to --out.
 
-    python benchmarks/quantize.py [--only NAME ...] [--latency NAME ...] [--runs N]
+    python benchmarks/quantize.py [--only NAME ...] [--latency NAME ...] [--runs N] [--families]
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ CONFIGS: Mapping[str, str] = {
 DEFAULT = ("int8", "static-mse", "static-mse-budget0.997", "dynamic", "dynamic-budget0.997")
 ARTIFACT_SHAPES = ((1, 128), (8, 128))
 ORT_DYNAMIC = "minilm-ort-dynamic.onnx"
+# x86 CPUs whose int8 kernel families run on a newer host: None is the host itself.
+FAMILY_CPUS = (None, "znver3", "x86-64-v2")
 
 
 def main() -> None:
@@ -84,6 +89,12 @@ def main() -> None:
         help="only: compile -p int8 for arm (+dotprod) at 8x128, run it under emulation and "
         "compare it with the x86 artifact; added to the results already written",
     )
+    parser.add_argument(
+        "--families",
+        action="store_true",
+        help="only: lower -p int8 for x86 once per int8 kernel family this CPU runs and measure "
+        "each artifact's fidelity; added to the results already written",
+    )
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--out", default="benchmarks/out")
     parser.add_argument("--results", default="benchmarks/results")
@@ -91,9 +102,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out, results = Path(args.out), Path(args.results)
     tokenizer = load_tokenizer(str(zoo.get("minilm-l6").tokenizer()))
-    if args.arm:
+    if args.arm or args.families:
         report = json.loads((results / "quantize.json").read_text())
-        report["arm"] = arm_check(tokenizer, out)
+        if args.arm:
+            report["arm"] = arm_check(tokenizer, out)
+        if args.families:
+            report["families"] = families(tokenizer, out)
         write(report, results)
         return
     reference = optimize("minilm-l6", "fold,cleanup").model
@@ -248,6 +262,30 @@ def artifacts(
             write(report, results)
 
 
+def families(tokenizer: Any, out: Path) -> list[dict[str, Any]]:
+    """The `-p int8` model lowered for each CPU of `FAMILY_CPUS`, and each artifact's fidelity."""
+    import nlpress
+    from nlpress.ir import save_model
+
+    model = out / "minilm-int8.onnx"
+    if not model.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        save_model(optimize("minilm-l6", CONFIGS["int8"]).model, model)
+    reference = session(optimize("minilm-l6", "fold,cleanup").model, optimize=True)
+    rows = []
+    for cpu in FAMILY_CPUS:
+        path = out / f"x86-int8-family-{cpu or 'host'}"
+        began = time.perf_counter()
+        nlpress.compile(model, "x86", path, pipeline="fold", mcpu=cpu)
+        compiled = time.perf_counter() - began
+        code = json.loads((path / "manifest.json").read_text())["code"]
+        quality = fidelity(nlpress.load(path), reference, tokenizer).scores()
+        row = {"mcpu": code["cpu"], "compile_seconds": compiled, **code["kernels"], **quality}
+        rows.append(row)
+        log.info("%s: %s, cosine %.5f", code["cpu"], code["kernels"], quality["mean_cosine"])
+    return rows
+
+
 def arm_check(tokenizer: Any, out: Path, name: str = "int8") -> dict[str, Any]:
     """The arm (+dotprod) int8 artifact under emulation beside the x86 one, at 8x128."""
     import nlpress
@@ -333,6 +371,20 @@ def write(report: Mapping[str, Any], results: Path) -> None:
         f"load average (1, 5, 15 min) at the start: {_load(report, 'start')}; "
         f"at the end: {_load(report, 'end')}; {report.get('cpus')} CPUs.",
     ]
+    if report.get("families"):
+        lines += [
+            "",
+            "`-p int8` lowered for x86 once per int8 kernel family (symbolic shapes, run here):",
+            "",
+            "| compiled for | int8 kernels | instruction | mean cos | min cos | recall@1 (fp32) |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['mcpu']} | {r['int8']} | {r.get('int8_instruction', '-')} | "
+            f"{r['mean_cosine']:.4f} | {r['min_cosine']:.4f} | {r['recall_at_1']:.4f} "
+            f"({r['reference_recall_at_1']:.4f}) |"
+            for r in report["families"]
+        ]
     arm = report.get("arm")
     if arm:
         lines += [
