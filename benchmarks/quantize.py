@@ -374,13 +374,14 @@ def write(report: Mapping[str, Any], results: Path) -> None:
     if report.get("families"):
         lines += [
             "",
-            "`-p int8` lowered for x86 once per int8 kernel family (symbolic shapes, run here):",
+            "With `--families` (added to the tables above, which an earlier run wrote): "
+            "`-p int8` lowered for x86 once per int8 kernel family, symbolic shapes, run here:",
             "",
             "| compiled for | int8 kernels | instruction | mean cos | min cos | recall@1 (fp32) |",
             "|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {r['mcpu']} | {r['int8']} | {r.get('int8_instruction', '-')} | "
+            f"| {r['mcpu']} | {r['int8']} | {r.get('int8_instruction') or '-'} | "
             f"{r['mean_cosine']:.4f} | {r['min_cosine']:.4f} | {r['recall_at_1']:.4f} "
             f"({r['reference_recall_at_1']:.4f}) |"
             for r in report["families"]
