@@ -9,7 +9,9 @@ beta C broadcast to [n]. FFN pairs and attention blocks (`ir.blocks`) are groups
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -98,6 +100,25 @@ class Linear:
         if c.size not in (1, n) or (c.ndim == 2 and c.shape[0] != 1) or c.ndim > 2:
             return "gemm_bias_shape"
         return scaled, beta * np.broadcast_to(c.reshape(-1), (n,))
+
+
+class ReadsActivation(Protocol):
+    """A layer view with the computed tensor it reads."""
+
+    @property
+    def activation(self) -> gs.Tensor:
+        """The input x."""
+
+
+Layer = TypeVar("Layer", bound=ReadsActivation)
+
+
+def by_input(layers: Iterable[Layer]) -> list[list[Layer]]:
+    """The layers grouped by the tensor they read, groups and layers in the order given."""
+    groups: dict[int, list[Layer]] = {}
+    for layer in layers:
+        groups.setdefault(id(layer.activation), []).append(layer)
+    return list(groups.values())
 
 
 def linear_layer(graph: gs.Graph, wm: WeightedMatMul) -> Linear | str:

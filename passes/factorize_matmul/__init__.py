@@ -36,6 +36,7 @@ import onnx_graphsurgeon as gs
 
 from nlpress.ir import Feeds, Model
 from nlpress.ir.graph import WeightedMatMul, weighted_matmuls
+from nlpress.ir.linear import by_input
 from nlpress.ir.progress import steps
 from nlpress.passes.base import Pass, PassResult, PreconditionError
 from nlpress.passes.calibration import require_feeds
@@ -53,7 +54,6 @@ from nlpress.passes.factorize_matmul.edits import (
     MARK_U,
     MARK_V,
     dense_layer,
-    groups,
     input_grams,
     quantized_layer,
     rewrite,
@@ -262,7 +262,7 @@ class FactorizeMatmul(Pass):
         stats = Stats()
         names = set(out.graph.tensors())
         if self.sequential:
-            for group in steps(groups(layers), "layer groups fitted in order"):
+            for group in steps(by_input(layers), "layer groups fitted in order"):
                 (grams,) = paired_grams(out, model, [group[0].activation.name], data, flush_rows=1)
                 plans = [p for layer in group if (p := self._plan(out.graph, layer, grams, stats))]
                 self._apply(out.graph, plans, None, names, stats)

@@ -27,14 +27,6 @@ MARK_V = "/lowrank_v"
 SPARSE_SHARE = 0.25
 
 
-def groups(layers: Sequence[WeightedMatMul]) -> list[list[WeightedMatMul]]:
-    """The layers grouped by the tensor they read, in graph order."""
-    groups: dict[int, list[WeightedMatMul]] = {}
-    for layer in layers:
-        groups.setdefault(id(layer.activation), []).append(layer)
-    return list(groups.values())
-
-
 def input_grams(
     model: Model, layers: Sequence[WeightedMatMul], data: Sequence[Feeds]
 ) -> dict[int, Grams]:

@@ -28,6 +28,7 @@ import onnx_graphsurgeon as gs
 
 from nlpress.ir import Feeds, Model
 from nlpress.ir.graph import opset_version
+from nlpress.ir.linear import by_input
 from nlpress.passes.base import Pass, PassResult, PreconditionError
 from nlpress.passes.calibration import require_feeds
 from nlpress.passes.compress.options import (
@@ -48,7 +49,7 @@ from nlpress.passes.quantize_insert.layers import (
     gemm_as_matmul,
     has_qdq,
 )
-from nlpress.passes.quantize_insert.smooth import shared_input_groups, smooth_group
+from nlpress.passes.quantize_insert.smooth import smooth_group
 from nlpress.passes.quantize_insert.stats import FLOAT_KEY, recorded_float, size_stats
 from nlpress.passes.quantize_insert.writer import Plan
 from nlpress.passes.quantize_ranges import RANGE_METHODS, activation_range
@@ -196,7 +197,7 @@ class QuantizeInsert(Pass):
         self, work: Model, layers: Sequence[Layer], feeds: Sequence[Feeds]
     ) -> dict[str, float]:
         """Apply SmoothQuant to every group of weight layers sharing an input."""
-        groups = shared_input_groups([layer for layer in layers if layer.weight is not None])
+        groups = by_input([layer for layer in layers if layer.weight is not None])
         stats = collect(work, [g[0].activation for g in groups], feeds, channels=True)
         counts = {"smoothed_groups": 0.0, "smooth_folded": 0.0, "smooth_mul": 0.0}
         assert self.smooth is not None

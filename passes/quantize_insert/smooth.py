@@ -25,14 +25,6 @@ from nlpress.passes.quantize_insert.layers import Layer
 from nlpress.passes.quantize_ranges import smooth_factors
 
 
-def shared_input_groups(layers: Sequence[Layer]) -> list[list[Layer]]:
-    """The layers grouped by the tensor they read, in graph order."""
-    groups: dict[int, list[Layer]] = {}
-    for layer in layers:
-        groups.setdefault(id(layer.activation), []).append(layer)
-    return list(groups.values())
-
-
 def smooth_group(
     graph: gs.Graph, group: Sequence[Layer], channel_max: np.ndarray, alpha: float
 ) -> bool:
