@@ -14,6 +14,7 @@ import numpy as np
 
 from nlpress.ir import Feeds, Model
 from nlpress.ir.progress import steps
+from nlpress.passes.calibration import embedding_outputs
 from nlpress.passes.compress.budget import Ladder, meet_budget
 from nlpress.passes.compress.sensitivity import Fidelity
 from nlpress.passes.quantize_insert.writer import Plan
@@ -35,16 +36,22 @@ def float_layers(
     everything = frozenset(range(len(plan.layers)))
     order: list[int] = []
     stats: dict[str, float] = {}
+    quantized: list[np.ndarray] = []  # the fully quantized model's outputs, from step 0
 
     def selected(step: int) -> frozenset[int]:
         return everything - set(order[:step])
 
     def cosine(step: int) -> float:
         chosen = selected(step)
-        return 1.0 if not chosen and not plan.tables else fidelity.cosine(plan.build(chosen))
+        if not chosen and not plan.tables:
+            return 1.0  # the float model itself
+        outputs = embedding_outputs(plan.build(chosen), feeds)
+        if step == 0:
+            quantized[:] = outputs
+        return fidelity.outputs_cosine(outputs, range(len(feeds)))
 
     def guess(first: float) -> int:
-        gains = sensitivities(fidelity, plan, first)
+        gains = sensitivities(fidelity, plan, quantized)
         order.extend(sorted(gains, key=lambda i: -gains[i]))
         stats.update({f"layer.{plan.layers[i].label}.sensitivity": g for i, g in gains.items()})
         stats["sensitivity_models"] = float(len(gains))
@@ -56,11 +63,16 @@ def float_layers(
     return selected(met.step), {**met.stats(), **stats}
 
 
-def sensitivities(fidelity: Fidelity, plan: Plan, first: float) -> dict[int, float]:
-    """How much the cosine rises when each layer alone stays float, on a spread of batches."""
+def sensitivities(
+    fidelity: Fidelity, plan: Plan, quantized: Sequence[np.ndarray]
+) -> dict[int, float]:
+    """How much the cosine rises when each layer alone stays float, on a spread of batches.
+
+    `quantized` holds the fully quantized model's outputs on every batch, the base they rise from.
+    """
     few = sensitivity_batches(fidelity.feeds)
     everything = frozenset(range(len(plan.layers)))
-    base = fidelity.cosine(plan.build(everything), few)
+    base = fidelity.outputs_cosine([quantized[i] for i in few], few)
     return {
         i: fidelity.cosine(plan.build(everything - {i}), few) - base
         for i in steps(sorted(everything), "sensitivity of each layer")
