@@ -145,6 +145,16 @@ class Session:
         device_id: int = 0,
     ) -> None:
         """Load the artifact folder `path`; cuda artifacts run on GPU `device_id`."""
+        self._read(path, options)
+        check_cpu(self.manifest, self.path)
+        self._vm, self._device = _load_vm(self.path / LIBRARY, self._device_kind, device_id)
+        self.threads = configure_threads(self.options)
+        self.launcher = "tvm"
+        if self._device_kind == "cpu" and not self.options.pin:
+            self.launcher = _use_nlpress_launcher(self.path / LIBRARY, self.threads)
+
+    def _read(self, path: str | os.PathLike[str], options: SessionOptions | None) -> None:
+        """Read the manifest: the inputs, outputs and limits that feeds are checked against."""
         self.path = Path(path)
         self.options = options or SessionOptions()
         self.manifest = read_manifest(self.path)
@@ -156,14 +166,8 @@ class Session:
         }
         self._outputs = [_node_arg(v) for v in self.manifest["outputs"]]
         self._device_kind = self.manifest["target"]["device"]
-        check_cpu(self.manifest, self.path)
-        self._vm, self._device = _load_vm(self.path / LIBRARY, self._device_kind, device_id)
-        self.threads = configure_threads(self.options)
         self._lock = threading.Lock()
         self._tokenizers: dict[str, Any] = {}
-        self.launcher = "tvm"
-        if self._device_kind == "cpu" and not self.options.pin:
-            self.launcher = _use_nlpress_launcher(self.path / LIBRARY, self.threads)
 
     def get_inputs(self) -> list[NodeArg]:
         """The inputs, in the model's order."""
@@ -184,13 +188,17 @@ class Session:
         """
         wanted = self._output_indices(output_names)
         arrays = check_feeds(self._inputs, feeds, self._index_ranges, dim_limits(self.manifest))
+        with self._lock:  # TVM's virtual machine keeps one register file: one run at a time
+            return self._invoke(arrays, wanted)
+
+    def _invoke(self, arrays: Sequence[np.ndarray], wanted: Sequence[int]) -> list[np.ndarray]:
+        """Call the model's main function on checked feeds; returns the outputs `wanted`."""
         configure_threads(self.options)  # the pool of the calling thread
         import tvm
 
         args = [tvm.runtime.tensor(a, self._device) for a in arrays]
-        with self._lock:  # TVM's virtual machine keeps one register file: one run at a time
-            values = _flatten(self._vm["main"](*args))
-            return [values[i].numpy() for i in wanted]
+        values = _flatten(self._vm["main"](*args))
+        return [values[i].numpy() for i in wanted]
 
     def kernel_times(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         """One run with a clock around every kernel call (see `targets/profile.py`)."""
