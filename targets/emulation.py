@@ -193,6 +193,30 @@ def aarch64_root() -> Path:
     return root
 
 
+def python_command(
+    script: str | os.PathLike[str],
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    pythonpath: Sequence[str | os.PathLike[str]] = (),
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that run Python on the emulated aarch64 root.
+
+    Arguments as for `run_python`; for a caller that starts the process itself (a server).
+
+    Raises:
+        EmulationError: The root cannot be built.
+    """
+    root = aarch64_root()
+    source = ["-c", script] if isinstance(script, str) else [os.fspath(script)]
+    cmd = ["qemu-aarch64", "-L", str(root), str(root / "usr/bin/python3.11"), "-s", *source]
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "LD_"))}
+    paths = [*(os.fspath(p) for p in pythonpath), str(root / "site")]
+    run_env["PYTHONPATH"] = os.pathsep.join(paths)
+    run_env["PYTHONDONTWRITEBYTECODE"] = "1"  # the cached root stays as built
+    run_env.update(env or {})
+    return [*cmd, *args], run_env
+
+
 def run_python(
     script: str | os.PathLike[str],
     args: Sequence[str] = (),
@@ -219,18 +243,11 @@ def run_python(
         EmulationError: The root cannot be built, or the script failed or timed out (the message
             holds the tail of its stderr).
     """
-    root = aarch64_root()
-    source = ["-c", script] if isinstance(script, str) else [os.fspath(script)]
-    cmd = ["qemu-aarch64", "-L", str(root), str(root / "usr/bin/python3.11"), "-s", *source]
-    run_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "LD_"))}
-    paths = [*(os.fspath(p) for p in pythonpath), str(root / "site")]
-    run_env["PYTHONPATH"] = os.pathsep.join(paths)
-    run_env["PYTHONDONTWRITEBYTECODE"] = "1"  # the cached root stays as built
-    run_env.update(env or {})
+    cmd, run_env = python_command(script, args, env, pythonpath)
     start = time.perf_counter()
     try:
         proc = subprocess.run(
-            [*cmd, *args], cwd=cwd, env=run_env, capture_output=True, text=True, timeout=timeout
+            cmd, cwd=cwd, env=run_env, capture_output=True, text=True, timeout=timeout
         )
     except subprocess.TimeoutExpired as e:
         raise EmulationError(f"aarch64 python timed out after {timeout} s") from e
