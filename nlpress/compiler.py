@@ -31,6 +31,7 @@ from nlpress.models import zoo
 from nlpress.models.feeds import Session, batches_from_npz, batches_from_text
 from nlpress.models.text import calibration_sentences, load_tokenizer, read_sentences, split_heldout
 from nlpress.passes import Instrument, Pass, Pipeline, PipelineResult, parse, run_pipeline
+from nlpress.targets.remote import Board
 from nlpress.targets.runtime import FeedError, NodeArg, check_feeds
 
 log = logging.getLogger(__name__)
@@ -360,6 +361,7 @@ def compile(
     calibration: Calibration = Calibration(),
     tune: int = 0,
     tuning_records: str | os.PathLike[str] | None = None,
+    board: Board | None = None,
     pooling: str | None = None,
     normalize: bool = False,
     tokenizer: str | None = None,
@@ -368,7 +370,8 @@ def compile(
     """Optimize a model (fold first) and lower it to an artifact folder for `target`.
 
     With `tune` > 0, MetaSchedule tunes the model's kernels for that many trials first and
-    stores the records in `tuning_records`; a build with `tuning_records` reuses them.
+    stores the records in `tuning_records`; a build with `tuning_records` reuses them. With
+    `board`, the candidates are measured on the boards of its key, not on this machine.
     With `pooling` ("mean" or "cls"), the pipeline ends in `pool{mode=POOLING normalize=...}`:
     the artifact gets a `sentence_embedding` output. `tokenizer` (a zoo name or tokenizer.json;
     default the calibration's, else a zoo model's own) is copied into the artifact.
@@ -376,7 +379,7 @@ def compile(
     from nlpress import sentences, targets
     from nlpress.targets import tuning
 
-    _check_tuning(tune, tuning_records)
+    _check_tuning(tune, tuning_records, board)
     descriptor = targets.get_target(target, **target_options)
     parsed = sentences.with_pooling(starting_with_fold(parse(pipeline)), pooling, normalize)
     calibration = dataclasses.replace(calibration, tokenizer=calibration.tokenizer or tokenizer)
@@ -401,7 +404,7 @@ def compile(
     with _removed_on_failure(tuning_records if tune else None):
         if tune and tuning_records is not None:
             _require_static(result.model, {})
-            tuning.tune_model(result.model.to_onnx(), descriptor, tune, tuning_records)
+            tuning.tune_model(result.model.to_onnx(), descriptor, tune, tuning_records, board)
         from nlpress import __version__
 
         return targets.build_artifact(
@@ -415,11 +418,13 @@ def compile(
         )
 
 
-def _check_tuning(tune: int, records: str | os.PathLike[str] | None) -> None:
+def _check_tuning(tune: int, records: str | os.PathLike[str] | None, board: Board | None) -> None:
     if not isinstance(tune, int) or isinstance(tune, bool) or tune < 0:
         raise UsageError(f"--tune {tune}: give a positive number of trials")
     if tune and records is None:
         raise UsageError("--tune needs --tuning-records DIR to keep what it finds")
+    if board is not None and not tune:
+        raise UsageError("--rpc measures --tune's candidates on boards: give --tune TRIALS too")
 
 
 def _require_static(model: Model, shapes: Shapes) -> None:
@@ -455,13 +460,23 @@ def _refuse_overwrite(
 
 @contextlib.contextmanager
 def _removed_on_failure(folder: str | os.PathLike[str] | None) -> Iterator[None]:
-    """Remove `folder` if the block fails and the folder did not exist before it."""
+    """Remove the records `folder` if the block fails and it did not exist before it.
+
+    Records already measured are kept: a failure late in tuning (a board lost) costs only
+    what was not measured yet, and a later `--tune` adds to them.
+    """
+    from nlpress.targets.tuning import record_count
+
     existed = folder is None or os.path.exists(folder)
     try:
         yield
     except BaseException:
         if not existed and folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+            kept = record_count(folder)
+            if kept:
+                log.warning("kept the %d tuning records measured so far in %s", kept, folder)
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
         raise
 
 

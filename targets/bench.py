@@ -435,8 +435,7 @@ def time_kernel(func: Any, tvm_target: Any, repeat: int) -> float:
     library = tvm.compile(
         tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), tvm_target
     )
-    rng = np.random.default_rng(0)
-    args = [tvm.runtime.tensor(_random_array(rng, param)) for param in func.params]
+    args = random_args(func, tvm.cpu())
     library["main"](*args)
     times = []
     for _ in range(repeat):
@@ -444,6 +443,14 @@ def time_kernel(func: Any, tvm_target: Any, repeat: int) -> float:
         library["main"](*args)
         times.append(time.perf_counter() - began)
     return statistics.median(times) * 1e3
+
+
+def random_args(func: Any, device: Any) -> list[Any]:
+    """Seeded random tensors on `device` for a PrimFunc's parameters (0 or 1 for integers)."""
+    import tvm
+
+    rng = np.random.default_rng(0)
+    return [tvm.runtime.tensor(_random_array(rng, param), device) for param in func.params]
 
 
 def _random_array(rng: np.random.Generator, param: Any) -> np.ndarray:

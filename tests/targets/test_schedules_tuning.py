@@ -39,10 +39,11 @@ def _outputs(executable: object) -> list[np.ndarray]:
 
 def test_seeded_records_are_reused(tiny_model: Model, tmp_path: Path) -> None:
     model, target = _static(tiny_model), get_target("x86")
+    tvm_target = tuning.tuning_target(target, 2)
     kernels, _ = lower.cpu_kernels(
-        lower.import_onnx(model.to_onnx()), tuning.tuning_target(target), default_schedules=False
+        lower.import_onnx(model.to_onnx()), tvm_target, default_schedules=False
     )
-    assert tuning.seed_with_defaults(kernels, tuning.tuning_target(target), tmp_path) >= 1
+    assert tuning.seed_with_defaults(kernels, tvm_target, tmp_path) >= 1
     assert tuning.has_records(tmp_path)
     _, unscheduled = lower.cpu_kernels(
         lower.import_onnx(model.to_onnx()), lower.tvm_target(target), tmp_path,
