@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
-from nlpress import compiler
+from nlpress import cli_remote, compiler
 from nlpress.config import BuildConfig, load_config
 from nlpress.ir import (
     BudgetNotMet,
@@ -207,6 +207,7 @@ def _compile(args: argparse.Namespace) -> int:
             calibration=_calibration(args),
             tune=args.tune,
             tuning_records=args.tuning_records,
+            board=cli_remote.board(args),
             pooling=args.pooling or config.pooling,
             normalize=args.normalize or config.normalize,
             tokenizer=config.tokenizer,
@@ -257,6 +258,9 @@ def _bench(args: argparse.Namespace) -> int:
     artifact = Path(args.artifact)
     if not (artifact / "manifest.json").is_file():
         raise UsageError(f"{artifact}: bench takes an artifact folder (from nlpress compile)")
+    board = cli_remote.board(args)
+    if board is not None:
+        return _bench_on_board(args, artifact, board)
     if args.workload:
         return _bench_workload(args, artifact)
     shapes = _shapes(args)
@@ -271,6 +275,31 @@ def _bench(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return EXIT_OK
     print(_bench_report(result, args.vs_ort))
+    return EXIT_OK
+
+
+def _bench_on_board(args: argparse.Namespace, artifact: Path, board: Any) -> int:
+    """Time the artifact on a board of the key; its outputs against model.onnx here."""
+    from nlpress.targets.remote import bench_on_board
+
+    for flag, given in (("--vs-ort", args.vs_ort), ("--workload", args.workload)):
+        if given:
+            raise UsageError(f"{flag} runs here; with --rpc the artifact runs on a board")
+    result = bench_on_board(artifact, board, _shapes(args), runs=args.runs)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in result["shapes"].items())
+    print(f"board      {result['board']} ({result['servers']} servers under the key)")
+    print(f"feeds      {shapes} (seeded random token ids, attention mask all ones)")
+    print(
+        f"nlpress    {result['nlpress_ms']:.2f} ms  median of {result['runs']} runs timed on the "
+        f"board ({result['min_ms']:.2f} to {result['max_ms']:.2f}; {result['threads']} threads)"
+    )
+    print(
+        f"vs graph   {_agreement_text(result['vs_graph'])}  (the board's outputs against "
+        "model.onnx run as written in ONNX Runtime here)"
+    )
     return EXIT_OK
 
 
@@ -756,6 +785,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where tuning records are kept; a later compile reuses them",
     )
+    cli_remote.add_board_flags(p, "measure --tune's candidates")
     p.add_argument(
         "--pooling",
         choices=["mean", "cls"],
@@ -816,6 +846,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", metavar="ZOO-NAME|tokenizer.json", help="for --workload")
     p.add_argument("--runs", type=_count, default=20, help="timed runs of each (default 20)")
     _add_shape_flag(p, "dims of an input; symbolic dims default to 1 (first axis) and 128")
+    cli_remote.add_board_flags(p, "run and time the artifact")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_bench)
 
@@ -852,7 +883,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("name", metavar="NAME")
     q.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
     q.set_defaults(handler=_models_get)
-    for command in (*sub.choices.values(), *models.choices.values()):
+    remote_commands = cli_remote.add_commands(sub)
+    for command in (*sub.choices.values(), *models.choices.values(), *remote_commands):
         _add_quiet_flag(command)
     return parser
 
