@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from nlpress.ir import UsageError
-from nlpress.targets.runtime import LIBRARY, Session, _flatten, check_feeds, dim_limits
+from nlpress.targets.runtime import LIBRARY, Session, check_feeds, dim_limits
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,10 @@ class RemoteSession(Session):
         self._vm = VirtualMachine(module, self._device)
         self.threads = int(self._remote.get_function("runtime.NumThreads")())
 
+    def kernel_times(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """Not on a board: TVM's per-kernel clock runs in the process that calls the kernels."""
+        raise RemoteError("kernel times are measured by a local session (nlpress.load)")
+
     def close(self) -> None:
         """End the board session: the server is free for the next request.
 
@@ -191,10 +195,18 @@ class RemoteSession(Session):
             import tvm
 
             args = [tvm.runtime.tensor(a, self._device) for a in arrays]
-            values = _flatten(self._vm["main"](*args))
+            values = self._flatten(self._vm["main"](*args))
             return [values[i].numpy() for i in wanted]
 
         return self._on_board(call)
+
+    def _flatten(self, result: Any) -> list[Any]:
+        """The tensors of a result; a tuple stays on the board, read item by item there."""
+        if hasattr(result, "numpy"):
+            return [result]
+        size = self._remote.get_function("ffi.ArraySize")
+        item = self._remote.get_function("ffi.ArrayGetItem")
+        return [t for i in range(int(size(result))) for t in self._flatten(item(result, i))]
 
     def time(self, feeds: Mapping[str, Any], runs: int = 20, settle: float = 0.2) -> list[float]:
         """Seconds of `runs` calls timed on the board, `settle` s apart, after an untimed one."""

@@ -72,6 +72,23 @@ def test_bench_runs_each_artifact_on_a_board_of_its_key(
 
 
 @pytest.mark.slow
+def test_every_output_of_a_model_comes_back_from_the_board(
+    boards: LocalBoards, tiny_artifact: Path
+) -> None:
+    local = load(tiny_artifact)
+    feeds = {i.name: np.ones((2, 7), np.int64) for i in local.get_inputs()}
+    expected = local.run(None, feeds)
+    assert len(expected) >= 2  # token embeddings and the pooled sentence embedding
+    boards.add("outputs", threads=1)
+    with RemoteSession(tiny_artifact, boards.board("outputs")) as session:
+        got = session.run(None, feeds)
+        last = session.run([local.get_outputs()[-1].name], feeds)
+    for mine, theirs in zip(got, expected, strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(last[0], got[-1])
+
+
+@pytest.mark.slow
 def test_tuning_is_shared_by_the_boards_and_survives_losing_one(
     boards: LocalBoards, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
