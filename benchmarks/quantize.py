@@ -15,9 +15,10 @@ and each artifact is measured: its fidelity on the evaluation text (padded to 12
 them), its latency beside ORT's dynamic int8 model and ORT fp32 (`compare_with_ort`: 2 threads,
 alternating runs with a settle pause, on tokenized evaluation sentences), and its model.so size
 beside the fp32 artifact's. With `--families`, the `-p int8` model is lowered for x86 once per
-int8 kernel family this CPU can run (its own, and those of older CPUs named by `FAMILY_CPUS`),
-with symbolic shapes, and each artifact's fidelity on the evaluation text is measured: the same
-QDQ model, so any difference is the kernels'. Writes quantize.json and quantize.md into
+int8 kernel family this CPU can run (its own, and those of older CPUs named by `FAMILY_CPUS`)
+and for aarch64 once per `ARM_FAMILIES` (run on an emulated board over RPC), with symbolic
+shapes, and each artifact's fidelity on the evaluation text is measured: the same QDQ model, so
+any difference is the kernels'. Writes quantize.json and quantize.md into
 --results; models and artifacts go to --out.
 
     python benchmarks/quantize.py [--only NAME ...] [--latency NAME ...] [--runs N] [--families]
@@ -71,6 +72,8 @@ ARTIFACT_SHAPES = ((1, 128), (8, 128))
 ORT_DYNAMIC = "minilm-ort-dynamic.onnx"
 # x86 CPUs whose int8 kernel families run on a newer host: None is the host itself.
 FAMILY_CPUS = (None, "znver3", "x86-64-v2")
+# aarch64 int8 kernel families by their features (plain NEON: smull/sadalp).
+ARM_FAMILIES: tuple[tuple[str, ...], ...] = ((), ("dotprod",), ("i8mm",))
 
 
 def main() -> None:
@@ -263,9 +266,15 @@ def artifacts(
 
 
 def families(tokenizer: Any, out: Path) -> list[dict[str, Any]]:
-    """The `-p int8` model lowered for each CPU of `FAMILY_CPUS`, and each artifact's fidelity."""
+    """The `-p int8` model lowered for each kernel family, and each artifact's fidelity.
+
+    x86: once per CPU of `FAMILY_CPUS`, run here. ARM: once per `ARM_FAMILIES`, run on an
+    emulated aarch64 board over RPC; each row also gives the largest difference of a sentence's
+    cosine from the host x86 artifact's (0 where the kernels agree).
+    """
     import nlpress
     from nlpress.ir import save_model
+    from nlpress.targets.remote import LocalBoards, RemoteSession
 
     model = out / "minilm-int8.onnx"
     if not model.exists():
@@ -273,16 +282,38 @@ def families(tokenizer: Any, out: Path) -> list[dict[str, Any]]:
         save_model(optimize("minilm-l6", CONFIGS["int8"]).model, model)
     reference = session(optimize("minilm-l6", "fold,cleanup").model, optimize=True)
     rows = []
+
+    def measured(path: Path, runtime: Any, compiled: float) -> dict[str, Any]:
+        code = json.loads((path / "manifest.json").read_text())["code"]
+        quality = fidelity(runtime, reference, tokenizer)
+        row = {"mcpu": code["cpu"] or code["arch"], "compile_seconds": compiled}
+        row.update(**code["kernels"], **quality.scores(), per_sentence=quality.per_sentence)
+        host = rows[0]["per_sentence"] if rows else quality.per_sentence
+        row["max_cosine_diff_vs_host"] = float(
+            np.max(np.abs(np.subtract(host, row["per_sentence"])))
+        )
+        log.info("%s: %s, cosine %.5f", row["mcpu"], code["kernels"], row["mean_cosine"])
+        return row
+
     for cpu in FAMILY_CPUS:
         path = out / f"x86-int8-family-{cpu or 'host'}"
         began = time.perf_counter()
         nlpress.compile(model, "x86", path, pipeline="fold", mcpu=cpu)
-        compiled = time.perf_counter() - began
-        code = json.loads((path / "manifest.json").read_text())["code"]
-        quality = fidelity(nlpress.load(path), reference, tokenizer).scores()
-        row = {"mcpu": code["cpu"], "compile_seconds": compiled, **code["kernels"], **quality}
-        rows.append(row)
-        log.info("%s: %s, cosine %.5f", code["cpu"], code["kernels"], quality["mean_cosine"])
+        rows.append(measured(path, nlpress.load(path), time.perf_counter() - began))
+    with tempfile.TemporaryDirectory(prefix="boards-") as logs, LocalBoards(logs) as boards:
+        boards.add("arm", emulate=True)
+        for mattr in ARM_FAMILIES:
+            path = out / f"arm-int8-family-{'-'.join(mattr) or 'neon'}"
+            began = time.perf_counter()
+            nlpress.compile(model, "arm", path, pipeline="fold", mattr=mattr)
+            compiled = time.perf_counter() - began
+            with RemoteSession(path, boards.board("arm")) as remote:
+                row = measured(path, remote, compiled)
+            row["mcpu"] = "aarch64 " + " ".join(f"+{a}" for a in ("neon", *mattr))
+            row["ran_on"] = "an emulated aarch64 board (qemu-user) over RPC"
+            rows.append(row)
+    for row in rows:
+        row.pop("per_sentence")
     return rows
 
 
@@ -375,15 +406,18 @@ def write(report: Mapping[str, Any], results: Path) -> None:
         lines += [
             "",
             "With `--families` (added to the tables above, which an earlier run wrote): "
-            "`-p int8` lowered for x86 once per int8 kernel family, symbolic shapes, run here:",
+            "`-p int8` lowered once per int8 kernel family, symbolic shapes; x86 run here, "
+            "aarch64 on an emulated board (qemu-user) over RPC. The last column is the largest "
+            "difference of a sentence's cosine from the first row's.",
             "",
-            "| compiled for | int8 kernels | instruction | mean cos | min cos | recall@1 (fp32) |",
-            "|---|---|---|---|---|---|",
+            "| compiled for | int8 kernels | instruction | mean cos | min cos | recall@1 (fp32) "
+            "| max cos diff vs first |",
+            "|---|---|---|---|---|---|---|",
         ]
         lines += [
             f"| {r['mcpu']} | {r['int8']} | {r.get('int8_instruction') or '-'} | "
             f"{r['mean_cosine']:.4f} | {r['min_cosine']:.4f} | {r['recall_at_1']:.4f} "
-            f"({r['reference_recall_at_1']:.4f}) |"
+            f"({r['reference_recall_at_1']:.4f}) | {_num(r.get('max_cosine_diff_vs_host'), 7)} |"
             for r in report["families"]
         ]
     arm = report.get("arm")
