@@ -274,7 +274,8 @@ def families(tokenizer: Any, out: Path) -> list[dict[str, Any]]:
     """
     import nlpress
     from nlpress.ir import save_model
-    from nlpress.targets.remote import LocalBoards, RemoteSession
+    from nlpress.targets.remote import RemoteSession
+    from nlpress.targets.serving import LocalBoards
 
     model = out / "minilm-int8.onnx"
     if not model.exists():

@@ -1,6 +1,6 @@
 """Tuning over RPC: minilm-l6's x86 kernels measured by one board, then shared by two.
 
-Starts a tracker and x86 servers on 127.0.0.1 (`nlpress.targets.remote.LocalBoards`, one thread
+Starts a tracker and x86 servers on 127.0.0.1 (`nlpress.targets.serving.LocalBoards`, one thread
 each), and compiles minilm-l6 for x86 at 1x128 with `--tune TRIALS --rpc ... --key x86` twice,
 each time from empty records: first with one server under the key, then with two. Reports the
 wall time of each compile and the sessions each server served (one per measured candidate, and
@@ -28,7 +28,8 @@ import machine
 
 import nlpress
 from nlpress.targets import tuning
-from nlpress.targets.remote import LocalBoards, bench_on_board
+from nlpress.targets.remote import bench_on_board
+from nlpress.targets.serving import LocalBoards
 
 log = logging.getLogger("benchmarks.remote")
 

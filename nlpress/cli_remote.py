@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from nlpress.targets import remote
+from nlpress.targets import remote, serving
 
 EXIT_OK = 0
 
@@ -71,7 +71,7 @@ def board(args: argparse.Namespace) -> remote.Board | None:
 
 
 def _tracker(args: argparse.Namespace) -> int:
-    with remote.tracker_serving(args.host, args.port) as port:
+    with serving.tracker_serving(args.host, args.port) as port:
         print(f"RPC tracker on {args.host}:{port}; stop it with Ctrl-C", flush=True)
         while True:
             time.sleep(3600)
@@ -79,7 +79,7 @@ def _tracker(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     remote.Board.parse(args.tracker, args.key)  # one line for a malformed address
-    cmd, env = remote.serve_command(
+    cmd, env = serving.serve_command(
         args.tracker,
         args.key,
         host=args.host,

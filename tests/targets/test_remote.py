@@ -23,7 +23,8 @@ from onnx import helper
 from nlpress.cli import EXIT_OK, EXIT_USAGE, main
 from nlpress.ir import Model
 from nlpress.targets import build_artifact, emulation, get_target, load, tuning
-from nlpress.targets.remote import Board, LocalBoards, RemoteError, RemoteSession, free_port
+from nlpress.targets.remote import Board, RemoteError, RemoteSession
+from nlpress.targets.serving import LocalBoards, free_port
 
 EMULATION_SKIP = emulation.available()
 if EMULATION_SKIP is None and shutil.which("aarch64-linux-gnu-gcc") is None:
