@@ -169,7 +169,7 @@ def _fidelity(model: Model, target: Target, staging: Path) -> tuple[dict[str, An
 
     """
     if not target.runs_on_host:
-        reason = f"a {target.name} library does not run on this host"
+        reason = f"the {target.name} library does not run on this host"
         return {"checked": False, "reason": reason}, {"measured": False, "reason": reason}
     manifest = read_manifest(staging)
     sizes = _fidelity_sizes(manifest["inputs"])

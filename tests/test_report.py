@@ -151,7 +151,7 @@ def test_the_command_line_and_load_do_not_import_matplotlib() -> None:
 
 
 def test_what_was_not_measured_is_said_not_left_out() -> None:
-    reason = "a cuda library does not run on this host"
+    reason = "the cuda library does not run on this host"
     manifest = {"target": {"name": "cuda"}, "pipeline": "fold", "fidelity": {
         "tvm_vs_onnxruntime": {"checked": False, "reason": reason}}}  # fmt: skip
     page = render(manifest, {"kernels": {"measured": False, "reason": reason}})
