@@ -132,6 +132,32 @@ def test_tuning_is_shared_by_the_boards_and_survives_losing_one(
 
 
 @pytest.mark.slow
+def test_an_arm_build_is_tuned_on_an_arm_board(boards: LocalBoards, tmp_path: Path) -> None:
+    if EMULATION_SKIP is not None:
+        pytest.skip(str(EMULATION_SKIP))
+    proto = graphs.qdq_matmul(16, 64, 48)
+    onnx.save(proto, tmp_path / "q.onnx")
+    server = boards.add("arm-tune", emulate=True)
+    records, out = tmp_path / "records", tmp_path / "arm"
+    code = main(
+        [
+            *("compile", str(tmp_path / "q.onnx"), "-t", "arm", "--mattr", "+dotprod"),
+            *("--tune", "4", "--tuning-records", str(records), "-o", str(out), "-q"),
+            *("--rpc", boards.address, "--key", "arm-tune"),
+        ]
+    )
+    assert code == EXIT_OK
+    assert tuning.record_count(records) >= 4
+    assert boards.sessions(server) >= 4  # the seeds and the candidates ran on the board
+    x = np.random.default_rng(2).standard_normal((1, 16, 64)).astype(np.float32)
+    with RemoteSession(out, boards.board("arm-tune")) as session:
+        got = session.run(None, {"x": x})[0]
+    host = build_artifact(Model.from_onnx(proto), get_target("x86"), tmp_path / "x86", manifest={})
+    expected = load(host).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * float(np.abs(expected).max()))
+
+
+@pytest.mark.slow
 def test_a_key_without_servers_is_one_line(boards: LocalBoards) -> None:
     with pytest.raises(RemoteError, match=r"no server registered under key 'gpu'.*keys there"):
         Board(boards.host, boards.port, "gpu").request()
