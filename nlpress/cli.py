@@ -629,7 +629,10 @@ def _passes(args: argparse.Namespace) -> int:
 
 def _models_list(args: argparse.Namespace) -> int:
     for entry in zoo.ZOO.values():
-        print(f"{entry.name:<18} {entry.description}")
+        size = zoo.cached_bytes(entry.name)
+        cached = f"{size / 1e6:.1f} MB, cached" if size else "not exported yet"
+        print(f"{entry.name:<22} {entry.description}")
+        print(f"{'':<22} {cached}; {entry.source}")
     return EXIT_OK
 
 

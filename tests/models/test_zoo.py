@@ -46,3 +46,43 @@ def test_resolve_takes_paths_and_names(tmp_path):
     assert zoo.resolve(str(tmp_path / "x.onnx")) == (tmp_path / "x.onnx", None)
     with pytest.raises(UsageError, match="no zoo model of that name"):
         zoo.resolve("no-such-model")
+
+
+def test_paraphrase_minilm_is_the_packaged_file_unchanged(tmp_path, monkeypatch):
+    from nlpress.models import export
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    shipped = export.packaged_file(export.PARAPHRASE_PACKAGE, export.PARAPHRASE_FILE, "x")
+    path = zoo.model_path("paraphrase-minilm-l3")
+    assert file_sha256(path) == file_sha256(shipped)
+    assert zoo.cached_bytes("paraphrase-minilm-l3") == shipped.stat().st_size
+    summary = summarize(load_model(path))
+    assert round(summary["parameters"] / 1e6, 1) == 17.2
+    assert [o["dtype"] for o in summary["outputs"]] == ["int64", "int64", "float32", "float32"]
+
+
+def test_a_missing_model_package_is_one_line():
+    from nlpress.ir import NlpressError
+    from nlpress.models import export
+
+    with pytest.raises(NlpressError, match=r"^m needs the package no-such-package: pip install"):
+        export.packaged_file("no-such-package", "model.onnx", "m")
+
+
+def test_models_list_names_size_and_source(tmp_path, monkeypatch, capsys):
+    from nlpress.cli import main
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    zoo.model_path("bert-tiny-random")
+    assert main(["models", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[::2]] == list(zoo.ZOO)
+    sources = dict(zip(zoo.ZOO, lines[1::2], strict=True))
+    tiny = zoo.cached_bytes("bert-tiny-random")
+    assert sources["bert-tiny-random"].split() == [
+        f"{tiny / 1e6:.1f}",
+        "MB,",
+        "cached;",
+        *zoo.ZOO["bert-tiny-random"].source.split(),
+    ]
+    assert sources["minilm-l6"].split()[:3] == ["not", "exported", "yet;"]

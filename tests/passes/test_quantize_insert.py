@@ -490,6 +490,27 @@ def test_minilm_int8_keeps_sentence_embeddings(minilm_path):
     assert stats["model_bytes_after"] <= 0.3 * stats["model_bytes_before"]
 
 
+@pytest.mark.slow
+def test_a_second_exporter_s_four_output_model_keeps_its_embeddings():
+    """paraphrase-MiniLM-L3-v2 as its package exported it: two int64 outputs come first."""
+    import nlpress
+    from nlpress.ir.verify import session
+    from nlpress.models import zoo
+    from nlpress.models.metrics import fidelity
+    from nlpress.models.text import load_tokenizer
+
+    entry = zoo.get("paraphrase-minilm-l3")
+    tokenizer = load_tokenizer(str(entry.tokenizer()))
+    reference = session(nlpress.ir.load_model(zoo.model_path(entry.name)), optimize=True)
+    result = nlpress.optimize(entry.name, "int8")
+    check(result.model)
+    quality = fidelity(session(result.model), reference, tokenizer)
+    assert quality.mean_cosine >= 0.995
+    assert quality.recall_at_1 >= quality.reference_recall_at_1 - 0.01
+    stats = result.records[1].stats
+    assert stats["model_bytes_after"] <= 0.3 * stats["model_bytes_before"]
+
+
 def _text_feeds(batches=4, batch=4, seq=SEQ, vocab=30522):
     """Seeded token ids with a padded tail in every other row, and their attention mask."""
     rng = np.random.default_rng(7)
