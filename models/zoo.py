@@ -94,7 +94,7 @@ def model_path(name: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path, record = directory / f"{name}.onnx", directory / f"{name}.json"
     with _lock(directory / f".{name}.lock"):
-        if path.is_file() and record.is_file() and _recorded_hash(record) == file_sha256(path):
+        if _intact(path, record):
             return path
         if path.exists():
             log.warning("cached %s does not match its recorded sha256; exporting again", path)
@@ -108,9 +108,7 @@ def model_path(name: str) -> Path:
 def cached_bytes(name: str) -> int | None:
     """The size of zoo model `name`'s cached file, if it was exported and is intact."""
     path, record = cache_dir() / f"{name}.onnx", cache_dir() / f"{name}.json"
-    if path.is_file() and record.is_file() and _recorded_hash(record) == file_sha256(path):
-        return path.stat().st_size
-    return None
+    return path.stat().st_size if _intact(path, record) else None
 
 
 def resolve(model: str) -> tuple[Path, ZooModel | None]:
@@ -143,6 +141,11 @@ def _export_atomically(entry: ZooModel, path: Path) -> None:
             except Exception as exc:
                 raise NlpressError(f"exporting {entry.name} failed: {exc}") from exc
         rename_into_place(staged, path)
+
+
+def _intact(path: Path, record: Path) -> bool:
+    """Whether a cached model file is there and matches the sha256 recorded beside it."""
+    return path.is_file() and record.is_file() and _recorded_hash(record) == file_sha256(path)
 
 
 def _recorded_hash(record: Path) -> str | None:
