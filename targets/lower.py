@@ -14,7 +14,7 @@ import re
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +92,9 @@ class _NamingImporter(_importer_base()):  # type: ignore[misc]
 
     def _convert_operator(self, op_name: str, inputs: Any, attrs: Any, opset: int) -> Any:
         try:
-            if op_name == "Range" and (arange := _symbolic_arange(self.bb, inputs)) is not None:
-                return arange
+            own = _CONVERTERS.get(op_name)
+            if own is not None and (converted := own(self.bb, inputs)) is not None:
+                return converted
             return super()._convert_operator(op_name, inputs, attrs, opset)
         except Exception as exc:
             node = attrs.get("tvm_custom", {}).get("name", "?")
@@ -125,6 +126,45 @@ def _symbolic_arange(builder: Any, inputs: Any) -> Any:
         return None
     dtype = str(start.ty.dtype)
     return builder.normalize(relax.op.arange(bounds[0], limit, bounds[1], dtype))
+
+
+def _constant_expand(builder: Any, inputs: Any) -> Any:
+    """Expand(x, constant shape) where x has symbolic dims, as ONNX's bidirectional broadcast.
+
+    TVM's converter reads every dim of x as a number. An output dim is x's where the shape
+    says 1, else the shape's (x's dim is then 1 or equal to it, as ONNX requires); shapes
+    are right-aligned. None (TVM's converter) when every dim of x is a number.
+    """
+    import tvm
+    from tvm import relax
+
+    data, shape = inputs[0], inputs[1]
+    if not isinstance(shape, tvm.ir.GenericConst) or not hasattr(data.ty, "shape"):
+        return None
+    dims = list(data.ty.shape)
+    if all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+        return None
+    wanted = [int(v) for v in shape.value.numpy().reshape(-1)]
+    rank = max(len(dims), len(wanted))
+    dims = [tvm.tirx.IntImm("int64", 1)] * (rank - len(dims)) + dims
+    wanted = [1] * (rank - len(wanted)) + wanted
+    out = []
+    for dim, size in zip(dims, wanted, strict=True):
+        fixed = dim.value if isinstance(dim, tvm.tirx.IntImm) else None
+        if size in (1, -1) or size == fixed:
+            out.append(dim)
+        elif fixed in (None, 1):
+            out.append(tvm.tirx.IntImm("int64", size))
+        else:
+            raise ValueError(f"cannot expand a dim of {fixed} to {size}")
+    return builder.normalize(relax.op.broadcast_to(data, relax.ShapeExpr(out)))
+
+
+# Converters that replace TVM's for the inputs they take (None: TVM's converter runs).
+_CONVERTERS: dict[str, Callable[[Any, Any], Any]] = {
+    "Range": _symbolic_arange,
+    "Expand": _constant_expand,
+}
 
 
 def _int_scalar(value: Any) -> int | None:

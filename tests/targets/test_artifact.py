@@ -175,3 +175,44 @@ def test_token_ids_outside_the_table_are_refused(tmp_path: Path) -> None:
     for wrong in (10, -11):
         with pytest.raises(FeedError, match=f"ids: value {wrong} is out of range \\[-10, 9\\]"):
             session.run(None, {"ids": np.array([[1, wrong, 2]], dtype=np.int64)})
+
+
+def test_expand_to_a_constant_shape_keeps_symbolic_dims(tmp_path: Path) -> None:
+    """Expand(mask[batch, sequence, 1], [1, 1, 8]): the form fold leaves for a pooling mask."""
+    from onnx import TensorProto
+
+    one = helper.make_tensor("one", TensorProto.INT64, [1], [-1])
+    wide = helper.make_tensor("wide", TensorProto.INT64, [3], [1, 1, 8])
+    deeper = helper.make_tensor("deeper", TensorProto.INT64, [4], [2, 1, 1, 8])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Unsqueeze", ["mask", "one"], ["column"]),
+            helper.make_node("Cast", ["column"], ["weights"], to=TensorProto.FLOAT),
+            helper.make_node("Expand", ["weights", "wide"], ["expanded"]),
+            helper.make_node("Mul", ["tokens", "expanded"], ["masked"]),
+            helper.make_node("Expand", ["tokens", "deeper"], ["stacked"]),
+        ],
+        "expand",
+        [
+            helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["batch", "sequence", 8]),
+            helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", "sequence"]),
+        ],
+        [
+            helper.make_tensor_value_info("masked", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("stacked", TensorProto.FLOAT, None),
+        ],
+        initializer=[one, wide, deeper],
+    )
+    model = Model.from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    session = load(build_artifact(model, get_target("x86"), tmp_path / "x86", manifest={}))
+    rng = np.random.default_rng(3)
+    for batch, sequence in ((1, 5), (3, 17)):
+        feeds = {
+            "tokens": rng.standard_normal((batch, sequence, 8)).astype(np.float32),
+            "mask": (rng.random((batch, sequence)) < 0.7).astype(np.int64),
+        }
+        expected = run(model, feeds)
+        masked, stacked = session.run(None, feeds)
+        np.testing.assert_array_equal(masked, expected["masked"])
+        np.testing.assert_array_equal(stacked, expected["stacked"])
+        assert stacked.shape == (2, batch, sequence, 8)

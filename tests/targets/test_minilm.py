@@ -89,6 +89,22 @@ def test_x86_symbolic(original: Model, folded: dict[str, Model], tmp_path: Path)
         session.run(None, too_long)
 
 
+def test_x86_symbolic_four_output_export(tmp_path: Path) -> None:
+    """paraphrase-MiniLM-L3-v2 as another exporter wrote it: pooling expands the mask."""
+    import nlpress
+
+    path = zoo.model_path("paraphrase-minilm-l3")
+    session = load(nlpress.compile(str(path), "x86", tmp_path / "paraphrase"))
+    assert [i.shape for i in session.get_inputs()] == [["batch_size", "sequence_length"]] * 2
+    original = load_model(path)
+    for index, (batch, seq) in enumerate([*PAIRS, (1, 512)]):
+        feeds = _feeds(batch, seq, offset=index * 4)
+        feeds = {i.name: feeds[i.name] for i in session.get_inputs()}
+        worst = _worst(original, session.run(None, feeds), feeds)
+        log.warning("paraphrase symbolic %dx%d: max abs diff %.2e", batch, seq, worst)
+        assert worst <= TOLERANCE
+
+
 def _arm_skip() -> str | None:
     reason = emulation.available()
     if reason is None and shutil.which("aarch64-linux-gnu-gcc") is None:
