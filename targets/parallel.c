@@ -13,7 +13,15 @@
  * nlpress_parallel_launch and sets the thread count with nlpress_parallel_threads. The
  * generated code computes each task's range of the loop from its id and the task count
  * (ceil(extent / tasks) iterations each), so any task count is correct.
+ *
+ * A worker that wakes from its sleep runs where the kernel's scheduler puts it, and some
+ * schedulers pack a woken thread onto the CPU of the thread that woke it, where the two then
+ * take turns for milliseconds while another CPU idles. So a worker that joins a job on the CPU
+ * of the job's caller steps aside to another CPU of its affinity mask (Linux only).
  */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE /* sched_getcpu, CPU_SET */
+#endif
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
@@ -41,6 +49,7 @@ typedef struct {
   FTVMParallelLambda lambda;
   void* cdata;
   TVMParallelGroupEnv env;
+  int caller_cpu; /* the CPU the caller runs on, -1 where unknown */
   int next; /* the next task to take */
   int done; /* tasks finished */
   int failed;
@@ -59,12 +68,48 @@ static struct {
 } pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 1, 0, 0, 0, 0, 0};
 
 static __thread int in_job;
+static int stepped_aside; /* times a worker left its caller's CPU */
 
 static inline void relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
 #elif defined(__aarch64__)
   __asm__ __volatile__("yield");
+#endif
+}
+
+static int current_cpu(void) {
+#ifdef __linux__
+  return sched_getcpu();
+#else
+  return -1;
+#endif
+}
+
+#ifdef __linux__
+static __thread cpu_set_t allowed;  /* a worker's own affinity mask, as it started */
+static __thread int narrowed;       /* whether the worker left a caller's CPU out of it */
+#endif
+
+/* Keep the calling worker off `cpu` (moving it now if it runs there) until it next sleeps. */
+static void step_aside(int cpu) {
+#ifdef __linux__
+  cpu_set_t others = allowed;
+  if (cpu < 0 || cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &others) || CPU_COUNT(&others) < 2) return;
+  CPU_CLR(cpu, &others);
+  if (sched_setaffinity(0, sizeof others, &others) == 0) {
+    narrowed = 1;
+    ADD(stepped_aside, 1);
+  }
+#else
+  (void)cpu;
+#endif
+}
+
+/* Give a worker back the whole of its affinity mask, before it sleeps. */
+static void widen(void) {
+#ifdef __linux__
+  if (narrowed && sched_setaffinity(0, sizeof allowed, &allowed) == 0) narrowed = 0;
 #endif
 }
 
@@ -86,13 +131,20 @@ static void run_tasks(Job* job) {
 static void join_current(void) {
   ADD(pool.active, 1);
   Job* job = LOAD(pool.current);
-  if (job != 0) run_tasks(job);
+  if (job != 0) {
+    if (job->caller_cpu >= 0 && job->caller_cpu == current_cpu()) step_aside(job->caller_cpu);
+    run_tasks(job);
+  }
   ADD(pool.active, -1);
 }
 
 static void* worker(void* unused) {
   (void)unused;
   unsigned seen = LOAD(pool.generation);
+#ifdef __linux__
+  pthread_setname_np(pthread_self(), "nlpress-worker");
+  if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) CPU_ZERO(&allowed);
+#endif
   for (;;) {
     unsigned now = LOAD(pool.generation);
     for (int i = 0; now == seen && i < SPIN; ++i) {
@@ -100,6 +152,7 @@ static void* worker(void* unused) {
       now = LOAD(pool.generation);
     }
     if (now == seen) {
+      widen();
       pthread_mutex_lock(&pool.sleep_lock);
       ADD(pool.sleepers, 1);
       while ((now = LOAD(pool.generation)) == seen) {
@@ -134,6 +187,9 @@ EXPORT int nlpress_parallel_threads(int threads) {
   return pool.threads;
 }
 
+/* How many times a worker stepped off its caller's CPU since the library was loaded. */
+EXPORT int nlpress_parallel_stepped_aside(void) { return LOAD(stepped_aside); }
+
 static void wait_until(int* value, int target) {
   for (int i = 0; __atomic_load_n(value, __ATOMIC_SEQ_CST) != target; ++i) {
     if (i < SPIN) {
@@ -153,6 +209,7 @@ EXPORT int nlpress_parallel_launch(FTVMParallelLambda lambda, void* cdata, int n
   Job job = {};
   job.lambda = lambda;
   job.cdata = cdata;
+  job.caller_cpu = current_cpu();
   job.env.num_task = num_task > 0 ? num_task : pool.threads * TASKS_PER_THREAD;
   STORE(pool.current, &job);
   ADD(pool.generation, 1);

@@ -12,7 +12,9 @@ each worker to one core. A session configures the pool of the thread that runs i
 before its first kernel (`SessionOptions`): by default one thread per CPU that this process
 may use (its affinity mask, as a container or `taskset` sets it), or TVM_NUM_THREADS when the
 user set it; threads not pinned, so that a worker whose core another process takes is moved
-by the OS instead of stalling every parallel loop that waits for it.
+by the OS instead of stalling every parallel loop that waits for it. The artifact's own
+launcher (`targets/parallel.c`) runs the loops: a worker that the scheduler wakes on the CPU
+of its caller moves to another of its CPUs while the run lasts.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ PROBE = textwrap.dedent(
     session = nlpress.load(sys.argv[1], **kwargs)
     x = np.ones((2, 8), np.float32)
     session.run(None, {"x": x, "ids": np.zeros((2, 3), np.int64)})
-    import tvm
+    import time, tvm
+    time.sleep(0.1)  # idle workers sleep with their whole affinity mask
     allowed = {}
     for task in os.listdir("/proc/self/task"):
         allowed[task] = sorted(os.sched_getaffinity(int(task)))
@@ -111,6 +112,46 @@ def test_parallel_loops_run_on_the_artifacts_own_launcher(artifact: Path) -> Non
 
     assert load(artifact).launcher == "nlpress"
     assert load(artifact, pin=True).launcher == "tvm"  # pinned workers are TVM's own pool
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_a_worker_woken_on_its_callers_cpu_steps_aside(tmp_path: Path) -> None:
+    """Some schedulers put a woken worker on the CPU of the thread that woke it, where the two
+    take turns: the launcher's worker then moves itself to another CPU of its mask."""
+    import graphs
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    big = graphs.dense(["batch", 256], rng.standard_normal((256, 512)).astype(np.float32))
+    out = build_artifact(big, get_target("x86"), tmp_path / "big", manifest={})
+    first = min(os.sched_getaffinity(0))
+    script = textwrap.dedent(
+        f"""
+        import ctypes, glob, os, sys, threading, time
+        import numpy as np
+        import nlpress
+        session = nlpress.load(sys.argv[1], threads=2)
+        x = np.ones((64, 256), np.float32)
+        session.run(None, {{"x": x}})
+        (worker,) = [int(t) for t in os.listdir("/proc/self/task")
+                     if open(f"/proc/self/task/{{t}}/comm").read().strip() == "nlpress-worker"]
+        library = ctypes.CDLL(glob.glob(sys.argv[1] + "/*.so")[0], mode=os.RTLD_NOLOAD)
+        os.sched_setaffinity(0, {{{first}}})  # the caller, on the first CPU
+        time.sleep(0.1)  # the worker sleeps
+        os.sched_setaffinity(worker, {{{first}}})  # and wakes there, where the caller runs
+        for _ in range(50):  # until the worker joins a loop before the caller finishes it
+            session.run(None, {{"x": x}})
+            if library.nlpress_parallel_stepped_aside():
+                break
+        cpu = int(open(f"/proc/self/task/{{worker}}/stat").read().rsplit(")", 1)[1].split()[36])
+        print(library.nlpress_parallel_stepped_aside(), cpu)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(out)], capture_output=True, text=True, check=True
+    )
+    stepped, cpu = map(int, done.stdout.split())
+    assert stepped >= 1 and cpu != first, done.stdout
 
 
 def test_sessions_run_from_several_threads_at_once_agree(tiny_model: Model, tmp_path: Path) -> None:
