@@ -229,8 +229,8 @@ def cpu_kernels(
     from tvm import relax, tirx
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from nlpress.targets import legalize, panels, quantized, schedules
-    from nlpress.targets.schedules import int8, int8_intrinsics
+    from nlpress.targets import legalize, panels, quantized, schedules, softmax
+    from nlpress.targets.schedules import common, int8, int8_intrinsics
     from nlpress.targets.schedules.panels import panel_tile
 
     kernel = int8_intrinsics.int8_kernel(tvm_target)
@@ -247,6 +247,7 @@ def cpu_kernels(
                 ),
                 *([panels.panel_matmul_pass(tile)] if tile else []),
                 *cpu.library_dispatch_passes(tvm_target),
+                softmax.symbolic_softmax_pass(common.vector_lanes(tvm_target, 32)),
                 relax.transform.FastMathTransform(),
                 *legalize.legalize_passes(tvm_target),
             ]

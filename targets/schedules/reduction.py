@@ -22,7 +22,8 @@ class RowReduction:
         from tvm.s_tir.dlight.analysis import get_root_block
 
         sch = s_tir.Schedule(func)
-        _inline_single_use(sch)
+        in_lanes = _lane_partials(sch)
+        _inline_single_use(sch, recompute=bool(in_lanes))
         blocks = sch.get_child_blocks(get_root_block(sch))
         kinds = [_kinds(sch, b) for b in blocks]
         if not any("R" in k for k in kinds) or any(not _is_row_block(k) for k in kinds):
@@ -31,7 +32,7 @@ class RowReduction:
         work = [common.block_work(sch, b) for b in blocks]
         parallel = common.worth_parallel(None if None in work else max(w or 0 for w in work))
         lanes = common.vector_lanes(target, _dtype_bits(sch, blocks[-1]))
-        partials = [
+        partials = in_lanes + [
             name
             for block, kind in zip(blocks, kinds, strict=True)
             if "R" in kind and (name := _vector_partials(sch, block, lanes))
@@ -57,8 +58,25 @@ def _dtype_bits(sch: Any, block: Any) -> int:
     return int(writes[0].source.dtype.bits) if writes else 32
 
 
-def _inline_single_use(sch: Any) -> None:
-    """Inline spatial blocks read by one block only (more readers would recompute them)."""
+def _lane_partials(sch: Any) -> list[str]:
+    """The reductions that the compute itself writes per vector lane (`targets/softmax.py`).
+
+    They have one spatial axis more than the rows (the fewest leading spatial axes).
+    """
+    from tvm.s_tir.dlight.analysis import get_root_block
+
+    blocks = sch.get_child_blocks(get_root_block(sch))
+    leading = [(b, k, len(k) - len(k.lstrip("S"))) for b in blocks for k in [_kinds(sch, b)]]
+    rows = min(n for _, _, n in leading)
+    return [str(sch.get(b).name_hint) for b, k, n in leading if "R" in k and n > rows]
+
+
+def _inline_single_use(sch: Any, recompute: bool) -> None:
+    """Inline spatial blocks read by one block only (more readers would recompute them).
+
+    With `recompute`, also those over a row of symbolic length that vectorized reductions
+    read: kept, each row would allocate a buffer of its own.
+    """
     from tvm.s_tir.dlight.analysis import get_root_block
 
     root = get_root_block(sch)
@@ -66,11 +84,19 @@ def _inline_single_use(sch: Any) -> None:
     for block in sch.get_child_blocks(root):
         if sch.get(block) in outputs or "R" in _kinds(sch, block):
             continue
-        if len(sch.get_consumers(block)) == 1:
+        if len(sch.get_consumers(block)) == 1 or (recompute and _symbolic_row(sch, block)):
             try:
                 sch.compute_inline(block)
             except Exception:  # a block that cannot be inlined stays a block
                 continue
+
+
+def _symbolic_row(sch: Any, block: Any) -> bool:
+    """Whether the block writes a buffer whose innermost dim is not a constant."""
+    from tvm import tirx
+
+    writes = sch.get(block).writes
+    return bool(writes) and not isinstance(writes[0].source.shape[-1], tirx.IntImm)
 
 
 def _vector_partials(sch: Any, block: Any, lanes: int) -> str | None:

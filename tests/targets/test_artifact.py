@@ -216,3 +216,40 @@ def test_expand_to_a_constant_shape_keeps_symbolic_dims(tmp_path: Path) -> None:
         np.testing.assert_array_equal(masked, expected["masked"])
         np.testing.assert_array_equal(stacked, expected["stacked"])
         assert stacked.shape == (2, batch, sequence, 8)
+
+
+def test_softmax_over_a_symbolic_row_reduces_in_lanes(tmp_path: Path) -> None:
+    """Attention's masked softmax with symbolic sequence: lowered to lane partials, and exact
+    at lengths below, at and above whole vectors, with masked columns."""
+    from onnx import TensorProto
+
+    from nlpress.targets import lower
+
+    dims = ["batch", 2, "sequence", "sequence"]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["scores", "mask"], ["masked"]),
+            helper.make_node("Softmax", ["masked"], ["probs"], axis=-1),
+        ],
+        "softmax",
+        [
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, dims),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", 1, 1, "sequence"]),
+        ],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, dims)],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = Model.from_onnx(proto)
+    kernels, _ = lower.cpu_kernels(lower.import_onnx(proto), lower.tvm_target(get_target("x86")))
+    assert any("row_max_lanes" in f.script() for _, f in kernels.functions_items())
+    session = load(build_artifact(model, get_target("x86"), tmp_path / "x86", manifest={}))
+    rng = np.random.default_rng(5)
+    for batch, sequence in ((1, 1), (2, 15), (1, 16), (3, 17), (1, 40)):
+        mask = np.where(rng.random((batch, 1, 1, sequence)) < 0.3, np.finfo(np.float32).min, 0)
+        mask[..., 0] = 0  # every row keeps a column
+        feeds = {
+            "scores": rng.standard_normal((batch, 2, sequence, sequence)).astype(np.float32),
+            "mask": mask.astype(np.float32),
+        }
+        (got,) = session.run(None, feeds)
+        np.testing.assert_allclose(got, run(model, feeds)["probs"], rtol=1e-5, atol=1e-6)

@@ -19,6 +19,7 @@ from tvm.script import tirx as T
 
 from nlpress.targets import get_target, lower, schedules
 from nlpress.targets.schedules import Elementwise, Matmul, RowReduction, common, matmul
+from nlpress.targets.softmax import row_softmax
 
 HOST = lower.tvm_target(get_target("x86"))
 ARM = lower.tvm_target(get_target("arm"))
@@ -108,6 +109,12 @@ def _symbolic_softmax() -> list[te.Tensor]:
     batch, seq = te.var("batch", dtype="int64"), te.var("seq", dtype="int64")
     x = te.placeholder((batch, tvm.tirx.const(12, "int64"), seq, seq), name="x")
     return [x, topi.nn.fast_softmax(x, axis=-1)]
+
+
+def _symbolic_row_softmax(lanes: int = 16) -> list[te.Tensor]:
+    """nlpress's softmax over a symbolic row (targets/softmax.py), reduced in lane partials."""
+    x = _symbolic_softmax()[0]
+    return [x, row_softmax(x, lanes)]
 
 
 def _layer_norm(rows: int, cols: int) -> list[te.Tensor]:
@@ -210,9 +217,10 @@ def test_symbolic_matmuls_are_padded_to_whole_tiles(build: Any, target: Any) -> 
         (_symbolic_attention_scores, Matmul()),
         (_symbolic_probs_times_values, Matmul()),
         (_symbolic_softmax, RowReduction()),
+        (_symbolic_row_softmax, RowReduction()),
         (_symbolic_transpose, Elementwise()),
     ],
-    ids=["scores", "probs-values", "softmax", "transpose"],
+    ids=["scores", "probs-values", "softmax", "row-softmax", "transpose"],
 )
 def test_no_vector_lane_over_a_symbolic_extent_is_guarded(build: Any, rule: Any) -> None:
     """A guard on the lanes of a vector loop makes TVM emit the lanes one by one."""
@@ -249,6 +257,20 @@ def test_softmax(shape: tuple[int, int]) -> None:
 def test_softmax_over_a_symbolic_row(batch: int, seq: int) -> None:
     """A row of unknown length sums serially (split in vectors, compute_at drops their guard)."""
     _check(_func(_symbolic_softmax), RowReduction(), sizes={"batch": batch, "seq": seq})
+
+
+@pytest.mark.parametrize(("batch", "seq"), [(2, 40), (1, 1), (1, 15), (1, 16), (1, 17), (1, 48)])
+def test_row_softmax_is_tvms_fast_softmax(batch: int, seq: int) -> None:
+    """Lane partials and a guarded tail, scheduled, compute fast_softmax: rows shorter than a
+    vector, whole vectors with an empty tail, and both parts."""
+    sizes = {"batch": batch, "seq": seq}
+    func = _func(_symbolic_row_softmax).with_attr("global_symbol", "main")
+    sch = RowReduction().apply(func, HOST, False)
+    assert sch.mod.script().count("T.vectorized(") >= 2  # the max's and the sum's partials
+    reference = _func(_symbolic_softmax).with_attr("global_symbol", "main")
+    expected = _run(reference, tvm.IRModule({"main": reference}), sizes)[-1]
+    got = _run(func, sch.mod, sizes)[-1]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("shape", [(128, 384), (7, 40), (3, 13)])
