@@ -16,8 +16,9 @@
  *
  * A worker that wakes from its sleep runs where the kernel's scheduler puts it, and some
  * schedulers pack a woken thread onto the CPU of the thread that woke it, where the two then
- * take turns for milliseconds while another CPU idles. So a worker that joins a job on the CPU
- * of the job's caller steps aside to another CPU of its affinity mask (Linux only).
+ * take turns for milliseconds while another CPU idles. So a worker that finds itself on the
+ * CPU of the last job's caller, when it joins a job or while it spins, steps aside to another
+ * CPU of its affinity mask until it next sleeps (Linux only).
  */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
 #define _GNU_SOURCE /* sched_getcpu, CPU_SET */
@@ -42,14 +43,13 @@ typedef struct {
 } TVMParallelGroupEnv;
 typedef int (*FTVMParallelLambda)(int task_id, TVMParallelGroupEnv* penv, void* cdata);
 
-enum { MAX_THREADS = 256, TASKS_PER_THREAD = 8, SPIN = 20000 };
+enum { MAX_THREADS = 256, TASKS_PER_THREAD = 8, SPIN = 20000, CHECK_CPU = 256 };
 
 /* One parallel loop: it lives on the launching thread's stack until every thread left it. */
 typedef struct {
   FTVMParallelLambda lambda;
   void* cdata;
   TVMParallelGroupEnv env;
-  int caller_cpu; /* the CPU the caller runs on, -1 where unknown */
   int next; /* the next task to take */
   int done; /* tasks finished */
   int failed;
@@ -65,7 +65,8 @@ static struct {
   int sleepers;        /* workers waiting on `wake` */
   Job* current;      /* the job being run, NULL between jobs */
   int active;          /* workers that may be looking at `current` */
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 1, 0, 0, 0, 0, 0};
+  int caller_cpu;      /* the CPU of the last job's caller, -1 where unknown */
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 1, 0, 0, 0, 0, 0, -1};
 
 static __thread int in_job;
 static int stepped_aside; /* times a worker left its caller's CPU */
@@ -125,6 +126,13 @@ static void run_tasks(Job* job) {
   }
 }
 
+/* A worker on the CPU of the last caller steps aside: spinning or working there, it would
+ * take turns with the caller for that CPU. */
+static void keep_off_caller(void) {
+  int cpu = LOAD(pool.caller_cpu);
+  if (cpu >= 0 && cpu == current_cpu()) step_aside(cpu);
+}
+
 /* A worker joins the current job, if there is one. The launcher clears `current` and waits
  * for `active` to drop to zero before its job (on its stack) goes away, and a worker counts
  * itself active before it reads `current`, so no worker ever sees a job that is gone. */
@@ -132,7 +140,7 @@ static void join_current(void) {
   ADD(pool.active, 1);
   Job* job = LOAD(pool.current);
   if (job != 0) {
-    if (job->caller_cpu >= 0 && job->caller_cpu == current_cpu()) step_aside(job->caller_cpu);
+    keep_off_caller();
     run_tasks(job);
   }
   ADD(pool.active, -1);
@@ -149,6 +157,7 @@ static void* worker(void* unused) {
     unsigned now = LOAD(pool.generation);
     for (int i = 0; now == seen && i < SPIN; ++i) {
       relax();
+      if (i % CHECK_CPU == 0) keep_off_caller();
       now = LOAD(pool.generation);
     }
     if (now == seen) {
@@ -209,8 +218,8 @@ EXPORT int nlpress_parallel_launch(FTVMParallelLambda lambda, void* cdata, int n
   Job job = {};
   job.lambda = lambda;
   job.cdata = cdata;
-  job.caller_cpu = current_cpu();
   job.env.num_task = num_task > 0 ? num_task : pool.threads * TASKS_PER_THREAD;
+  STORE(pool.caller_cpu, current_cpu());
   STORE(pool.current, &job);
   ADD(pool.generation, 1);
   if (LOAD(pool.sleepers) > 0) {
