@@ -3,7 +3,9 @@
 Blocks must share their leading spatial axes (the rows). Each reduction is split by the vector
 width and rfactored, so that its partial results accumulate in vector lanes instead of one
 serial chain; the rows run in parallel, every block is computed per row, and the elementwise
-blocks are vectorized.
+blocks are vectorized. A row of symbolic length cannot be split so without a guard on each
+lane; the softmax over one (`targets/softmax.py`) writes its partials per lane itself, and
+here their lane axis is vectorized.
 """
 
 from __future__ import annotations
