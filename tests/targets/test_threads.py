@@ -154,6 +154,32 @@ def test_a_worker_woken_on_its_callers_cpu_steps_aside(tmp_path: Path) -> None:
     assert stepped >= 1 and cpu != first, done.stdout
 
 
+def test_an_idle_worker_sleeps(artifact: Path) -> None:
+    """Between runs a worker spins for a moment, then sleeps: an idle second costs no core."""
+    script = textwrap.dedent(
+        """
+        import os, sys, time
+        import numpy as np
+        import nlpress
+        session = nlpress.load(sys.argv[1], threads=2)
+        session.run(None, {"x": np.ones((2, 8), np.float32), "ids": np.zeros((2, 3), np.int64)})
+        def ticks(task):
+            fields = open(f"/proc/self/task/{task}/stat").read().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])
+        (worker,) = [t for t in os.listdir("/proc/self/task")
+                     if open(f"/proc/self/task/{t}/comm").read().strip() == "nlpress-worker"]
+        before = ticks(worker)
+        time.sleep(1.0)
+        print(ticks(worker) - before, os.sysconf("SC_CLK_TCK"))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(artifact)], capture_output=True, text=True, check=True
+    )
+    used, per_second = map(int, done.stdout.split())
+    assert used <= per_second // 20, done.stdout  # at most 50 ms of CPU in the idle second
+
+
 def test_sessions_run_from_several_threads_at_once_agree(tiny_model: Model, tmp_path: Path) -> None:
     """One session run from several threads (runs take turns), and one session per thread
     (they share the library's launcher: a run that finds it busy runs its loops alone)."""
