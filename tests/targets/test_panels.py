@@ -69,7 +69,7 @@ def test_symbolic_rows_are_exact_in_whole_tiles(target: Any) -> None:
 
 
 def test_each_instruction_set_has_its_panel_tile() -> None:
-    assert panel_tile(lower.tvm_target(AVX512)) == (8, 32)
+    assert panel_tile(lower.tvm_target(AVX512)) == (4, 64)
     assert panel_tile(lower.tvm_target(AVX2)) == (6, 16)
     assert panel_tile(lower.tvm_target(get_target("arm"))) is None  # the plain layout
 
