@@ -114,6 +114,18 @@ def _replacement(matched: set[Any], tile: tuple[int, int]) -> relax_match.Replac
     return replace
 
 
+# Rows of an integer tile over a symbolic row count at most: a sentence's rows are padded to
+# whole tiles, and a 4-row tile computes at most 3 of them in vain, an 8-row one up to 7.
+SYMBOLIC_INT8_ROWS = 4
+
+
+def int8_tile_rows(count: Any, rows: int) -> int:
+    """The rows of an integer tile over `count` rows: `rows`, capped for a symbolic count."""
+    from tvm import tirx
+
+    return rows if isinstance(count, (int, tirx.IntImm)) else min(rows, SYMBOLIC_INT8_ROWS)
+
+
 def whole_tiles(a: Any, rows: int) -> tuple[Any, Any] | None:
     """The rows of a[..., S, k] rounded up to whole tiles of `rows`, read with row S-1 repeated.
 

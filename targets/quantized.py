@@ -460,10 +460,10 @@ def _te_qmatmul(
     """
     from tvm import te
 
-    from nlpress.targets.panels import whole_tiles
+    from nlpress.targets.panels import int8_tile_rows, whole_tiles
 
     *lead, depth = a.shape
-    tiles = None if transposed else whole_tiles(a, rows)
+    tiles = None if transposed else whole_tiles(a, int8_tile_rows(a.shape[-2], rows))
     count, read = tiles if tiles else (lead[-1], lambda *index: a[index])
     bn, bk = (1, 1) if transposed else (int(w.shape[2]), int(w.shape[3]))
     cols = w.shape[0] * bn

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from nlpress.targets import panels
 from nlpress.targets.schedules import common, int8_intrinsics
 from nlpress.targets.schedules.int8_intrinsics import Int8Kernel
 
@@ -143,11 +144,12 @@ def _tile(sch: Any, main: Any, target: Any, kernel: Int8Kernel, block: tuple[int
 def _rows_for(sch: Any, row: Any, limit: int) -> int:
     """Rows per tile: the largest divisor of the row count up to `limit`.
 
-    A symbolic count gets `limit` when the rows are padded to whole tiles of it
-    (`panels.whole_tiles`), else one row. A tile never straddles the last row, so no tile needs
-    a bounds guard.
+    A symbolic count gets `limit`, capped by `panels.int8_tile_rows`, when the rows are padded
+    to whole tiles of it (`panels.whole_tiles`), else one row. A tile never straddles the last
+    row, so no tile needs a bounds guard.
     """
     extent = common.static_extent(sch, row)
     if extent is not None:
         return common.largest_divisor(extent, limit)
+    limit = panels.int8_tile_rows(sch.get(row).extent, limit)
     return limit if common.extent_divisible(sch, row, limit) else 1
