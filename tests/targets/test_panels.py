@@ -86,3 +86,14 @@ def test_panel_kernel_matches_onnxruntime(shape: list[int], k: int, n: int) -> N
     got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     bound = 1e-5 * float(np.abs(expected).max()) + 1e-5
     np.testing.assert_allclose(got, expected, rtol=0, atol=bound)
+
+
+def test_integer_tiles_over_a_symbolic_row_count_take_at_most_four_rows() -> None:
+    """A sentence's rows are padded to whole tiles: 4-row tiles compute at most 3 in vain."""
+    from tvm import tirx
+
+    from nlpress.targets.panels import int8_tile_rows
+
+    assert int8_tile_rows(tirx.IntImm("int64", 128), 8) == 8  # static: the table's tile
+    assert int8_tile_rows(tirx.Var("sequence", "int64"), 8) == 4
+    assert int8_tile_rows(tirx.Var("sequence", "int64"), 2) == 2
