@@ -161,7 +161,6 @@ static void* worker(void* unused) {
   (void)unused;
   unsigned seen = LOAD(pool.generation);
 #ifdef __linux__
-  pthread_setname_np(pthread_self(), "nlpress-worker");
   if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) CPU_ZERO(&allowed);
 #endif
   for (;;) {
@@ -204,6 +203,9 @@ EXPORT int nlpress_parallel_threads(int threads) {
     int failed = pthread_create(&id, &attr, worker, 0);
     pthread_attr_destroy(&attr);
     if (failed) break;
+#ifdef __linux__
+    pthread_setname_np(id, "nlpress-worker"); /* named before it first runs */
+#endif
     pool.started++;
   }
   pool.threads = pool.started + 1 < threads ? pool.started + 1 : threads;
