@@ -114,6 +114,28 @@ def test_parallel_loops_run_on_the_artifacts_own_launcher(artifact: Path) -> Non
     assert load(artifact, pin=True).launcher == "tvm"  # pinned workers are TVM's own pool
 
 
+# Prepended to the launcher scripts: the fields of a thread's /proc stat (after its name), and
+# the id of the launcher's worker, once a session has started it.
+WORKER = textwrap.dedent(
+    """
+    import os
+    def stat(task):
+        return open(f"/proc/self/task/{task}/stat").read().rsplit(")", 1)[1].split()
+    def worker_task():
+        (task,) = [int(t) for t in os.listdir("/proc/self/task")
+                   if open(f"/proc/self/task/{t}/comm").read().strip() == "nlpress-worker"]
+        return task
+    """
+)
+
+
+def run_launcher_script(script: str, artifact: Path) -> list[int]:
+    """Run `script` (after WORKER) in a fresh process on `artifact`; the ints it prints."""
+    command = [sys.executable, "-c", WORKER + textwrap.dedent(script), str(artifact)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return [int(word) for word in done.stdout.split()]
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
 def test_a_worker_woken_on_its_callers_cpu_steps_aside(tmp_path: Path) -> None:
     """Some schedulers put a woken worker on the CPU of the thread that woke it, where the two
@@ -125,16 +147,15 @@ def test_a_worker_woken_on_its_callers_cpu_steps_aside(tmp_path: Path) -> None:
     big = graphs.dense(["batch", 256], rng.standard_normal((256, 512)).astype(np.float32))
     out = build_artifact(big, get_target("x86"), tmp_path / "big", manifest={})
     first = min(os.sched_getaffinity(0))
-    script = textwrap.dedent(
+    stepped, cpu = run_launcher_script(
         f"""
-        import ctypes, glob, os, sys, threading, time
+        import ctypes, glob, sys, time
         import numpy as np
         import nlpress
         session = nlpress.load(sys.argv[1], threads=2)
         x = np.ones((64, 256), np.float32)
         session.run(None, {{"x": x}})
-        (worker,) = [int(t) for t in os.listdir("/proc/self/task")
-                     if open(f"/proc/self/task/{{t}}/comm").read().strip() == "nlpress-worker"]
+        worker = worker_task()
         library = ctypes.CDLL(glob.glob(sys.argv[1] + "/*.so")[0], mode=os.RTLD_NOLOAD)
         os.sched_setaffinity(0, {{{first}}})  # the caller, on the first CPU
         time.sleep(0.1)  # the worker sleeps
@@ -143,41 +164,31 @@ def test_a_worker_woken_on_its_callers_cpu_steps_aside(tmp_path: Path) -> None:
             session.run(None, {{"x": x}})
             if library.nlpress_parallel_stepped_aside():
                 break
-        cpu = int(open(f"/proc/self/task/{{worker}}/stat").read().rsplit(")", 1)[1].split()[36])
-        print(library.nlpress_parallel_stepped_aside(), cpu)
-        """
+        print(library.nlpress_parallel_stepped_aside(), stat(worker)[36])  # field 39: its CPU
+        """,
+        out,
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(out)], capture_output=True, text=True, check=True
-    )
-    stepped, cpu = map(int, done.stdout.split())
-    assert stepped >= 1 and cpu != first, done.stdout
+    assert stepped >= 1 and cpu != first, (stepped, cpu)
 
 
 def test_an_idle_worker_sleeps(artifact: Path) -> None:
     """Between runs a worker spins for a moment, then sleeps: an idle second costs no core."""
-    script = textwrap.dedent(
+    used, per_second = run_launcher_script(
         """
-        import os, sys, time
+        import sys, time
         import numpy as np
         import nlpress
         session = nlpress.load(sys.argv[1], threads=2)
         session.run(None, {"x": np.ones((2, 8), np.float32), "ids": np.zeros((2, 3), np.int64)})
-        def ticks(task):
-            fields = open(f"/proc/self/task/{task}/stat").read().rsplit(")", 1)[1].split()
-            return int(fields[11]) + int(fields[12])
-        (worker,) = [t for t in os.listdir("/proc/self/task")
-                     if open(f"/proc/self/task/{t}/comm").read().strip() == "nlpress-worker"]
-        before = ticks(worker)
+        def ticks(task):  # user and system time
+            return int(stat(task)[11]) + int(stat(task)[12])
+        before = ticks(worker_task())
         time.sleep(1.0)
-        print(ticks(worker) - before, os.sysconf("SC_CLK_TCK"))
-        """
+        print(ticks(worker_task()) - before, os.sysconf("SC_CLK_TCK"))
+        """,
+        artifact,
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(artifact)], capture_output=True, text=True, check=True
-    )
-    used, per_second = map(int, done.stdout.split())
-    assert used <= per_second // 20, done.stdout  # at most 50 ms of CPU in the idle second
+    assert used <= per_second // 20, (used, per_second)  # at most 50 ms of CPU in that second
 
 
 def test_sessions_run_from_several_threads_at_once_agree(tiny_model: Model, tmp_path: Path) -> None:
