@@ -2,7 +2,8 @@
 
 Sentence embeddings are mean-pooled token embeddings over the attention mask, L2-normalized, as
 sentence-transformers computes them for all-MiniLM-L6-v2. The token embeddings are the model's
-embedding output: its first floating-point output (`ir/embedding.py`).
+embedding output: the one the caller names, else the one `ir/embedding.py` chooses. An embedding
+output that is already pooled ([batch, hidden]) is only normalized.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from nlpress.ir import NlpressError
-from nlpress.ir.embedding import embedding_output
+from nlpress.ir.embedding import embedding_of
 from nlpress.models.feeds import Session, inputs_of, static_dims, text_feeds
 from nlpress.models.text import evaluation_pairs
 
@@ -78,15 +79,16 @@ def sentence_embeddings(
     texts: Sequence[str],
     max_length: int = 128,
     batch_size: int = 32,
+    embedding: str | None = None,
 ) -> np.ndarray:
-    """L2-normalized mean-pooled embeddings of the embedding output, one row per text.
+    """L2-normalized mean-pooled embeddings of the `embedding` output, one row per text.
 
     A session whose inputs have static batch or sequence dims is fed batches of exactly that
     shape (padded with empty texts and to the static length); the attention mask must be one of
     its inputs.
     """
     batch = static_dims(session)[0] or batch_size
-    name = embedding_output(session.get_outputs()).name
+    name = embedding_of(session, embedding).name
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # batches of like lengths
     rows: dict[int, np.ndarray] = {}
     for start in range(0, len(texts), batch):
@@ -104,21 +106,26 @@ def paired_embeddings(
     tokenizer: Tokenizer,
     texts: Sequence[str],
     max_length: int = 128,
+    embedding: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Both models' embeddings of `texts`, refused before any text runs when their widths differ."""
-    _same_widths(output_width(candidate, tokenizer), output_width(reference, tokenizer))
-    cand = sentence_embeddings(candidate, tokenizer, texts, max_length)
-    ref = sentence_embeddings(reference, tokenizer, texts, max_length)
+    """Both models' embeddings of `texts`, refused before any text runs when their widths differ.
+
+    `embedding` names the output to read in both; by default each model's own (`embedding_of`).
+    """
+    widths = (output_width(s, tokenizer, embedding) for s in (candidate, reference))
+    _same_widths(*widths)
+    cand = sentence_embeddings(candidate, tokenizer, texts, max_length, embedding=embedding)
+    ref = sentence_embeddings(reference, tokenizer, texts, max_length, embedding=embedding)
     _same_widths(cand.shape[1], ref.shape[1])
     return cand, ref
 
 
-def output_width(session: Session, tokenizer: Tokenizer) -> int:
-    """The embedding output's width: declared as [batch, sequence, W], else one text's."""
-    shape = list(embedding_output(session.get_outputs()).shape or [])
-    if len(shape) == 3 and isinstance(shape[2], int):
-        return shape[2]
-    return int(sentence_embeddings(session, tokenizer, [""]).shape[1])
+def output_width(session: Session, tokenizer: Tokenizer, embedding: str | None = None) -> int:
+    """The embedding output's width: declared as [batch, (sequence,) W], else one text's."""
+    shape = list(embedding_of(session, embedding).shape or [])
+    if len(shape) in (2, 3) and isinstance(shape[-1], int):
+        return shape[-1]
+    return int(sentence_embeddings(session, tokenizer, [""], embedding=embedding).shape[1])
 
 
 def _same_widths(candidate: int, reference: int) -> None:
@@ -136,9 +143,10 @@ def sentence_fidelity(
     tokenizer: Tokenizer,
     sentences: Sequence[str],
     max_length: int = 128,
+    embedding: str | None = None,
 ) -> Fidelity:
     """Compare two models on sentences: the cosine of each sentence's two embeddings."""
-    cand, ref = paired_embeddings(candidate, reference, tokenizer, sentences, max_length)
+    cand, ref = paired_embeddings(candidate, reference, tokenizer, sentences, max_length, embedding)
     return _scored(np.sum(cand * ref, axis=1), None)
 
 
@@ -148,11 +156,12 @@ def fidelity(
     tokenizer: Tokenizer,
     max_length: int = 128,
     pairs: Sequence[tuple[str, str]] | None = None,
+    embedding: str | None = None,
 ) -> Fidelity:
     """Compare two models on paraphrase pairs (the evaluation pairs unless given)."""
     pairs = evaluation_pairs() if pairs is None else pairs
     texts = [a for a, _ in pairs] + [b for _, b in pairs]
-    cand, ref = paired_embeddings(candidate, reference, tokenizer, texts, max_length)
+    cand, ref = paired_embeddings(candidate, reference, tokenizer, texts, max_length, embedding)
     retrieval = (
         recall_at_1(cand, len(pairs)),
         recall_at_1(ref, len(pairs)),
@@ -207,16 +216,21 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 def mean_pool(tokens: np.ndarray, mask: np.ndarray, output: str = "") -> np.ndarray:
     """L2-normalized mean of the token embeddings over the attention mask, one row per sentence.
 
-    `output` names the model output the tokens came from, for the error.
+    Embeddings pooled already ([batch, hidden]) are only normalized. `output` names the model
+    output the tokens came from, for the error.
     """
-    if tokens.ndim != 3:
-        named = f"embedding output {output} (its first floating-point output)" if output else ""
+    if tokens.ndim == 2:
+        pooled = tokens.astype(np.float64)
+    elif tokens.ndim == 3:
+        weights = mask[..., None].astype(np.float64)
+        summed = (tokens.astype(np.float64) * weights).sum(axis=1)
+        pooled = summed / np.maximum(weights.sum(1), 1e-9)
+    else:
         raise NlpressError(
-            f"the model's {named or 'output'} has shape {list(tokens.shape)}; "
-            "sentence embeddings need token embeddings [batch, sequence, hidden]"
+            f"the model's {f'embedding output {output}' if output else 'output'} has shape "
+            f"{list(tokens.shape)}; sentence embeddings need token embeddings "
+            "[batch, sequence, hidden] or pooled ones [batch, hidden]"
         )
-    weights = mask[..., None].astype(np.float64)
-    pooled = (tokens.astype(np.float64) * weights).sum(axis=1) / np.maximum(weights.sum(1), 1e-9)
     norms = np.linalg.norm(pooled, axis=1, keepdims=True)
     normalized: np.ndarray = pooled / np.maximum(norms, 1e-12)
     return normalized

@@ -150,7 +150,9 @@ def _settings(args: argparse.Namespace, *names: str) -> tuple[BuildConfig, list[
 
 
 def _opt(args: argparse.Namespace) -> int:
-    config, (model, pipeline, output) = _settings(args, "model", "pipeline", "output")
+    config, (model, pipeline, output, embedding) = _settings(
+        args, "model", "pipeline", "output", "embedding"
+    )
     if not (model and pipeline and output):
         raise UsageError("opt needs MODEL, -p PIPELINE and -o OUT.onnx (flags or build file)")
     inputs = [_model_file(model), *_input_files(args)]
@@ -163,7 +165,13 @@ def _opt(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     with _progress(args):
         result = compiler.optimize(
-            model, pipeline, shapes, instruments, _calibration(args), report=args.report
+            model,
+            pipeline,
+            shapes,
+            instruments,
+            _calibration(args),
+            report=args.report,
+            embedding=embedding,
         )
         save_model(result.model, output)
     if timer:
@@ -211,6 +219,7 @@ def _compile(args: argparse.Namespace) -> int:
             pooling=args.pooling or config.pooling,
             normalize=args.normalize or config.normalize,
             tokenizer=config.tokenizer,
+            embedding=args.embedding or config.embedding,
             **{k: v for k, v in options.items() if v},
         )
     if timer:
@@ -588,14 +597,16 @@ def _eval(args: argparse.Namespace) -> int:
     if all(isinstance(t, str) for t in text):
         sentences = [t for t in text if isinstance(t, str)]
         _say_cut(flag, token_counts(tokenizer, sentences), longest, static, lines)
-        result = sentence_fidelity(candidate, reference, tokenizer, sentences, longest)
+        result = sentence_fidelity(
+            candidate, reference, tokenizer, sentences, longest, args.embedding
+        )
     else:
         pairs = [t for t in text if isinstance(t, tuple)]
         firsts = token_counts(tokenizer, [a for a, _ in pairs])
         seconds = token_counts(tokenizer, [b for _, b in pairs])
         counts = [max(a, b) for a, b in zip(firsts, seconds, strict=True)]
         _say_cut(flag, counts, longest, static, lines)
-        result = fidelity(candidate, reference, tokenizer, longest, pairs)
+        result = fidelity(candidate, reference, tokenizer, longest, pairs, args.embedding)
     _print_fidelity(args.text or "evaluation text", result, args.json)
     return EXIT_OK
 
@@ -722,6 +733,15 @@ def _add_shape_flag(p: argparse.ArgumentParser, help_text: str) -> None:
     )
 
 
+def _add_embedding_flag(p: argparse.ArgumentParser, purpose: str) -> None:
+    p.add_argument(
+        "--embedding",
+        metavar="NAME",
+        help=f"{purpose} (default: the one float output shaped [batch, sequence, hidden], "
+        "else [batch, hidden])",
+    )
+
+
 def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
     _add_shape_flag(p, "fix an input's dims for every pass and the lowering (repeatable)")
     p.add_argument("--config", metavar="FILE", help="a TOML build file ([build] table)")
@@ -741,6 +761,7 @@ def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
         metavar="FEEDS.npz",
         help="calibration feeds: input arrays sharing their first (batch) axis",
     )
+    _add_embedding_flag(p, "the output that budgets and fidelity measure; recorded in the result")
     p.add_argument("--dump-ir", metavar="DIR", help="write a text dump and a diff per pass")
     p.add_argument("--time-passes", action="store_true", help="print each pass's time")
     p.add_argument(
@@ -792,7 +813,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pooling",
         choices=["mean", "cls"],
-        help="add a sentence_embedding output pooled from the first float output's tokens",
+        help="add a sentence_embedding output pooled from the embedding output's tokens",
     )
     p.add_argument(
         "--normalize", action="store_true", help="L2-normalize the pooled sentence_embedding"
@@ -872,6 +893,7 @@ def _parser() -> argparse.ArgumentParser:
         help="sentences one per line, or tab-separated pairs (default: the evaluation pairs)",
     )
     p.add_argument("--tokenizer", metavar="ZOO-NAME|tokenizer.json")
+    _add_embedding_flag(p, "the output compared in both models")
     p.add_argument("--json", action="store_true", help="also per-sentence cosines")
     p.set_defaults(handler=_eval)
 

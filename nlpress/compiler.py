@@ -25,6 +25,7 @@ from nlpress.ir import (
     load_model,
     verify,
 )
+from nlpress.ir.embedding import KEY, embedding_output
 from nlpress.ir.interface import dim_limits, graph_inputs, index_ranges, value_entry
 from nlpress.ir.staging import check_writable, refuse_overwrite
 from nlpress.models import zoo
@@ -194,11 +195,15 @@ def starting_with_fold(pipeline: Pipeline) -> Pipeline:
 
 
 def _prepare(
-    model: ModelLike, pipeline: Pipeline, shapes: Shapes, calibration: Calibration
+    model: ModelLike,
+    pipeline: Pipeline,
+    shapes: Shapes,
+    calibration: Calibration,
+    embedding: str | None = None,
 ) -> tuple[Source, Pipeline, tuple[Feeds, ...]]:
-    """The resolved model, the pipeline given `shapes`, and the batches its passes calibrate on."""
+    """The model (declaring its `embedding` output), the pipeline, and the calibration batches."""
     pipeline = with_shapes(pipeline, shapes)
-    source = resolve_model(model)
+    source = with_embedding(resolve_model(model), embedding)
     check_shapes(source.model, shapes)
     if not any(p.needs_calibration for p in pipeline):
         if calibration.feeds or calibration.batches:
@@ -214,6 +219,15 @@ def _prepare(
         origin = "calibration batches" if calibration.batches else str(calibration.feeds)
         check_calibration_feeds(origin, source.model, feeds, shapes)
     return source, pipeline, feeds
+
+
+def with_embedding(source: Source, name: str | None) -> Source:
+    """The source, its model declaring output `name` its embedding (`ir/embedding.py`)."""
+    if name is None:
+        return source
+    embedding_output(source.model.graph.outputs, name)  # a floating-point output of that name
+    declared = dataclasses.replace(source.model, metadata={**source.model.metadata, KEY: name})
+    return dataclasses.replace(source, model=declared)
 
 
 def check_shapes(model: Model, shapes: Shapes) -> None:
@@ -330,15 +344,17 @@ def optimize(
     instruments: Sequence[Instrument] = (),
     calibration: Calibration = Calibration(),
     report: str | os.PathLike[str] | None = None,
+    embedding: str | None = None,
 ) -> OptimizeResult:
     """Run a pipeline (text, named, or parsed) on a model path, zoo name or IR model.
 
     Where calibration text is available, the result holds the rewritten model's fidelity to
     the source on the text's held-out sentences. With `report`, also write an HTML page of the
-    run there (see `targets/report_html.py`).
+    run there (see `targets/report_html.py`). `embedding` names the output that budgets and
+    fidelity measure (default: the one `ir/embedding.py` chooses); the result declares it.
     """
     parsed = parse(pipeline) if isinstance(pipeline, str) else pipeline
-    source, parsed, feeds = _prepare(model, parsed, shapes or {}, calibration)
+    source, parsed, feeds = _prepare(model, parsed, shapes or {}, calibration, embedding)
     held, note = heldout_text(source, calibration)
     result = run_pipeline(source.model, parsed, instruments, feeds)
     check_budgets(parsed, result)
@@ -365,6 +381,7 @@ def compile(
     pooling: str | None = None,
     normalize: bool = False,
     tokenizer: str | None = None,
+    embedding: str | None = None,
     **target_options: Any,
 ) -> Path:
     """Optimize a model (fold first) and lower it to an artifact folder for `target`.
@@ -374,7 +391,8 @@ def compile(
     `board`, the candidates are measured on the boards of its key, not on this machine.
     With `pooling` ("mean" or "cls"), the pipeline ends in `pool{mode=POOLING normalize=...}`:
     the artifact gets a `sentence_embedding` output. `tokenizer` (a zoo name or tokenizer.json;
-    default the calibration's, else a zoo model's own) is copied into the artifact.
+    default the calibration's, else a zoo model's own) is copied into the artifact. `embedding`
+    names the output that budgets, fidelity and `encode` read (as in `optimize`).
     """
     from nlpress import sentences, targets
     from nlpress.targets import tuning
@@ -386,7 +404,7 @@ def compile(
     _refuse_overwrite(output, model, calibration, tuning_records)
     check_writable(output, folder=True)
     targets.check_replaceable(Path(output))
-    source, parsed, feeds = _prepare(model, parsed, shapes or {}, calibration)
+    source, parsed, feeds = _prepare(model, parsed, shapes or {}, calibration, embedding)
     if tune:
         _require_static(source.model, shapes or {})
     carried = sentences.checked_tokenizer(
@@ -519,6 +537,10 @@ class CheckedSession:
     def get_outputs(self) -> Sequence[Any]:
         """The outputs, as ONNX Runtime describes them."""
         return list(self._session.get_outputs())
+
+    def get_modelmeta(self) -> Any:
+        """The model's metadata, as ONNX Runtime describes it."""
+        return self._session.get_modelmeta()
 
     def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, Any]) -> list[Any]:
         """Check the feeds, then run; outputs as ONNX Runtime returns them."""

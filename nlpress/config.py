@@ -8,6 +8,7 @@
     mcpu = "znver4"
     pooling = "mean"
     normalize = true
+    embedding = "last_hidden_state"
 
     [build.shape]
     input_ids = "1x128"
@@ -41,6 +42,7 @@ class BuildConfig:
     pooling: str | None = None
     normalize: bool = False
     tokenizer: str | None = None
+    embedding: str | None = None
     shape: dict[str, tuple[int | str, ...]] = field(default_factory=dict)
 
 

@@ -2,7 +2,7 @@
 
 A calibration text is split by `split_heldout`; the source and the rewritten model both run in
 ONNX Runtime on the held-out sentences, and each sentence scores the cosine of the two models'
-mean-pooled embedding outputs, their first floating-point outputs (as `eval` scores sentences).
+mean-pooled embedding outputs (`ir/embedding.py`, as `eval` scores sentences).
 """
 
 from __future__ import annotations
@@ -109,8 +109,8 @@ def score(source: Model, rewritten: Model, text: HeldOutText) -> HeldOut:
     `text.max_length`, the same for both models.
 
     Raises:
-        NlpressError: A model cannot run on the sentences, or its embedding output (the first
-            floating-point one) is not token embeddings, in one line.
+        NlpressError: A model cannot run on the sentences, or has no embedding output
+            (`ir/embedding.py`), in one line.
 
     """
     candidate, reference = session(rewritten, optimize=True), session(source, optimize=True)

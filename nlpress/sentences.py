@@ -6,7 +6,7 @@ An artifact of a text model records how `Session.encode` turns sentences into em
                 "tokenizer": "tokenizer.json", "max_length": 512}
 
 `pooling` and `output` are None when no pool pass ran (encode then mean-pools the embedding output,
-the first floating-point one, itself), `tokenizer` is None when the artifact carries none, and
+`ir/embedding.py`, itself), `tokenizer` is None when the artifact carries none, and
 `max_length` is the longest text in tokens the model takes: its static sequence length, else the
 largest its position table allows, else the zoo model's limit or 128.
 """

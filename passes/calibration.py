@@ -16,7 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from nlpress.ir import Feeds, Model
-from nlpress.ir.embedding import embedding_output
+from nlpress.ir.embedding import embedding_of
 from nlpress.ir.progress import steps
 from nlpress.ir.verify import session
 from nlpress.passes.base import PreconditionError
@@ -145,10 +145,10 @@ def _pooled(value: np.ndarray, batch: Feeds) -> np.ndarray:
 def embedding_outputs(model: Model, feeds: Sequence[Feeds]) -> list[np.ndarray]:
     """The model's embedding output on each batch, in ONNX Runtime with its graph optimizations.
 
-    The embedding is the first floating-point output (`ir/embedding.py`).
+    The embedding is the output `ir/embedding.py` chooses.
     """
+    name = embedding_of(model).name
     sess = session(model, optimize=True)
-    name = embedding_output(sess.get_outputs()).name
     wanted = {i.name for i in sess.get_inputs()}
     return [
         np.asarray(sess.run([name], {k: v for k, v in batch.items() if k in wanted})[0])

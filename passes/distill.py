@@ -7,7 +7,7 @@ differ from the teacher's, or are new) end to end, through the whole graph (`Tor
     loss = 1 - mean over sequences of cos(pool(s_out(x)), pool(t_out(x)))
            + w * mean over hidden states h of ||s_h(x) - t_h(x)||^2 / ||t_h(x)||^2
 
-The first term compares the embedding output (the first floating-point output, `ir/embedding.py`)
+The first term compares the embedding output (`ir/embedding.py`)
 mean-pooled over real tokens (attention mask 1), the sentence embedding that the lossy passes'
 budgets compare (`calibration.pooled_cosine`). The second matches, token by token, every
 LayerNormalization output that student and teacher share (a transformer block's hidden states), as
@@ -38,7 +38,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from nlpress.ir import Feeds, Model
-from nlpress.ir.embedding import embedding_output
+from nlpress.ir.embedding import embedding_of
 from nlpress.ir.progress import steps
 from nlpress.passes.calibration import MASK
 from nlpress.passes.torch_graph import Tensor, TorchGraph, require_torch
@@ -99,7 +99,7 @@ def distill(
     rng = np.random.default_rng(settings.seed)
     _torch().manual_seed(settings.seed)
     trainable = rewritten_initializers(student, teacher)
-    outputs = [embedding_output(student.graph.outputs).name, *hidden_states(student, teacher)]
+    outputs = [embedding_of(student).name, *hidden_states(student, teacher)]
     net = TorchGraph(student, trainable, outputs)
     reference = TorchGraph(teacher, (), outputs)
     train, held_out = _split(feeds, rng)

@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 from onnx import helper
 
 from nlpress.ir import Feeds, Model
-from nlpress.ir.embedding import embedding_output, is_floating
+from nlpress.ir.embedding import EmbeddingOutputError, embedding_of
 from nlpress.ir.graph import fresh_name, opset_version
 from nlpress.passes.base import Pass, PassResult, PreconditionError
 
@@ -38,7 +38,7 @@ _AXES_INPUT_SINCE = {"ReduceSum": 13, "ReduceMean": 18, "Unsqueeze": 13}
 class Pool(Pass):
     """Pool the embedding output's tokens into a `sentence_embedding` output.
 
-    The embedding output is the first floating-point output (`ir/embedding.py`).
+    The embedding output is the one `ir/embedding.py` chooses.
 
     A model that already has a `sentence_embedding` output is left unchanged.
 
@@ -65,15 +65,14 @@ class Pool(Pass):
             return
         if not graph.outputs:
             raise PreconditionError("pool: the model has no outputs")
-        tokens = embedding_output(graph.outputs)
-        if not is_floating(tokens.dtype):
-            raise PreconditionError(
-                f"pool: no output is floating point (the first, {tokens.name}, is {tokens.dtype})"
-            )
+        try:
+            tokens = embedding_of(model)
+        except EmbeddingOutputError as exc:
+            raise PreconditionError(f"pool: {exc}") from exc
         if tokens.shape is None or len(tokens.shape) != 3:
             raise PreconditionError(
-                f"pool: the embedding output {tokens.name} (the first floating-point output) has "
-                f"shape {tokens.shape}; pooling needs token embeddings [batch, sequence, hidden]"
+                f"pool: the embedding output {tokens.name} has shape {tokens.shape}; pooling "
+                "needs token embeddings [batch, sequence, hidden]"
             )
         if OUTPUT in graph.tensors():
             raise PreconditionError(f"pool: the graph has a tensor named {OUTPUT} already")
@@ -91,7 +90,7 @@ class Pool(Pass):
         out = model.copy()
         graph = out.graph
         builder = _Builder(graph)
-        tokens = embedding_output(graph.outputs)
+        tokens = embedding_of(out)
         if self.mode == "cls":
             first = builder.constant("pool_first", np.array(0, np.int64))
             pooled = builder.op("Gather", [tokens, first], axis=1)

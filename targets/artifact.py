@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from nlpress.ir import Model, UsageError, save_model
+from nlpress.ir import Model, UsageError, embedding, save_model
 from nlpress.ir.interface import dim_limits, input_entries, value_entry
 from nlpress.ir.progress import step
 from nlpress.ir.staging import replace_dir, staging_dir, umask
@@ -137,6 +137,7 @@ def _manifest(
     import tvm
 
     proto = model.to_onnx()
+    outputs = [value_entry(v) for v in proto.graph.output]
     fields: dict[str, Any] = dict(caller)
     fields.update(
         {
@@ -146,7 +147,8 @@ def _manifest(
             "target": target.describe(),
             "code": isa.kernel_facts(lower.tvm_target(target)),
             "inputs": input_entries(proto),
-            "outputs": [value_entry(v) for v in proto.graph.output],
+            "outputs": outputs,
+            "metadata": embedding.recorded(model.metadata, outputs),
             "dim_limits": {k: v.as_dict() for k, v in dim_limits(model.graph).items()},
             "files": {
                 "library": LIBRARY,

@@ -9,7 +9,7 @@ Each batch is padded to its longest sentence where the sequence dim is symbolic,
 length where it is static (a static batch is filled up with empty sentences); sentences are
 cut to `max_length` tokens. Sentences are batched by token count and the rows put back in the
 order given. The embedding is the artifact's pooled output where it has one, else the embedding
-output (the first floating-point one, `ir/embedding.py`) pooled here: mean
+output (`ir/embedding.py`) pooled here: mean
 `sum_t(h_t * m_t) / max(sum_t(m_t), 1e-9)` over the attention mask m, or cls `h_0`;
 L2-normalized as `e / max(||e||_2, 1e-12)` when asked.
 """
@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from nlpress.ir.embedding import embedding_output
+from nlpress.ir.embedding import embedding_of
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 DEFAULT_MAX_LENGTH = 128
@@ -126,7 +126,7 @@ def plan(session: Runnable, encoder: Encoder, normalize: bool | None = None) -> 
         return Plan(str(encoder.output), True, str(encoder.pooling), wanted, here)
     if not names:
         raise EncodeError("the model has no outputs to embed sentences with")
-    tokens = embedding_output(session.get_outputs()).name
+    tokens = embedding_of(session).name
     return Plan(tokens, False, encoder.pooling or "mean", wanted, wanted)
 
 
@@ -195,9 +195,9 @@ def pool(tokens: np.ndarray, mask: np.ndarray, mode: str = "mean", output: str =
     `output` names the model output the tokens came from, for the error.
     """
     if tokens.ndim != 3:
-        named = f"embedding output {output} (its first floating-point output)" if output else ""
+        named = f"embedding output {output}" if output else "output"
         raise EncodeError(
-            f"the model's {named or 'output'} has shape {list(tokens.shape)}; sentence embeddings "
+            f"the model's {named} has shape {list(tokens.shape)}; sentence embeddings "
             "need token embeddings [batch, sequence, hidden] (or an artifact compiled with "
             "--pooling)"
         )

@@ -136,6 +136,13 @@ class NodeArg:
         return f"tensor({'float' if self.dtype == 'float32' else self.dtype})"
 
 
+@dataclass(frozen=True)
+class ModelMetadata:
+    """The model's metadata properties, as ONNX Runtime's `get_modelmeta()` holds them."""
+
+    custom_metadata_map: dict[str, str]
+
+
 class Session:
     """A loaded artifact: `run(output_names, feeds)` returns numpy arrays."""
 
@@ -178,6 +185,10 @@ class Session:
     def get_outputs(self) -> list[NodeArg]:
         """The outputs, in the model's order."""
         return list(self._outputs)
+
+    def get_modelmeta(self) -> ModelMetadata:
+        """The compiled model's metadata properties (among them the embedding output's name)."""
+        return ModelMetadata(dict(self.manifest.get("metadata", {})))
 
     def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, Any]) -> list[np.ndarray]:
         """Run the model; returns the named outputs (all when None), in the order asked.
@@ -225,7 +236,7 @@ class Session:
 
         Tokenizes with the artifact's tokenizer.json (or `tokenizer`, a tokenizer.json file),
         runs batches of `batch_size` padded inside, and reads the artifact's pooled output, or
-        mean-pools its embedding output (the first floating-point one) over the attention mask
+        mean-pools its embedding output (named in its metadata) over the attention mask
         (`targets/encode.py`).
         `normalize` None L2-normalizes as the compiled pooling does; True or False decides.
 

@@ -17,6 +17,7 @@ from nlpress.ir import UsageError, load_model
 from nlpress.ir.verify import session as ort_session
 from nlpress.models import zoo
 from nlpress.models.text import encode as tokenize
+from nlpress.ir.embedding import KEY
 from nlpress.models.text import load_tokenizer
 from nlpress.targets import ArtifactError, FeedError
 from nlpress.targets.encode import Encoder, encode, plan
@@ -74,6 +75,9 @@ def test_the_artifact_carries_its_tokenizer_and_pooling(artifacts):
         "dtype": "float32",
         "shape": ["batch", 64],
     }
+    assert manifest["metadata"] == {KEY: "last_hidden_state"}  # the token embeddings
+    meta = nlpress.load(artifacts["pooled"]).get_modelmeta().custom_metadata_map
+    assert meta == {KEY: "last_hidden_state"}
     carried = (artifacts["pooled"] / "tokenizer.json").read_bytes()
     assert carried == zoo.get("bert-tiny-random").tokenizer().read_bytes()
     static = json.loads((artifacts["static"] / "manifest.json").read_text())["encoder"]

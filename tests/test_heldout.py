@@ -100,8 +100,9 @@ def test_the_manifest_holds_heldout_fidelity(pruned_artifact):
     assert heldout["min_cosine"] <= heldout["mean_cosine"] < 1
 
 
-def test_a_model_without_token_embeddings_says_why(tmp_path):
-    pooled = model(
+def _pooled_encoder():
+    """input_ids -> Gather(table) -> ReduceMean over the sequence: only a pooled output."""
+    return model(
         [
             helper.make_node("Gather", ["table", "input_ids"], ["tokens"]),
             helper.make_node("ReduceMean", ["tokens"], ["pooled"], axes=[1], keepdims=0),
@@ -110,15 +111,31 @@ def test_a_model_without_token_embeddings_says_why(tmp_path):
         [tensor("pooled", ["batch", 4])],
         [initializer("table", weights([30522, 4]))],
     )
+
+
+def _heldout_calibration(tmp_path):
     text = tmp_path / "text.txt"
     text.write_text("".join(f"line {i}\n" for i in range(MIN_HELDOUT_TEXT)))
-    calibration = Calibration(str(text), "bert-tiny-random")
-    result = nlpress.optimize(pooled, "identity-elim", calibration=calibration)
-    assert result.heldout is None and result.heldout_note is not None
-    assert result.heldout_note.startswith(
-        "no held-out fidelity: the model's embedding output pooled (its first floating-point "
-        "output) has shape"
+    return Calibration(str(text), "bert-tiny-random")
+
+
+def test_a_pooled_embedding_output_is_scored_as_it_is(tmp_path):
+    calibration = _heldout_calibration(tmp_path)
+    result = nlpress.optimize(_pooled_encoder(), "identity-elim", calibration=calibration)
+    assert result.heldout is not None, result.heldout_note
+    assert result.heldout.min_cosine == pytest.approx(1.0)
+
+
+def test_a_model_without_a_float_output_says_why(tmp_path):
+    ids = model(
+        [helper.make_node("Identity", ["input_ids"], ["ids"])],
+        [tensor("input_ids", ["batch", "sequence"], TensorProto.INT64)],
+        [tensor("ids", ["batch", "sequence"], TensorProto.INT64)],
     )
+    result = nlpress.optimize(ids, "identity-elim", calibration=_heldout_calibration(tmp_path))
+    assert result.heldout is None and result.heldout_note is not None
+    assert result.heldout_note.startswith("no held-out fidelity: no output of the model (ids) is")
+    assert result.heldout_note.endswith("name the embedding with --embedding NAME")
 
 
 def test_the_float_output_is_scored_after_an_integer_copy_of_the_ids(tmp_path):

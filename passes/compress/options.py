@@ -6,10 +6,10 @@ written as a glob, with a `*` or `?` after a plain character (`*layer.0*`, `dow*
 glob meaning it had in prune-sparsify (matched against whole names), with a deprecation warning.
 
 `budget-cosine`: a least mean cosine, in (0, 1], between the compressed model's embedding output
-(its first floating-point output, `ir/embedding.py`) and the input model's on the calibration data,
-mean-pooled over real tokens (`calibration.pooled_cosine`). The pass compresses less where it hurts
-most until the budget is met, and reports `budget_cosine` and `budget_met` in its stats (`compile`
-and `opt` then stop with BudgetNotMet).
+(`ir/embedding.py`) and the input model's on the calibration data, mean-pooled over real tokens
+(`calibration.pooled_cosine`). The pass compresses less where it hurts most until the budget is
+met, and reports `budget_cosine` and `budget_met` in its stats (`compile` and `opt` then stop
+with BudgetNotMet).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ EXCLUDE_HELP = (
     "Layers left as they are: op types (e.g. Gemm), or regexes searched in node and weight names."
 )
 BUDGET_HELP = (
-    "A least pooled cosine, in (0, 1], between the first float output and the input model's on "
+    "A least pooled cosine, in (0, 1], between the embedding output and the input model's on "
     "calibration data; the pass compresses less until it is met."
 )
 # A `*` or `?` after a plain character (not `.`, `)`, `]` or an escape) marks a glob.

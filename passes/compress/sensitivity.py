@@ -2,7 +2,7 @@
 
 A unit (a layer, an FFN, an attention block) is compressed in a copy of the teacher with
 everything else left as it was; its loss is 1 - the pooled cosine (`calibration.pooled_cosine`)
-between that copy's embedding output (its first floating-point output, `ir/embedding.py`) and
+between that copy's embedding output (`ir/embedding.py`) and
 the teacher's on the calibration data. Allocation weighs units by it; budgets compare the whole
 compressed model the same way.
 """

@@ -69,7 +69,7 @@ class _Counted:
         if self.width is not None:
             return self.inner.get_outputs()
         return [
-            SimpleNamespace(name=o.name, shape=["batch", "sequence", "width"])
+            SimpleNamespace(name=o.name, type=o.type, shape=["batch", "sequence", "width"])
             for o in self.inner.get_outputs()
         ]
 

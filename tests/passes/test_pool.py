@@ -116,5 +116,5 @@ def test_the_float_output_is_pooled_after_an_integer_copy_of_the_ids():
     ids_only = graphs.text_model(
         "g (int64[b, s] input_ids) => (int64[b, s] ids) { [copy] ids = Identity(input_ids) }"
     )
-    with pytest.raises(PreconditionError, match="no output is floating point"):
+    with pytest.raises(PreconditionError, match=r"pool: no output of the model \(ids\) is one"):
         Pool().requires(ids_only)
