@@ -399,11 +399,11 @@ def _bench_report(result: Mapping[str, Any], vs_ort: bool) -> str:
 def _agreement_text(found: Mapping[str, Any]) -> str:
     """The worst max abs diff, and the cosine of the embedding output (what budgets measure).
 
-    `cosine` holds the float outputs in the model's order, so its first is the embedding output.
+    `cosine` holds the float outputs; `embedding` names the one budgets measure, if any.
     """
     cosines = found.get("cosine") or {}
-    first = next(iter(cosines), None)
-    cosine = f", {first} pooled cosine {cosines[first]:.6f}" if first else ""
+    name = found.get("embedding")
+    cosine = f", {name} pooled cosine {cosines[name]:.6f}" if name in cosines else ""
     return f"max abs diff {found['worst']:.3g}{cosine}"
 
 

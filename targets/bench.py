@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 
 from nlpress.ir import Model, UsageError
-from nlpress.ir.embedding import is_floating
+from nlpress.ir.embedding import declared, is_floating, resolved_name
 from nlpress.passes.calibration import MASK, pooled_cosine
 from nlpress.targets.runtime import FeedError, Session, SessionOptions, dim_limits
 
@@ -100,6 +100,7 @@ def compare_with_ort(
         "max_abs_diff": diffs,
         "worst": max(diffs.values(), default=0.0),
         "cosine": cosines,
+        "embedding": resolved_name(session.get_outputs(), declared(session)),
         "vs_graph": agreement(names, outputs, onnx_model, inputs),
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
@@ -200,7 +201,8 @@ def agreement(
         "max_abs_diff" per output, "worst", and "cosine": per output, the mean cosine of the
         rows, mean-pooled over real tokens where the output is [batch, sequence, hidden] and the
         feeds have an attention mask (sentence embeddings), which means something for int8
-        where a max abs diff on one element does not.
+        where a max abs diff on one element does not; "embedding": the output among `names`
+        that budgets measure (`ir/embedding.py`), where there is one.
 
     """
     from nlpress.ir import load_model
@@ -218,6 +220,9 @@ def agreement(
         "max_abs_diff": diffs,
         "worst": max(diffs.values(), default=0.0),
         "cosine": _cosines(names, outputs, theirs, feeds),
+        "embedding": resolved_name(
+            [t for t in model.graph.outputs if t.name in names], declared(model)
+        ),
     }
 
 

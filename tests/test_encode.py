@@ -14,10 +14,10 @@ import nlpress
 from nlpress.cli import EXIT_OK, EXIT_USAGE
 from nlpress.config import load_config
 from nlpress.ir import UsageError, load_model
+from nlpress.ir.embedding import KEY
 from nlpress.ir.verify import session as ort_session
 from nlpress.models import zoo
 from nlpress.models.text import encode as tokenize
-from nlpress.ir.embedding import KEY
 from nlpress.models.text import load_tokenizer
 from nlpress.targets import ArtifactError, FeedError
 from nlpress.targets.encode import Encoder, encode, plan
