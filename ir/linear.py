@@ -113,11 +113,44 @@ class ReadsActivation(Protocol):
 Layer = TypeVar("Layer", bound=ReadsActivation)
 
 
+class ReadsWeight(ReadsActivation, Protocol):
+    """A layer view with its input and its weight."""
+
+    @property
+    def weight(self) -> gs.Constant | None:
+        """The constant weight W."""
+
+
+Weighted = TypeVar("Weighted", bound=ReadsWeight)
+
+
 def by_input(layers: Iterable[Layer]) -> list[list[Layer]]:
     """The layers grouped by the tensor they read, groups and layers in the order given."""
     groups: dict[int, list[Layer]] = {}
     for layer in layers:
         groups.setdefault(id(layer.activation), []).append(layer)
+    return list(groups.values())
+
+
+def by_input_or_weight(layers: Iterable[Weighted]) -> list[list[Weighted]]:
+    """The layers linked by a shared input or a shared weight, in the order given.
+
+    Two layers are in one group when a chain of layers, each sharing its input or its weight
+    with the next, joins them (a weight read by several layers, as ALBERT's, joins their groups).
+    """
+    parent: dict[int, int] = {}
+
+    def root(key: int) -> int:
+        while parent.setdefault(key, key) != key:
+            key = parent[key]
+        return key
+
+    ordered = list(layers)
+    for layer in ordered:
+        parent[root(id(layer.weight))] = root(id(layer.activation))
+    groups: dict[int, list[Weighted]] = {}
+    for layer in ordered:
+        groups.setdefault(root(id(layer.activation)), []).append(layer)
     return list(groups.values())
 
 

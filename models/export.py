@@ -85,7 +85,7 @@ def export_pretrained(model_dir: Path, path: Path, tokenizer: Path | None = None
     """
     transformers = _import("transformers")
     try:
-        model = transformers.AutoModel.from_pretrained(os.fspath(model_dir), local_files_only=True)
+        model = _encoder(transformers, model_dir)
     except (OSError, ValueError, KeyError) as exc:
         reason = _first_line(exc)
         raise NlpressError(f"{model_dir}: transformers cannot load it ({reason})") from exc
@@ -96,6 +96,23 @@ def export_pretrained(model_dir: Path, path: Path, tokenizer: Path | None = None
         with staging_file(tokenizer) as staged:
             fast.backend_tokenizer.save(os.fspath(staged))
     _export_encoder(model, path, text_inputs(model))
+
+
+def _encoder(transformers: Any, model_dir: Path) -> Any:
+    """The folder's base model as its config names it, else AutoModel's (T5's encoder alone)."""
+    where = os.fspath(model_dir)
+    config = transformers.AutoConfig.from_pretrained(where, local_files_only=True)
+    named = [getattr(transformers, a, None) for a in config.architectures or ()]
+    bases = [c for c in named if c is not None and _is_base(c.__name__)]
+    if bases:
+        return bases[0].from_pretrained(where, local_files_only=True)
+    model = transformers.AutoModel.from_pretrained(where, local_files_only=True)
+    return model.get_encoder() if getattr(config, "is_encoder_decoder", False) else model
+
+
+def _is_base(name: str) -> bool:
+    """A base model class (BertModel, T5EncoderModel), not a task head (BertForMaskedLM)."""
+    return name.endswith("Model") and "For" not in name and not name.endswith("PreTrainedModel")
 
 
 def text_inputs(model: Any) -> tuple[str, ...]:

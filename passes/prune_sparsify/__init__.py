@@ -43,6 +43,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+import onnx_graphsurgeon as gs
+
 from nlpress.ir import Feeds, Model
 from nlpress.ir.linear import Linear
 from nlpress.passes.base import Pass, PassResult, PreconditionError
@@ -257,8 +259,12 @@ class PruneSparsify(Pass):
             units, found = head_units(graph, layers)
         else:
             units, found = self._weight_units(layers)
-        kept = [u for u in units if not self._excluded(u)]
-        found["units_excluded"] = len(units) - len(kept)
+        # A weight that several layers read (ALBERT's) would be pruned once per reader, each
+        # reader keeping its own copy: such units are left as they are.
+        unshared = [u for u in units if not any(len(w.outputs) > 1 for w in _weights(u))]
+        kept = [u for u in unshared if not self._excluded(u)]
+        found["skipped_shared_weight"] = len(units) - len(unshared)
+        found["units_excluded"] = len(unshared) - len(kept)
         found["units"] = len(kept)
         return kept, found
 
@@ -267,15 +273,13 @@ class PruneSparsify(Pass):
             raise PreconditionError(
                 f"{self.name}: the graph has no MatMul/Gemm with a constant 2-D float weight"
             )
-        units, shared, indivisible = [], 0, 0
+        units, indivisible = [], 0
         for lin in layers:
-            if len(lin.matmul.weight.outputs) > 1:
-                shared += 1
-            elif self.n_m is not None and lin.shape[0] % self.n_m[1]:
+            if self.n_m is not None and lin.shape[0] % self.n_m[1]:
                 indivisible += 1
             else:
                 units.append(Unit("weights", lin))
-        found: dict[str, float] = {"layers_found": len(layers), "skipped_shared_weight": shared}
+        found: dict[str, float] = {"layers_found": len(layers)}
         if self.n_m is not None:
             found["skipped_not_multiple_of_m"] = indivisible
         return units, found
@@ -285,3 +289,8 @@ class PruneSparsify(Pass):
             excluded(self.exclude, lin.node.op, [lin.name, lin.matmul.weight.name])
             for lin in unit.linears
         )
+
+
+def _weights(unit: Unit) -> list[gs.Constant]:
+    """The constant weights of the unit's layers."""
+    return [lin.matmul.weight for lin in unit.linears]

@@ -24,11 +24,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from nlpress.ir import Feeds, Model
 from nlpress.ir.graph import opset_version
-from nlpress.ir.linear import by_input
+from nlpress.ir.linear import by_input_or_weight
 from nlpress.passes.base import Pass, PassResult, PreconditionError
 from nlpress.passes.calibration import require_feeds
 from nlpress.passes.compress.options import (
@@ -196,16 +197,21 @@ class QuantizeInsert(Pass):
     def _smooth(
         self, work: Model, layers: Sequence[Layer], feeds: Sequence[Feeds]
     ) -> dict[str, float]:
-        """Apply SmoothQuant to every group of weight layers sharing an input."""
-        groups = by_input([layer for layer in layers if layer.weight is not None])
-        stats = collect(work, [g[0].activation for g in groups], feeds, channels=True)
+        """Apply SmoothQuant to every group of weight layers sharing an input or a weight."""
+        groups = by_input_or_weight([layer for layer in layers if layer.weight is not None])
+        inputs = {id(layer.activation): layer.activation for g in groups for layer in g}
+        stats = collect(work, list(inputs.values()), feeds, channels=True)
+        channel_max: dict[int, np.ndarray] = {}
+        for key, tensor_stats in zip(inputs, stats, strict=True):
+            assert tensor_stats.channel_max is not None
+            channel_max[key] = tensor_stats.channel_max
         counts = {"smoothed_groups": 0.0, "smooth_folded": 0.0, "smooth_mul": 0.0}
         assert self.smooth is not None
-        for group, tensor_stats in zip(groups, stats, strict=True):
-            assert tensor_stats.channel_max is not None
-            folded = smooth_group(work.graph, group, tensor_stats.channel_max, self.smooth)
+        for group in groups:
+            maxima = [channel_max[id(layer.activation)] for layer in group]
+            for folded in smooth_group(work.graph, group, np.max(maxima, axis=0), self.smooth):
+                counts["smooth_folded" if folded else "smooth_mul"] += 1
             counts["smoothed_groups"] += 1
-            counts["smooth_folded" if folded else "smooth_mul"] += 1
         work.graph.toposort()
         return counts
 

@@ -1,7 +1,9 @@
 """SmoothQuant: move activation range into the per-channel-quantized weights.
 
-For the layers reading one tensor x, s_j = max|x_j|^alpha / max|W_j|^(1 - alpha) (W_j: row j of
-every layer's weight); x becomes x / s and each weight diag(s) W, which leaves the float model
+A group is the layers linked by a shared input x or a shared weight W (ALBERT's layers share
+one weight between the inputs of several layers): s_j = max|x_j|^alpha / max|W_j|^(1 - alpha),
+maxima over every input and every weight of the group (W_j: row j); each x becomes x / s and
+each weight, once however many layers read it, diag(s) W, which leaves the float model
 unchanged. The division is folded into x's producer when it is a LayerNormalization with constant
 scale and bias (both divided by s) or a Mul by a constant (the constant divided by s); other
 readers of x then read x * s through an inserted Mul. Otherwise a Mul(x, 1 / s) is inserted
@@ -27,28 +29,44 @@ from nlpress.passes.quantize_ranges import smooth_factors
 
 def smooth_group(
     graph: gs.Graph, group: Sequence[Layer], channel_max: np.ndarray, alpha: float
-) -> bool:
-    """Divide the group's input by s and multiply its weights' rows by s; True if folded."""
-    constants = [layer.weight for layer in group if layer.weight is not None]
-    weights = [np.asarray(c.values) for c in constants]
-    weight_max = np.max([np.max(np.abs(w), axis=1) for w in weights], axis=0)
+) -> list[bool]:
+    """Divide the group's inputs by s and multiply its weights' rows by s (each weight once).
+
+    `channel_max` is max |x_j| over the group's inputs. Returns, per input, whether the division
+    was folded into its producer.
+    """
+    constants = list({id(layer.weight): layer.weight for layer in group if layer.weight}.values())
+    weight_max = np.max([np.max(np.abs(np.asarray(c.values)), axis=1) for c in constants], axis=0)
     factors = smooth_factors(channel_max.astype(np.float64), weight_max.astype(np.float64), alpha)
     names = set(graph.tensors())
-    for layer, constant, w in zip(group, constants, weights, strict=True):
-        scaled = gs.Constant(
-            fresh_name(names, f"{constant.name}_smooth"), (factors[:, None] * w).astype(w.dtype)
-        )
-        layer.node.inputs[1] = scaled
-        layer.weight = scaled
-    tensor = group[0].activation
+    scaled = {id(c): _scaled(c, factors, names) for c in constants}
+    for layer in group:
+        assert layer.weight is not None
+        layer.weight = layer.node.inputs[1] = scaled[id(layer.weight)]
+    return [
+        _divide(graph, [layer for layer in group if layer.activation is tensor], factors, names)
+        for tensor in {id(layer.activation): layer.activation for layer in group}.values()
+    ]
+
+
+def _scaled(constant: gs.Constant, factors: np.ndarray, names: set[str]) -> gs.Constant:
+    values = np.asarray(constant.values)
+    scaled = (factors[:, None] * values).astype(values.dtype)
+    return gs.Constant(fresh_name(names, f"{constant.name}_smooth"), scaled)
+
+
+def _divide(
+    graph: gs.Graph, readers: Sequence[Layer], factors: np.ndarray, names: set[str]
+) -> bool:
+    """Give `readers` their input divided by `factors`; True if folded into its producer."""
+    tensor = readers[0].activation
     if _fold_division(graph, tensor, factors, names):
-        readers = {id(layer.node) for layer in group}
-        _compensate(
-            graph, tensor, [n for n in tensor.outputs if id(n) not in readers], factors, names
-        )
+        ours = {id(layer.node) for layer in readers}
+        others = [n for n in tensor.outputs if id(n) not in ours]
+        _compensate(graph, tensor, others, factors, names)
         return True
     divided = _mul(graph, tensor, 1.0 / factors, names, "smooth")
-    for layer in group:
+    for layer in readers:
         layer.node.inputs[0] = divided
     return False
 

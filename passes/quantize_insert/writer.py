@@ -2,7 +2,8 @@
 
 Static activations get QuantizeLinear -> DequantizeLinear with their calibrated range, dynamic
 ones DynamicQuantizeLinear -> DequantizeLinear; one pair serves every MatMul reading the same
-tensor (Q, K and V share one). Attention's second operand is signed (int8 symmetric) when static.
+tensor (Q, K and V share one), and one int8 weight every MatMul reading the same float weight.
+Attention's second operand is signed (int8 symmetric) when static.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class _Writer:
         self.graph, self.mode, self.ranges = graph, mode, ranges
         self.names = set(graph.tensors())
         self.done: dict[tuple[int, bool], gs.Variable] = {}
+        self.weights: dict[int, gs.Variable] = {}
 
     def activation(self, tensor: gs.Tensor, signed: bool) -> gs.Variable:
         """The dequantized twin of `tensor` (made once per tensor and signedness)."""
@@ -126,14 +128,17 @@ class _Writer:
         return self._dequantize(tensor.name, outputs)
 
     def weight(self, node: gs.Node, values: np.ndarray, scale: np.ndarray) -> gs.Variable:
-        """DequantizeLinear(W_q, scale, 0, axis=1) in place of the node's weight."""
-        base = node.inputs[1].name
-        inputs = [
-            self._constant(f"{base}_quantized", values),
-            self._constant(f"{base}_scale", scale),
-            self._constant(f"{base}_zero_point", np.zeros(scale.shape, WEIGHT.dtype)),
-        ]
-        return self._dequantize(base, inputs, axis=WEIGHT.axis)
+        """DequantizeLinear(W_q, scale, 0, axis=1) in place of the node's weight (made once)."""
+        weight = node.inputs[1]
+        if id(weight) not in self.weights:
+            base = weight.name
+            inputs = [
+                self._constant(f"{base}_quantized", values),
+                self._constant(f"{base}_scale", scale),
+                self._constant(f"{base}_zero_point", np.zeros(scale.shape, WEIGHT.dtype)),
+            ]
+            self.weights[id(weight)] = self._dequantize(base, inputs, axis=WEIGHT.axis)
+        return self.weights[id(weight)]
 
     def table(self, base: str, values: np.ndarray, scale: np.ndarray) -> gs.Variable:
         """DequantizeLinear(T_q, scale, 0, axis=0): a table with one scale per row."""
