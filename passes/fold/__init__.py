@@ -22,7 +22,9 @@ Exact constant and shape folding, run to a fixed point. Each round analyses the 
 - Canonical forms: a commutative Add/Mul takes its constant operand second; a decomposed layer
   norm becomes LayerNormalization (opset 17+); an erf-form GELU becomes Gelu (opset 20+ only:
   for older opsets the erf form stays, because Gelu does not exist in those opsets and
-  com.microsoft.Gelu would tie the graph to ONNX Runtime; TVM imports the erf form directly).
+  com.microsoft.Gelu would tie the graph to ONNX Runtime; TVM imports the erf form directly); a
+  QLinearMatMul (ONNX Runtime's QOperator format) becomes DequantizeLinear -> MatMul ->
+  QuantizeLinear, the QDQ form the lowering makes integer.
 
 What later passes may rely on after fold (quantize-insert, prune-sparsify, factorize-matmul):
 
@@ -51,7 +53,7 @@ import onnx_graphsurgeon as gs
 from nlpress.ir import Feeds, Model
 from nlpress.ir.shapes import Shapes, analyze
 from nlpress.passes.base import SHAPES_OPTION, Pass, PassResult, PreconditionError
-from nlpress.passes.fold.canonical import canonical_operands, fuse
+from nlpress.passes.fold.canonical import canonical_operands, decompose_qlinear, fuse
 from nlpress.passes.fold.constants import (
     constants_to_initializers,
     fold_constants,
@@ -163,6 +165,7 @@ _REWRITES: tuple[tuple[str, Rewrite], ...] = (
     ("noops_removed", remove_noops),
     ("operands_reordered", canonical_operands),
     ("fused", fuse),
+    ("qlinear_decomposed", decompose_qlinear),
     ("deduplicated", deduplicate),
 )
 

@@ -121,6 +121,14 @@ REWRITES = {
         [bias] a = Add(b, h)
         [scale] y = Mul(s, a)
     }""",
+    # qlinear_decomposed: ONNX Runtime's QOperator matmul becomes its QDQ form.
+    "fold-qlinear-matmul": """g (float[n, 4] x) => (float[n, 2] y)
+        <float xs = {0.05}, uint8 xz = {128}, int8[4, 2] w = {1, -2, 3, -4, 5, -6, 7, -8},
+         float[2] ws = {0.1, 0.2}, int8[2] wz = {0, 0}, float ys = {0.1}, uint8 yz = {100}> {
+        [quantize] xq = QuantizeLinear(x, xs, xz)
+        [matmul] yq = QLinearMatMul(xq, xs, xz, w, ws, wz, ys, yz)
+        [dequantize] y = DequantizeLinear(yq, ys, yz)
+    }""",
     # deduplicated: identical initializers merge, then identical nodes on them.
     "fold-duplicates": """g (float[n, 2] x) => (float[n, 2] y)
         <float[2] b1 = {1, 2}, float[2] b2 = {1, 2}> {
