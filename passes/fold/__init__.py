@@ -24,7 +24,8 @@ Exact constant and shape folding, run to a fixed point. Each round analyses the 
   for older opsets the erf form stays, because Gelu does not exist in those opsets and
   com.microsoft.Gelu would tie the graph to ONNX Runtime; TVM imports the erf form directly); a
   QLinearMatMul (ONNX Runtime's QOperator format) becomes DequantizeLinear -> MatMul ->
-  QuantizeLinear, the QDQ form the lowering makes integer.
+  QuantizeLinear, and ONNX Runtime's dynamic MatMulInteger with its Cast and scaling becomes
+  MatMul(DequantizeLinear(a), DequantizeLinear(W)): the QDQ forms the lowering makes integer.
 
 What later passes may rely on after fold (quantize-insert, prune-sparsify, factorize-matmul):
 
@@ -53,7 +54,12 @@ import onnx_graphsurgeon as gs
 from nlpress.ir import Feeds, Model
 from nlpress.ir.shapes import Shapes, analyze
 from nlpress.passes.base import SHAPES_OPTION, Pass, PassResult, PreconditionError
-from nlpress.passes.fold.canonical import canonical_operands, decompose_qlinear, fuse
+from nlpress.passes.fold.canonical import (
+    canonical_operands,
+    decompose_qlinear,
+    fuse,
+    integer_matmul_as_qdq,
+)
 from nlpress.passes.fold.constants import (
     constants_to_initializers,
     fold_constants,
@@ -166,6 +172,7 @@ _REWRITES: tuple[tuple[str, Rewrite], ...] = (
     ("operands_reordered", canonical_operands),
     ("fused", fuse),
     ("qlinear_decomposed", decompose_qlinear),
+    ("integer_matmuls_as_qdq", integer_matmul_as_qdq),
     ("deduplicated", deduplicate),
 )
 

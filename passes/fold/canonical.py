@@ -1,12 +1,20 @@
-"""Canonical forms: constant operands second, fused layer norm and GELU, QOperator as QDQ."""
+"""Canonical forms: constant operands second, fused layer norm and GELU, quantized matmuls."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx import TensorProto
 
 from nlpress.ir.fusions import fuse_gelu, fuse_layer_norm
-from nlpress.ir.graph import fresh_name, fresh_node_name, opset_version
+from nlpress.ir.graph import (
+    consumers,
+    fresh_name,
+    fresh_node_name,
+    is_graph_output,
+    opset_version,
+    producer,
+)
 from nlpress.ir.shapes import Shapes
 from nlpress.passes.fold.graph_utils import is_constant
 
@@ -62,7 +70,7 @@ def _dequantized(
     node: gs.Node,
     value: gs.Tensor,
     scale: gs.Tensor,
-    zero: gs.Tensor,
+    zero: gs.Tensor | None,
     names: set[str],
 ) -> gs.Variable:
     out = gs.Variable(fresh_name(names, f"{value.name}_dequantized"), np.float32)
@@ -72,6 +80,62 @@ def _dequantized(
     dequantize = gs.Node(
         "DequantizeLinear", fresh_node_name(graph, f"{node.name}/Dequantize"), attrs=attrs
     )
-    dequantize.inputs, dequantize.outputs = [value, scale, zero], [out]
+    given = zero is not None and (zero.name or isinstance(zero, gs.Constant))
+    dequantize.inputs, dequantize.outputs = [value, scale, *([zero] if given else [])], [out]
     graph.nodes.append(dequantize)
     return out
+
+
+def integer_matmul_as_qdq(graph: gs.Graph, shapes: Shapes, max_bytes: int) -> int:
+    """Mul(Cast(MatMulInteger(a, W, za, zw)), Mul(sa, sw)) -> MatMul(DQ(a, sa, za), DQ(W, sw, zw)).
+
+    ONNX Runtime's dynamic quantization writes the integer product and its scaling apart; TVM
+    imports MatMulInteger as int32 arithmetic on a widened copy of W (4x its bytes). The QDQ
+    form is the same product, which the lowering turns into the integer kernels on int8 W.
+    """
+    count = 0
+    names = set(graph.tensors())
+    for node in [n for n in graph.nodes if n.op == "MatMulInteger" and n.domain in ("", None)]:
+        match = _scaled_integer_product(graph, node, shapes)
+        if match is None:
+            continue
+        scaling, a_scale, w_scale = match
+        a, w, *zeros = node.inputs
+        a_zero, w_zero = [*zeros, None, None][:2]
+        a_float = _dequantized(graph, node, a, a_scale, a_zero, names)
+        w_float = _dequantized(graph, node, w, w_scale, w_zero, names)
+        node.op, node.inputs = "MatMul", [a_float, w_float]
+        node.outputs = list(scaling.outputs)
+        scaling.outputs = []
+        count += 1
+    return count
+
+
+def _scaled_integer_product(
+    graph: gs.Graph, node: gs.Node, shapes: Shapes
+) -> tuple[gs.Node, gs.Tensor, gs.Tensor] | None:
+    """(the scaling Mul, sa, sw) when the product is only cast to float and scaled by sa * sw."""
+    cast = _only_reader(graph, node.outputs[0])
+    if cast is None or cast.op != "Cast" or cast.attrs.get("to") != TensorProto.FLOAT:
+        return None
+    scaling = _only_reader(graph, cast.outputs[0])
+    if scaling is None or scaling.op != "Mul":
+        return None
+    factor = next((t for t in scaling.inputs if t is not cast.outputs[0]), None)
+    scales = producer(factor) if factor is not None else None
+    if scales is None or scales.op != "Mul" or len(scales.inputs) != 2:
+        return None
+    a_scale, w_scale = scales.inputs
+    if not isinstance(w_scale, gs.Constant):
+        a_scale, w_scale = w_scale, a_scale
+    width = node.inputs[1].shape[-1] if isinstance(node.inputs[1], gs.Constant) else None
+    if not isinstance(w_scale, gs.Constant) or width is None:
+        return None
+    if np.asarray(w_scale.values).size not in (1, width) or shapes[a_scale].shape != ():
+        return None
+    return scaling, a_scale, w_scale
+
+
+def _only_reader(graph: gs.Graph, tensor: gs.Tensor) -> gs.Node | None:
+    readers = consumers(tensor)
+    return readers[0] if len(readers) == 1 and not is_graph_output(graph, tensor) else None

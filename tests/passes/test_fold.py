@@ -129,6 +129,16 @@ REWRITES = {
         [matmul] yq = QLinearMatMul(xq, xs, xz, w, ws, wz, ys, yz)
         [dequantize] y = DequantizeLinear(yq, ys, yz)
     }""",
+    # integer_matmuls_as_qdq: ONNX Runtime's dynamic MatMulInteger and its scaling become QDQ.
+    "fold-matmul-integer": """g (float[n, 4] x) => (float[n, 2] y)
+        <int8[4, 2] w = {1, -2, 3, -4, 5, -6, 7, -8}, float[2] ws = {0.1, 0.2},
+         int8[2] wz = {0, 0}> {
+        [quantize] xq, xs, xz = DynamicQuantizeLinear(x)
+        [matmul] acc = MatMulInteger(xq, w, xz, wz)
+        [cast] accf = Cast<to = 1>(acc)
+        [scales] s = Mul(xs, ws)
+        [scale] y = Mul(accf, s)
+    }""",
     # deduplicated: identical initializers merge, then identical nodes on them.
     "fold-duplicates": """g (float[n, 2] x) => (float[n, 2] y)
         <float[2] b1 = {1, 2}, float[2] b2 = {1, 2}> {
