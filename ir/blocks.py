@@ -8,9 +8,11 @@ Everything here is matched by identity and by structure, never by tensor or node
   chain (gated units: `act(x Wg) * (x Wu)`); all must have the down linear's input width.
 - An `AttentionBlock` is `Q/K/V linears -> Reshape [.., heads, head_dim] -> (per-head ops:
   Transpose, MatMul, Softmax, masks, scales) -> Reshape [.., heads * head_dim] -> output linear`.
-  The head axis is tracked through every op in between; a side input that would mix heads (any
-  size other than 1 on the head axis) or an op this module does not know makes the block
-  unrecognized, and the caller reports it instead of guessing.
+  The head axis is tracked through every op in between. A side input of an elementwise op either
+  broadcasts over the heads (size 1 there) or holds one slice per head (size `heads` there, as
+  T5's and MPNet's relative position biases do: a pruned block gathers the kept slices); any
+  other size, or an op this module does not know, makes the block unrecognized, and the caller
+  reports it instead of guessing. Shape ops end the trace: they read sizes, not head values.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ ACTIVATIONS = frozenset(
     }
 )  # fmt: skip
 _MAX_CHAIN = 64
+SIZES = frozenset({"Shape", "Size"})  # read a tensor's sizes, not its values
 
 
 def _only_read_by(graph: gs.Graph, tensor: gs.Tensor, allowed: Iterable[gs.Node]) -> bool:
@@ -204,12 +207,14 @@ class AttentionBlock:
         region: The per-head nodes between the splits and the merge.
         merge: The Reshape back to `[..., heads * head_dim]`.
         output: The output projection.
+        per_head: Side inputs with one slice per head: (node, input index, head axis < 0).
     """
 
     splits: tuple[Split, ...]
     region: tuple[gs.Node, ...]
     merge: gs.Node
     output: Linear
+    per_head: tuple[tuple[gs.Node, int, int], ...] = ()
 
     @property
     def heads(self) -> int:
@@ -287,7 +292,7 @@ def _forward(graph: gs.Graph, split: Split) -> set[int] | None:
             if is_graph_output(graph, out):
                 return None
             for reader in consumers(out):
-                if id(reader) in seen:
+                if id(reader) in seen or reader.op in SIZES:
                     continue
                 seen.add(id(reader))
                 if reader.op != "Reshape":
@@ -330,20 +335,29 @@ def _block(
     region = [n for n in nodes if n.op != "Reshape"]
     if len(merges) != 1 or not any(n.op in ("Softmax", "LogSoftmax") for n in region):
         return None
-    axes = _trace_heads(graph, group, region)
+    count = heads.pop()
+    per_head: list[tuple[gs.Node, int, int]] = []
+    axes = _trace_heads(graph, group, region, count, per_head)
     if axes is None:
         return None
     merge = merges[0]
-    output = _merge_output(graph, merge, axes, heads.pop(), by_node)
+    output = _merge_output(graph, merge, axes, count, by_node)
     if output is None:
         return None
-    return AttentionBlock(tuple(group), tuple(region), merge, output)
+    return AttentionBlock(tuple(group), tuple(region), merge, output, tuple(per_head))
 
 
 def _trace_heads(
-    graph: gs.Graph, group: list[Split], region: list[gs.Node]
+    graph: gs.Graph,
+    group: list[Split],
+    region: list[gs.Node],
+    heads: int,
+    per_head: list[tuple[gs.Node, int, int]],
 ) -> dict[int, tuple[int, int]] | None:
-    """The (negative head axis, rank) of every region tensor, or None if heads would mix."""
+    """The (negative head axis, rank) of every region tensor, or None if heads would mix.
+
+    Side inputs with one slice per head are appended to `per_head`.
+    """
     axes: dict[int, tuple[int, int]] = {}
     for s in group:
         rank = len(constant_value(s.reshape.inputs[1]))  # type: ignore[arg-type]
@@ -352,10 +366,38 @@ def _trace_heads(
     for node in region:  # graph order is topological
         result = _head_rule(node, axes, opset)
         if result is None:
+            result = _per_head_rule(node, axes, heads, per_head)
+        if result is None:
             return None
         for out in node.outputs:
             axes[id(out)] = result
     return axes
+
+
+def _per_head_rule(
+    node: gs.Node,
+    axes: dict[int, tuple[int, int]],
+    heads: int,
+    per_head: list[tuple[gs.Node, int, int]],
+) -> tuple[int, int] | None:
+    """An elementwise op whose side inputs broadcast over heads or hold one slice per head."""
+    known = [axes[id(t)] for t in node.inputs if id(t) in axes]
+    if node.op not in ELEMENTWISE or not known or len({a for a, _ in known}) != 1:
+        return None
+    if len(_real_outputs(node)) != 1:
+        return None
+    axis, rank = known[0][0], max(r for _, r in known)
+    found = []
+    for index, tensor in enumerate(node.inputs):
+        if id(tensor) in axes or _side_ok(tensor, axis):
+            continue
+        shape = _shape(tensor)
+        if shape is None or shape[axis] != heads:
+            return None
+        found.append((node, index, axis))
+        rank = max(rank, len(shape))
+    per_head.extend(found)
+    return axis, rank
 
 
 def _head_rule(

@@ -1,8 +1,9 @@
 """Writes prune-sparsify's edits into the graph with an undo journal.
 
 `apply` swaps in new constants (never mutating old ones), slices per-channel constants, rewrites
-the head counts of attention reshapes, and forgets the static shapes of the tensors whose width
-changed. Every change is journaled so that the budget search can undo it.
+the head counts of attention reshapes, gathers the kept heads' slices of per-head side inputs
+(position biases), and forgets the static shapes of the tensors whose width changed. Every change
+is journaled so that the budget search can undo it.
 """
 
 from __future__ import annotations
@@ -42,20 +43,23 @@ class Writer:
             if isinstance(edit.unit.structure, FfnPair) and edit.kept is not None:
                 self._slice_ffn(edit.unit.structure, edit.kept)
             if isinstance(edit.unit.structure, AttentionBlock) and edit.kept is not None:
-                self._rewrite_heads(edit.unit.structure, len(edit.kept))
+                self._rewrite_heads(edit.unit.structure, edit.kept)
 
     def undo(self) -> None:
         """Restore the graph as it was before the first `apply`."""
         while self.journal:
             self.journal.pop()()
 
-    def _constant(self, base: str, value: np.ndarray) -> gs.Constant:
-        name, count = f"{base}.pruned", 0
+    def _fresh(self, base: str) -> str:
+        name, count = base, 0
         while name in self._names:
             count += 1
-            name = f"{base}.pruned{count}"
+            name = f"{base}{count}"
         self._names.add(name)
-        return gs.Constant(name, np.ascontiguousarray(value))
+        return name
+
+    def _constant(self, base: str, value: np.ndarray) -> gs.Constant:
+        return gs.Constant(self._fresh(f"{base}.pruned"), np.ascontiguousarray(value))
 
     def _set_input(self, node: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:
         index = next(i for i, t in enumerate(node.inputs) if t is old)
@@ -95,7 +99,10 @@ class Writer:
             for out in node.outputs:
                 self._forget_shape(out)
 
-    def _rewrite_heads(self, block: AttentionBlock, heads: int) -> None:
+    def _rewrite_heads(self, block: AttentionBlock, kept: np.ndarray) -> None:
+        heads = len(kept)
+        for node, index, axis in block.per_head:
+            self._gather_heads(node, index, axis, kept)
         for split in block.splits:
             self._reshape_dim(split.reshape, -2, heads)
             for node in (*split.between, split.reshape):
@@ -105,6 +112,17 @@ class Writer:
         for node in block.region:
             for out in node.outputs:
                 self._forget_shape(out)
+
+    def _gather_heads(self, node: gs.Node, index: int, axis: int, kept: np.ndarray) -> None:
+        """Make `node` read only the kept heads' slices of its side input `index`."""
+        side = node.inputs[index]
+        indices = self._constant(f"{side.name}.heads", np.asarray(kept, np.int64))
+        gathered = gs.Variable(self._fresh(f"{side.name}.kept_heads"), side.dtype)
+        gather = gs.Node("Gather", f"{node.name}/kept_heads", {"axis": axis})
+        gather.inputs, gather.outputs = [side, indices], [gathered]
+        self.graph.nodes.append(gather)
+        self.journal.append(lambda: self.graph.nodes.remove(gather))
+        self._set_input(node, side, gathered)
 
     def _reshape_dim(self, reshape: gs.Node, axis: int, size: int) -> None:
         old = reshape.inputs[1]

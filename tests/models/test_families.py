@@ -20,11 +20,9 @@ pytestmark = pytest.mark.slow
 NO_FFN = "pattern=neurons found no FFN it recognizes"
 NO_ATTENTION = "pattern=heads found no attention it recognizes"
 REFUSED = {
-    ("mpnet", PRUNE_HEADS): NO_ATTENTION,
     ("deberta-v2", PRUNE_HEADS): NO_ATTENTION,
     ("modernbert", PRUNE_NEURONS): NO_FFN,
     ("modernbert", PRUNE_HEADS): NO_ATTENTION,
-    ("t5-encoder", PRUNE_HEADS): NO_ATTENTION,
     ("gpt2", PRUNE_NEURONS): NO_FFN,
     ("gpt2", PRUNE_HEADS): NO_ATTENTION,
 }

@@ -39,8 +39,11 @@ def _ffn(gemm: bool = False) -> Model:
     return ffn(shape, [block], "erf-gelu", gemm=gemm)
 
 
-def _attention(mask_heads: int = 1) -> Model:
-    """Q/K/V -> [1, S, H, D] -> scores, mask, softmax -> context -> [1, S, H*D] -> output."""
+def _attention(mask_heads: int = 1, mixed: bool = False) -> Model:
+    """Q/K/V -> [1, S, H, D] -> scores, mask, softmax -> context -> [1, S, H*D] -> output.
+
+    With `mixed`, the probabilities get the mean over heads added: heads no longer separate.
+    """
     hidden = HEADS * HEAD_DIM
     nodes, inits = [], []
     for i, p in enumerate("qkv"):
@@ -60,7 +63,15 @@ def _attention(mask_heads: int = 1) -> Model:
         helper.make_node("MatMul", ["q3", "k3"], ["s0"], name="scores"),
         helper.make_node("Mul", ["s0", "scale"], ["s1"]),
         helper.make_node("Add", ["s1", "mask"], ["s2"]),
-        helper.make_node("Softmax", ["s2"], ["p"], axis=-1),
+        helper.make_node("Softmax", ["s2"], ["p0"], axis=-1),
+        *(
+            [
+                helper.make_node("ReduceMean", ["p0"], ["pm"], axes=[1], keepdims=1),
+                helper.make_node("Add", ["p0", "pm"], ["p"]),
+            ]
+            if mixed
+            else [helper.make_node("Identity", ["p0"], ["p"])]
+        ),
         helper.make_node("MatMul", ["p", "v3"], ["c0"], name="context"),
         helper.make_node("Transpose", ["c0"], ["c1"], perm=[0, 2, 1, 3]),
         helper.make_node("Reshape", ["c1", "merge"], ["c2"], name="merge"),
@@ -235,11 +246,14 @@ def test_obs_criterion_is_no_worse_than_activation_after_recovery():
     assert obs.stats["recovery_error_after"] <= act.stats["recovery_error_after"] + 1e-12
 
 
-def test_heads_are_removed_with_reshapes_and_match_the_dense_model_with_them_zeroed():
-    m, feeds = _attention_calibrated()
+@pytest.mark.parametrize("mask_heads", [1, HEADS])  # one mask for all heads, or one per head
+def test_heads_are_removed_with_reshapes_and_match_the_dense_model_with_them_zeroed(mask_heads):
+    m, feeds = _attention_calibrated(mask_heads)
     result = _run(PruneSparsify(pattern="heads", sparsity=0.25, recover=False), m, feeds)
     check(result.model)
     assert result.stats["attention_blocks_found"] == 1
+    gathers = [n for n in result.model.graph.nodes if n.op == "Gather"]
+    assert len(gathers) == (mask_heads == HEADS)  # the kept heads' slices of a per-head mask
     graph = result.model.graph
     for node in graph.nodes:
         if node.op == "Reshape":
@@ -251,7 +265,7 @@ def test_heads_are_removed_with_reshapes_and_match_the_dense_model_with_them_zer
     wo = _weight(m, "out_proj").copy()
     for h in set(range(HEADS)) - set(kept_heads):
         wo[h * HEAD_DIM : (h + 1) * HEAD_DIM] = 0
-    reference = _with_weight(m, "wo", wo)
+    reference = _with_weight(m, "wo", wo)  # with its mask's slices where they were
     np.testing.assert_allclose(_outputs(result.model, feeds), _outputs(reference, feeds), atol=1e-5)
 
 
@@ -326,9 +340,9 @@ def test_neurons_without_ffn_says_so():
         PruneSparsify(pattern="neurons").requires(_attention())
 
 
-def test_heads_mixed_by_a_side_input_are_not_recognized():
+def test_heads_mixed_by_the_region_are_not_recognized():
     with pytest.raises(PreconditionError, match="no attention"):
-        PruneSparsify(pattern="heads").requires(_attention(mask_heads=HEADS))
+        PruneSparsify(pattern="heads").requires(_attention(mixed=True))
 
 
 def test_calibration_is_required_only_when_data_is_read():
