@@ -2,7 +2,8 @@
 
 Exact constant and shape folding, run to a fixed point. Each round analyses the graph
 (`nlpress.ir.shapes`: dtypes, symbolic shapes, small integer values) and applies these rewrites
-(`constants`, `noops`, `canonical` and `dedupe` hold them by concern; `_REWRITES` orders them):
+(`constants`, `noops`, `canonical`, `contrib` and `dedupe` hold them by concern; `_REWRITES`
+orders them):
 
 - Constant nodes become initializers; identical initializers are merged; identical nodes on the
   same inputs are merged (common subexpressions).
@@ -26,6 +27,8 @@ Exact constant and shape folding, run to a fixed point. Each round analyses the 
   QLinearMatMul (ONNX Runtime's QOperator format) becomes DequantizeLinear -> MatMul ->
   QuantizeLinear, and ONNX Runtime's dynamic MatMulInteger with its Cast and scaling becomes
   MatMul(DequantizeLinear(a), DequantizeLinear(W)): the QDQ forms the lowering makes integer.
+- ONNX Runtime's fused com.microsoft ops that are short formulas (SkipLayerNormalization,
+  BiasGelu, FastGelu, Gelu) become the standard ops they fuse (`contrib`).
 
 What later passes may rely on after fold (quantize-insert, prune-sparsify, factorize-matmul):
 
@@ -66,6 +69,7 @@ from nlpress.passes.fold.constants import (
     fold_known_values,
     symbolic_targets,
 )
+from nlpress.passes.fold.contrib import decompose_contrib
 from nlpress.passes.fold.dedupe import deduplicate
 from nlpress.passes.fold.noops import remove_noops
 
@@ -165,6 +169,7 @@ def _round(graph: gs.Graph, max_bytes: int) -> dict[str, int]:
 
 _REWRITES: tuple[tuple[str, Rewrite], ...] = (
     ("constants_to_initializers", constants_to_initializers),
+    ("contrib_decomposed", decompose_contrib),
     ("shape_folded", fold_known_values),
     ("targets_folded", symbolic_targets),
     ("folded", fold_constants),
