@@ -36,7 +36,8 @@ What later passes may rely on after fold (quantize-insert, prune-sparsify, facto
   optionally followed by `Add(y, b)` with `y` the MatMul output and `b` an initializer of shape
   `[n]` as the second input. fold never folds, transposes or rescales a MatMul weight, never
   merges a bias into the MatMul, and never turns the pair into a Gemm. (A Gemm written by the
-  exporter stays a Gemm.)
+  exporter stays a Gemm, unless it sits between a Reshape that flattens x's rows and one that
+  restores them, as GPT-2's Conv1D layers do: then it is this MatMul + Add on x.)
 - Weights are initializers, never Constant nodes; an initializer is shared only where two readers
   used bitwise-identical values.
 - No Identity, Dropout or no-op Cast/Reshape sits between a weight and its reader.
@@ -62,6 +63,7 @@ from nlpress.passes.fold.canonical import (
     decompose_qlinear,
     fuse,
     integer_matmul_as_qdq,
+    unflattened_gemm,
 )
 from nlpress.passes.fold.constants import (
     constants_to_initializers,
@@ -178,6 +180,7 @@ _REWRITES: tuple[tuple[str, Rewrite], ...] = (
     ("fused", fuse),
     ("qlinear_decomposed", decompose_qlinear),
     ("integer_matmuls_as_qdq", integer_matmul_as_qdq),
+    ("gemms_unflattened", unflattened_gemm),
     ("deduplicated", deduplicate),
 )
 

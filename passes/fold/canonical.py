@@ -139,3 +139,63 @@ def _scaled_integer_product(
 def _only_reader(graph: gs.Graph, tensor: gs.Tensor) -> gs.Node | None:
     readers = consumers(tensor)
     return readers[0] if len(readers) == 1 and not is_graph_output(graph, tensor) else None
+
+
+def unflattened_gemm(graph: gs.Graph, shapes: Shapes, max_bytes: int) -> int:
+    """Reshape(Gemm(Reshape(x, [-1, k]), W, c), [..x's rows.., n]) -> Add(MatMul(x, W), c).
+
+    GPT-2's Conv1D layers are exported so: rows flattened, a Gemm, rows restored. As a MatMul
+    on x itself the layer is the dense form every pass recognizes. Only an untransposed weight,
+    alpha = beta = 1 and a restore to exactly x's leading dims qualify.
+    """
+    count = 0
+    names = set(graph.tensors())
+    for gemm in [n for n in graph.nodes if n.op == "Gemm"]:
+        match = _flattened_rows(graph, gemm, shapes)
+        if match is None:
+            continue
+        x, restore = match
+        weight, *bias = gemm.inputs[1:]
+        result = restore.outputs[0]
+        restore.outputs = []
+        gemm.op, gemm.attrs, gemm.inputs = "MatMul", {}, [x, weight]
+        if bias and (bias[0].name or isinstance(bias[0], gs.Constant)):
+            product = gs.Variable(fresh_name(names, f"{result.name}_matmul"), np.float32)
+            gemm.outputs = [product]
+            add = gs.Node("Add", fresh_node_name(graph, f"{gemm.name}/bias"))
+            add.inputs, add.outputs = [product, bias[0]], [result]
+            graph.nodes.append(add)
+        else:
+            gemm.outputs = [result]
+        count += 1
+    return count
+
+
+def _flattened_rows(
+    graph: gs.Graph, gemm: gs.Node, shapes: Shapes
+) -> tuple[gs.Tensor, gs.Node] | None:
+    """(x, the restoring Reshape) when `gemm` reads x's rows flattened and they are restored."""
+    attrs = gemm.attrs
+    plain = attrs.get("transA", 0) == 0 and attrs.get("transB", 0) == 0
+    if not plain or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+        return None
+    flatten = producer(gemm.inputs[0])
+    weight = gemm.inputs[1]
+    if flatten is None or flatten.op != "Reshape" or not isinstance(weight, gs.Constant):
+        return None
+    if len(gemm.inputs) > 2 and np.asarray(getattr(gemm.inputs[2], "values", 0)).ndim > 1:
+        return None
+    restore = _only_reader(graph, gemm.outputs[0])
+    if (
+        restore is None
+        or restore.op != "Reshape"
+        or _only_reader(graph, flatten.outputs[0]) is None
+    ):
+        return None
+    x = flatten.inputs[0]
+    rows, restored = shapes[x].shape, shapes[restore.outputs[0]].shape
+    if rows is None or restored is None or len(rows) < 2:
+        return None
+    if tuple(restored) != (*rows[:-1], weight.values.shape[1]):
+        return None
+    return x, restore

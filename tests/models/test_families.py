@@ -23,7 +23,6 @@ REFUSED = {
     ("deberta-v2", PRUNE_HEADS): NO_ATTENTION,
     ("modernbert", PRUNE_NEURONS): NO_FFN,
     ("modernbert", PRUNE_HEADS): NO_ATTENTION,
-    ("gpt2", PRUNE_NEURONS): NO_FFN,
     ("gpt2", PRUNE_HEADS): NO_ATTENTION,
 }
 SHARED = {"albert"}  # one layer's weights serve every layer: structured pruning leaves them

@@ -139,6 +139,21 @@ REWRITES = {
         [scales] s = Mul(xs, ws)
         [scale] y = Mul(accf, s)
     }""",
+    # gemms_unflattened: a Gemm on flattened rows that are restored is a MatMul on the rows.
+    "fold-gemm-unflattened": """g (float[b, s, 4] x) => (float[b, s, 2] y)
+        <float[4, 2] w = {1, -2, 3, -4, 5, -6, 7, -8}, float[2] c = {0.5, -1},
+         int64[2] flat = {-1, 4}, int64 zero = {0}, int64 one = {1}, int64[1] axes = {0},
+         int64[1] width = {2}> {
+        [shape] sh = Shape(x)
+        [batch] b0 = Gather<axis = 0>(sh, zero)
+        [sequence] s0 = Gather<axis = 0>(sh, one)
+        [batch_1d] b1 = Unsqueeze(b0, axes)
+        [sequence_1d] s1 = Unsqueeze(s0, axes)
+        [target] t = Concat<axis = 0>(b1, s1, width)
+        [flatten] xf = Reshape(x, flat)
+        [gemm] yf = Gemm(xf, w, c)
+        [restore] y = Reshape(yf, t)
+    }""",
     # deduplicated: identical initializers merge, then identical nodes on them.
     "fold-duplicates": """g (float[n, 2] x) => (float[n, 2] y)
         <float[2] b1 = {1, 2}, float[2] b2 = {1, 2}> {
