@@ -104,11 +104,11 @@ def _lossy_cell(folder: str, pipeline: str) -> dict[str, Any]:
         return {"ok": True, "refused": str(exc), "text": f"refused: {reason}"}
     stats = {k: v for record in result.records for k, v in record.stats.items()}
     skipped = {k: int(v) for k, v in stats.items() if k.startswith("skipped_") and v}
+    why = ", ".join(f"{v} {k.removeprefix('skipped_')}" for k, v in skipped.items())
     if not any(record.changed for record in result.records[1:-1]):
-        why = ", ".join(f"{v} {k.removeprefix('skipped_')}" for k, v in skipped.items())
         return {"ok": True, "skipped": skipped, "text": f"skipped ({why or 'nothing found'})"}
     cosine = result.heldout.mean_cosine if result.heldout else float("nan")
-    note = f"; skipped {skipped}" if skipped else ""
+    note = f"; skipped {why}" if skipped else ""
     return {"ok": True, "cosine": cosine, "text": f"valid, cosine {cosine:.5f}{note}"}
 
 
