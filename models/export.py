@@ -90,7 +90,9 @@ def export_pretrained(model_dir: Path, path: Path, tokenizer: Path | None = None
         reason = _first_line(exc)
         raise NlpressError(f"{model_dir}: transformers cannot load it ({reason})") from exc
     if tokenizer is not None:
-        fast = transformers.AutoTokenizer.from_pretrained(os.fspath(model_dir), use_fast=True)
+        fast = transformers.AutoTokenizer.from_pretrained(
+            os.fspath(model_dir), use_fast=True, local_files_only=True
+        )
         if not getattr(fast, "is_fast", False):
             raise NlpressError(f"{model_dir}: no tokenizer.json, and no fast tokenizer to make one")
         with staging_file(tokenizer) as staged:

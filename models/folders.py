@@ -85,9 +85,10 @@ def read_folder(path: str | os.PathLike[str]) -> Folder:
 
 
 def content_sha256(folder: Folder) -> str:
-    """The sha256 of every file in the folder (names and bytes), which keys its export."""
+    """The sha256 of the folder's files (names and bytes; not hidden ones such as .git's)."""
     digest = hashlib.sha256()
-    for file in sorted(p for p in folder.root.rglob("*") if p.is_file()):
+    files = (p for p in folder.root.rglob("*") if p.is_file())
+    for file in sorted(p for p in files if not _hidden(p.relative_to(folder.root))):
         digest.update(file.relative_to(folder.root).as_posix().encode() + b"\0")
         with open(file, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -104,6 +105,10 @@ def hub_id_error(model: str) -> UsageError | None:
         f"{model}: no such file or folder; nlpress reads local models only (download the "
         "model's folder first and give its path)"
     )
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
 
 
 def _pooling(folder: Path) -> str:

@@ -93,6 +93,8 @@ def test_the_export_is_keyed_by_the_folders_bytes(tmp_path):
     _hf_files(tmp_path)
     first = folders.content_sha256(read_folder(tmp_path))
     assert folders.content_sha256(read_folder(tmp_path)) == first
+    _write(tmp_path / ".git" / "objects" / "pack", "history")  # hidden: not the model's bytes
+    assert folders.content_sha256(read_folder(tmp_path)) == first
     (tmp_path / "model.safetensors").write_text("other weights")
     assert folders.content_sha256(read_folder(tmp_path)) != first
 
