@@ -55,7 +55,7 @@ def decompose_qlinear(graph: gs.Graph, shapes: Shapes, max_bytes: int) -> int:
         a, a_scale, a_zero, b, b_scale, b_zero, y_scale, y_zero = node.inputs
         a_float = _dequantized(graph, node, a, a_scale, a_zero, names)
         b_float = _dequantized(graph, node, b, b_scale, b_zero, names)
-        product = gs.Variable(fresh_name(names, f"{node.outputs[0].name}_float"), np.float32)
+        product = gs.Variable(fresh_name(names, f"{node.outputs[0].name}_float"), a_float.dtype)
         matmul = gs.Node("MatMul", fresh_node_name(graph, f"{node.name}/MatMul"))
         matmul.inputs, matmul.outputs = [a_float, b_float], [product]
         node.op, node.name = "QuantizeLinear", fresh_node_name(graph, f"{node.name}/Quantize")
@@ -73,7 +73,9 @@ def _dequantized(
     zero: gs.Tensor | None,
     names: set[str],
 ) -> gs.Variable:
-    out = gs.Variable(fresh_name(names, f"{value.name}_dequantized"), np.float32)
+    dtype = getattr(scale, "values", None)
+    dtype = dtype.dtype if dtype is not None else (scale.dtype or np.float32)  # the scale's
+    out = gs.Variable(fresh_name(names, f"{value.name}_dequantized"), dtype)
     per_column = np.asarray(getattr(scale, "values", 0)).size > 1
     rank = len(value.shape or ()) if not isinstance(value, gs.Constant) else value.values.ndim
     attrs = {"axis": rank - 1} if per_column else {}
@@ -129,7 +131,7 @@ def _scaled_integer_product(
     if not isinstance(w_scale, gs.Constant):
         a_scale, w_scale = w_scale, a_scale
     width = node.inputs[1].shape[-1] if isinstance(node.inputs[1], gs.Constant) else None
-    if not isinstance(w_scale, gs.Constant) or width is None:
+    if not isinstance(w_scale, gs.Constant) or width is None or w_scale.values.dtype != np.float32:
         return None
     if np.asarray(w_scale.values).size not in (1, width) or shapes[a_scale].shape != ():
         return None

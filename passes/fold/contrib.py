@@ -40,7 +40,8 @@ class _Emitter:
     ) -> gs.Tensor:
         """`op(inputs)` into `out` (a fresh float tensor if None)."""
         if out is None:
-            out = gs.Variable(fresh_name(self.names, f"{self.node.name}/{op}_out"), np.float32)
+            dtype = self.outputs[0].dtype or np.float32
+            out = gs.Variable(fresh_name(self.names, f"{self.node.name}/{op}_out"), dtype)
         node = gs.Node(op, fresh_node_name(self.graph, f"{self.node.name}/{op}"), attrs=attrs)
         node.inputs, node.outputs = list(inputs), [out]
         self.graph.nodes.append(node)
@@ -49,7 +50,7 @@ class _Emitter:
     def scalar(self, value: float) -> gs.Constant:
         """A float32 scalar constant."""
         name = fresh_name(self.names, f"{self.node.name}/c")
-        return gs.Constant(name, np.asarray(value, np.float32))
+        return gs.Constant(name, np.asarray(value, self.outputs[0].dtype or np.float32))
 
 
 def _given(tensors: list[gs.Tensor], index: int) -> gs.Tensor | None:
