@@ -285,7 +285,7 @@ def build(mod: Any, target: Target, records: str | os.PathLike[str] | None = Non
     """
     from tvm import relax
 
-    from nlpress.targets import tuning
+    from nlpress.targets import stack_tiles, tuning
 
     folder = Path(records) if records is not None else None
     if folder is not None and not tuning.has_records(folder):
@@ -293,9 +293,12 @@ def build(mod: Any, target: Target, records: str | os.PathLike[str] | None = Non
         folder = None
     compiled_for = tvm_target(target)
     pipeline = relax_pipeline(target, compiled_for, folder)
+    kernels = "default" if target.device == "cuda" else stack_tiles.register()
     with _quiet():
         try:
-            return relax.build(mod, target=compiled_for, relax_pipeline=pipeline)
+            return relax.build(
+                mod, target=compiled_for, relax_pipeline=pipeline, tir_pipeline=kernels
+            )
         except Exception as exc:
             raise LoweringError(f"TVM build for {target.name} failed: {_first_line(exc)}") from exc
 

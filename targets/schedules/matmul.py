@@ -133,6 +133,8 @@ def _pad_to_whole_tiles(
     [b_copy] = sch.get_consumers(b_reindex)
     common.inline_producers(sch, b_copy)
     sch.transform_layout(b_copy, ("write", 0), lambda s, j, k: (s, k, j))
+    s, j, k = sch.get_loops(b_copy)
+    sch.reorder(s, k, j)  # iterate as the copy is laid out: its vectors are contiguous
     schedule_block(sch, b_copy, target)
     return True, b_copy
 

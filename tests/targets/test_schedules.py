@@ -17,7 +17,7 @@ import tvm
 from tvm import te, topi
 from tvm.script import tirx as T
 
-from nlpress.targets import get_target, lower, schedules
+from nlpress.targets import get_target, lower, schedules, stack_tiles
 from nlpress.targets.schedules import Elementwise, Matmul, RowReduction, common, matmul
 from nlpress.targets.softmax import row_softmax
 
@@ -142,7 +142,7 @@ def _middle_sum(a: T.Buffer((5, 7, 9), "float32"), c: T.Buffer((5, 9), "float32"
 
 
 def _run(func: Any, mod: Any, sizes: dict[str, int]) -> list[np.ndarray]:
-    library = tvm.compile(mod, target=HOST)
+    library = tvm.compile(mod, target=HOST, tir_pipeline=stack_tiles.register())
     rng = np.random.default_rng(0)
     args = []
     for param in func.params:

@@ -1,0 +1,106 @@
+"""Register tiles on the stack: CPU kernels keep their small local buffers out of the heap.
+
+TVM's host lowering (LowerTVMBuiltin) serves every buffer of "local" scope, and every
+"global" one of 1024 bytes or more, with TVMBackendAllocWorkspace: a call into the runtime's
+workspace pool, and a free, each time the buffer's scope is entered. A matmul's register tile
+(the MR x NR accumulators, `schedules/matmul.py`) is such a buffer, entered once per tile of
+the parallel loop; behind an opaque pointer LLVM cannot keep it in registers either. Buffers of
+constant size up to STACK_LIMIT bytes are annotated to stay allocations (TVM's own
+`disable_lower_builtin`), which LLVM places on the stack of the function's entry and promotes
+to registers where it can.
+
+`TIR_PIPELINE` names TVM's default s_tir pipeline with this pass first in the host
+finalization, registered with `tvm.tirx` on import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TIR_PIPELINE = "nlpress_cpu"
+STACK_LIMIT = 16384  # bytes; far below a thread's stack, far above a register tile
+_DISABLE_LOWER_BUILTIN = "disable_lower_builtin"  # tvm::tirx::transform::kDisableLowerTVMBuiltin
+
+
+def stack_tiles_pass() -> Any:
+    """The PrimFunc pass that keeps small constant-size local buffers on the stack."""
+    from tvm import tirx
+
+    @tirx.transform.prim_func_pass(opt_level=0, name="StackTiles")  # type: ignore[untyped-decorator]
+    def _pass(func: Any, _mod: Any, _ctx: Any) -> Any:
+        body = _rebuild(func.body, _on_stack)
+        return func if body.same_as(func.body) else func.with_body(body)
+
+    return _pass
+
+
+def _on_stack(stmt: Any) -> Any:
+    """An AllocBuffer of a small constant-size local buffer, annotated to stay on the stack."""
+    from tvm import tirx
+
+    if not isinstance(stmt, tirx.AllocBuffer) or stmt.buffer.scope() != "local":
+        return stmt
+    dtype, size = stmt.buffer.dtype, 1
+    for extent in stmt.buffer.shape:
+        if not isinstance(extent, tirx.IntImm):
+            return stmt
+        size *= int(extent)
+    if size * dtype.bits * dtype.lanes > 8 * STACK_LIMIT:
+        return stmt
+    annotations = {**stmt.annotations, _DISABLE_LOWER_BUILTIN: tirx.IntImm("bool", 1)}
+    return tirx.AllocBuffer(stmt.buffer, annotations, stmt.span)
+
+
+def _rebuild(stmt: Any, leaf: Any) -> Any:
+    """`stmt` with `leaf` applied to every statement that has no statement inside it.
+
+    Only the statements that nest others are taken apart (sequences, loops, branches,
+    attributes); AllocBuffer declares a buffer for the rest of its sequence, so it is a leaf.
+    """
+    from tvm import tirx
+
+    if isinstance(stmt, tirx.SeqStmt):
+        items = [_rebuild(s, leaf) for s in stmt.seq]
+        same = all(a.same_as(b) for a, b in zip(items, stmt.seq, strict=True))
+        return stmt if same else tirx.SeqStmt(items, stmt.span)
+    if isinstance(stmt, tirx.For):
+        body = _rebuild(stmt.body, leaf)
+        if body.same_as(stmt.body):
+            return stmt
+        return tirx.For(
+            stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body,
+            stmt.thread_binding, stmt.annotations, stmt.step, stmt.span,
+        )  # fmt: skip
+    if isinstance(stmt, tirx.IfThenElse):
+        then = _rebuild(stmt.then_case, leaf)
+        other = None if stmt.else_case is None else _rebuild(stmt.else_case, leaf)
+        if then.same_as(stmt.then_case) and (other is None or other.same_as(stmt.else_case)):
+            return stmt
+        return tirx.IfThenElse(stmt.condition, then, other, stmt.span)
+    if isinstance(stmt, tirx.AttrStmt):
+        body = _rebuild(stmt.body, leaf)
+        if body.same_as(stmt.body):
+            return stmt
+        return tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, body, stmt.span)
+    if isinstance(stmt, tirx.While):
+        body = _rebuild(stmt.body, leaf)
+        return stmt if body.same_as(stmt.body) else tirx.While(stmt.condition, body, stmt.span)
+    return leaf(stmt)
+
+
+def register() -> str:
+    """Register TIR_PIPELINE with tvm.tirx (once per process); returns its name."""
+    import tvm
+    from tvm.s_tir import pipeline as s_tir_pipeline
+    from tvm.tirx import compilation_pipeline
+
+    def factory() -> tuple[Any, Any, Any]:
+        lower, finalize_host, finalize_device = s_tir_pipeline.default_s_tir_pipeline()
+
+        def finalize_host_on_stack() -> Any:
+            return tvm.ir.transform.Sequential([stack_tiles_pass(), finalize_host()])
+
+        return lower, finalize_host_on_stack, finalize_device
+
+    compilation_pipeline.register_tir_pipeline(TIR_PIPELINE, factory)
+    return TIR_PIPELINE
