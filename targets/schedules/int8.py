@@ -1,13 +1,14 @@
 """Integer matmul rule: C[..., n] += u8 A[..., k] * s8 W_p[n/bn, k/bk, n%bn, k%bk], by blocks.
 
-It takes the kernels of `targets/quantized.py` (int32 sums of uint8 x int8 products over a weight
-packed in bn x bk blocks, with a float epilogue). Each task of the parallel loop computes an
-MR x (NB*bn) tile of C over the whole k, accumulating in a local buffer that LLVM keeps in
-registers. One block (bn columns x bk reduction steps) is one instruction of the target's
-kernel family (`int8_intrinsics.FAMILIES`: vpdpbusd, vpmaddwd, usdot, sdot, smull), or, for the
-generic family, bn columns vectorized plainly. Column tiles run outermost, so a tile's weight
-panel stays in cache while every row tile passes over it. The epilogue (zero-point correction,
-scales, bias and fused elementwise consumers) is applied as each tile is stored.
+It takes the kernels of `targets/quantized.py` (int32 sums of uint8 x int8 products over a
+weight packed in bn x bk blocks, with a float epilogue). Each task of the parallel loop computes
+an MR x (NB*bn) tile of C over the whole k, accumulating in a local buffer that LLVM keeps in
+registers (on the stack, not TVM's workspace pool: `targets/stack_tiles.py`). One block (bn
+columns x bk reduction steps) is one instruction of the target's kernel family
+(`int8_intrinsics.FAMILIES`: vpdpbusd, vpmaddwd, usdot, sdot, smull), or, for the generic
+family, bn columns vectorized plainly. Column tiles run outermost, so a tile's weight panel
+stays in cache while every row tile passes over it. The epilogue (zero-point correction, scales,
+bias and fused elementwise consumers) is applied as each tile is stored.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 The reduction block is normalized to C[S, I, J] += A[S, I, K] * B[S, J, K] (dlight's reindex),
 then tiled for registers: each task of the parallel loop computes an MR x NR tile of C over the
 whole K, with NR a multiple of the vector width (J innermost, vectorized) and the MR rows
-unrolled, accumulating in a small local buffer that LLVM keeps in registers. The bias, GELU,
-residual add and other elementwise consumers are applied while the tile is written back.
+unrolled, accumulating in a small local buffer that LLVM keeps in registers (`stack_tiles` keeps
+it out of TVM's workspace pool). The bias, GELU, residual add and other elementwise consumers
+are applied while the tile is written back.
 
 A symbolic I or J is padded to whole tiles first (`pad_einsum`): A's rows past I read zeros, B's
 columns past J are zeros in a copy of B laid out [S, K, J] (contiguous along the vector axis),

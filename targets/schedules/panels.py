@@ -1,13 +1,13 @@
 """Panel matmul rule: C[..., j] += A[..., k] * W_p[j/bn, k, j%bn, 0], over weight panels.
 
-It takes the float kernels of `targets/panels.py`. Each task of the parallel loop computes an
-MR x bn tile of C over the whole k, accumulating in a local buffer that LLVM keeps in
-registers: per step of k, bn/lanes vector loads of the panel, MR broadcasts of A and
-MR * bn/lanes fused multiply-adds. Panels run outermost, so one panel (bn x k floats) stays in
-cache while every row tile passes over it. The kernel's rows are whole tiles
-(`panels.whole_tiles`), so no tile is guarded: a guard on a row inside the reduction would keep
-that row's accumulators in memory. The epilogue (bias, GELU, residual add, ...) is applied as
-each tile is stored.
+It takes the float kernels of `targets/panels.py`. Each task of the parallel loop computes an MR
+x bn tile of C over the whole k, accumulating in a local buffer that LLVM keeps in registers
+(`targets/stack_tiles.py` keeps it off the heap): per step of k, bn/lanes vector loads of the
+panel, MR broadcasts of A and MR * bn/lanes fused multiply-adds. Panels run outermost, so one
+panel (bn x k floats) stays in cache while every row tile passes over it. The kernel's rows are
+whole tiles (`panels.whole_tiles`), so no tile is guarded: a guard on a row inside the reduction
+would keep that row's accumulators in memory. The epilogue (bias, GELU, residual add, ...) is
+applied as each tile is stored.
 
 `PANELS` holds the tile per instruction set, the first whose feature the target has; an
 instruction set it gives None keeps its matmuls in the layout of `schedules/matmul.py`.
