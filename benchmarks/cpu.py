@@ -346,6 +346,7 @@ def _kernel(
     from nlpress.targets import get_target, lower
     from nlpress.targets.bench import _kernel_calls, _random_array
     from nlpress.targets.schedules import int8, panels
+    from nlpress.targets.stack_tiles import pipeline_for
 
     target = lower.tvm_target(get_target("x86"))
     family = int8.int8_intrinsics.int8_kernel(target).family
@@ -360,7 +361,7 @@ def _kernel(
         panels.PANELS, int8.TILES = saved[0], saved[1]
     name = next(x for x in _kernel_calls(mod) if "matmul" in x)
     func = mod[name].with_attr("global_symbol", "main")
-    library = tvm.compile(tvm.IRModule({"main": func}), target)
+    library = tvm.compile(tvm.IRModule({"main": func}), target, tir_pipeline=pipeline_for(target))
     rng = np.random.default_rng(0)
     args = [tvm.runtime.tensor(_random_array(rng, p)) for p in mod[name].params]
     return lambda: library["main"](*args)

@@ -437,8 +437,12 @@ def time_kernel(func: Any, tvm_target: Any, repeat: int) -> float:
     """Milliseconds per call of one PrimFunc on seeded random inputs (median of `repeat`)."""
     import tvm
 
+    from nlpress.targets.stack_tiles import pipeline_for
+
     library = tvm.compile(
-        tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), tvm_target
+        tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+        tvm_target,
+        tir_pipeline=pipeline_for(tvm_target),
     )
     args = random_args(func, tvm.cpu())
     library["main"](*args)

@@ -293,7 +293,7 @@ def build(mod: Any, target: Target, records: str | os.PathLike[str] | None = Non
         folder = None
     compiled_for = tvm_target(target)
     pipeline = relax_pipeline(target, compiled_for, folder)
-    kernels = "default" if target.device == "cuda" else stack_tiles.register()
+    kernels = stack_tiles.pipeline_for(compiled_for)
     with _quiet():
         try:
             return relax.build(

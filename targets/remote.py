@@ -305,6 +305,7 @@ def kernel_timer(
     import tvm
 
     from nlpress.targets.bench import random_args
+    from nlpress.targets.stack_tiles import pipeline_for
 
     held = {"session": board.request()}
     count = [0]
@@ -314,7 +315,9 @@ def kernel_timer(
         count[0] += 1
         name = f"kernel{count[0]}.so"
         library = tvm.compile(
-            tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), tvm_target
+            tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+            tvm_target,
+            tir_pipeline=pipeline_for(tvm_target),
         )
         try:
             with tempfile.TemporaryDirectory(prefix="nlpress-kernel-") as folder:

@@ -10,7 +10,7 @@ constant size up to STACK_LIMIT bytes are annotated to stay allocations (TVM's o
 to registers where it can.
 
 `TIR_PIPELINE` names TVM's default s_tir pipeline with this pass first in the host
-finalization, registered with `tvm.tirx` on import.
+finalization; `pipeline_for` registers it and gives its name for CPU targets.
 """
 
 from __future__ import annotations
@@ -88,8 +88,13 @@ def _rebuild(stmt: Any, leaf: Any) -> Any:
     return leaf(stmt)
 
 
+def pipeline_for(tvm_target: Any) -> str:
+    """The TIR pipeline that kernels for `tvm_target` are built with: TIR_PIPELINE on CPUs."""
+    return register() if str(tvm_target.kind.name) in ("llvm", "c") else "default"
+
+
 def register() -> str:
-    """Register TIR_PIPELINE with tvm.tirx (once per process); returns its name."""
+    """Register TIR_PIPELINE with tvm.tirx; returns its name."""
     import tvm
     from tvm.s_tir import pipeline as s_tir_pipeline
     from tvm.tirx import compilation_pipeline

@@ -142,7 +142,7 @@ def _middle_sum(a: T.Buffer((5, 7, 9), "float32"), c: T.Buffer((5, 9), "float32"
 
 
 def _run(func: Any, mod: Any, sizes: dict[str, int]) -> list[np.ndarray]:
-    library = tvm.compile(mod, target=HOST, tir_pipeline=stack_tiles.register())
+    library = tvm.compile(mod, target=HOST, tir_pipeline=stack_tiles.pipeline_for(HOST))
     rng = np.random.default_rng(0)
     args = []
     for param in func.params:

@@ -36,13 +36,14 @@ def _tile_workspace_calls(pipeline: str) -> list[str]:
 
 def test_the_register_tile_leaves_the_workspace_pool() -> None:
     assert _tile_workspace_calls("default"), "TVM no longer pools the tile: drop the pass"
-    assert _tile_workspace_calls(stack_tiles.register()) == []
+    assert _tile_workspace_calls(stack_tiles.pipeline_for(HOST)) == []
 
 
 def test_a_kernel_with_stack_tiles_computes_the_same() -> None:
     rng = np.random.default_rng(0)
     q, k = rng.standard_normal((2, 37, 32), "float32"), rng.standard_normal((2, 32, 37), "float32")
-    library = tvm.compile(_attention_scores(), target=HOST, tir_pipeline=stack_tiles.register())
+    pipeline = stack_tiles.pipeline_for(HOST)
+    library = tvm.compile(_attention_scores(), target=HOST, tir_pipeline=pipeline)
     out = tvm.runtime.tensor(np.zeros((2, 37, 37), "float32"))
     library["main"](tvm.runtime.tensor(q), tvm.runtime.tensor(k), out)
     np.testing.assert_allclose(out.numpy(), q @ k, rtol=1e-5, atol=1e-4)
