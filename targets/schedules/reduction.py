@@ -31,8 +31,8 @@ class RowReduction:
         if not any("R" in k for k in kinds) or any(not _is_row_block(k) for k in kinds):
             return None
         rows = min(len(k) - len(k.lstrip("S")) for k in kinds)
-        work = [common.block_work(sch, b) for b in blocks]
-        parallel = common.worth_parallel(None if None in work else max(w or 0 for w in work))
+        work = [common.block_work(sch, b) for b in blocks]  # every block passes over the rows
+        parallel = common.worth_parallel(None if None in work else sum(w or 0 for w in work))
         lanes = common.vector_lanes(target, _dtype_bits(sch, blocks[-1]))
         partials = in_lanes + [
             name

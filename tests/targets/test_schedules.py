@@ -253,6 +253,16 @@ def test_softmax(shape: tuple[int, int]) -> None:
     _check(_func(lambda: _softmax(*shape)), RowReduction())
 
 
+@pytest.mark.parametrize(("rows", "cols", "parallel"), [(1536, 128, True), (64, 128, False)])
+def test_a_softmax_runs_its_rows_in_parallel_by_the_work_of_all_its_passes(
+    rows: int, cols: int, parallel: bool
+) -> None:
+    """Attention probabilities of one 128-token sentence: 196608 elements, under the parallel
+    threshold for one pass, but max, exp, sum and divide each pass over them."""
+    sch = RowReduction().apply(_func(lambda: _softmax(rows, cols)), HOST, False)
+    assert ("T.parallel(" in sch.mod.script()) is parallel
+
+
 @pytest.mark.parametrize(("batch", "seq"), [(2, 40), (1, 1), (1, 17)])
 def test_softmax_over_a_symbolic_row(batch: int, seq: int) -> None:
     """A row of unknown length sums serially (split in vectors, compute_at drops their guard)."""
