@@ -207,10 +207,7 @@ class Session:
     def _invoke(self, arrays: Sequence[np.ndarray], wanted: Sequence[int]) -> list[np.ndarray]:
         """Call the model's main function on checked feeds; returns the outputs `wanted`."""
         configure_threads(self.options)  # the pool of the calling thread
-        import tvm
-
-        args = [tvm.runtime.tensor(a, self._device) for a in arrays]
-        values = _flatten(self._vm["main"](*args))
+        values = _flatten(self._vm["main"](*self._tensors(arrays)))
         return [values[i].numpy() for i in wanted]
 
     def kernel_times(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
@@ -219,11 +216,20 @@ class Session:
 
         arrays = check_feeds(self._inputs, feeds, self._index_ranges, dim_limits(self.manifest))
         configure_threads(self.options)
+        with self._lock:
+            return kernel_times(self._vm, self._tensors(arrays))
+
+    def _tensors(self, arrays: Sequence[np.ndarray]) -> list[Any]:
+        """The feeds as TVM tensors: on the CPU, 64-byte aligned numpy memory lent by DLPack.
+
+        The kernels assume TVM's 64-byte alignment; `tvm.runtime.tensor` allocates and copies
+        (about 14 us a feed, a visible share of a short sentence's run), lending costs 0.4 us.
+        """
         import tvm
 
-        args = [tvm.runtime.tensor(a, self._device) for a in arrays]
-        with self._lock:
-            return kernel_times(self._vm, args)
+        if self._device_kind != "cpu":
+            return [tvm.runtime.tensor(a, self._device) for a in arrays]
+        return [tvm.runtime.from_dlpack(_aligned(a)) for a in arrays]
 
     def encode(
         self,
@@ -609,6 +615,17 @@ def _load_vm(library: Path, device_kind: str, device_id: int) -> tuple[Any, Any]
         raise ArtifactError(f"{library.parent}: a cuda artifact, and no CUDA GPU is present")
     module = tvm.runtime.load_module(os.fspath(library))
     return VirtualMachine(module, device), device
+
+
+def _aligned(array: np.ndarray, alignment: int = 64) -> np.ndarray:
+    """`array` itself when C-contiguous and aligned to `alignment` bytes, else an aligned copy."""
+    if array.flags.c_contiguous and array.ctypes.data % alignment == 0:
+        return array
+    raw = np.empty(array.nbytes + alignment, dtype=np.uint8)
+    start = -raw.ctypes.data % alignment
+    copy = raw[start : start + array.nbytes].view(array.dtype).reshape(array.shape)
+    copy[...] = array
+    return copy
 
 
 def _flatten(result: Any) -> list[Any]:
