@@ -166,7 +166,7 @@ def _check(func: Any, rule: Any, target: Any = HOST, sizes: dict[str, int] | Non
         scheduled = _run(func, sch.mod, sizes)
         np.testing.assert_allclose(scheduled[-1], plain[-1], rtol=1e-5, atol=1e-5)
     else:  # another ISA: it must at least compile
-        tvm.compile(sch.mod, target=target)
+        tvm.compile(sch.mod, target=target, tir_pipeline=stack_tiles.pipeline_for(target))
 
 
 @pytest.mark.parametrize("shape", [(128, 384, 384), (7, 13, 19), (2, 40, 33), (50, 64, 48)])
@@ -208,7 +208,7 @@ def test_symbolic_matmuls_are_padded_to_whole_tiles(build: Any, target: Any) -> 
     assert "pad" in sch.mod.script()
     assert _update_blocks(sch.mod.script())
     assert all("T.where" not in block for block in _update_blocks(sch.mod.script()))
-    tvm.compile(sch.mod, target=target)
+    tvm.compile(sch.mod, target=target, tir_pipeline=stack_tiles.pipeline_for(target))
 
 
 @pytest.mark.parametrize(
