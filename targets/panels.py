@@ -11,16 +11,23 @@ with n zero-padded to whole panels and the padding sliced off after. The bias, G
 elementwise consumers are fused into the kernel by Relax's operator fusion; the panel rule of
 `schedules/panels.py` tiles it. The panel's last axis (of size one) gives it the shape of the
 integer kernels' packed weights, so both share one weight layout.
+
+A weight-only quantized matmul, `matmul(x, dequantize(W_q, s))` with x float32, a constant int8
+W_q [k, n], a per-column (or per-tensor) scale s and zero zero-points, keeps W_q packed as int8
+panels: the kernel widens each panel vector to float as it reads it and scales the sums,
+C[..., j] = s[j] * sum_k x[..., k] * W_q[k, j], which is x @ (W_q * s) up to float rounding (the
+scale of a column is common to its whole sum). The library holds a quarter of the weight bytes.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from nlpress.targets import relax_match
+from nlpress.targets import quantized, relax_match
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +64,9 @@ def rewrite_float_matmuls(mod: Any, tile: tuple[int, int]) -> Any:
         if not isinstance(func, relax.Function):
             continue
         values = relax_match.bound_values(func)
-        matched = {var for var, value in values.items() if _weight(value) is not None}
+        matched = {
+            var: weight for var, value in values.items() if (weight := _weight(value, values))
+        }
         if matched:
             mod = relax_match.rewrite_bindings(mod, gvar, _replacement(matched, tile))
             log.debug("packed %d float matmuls of %s into panels", len(matched), gvar.name_hint)
@@ -75,37 +84,64 @@ def panel_matmul_pass(tile: tuple[int, int]) -> Any:
     return _pass
 
 
-def _weight(value: Any) -> np.ndarray | None:
-    """The constant float32 [k, n] weight of `matmul(x, W)` with x static float32, else None."""
+@dataclass(frozen=True)
+class _Weight:
+    """The [k, n] weight of a matmul: float32, or int8 with a float32 scale per column."""
+
+    values: np.ndarray
+    scale: np.ndarray | None = None
+
+
+def _weight(value: Any, values: dict[Any, Any]) -> _Weight | None:
+    """The constant weight of `matmul(x, W)` with x float32 of rank 2 or more, else None.
+
+    W is a float32 constant, or the dequantization of a weight-only int8 one (module doc).
+    """
     if relax_match.op_of(value) != "relax.matmul":
         return None
     x, w = value.args
-    if value.attrs.out_dtype not in (None, "", "float32") or not relax_match.is_const(w):
-        return None
     shape = relax_match.shape_of(x)
-    if shape is None or len(shape) < 2 or relax_match.dtype_of(x) != "float32":
+    if value.attrs.out_dtype not in (None, "", "float32") or shape is None or len(shape) < 2:
         return None
-    array = w.value.numpy()
+    if relax_match.dtype_of(x) != "float32":
+        return None
+    weight = _constant_weight(w, values)
     depth = getattr(shape[-1], "value", None)
-    if array.dtype != np.float32 or array.ndim != 2 or array.shape[0] != depth:
+    if weight is None or weight.values.ndim != 2 or weight.values.shape[0] != depth:
         return None
-    return np.asarray(array)
+    return weight
 
 
-def _replacement(matched: set[Any], tile: tuple[int, int]) -> relax_match.Replacement:
+def _constant_weight(w: Any, values: dict[Any, Any]) -> _Weight | None:
+    if relax_match.is_const(w):
+        array = np.asarray(w.value.numpy())
+        return _Weight(array) if array.dtype == np.float32 else None
+    dequantize = relax_match.call_of(w, "relax.dequantize", values)
+    if dequantize is None or str(dequantize.attrs.out_dtype) != "float32":
+        return None
+    int8 = quantized.constant_int8_weight(dequantize)
+    return None if int8 is None else _Weight(int8.q, int8.scale)
+
+
+def _replacement(matched: dict[Any, _Weight], tile: tuple[int, int]) -> relax_match.Replacement:
     from tvm import relax
 
     rows, columns = tile
 
     def replace(bb: Any, binding: Any, visit: Any) -> Any:
-        weight = _weight(binding.value) if binding.var in matched else None
+        weight = matched.get(binding.var)
         if weight is None:
             return None
         x = visit(binding.value.args[0])
-        panels = relax.const(pack_panels(weight, columns), "float32")
-        kernel = bb.call_te(_te_panel_matmul, x, panels, rows=rows, primfunc_name_hint=KERNEL_NAME)
+        panels = pack_panels(weight.values, columns)
+        args = [x, relax.const(panels, str(panels.dtype))]
+        if weight.scale is not None:
+            padded = np.zeros(panels.shape[0] * columns, dtype=np.float32)
+            padded[: weight.scale.size] = weight.scale
+            args.append(relax.const(padded, "float32"))
+        kernel = bb.call_te(_te_panel_matmul, *args, rows=rows, primfunc_name_hint=KERNEL_NAME)
         out = bb.emit(kernel)
-        n = weight.shape[1]
+        n = weight.values.shape[1]
         if n % columns:
             axis = relax_match.ndim_of(x) - 1
             out = bb.emit(relax.op.strided_slice(out, axes=[axis], begin=[0], end=[n]))
@@ -148,9 +184,10 @@ def whole_tiles(a: Any, rows: int) -> tuple[Any, Any] | None:
     return (count + rows - 1) // rows * rows, read
 
 
-def _te_panel_matmul(a: Any, w: Any, *, rows: int) -> Any:
+def _te_panel_matmul(a: Any, w: Any, scale: Any = None, *, rows: int) -> Any:
     """C[..., j] = sum_k a[..., k] * w[j // bn, k, j % bn, 0]; the result has whole panels.
 
+    An int8 `w` is widened to float as it is read, and the sums are multiplied by `scale[j]`.
     The sums run over the rows rounded up to whole tiles (`whole_tiles`); the first rows are
     the result.
     """
@@ -164,9 +201,11 @@ def _te_panel_matmul(a: Any, w: Any, *, rows: int) -> Any:
 
     def product(*index: Any) -> Any:
         *head, j = index
-        return te.sum(read(*head, k) * w[j // bn, k, j % bn, 0], axis=k)
+        return te.sum(read(*head, k) * w[j // bn, k, j % bn, 0].astype("float32"), axis=k)
 
     acc = te.compute((*lead[:-1], count, w.shape[0] * bn), product, name=ACC_BLOCK)
-    if tiles is None:
+    if tiles is not None:
+        acc = te.compute((*lead, w.shape[0] * bn), lambda *index: acc[index], name=ROWS_BLOCK)
+    if scale is None:
         return acc
-    return te.compute((*lead, w.shape[0] * bn), lambda *index: acc[index], name=ROWS_BLOCK)
+    return te.compute(acc.shape, lambda *index: acc[index] * scale[index[-1]], name="scaled")

@@ -242,7 +242,7 @@ def _match_matmul(value: Any, values: dict[Any, Any]) -> tuple[Any, Any, Any, _W
     if left is None or right is None:
         return None
     activation = _activation(left)
-    weight = _weight(right)
+    weight = constant_int8_weight(right)
     if activation is None or weight is None:
         return None
     return (*activation, weight)
@@ -265,7 +265,7 @@ def _activation(dequantize: Any) -> tuple[Any, Any, Any] | None:
     return x_q, scale, zero_point
 
 
-def _weight(dequantize: Any) -> _Weight | None:
+def constant_int8_weight(dequantize: Any) -> _Weight | None:
     """The constant int8 [k, n] weight with per-column or per-tensor scale and zero zero-point."""
     w_q, scale, zero_point = dequantize.args
     if not all(relax_match.is_const(a) for a in (w_q, scale, zero_point)):

@@ -100,6 +100,34 @@ def dense(
     return model(nodes, [tensor("x", x)], [y], inits, opset=opset)
 
 
+def weight_only_int8(proto: onnx.ModelProto, per_tensor: bool = False) -> onnx.ModelProto:
+    """`proto` with each MatMul's float [k, n] initializer stored as symmetric int8 behind a
+    DequantizeLinear (per column, or one scale), as weight-only quantized files carry them."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    graph = out.graph
+    inits = {i.name: i for i in graph.initializer}
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        init = inits.get(node.input[1]) if node.op_type == "MatMul" else None
+        w = onnx.numpy_helper.to_array(init) if init is not None else None
+        if init is not None and w is not None and w.ndim == 2 and w.dtype == np.float32:
+            peak = np.abs(w).max() if per_tensor else np.abs(w).max(axis=0)
+            scale = (np.maximum(peak, 1e-8) / 127).astype(np.float32)
+            q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+            graph.initializer.remove(init)
+            graph.initializer.extend(
+                [initializer(f"{init.name}_q", q), initializer(f"{init.name}_s", scale),
+                 initializer(f"{init.name}_zp", np.zeros_like(q[0] if scale.ndim else q[0, 0]))]
+            )  # fmt: skip
+            names = [f"{init.name}_q", f"{init.name}_s", f"{init.name}_zp"]
+            nodes.append(helper.make_node("DequantizeLinear", names, [init.name], axis=1))
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return out
+
+
 def embedding(
     table: np.ndarray,
     ids: Dims = ("batch", "sequence"),

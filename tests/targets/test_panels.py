@@ -6,10 +6,12 @@ Bound against ONNX Runtime: both sum the same products of float32 in another ord
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import graphs
 import numpy as np
+import onnx
 import pytest
 import tvm
 from tvm import relax
@@ -86,6 +88,33 @@ def test_panel_kernel_matches_onnxruntime(shape: list[int], k: int, n: int) -> N
     got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     bound = 1e-5 * float(np.abs(expected).max()) + 1e-5
     np.testing.assert_allclose(got, expected, rtol=0, atol=bound)
+
+
+@pytest.mark.parametrize(
+    ("shape", "n", "per_tensor"),
+    [(["batch", "sequence", 40], 56, False), ([1, 13, 40], 100, False), ([3, 40], 17, True)],
+)
+@pytest.mark.parametrize("target", [AVX2, get_target("x86")], ids=["avx2", "host"])
+def test_weight_only_int8_keeps_int8_panels_and_its_exact_sum(
+    target: Any, shape: list[Any], n: int, per_tensor: bool
+) -> None:
+    """matmul(x, dequantize(W_q, s)) runs over int8 panels and computes x @ (W_q * s)."""
+    proto = graphs.weight_only_int8(_model(shape, 40, n, seed=n), per_tensor=per_tensor)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    weight = inits["w_q"].astype(np.float32) * inits["w_s"]
+    tvm_target = lower.tvm_target(target)
+    mod, unscheduled = lower.cpu_kernels(lower.import_onnx(proto), tvm_target)
+    [kernel] = [f for name, f in _kernels(mod).items() if panels.KERNEL_NAME in name]
+    assert unscheduled == [] and {str(p.dtype) for p in kernel.params} >= {"int8"}
+    vm = relax.VirtualMachine(lower.build(lower.import_onnx(proto), target), tvm.cpu())
+    for rows in [1, 6, 37]:
+        dims = [rows if isinstance(d, str) else d for d in shape]
+        x = np.random.default_rng(rows).standard_normal(dims).astype(np.float32)
+        z = x @ weight + inits["b"]
+        expected = 0.5 * z * (1 + np.vectorize(math.erf)(z / np.sqrt(2)))
+        got = vm["main"](tvm.runtime.tensor(x)).numpy()
+        bound = 1e-5 * float(np.abs(expected).max()) + 1e-5
+        np.testing.assert_allclose(got, expected, rtol=0, atol=bound)
 
 
 def test_integer_tiles_over_a_symbolic_row_count_take_at_most_four_rows() -> None:
