@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import struct
 import threading
 from collections.abc import Mapping, Sequence
@@ -156,7 +157,11 @@ class Session:
         """Load the artifact folder `path`; cuda artifacts run on GPU `device_id`."""
         self._read(path, options)
         check_cpu(self.manifest, self.path)
-        self._vm, self._device = _load_vm(self.path / LIBRARY, self._device_kind, device_id)
+        recorded = self.manifest.get("library")
+        digest = recorded.get("sha256") if isinstance(recorded, Mapping) else None
+        self._vm, self._device = _load_vm(
+            _fresh(self.path / LIBRARY, digest), self._device_kind, device_id
+        )
         self.threads = configure_threads(self.options)
         self.launcher = "tvm"
         if self._device_kind == "cpu" and not self.options.pin:
@@ -615,6 +620,32 @@ def _load_vm(library: Path, device_kind: str, device_id: int) -> tuple[Any, Any]
         raise ArtifactError(f"{library.parent}: a cuda artifact, and no CUDA GPU is present")
     module = tvm.runtime.load_module(os.fspath(library))
     return VirtualMachine(module, device), device
+
+
+_loaded: dict[str, str] = {}  # the sha256 of the library first loaded from each path
+_copies: list[Any] = []  # the folder of private copies, removed when the process ends
+
+
+def _fresh(library: Path, digest: str | None) -> Path:
+    """A path that loads this library's bytes, not an earlier library loaded from its path.
+
+    The dynamic loader hands a process the library it already loaded from the same path, so
+    an artifact compiled again into the folder of a loaded one would run the old code. A
+    library whose bytes differ from those first loaded from its path is loaded from a copy
+    named by its sha256 (`digest`, as the manifest records it; computed when None).
+    """
+    import tempfile
+
+    key = os.path.realpath(library)
+    digest = digest or library_facts(library)["sha256"]
+    if _loaded.setdefault(key, digest) == digest:
+        return library
+    if not _copies:
+        _copies.append(tempfile.TemporaryDirectory(prefix="nlpress-libraries-"))
+    copy = Path(_copies[0].name) / f"{digest}{library.suffix}"
+    if not copy.exists():
+        shutil.copyfile(library, copy)
+    return copy
 
 
 def _aligned(array: np.ndarray, alignment: int = 64) -> np.ndarray:

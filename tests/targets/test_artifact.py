@@ -155,6 +155,21 @@ def test_rebuild_replaces_an_artifact(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]
 
 
+def test_a_rebuilt_artifact_loads_its_new_code_in_the_same_process(tmp_path: Path) -> None:
+    """The loader hands out the library already loaded from a path: a session of a folder
+    compiled again must still run the new library."""
+    x = np.ones((2, 4), dtype=np.float32)
+    results = []
+    for scale in (2.0, 3.0, 2.0):
+        model = graphs.dense([2, 4], scale * np.eye(4, dtype=np.float32), activation=None)
+        build_artifact(model, get_target("x86"), tmp_path / "a", manifest={"pipeline": "fold"})
+        [y] = load(tmp_path / "a").run(None, {"x": x})
+        results.append(y)
+    np.testing.assert_array_equal(results[0], 2 * x)
+    np.testing.assert_array_equal(results[1], 3 * x)
+    np.testing.assert_array_equal(results[2], 2 * x)
+
+
 def test_refuses_a_folder_that_is_not_an_artifact(tiny_model: Model, tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(UsageError, match="not an nlpress artifact"):
