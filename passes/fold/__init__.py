@@ -27,6 +27,8 @@ orders them):
   QLinearMatMul (ONNX Runtime's QOperator format) becomes DequantizeLinear -> MatMul ->
   QuantizeLinear, and ONNX Runtime's dynamic MatMulInteger with its Cast and scaling becomes
   MatMul(DequantizeLinear(a), DequantizeLinear(W)): the QDQ forms the lowering makes integer.
+  A constant int8 weight cast to float and scaled (a weight-only file's Cast -> Mul) becomes
+  DequantizeLinear(W, s), which the lowering keeps as int8.
 - ONNX Runtime's fused com.microsoft ops that are short formulas (SkipLayerNormalization,
   BiasGelu, FastGelu, Gelu) become the standard ops they fuse (`contrib`).
 
@@ -63,6 +65,7 @@ from nlpress.passes.fold.canonical import (
     decompose_qlinear,
     fuse,
     integer_matmul_as_qdq,
+    scaled_cast_as_dequantize,
     unflattened_gemm,
 )
 from nlpress.passes.fold.constants import (
@@ -171,6 +174,7 @@ def _round(graph: gs.Graph, max_bytes: int) -> dict[str, int]:
 
 _REWRITES: tuple[tuple[str, Rewrite], ...] = (
     ("constants_to_initializers", constants_to_initializers),
+    ("scaled_casts_as_dequantize", scaled_cast_as_dequantize),  # before folding floats W
     ("contrib_decomposed", decompose_contrib),
     ("shape_folded", fold_known_values),
     ("targets_folded", symbolic_targets),

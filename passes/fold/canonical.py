@@ -138,6 +138,47 @@ def _scaled_integer_product(
     return scaling, a_scale, w_scale
 
 
+def scaled_cast_as_dequantize(graph: gs.Graph, shapes: Shapes, max_bytes: int) -> int:
+    """Mul(Cast(W_q, to=float), s) -> DequantizeLinear(W_q, s) for a constant int8 [k, n] W_q.
+
+    Weight-only quantized files spell the dequantization of a weight so, with s one scale or one
+    per column; folded, W would be stored as float (4x its bytes). As a DequantizeLinear it is
+    the form the lowering keeps as int8 (`targets/panels.py`).
+    """
+    count = 0
+    names = set(graph.tensors())
+    for cast in [n for n in graph.nodes if n.op == "Cast" and n.inputs and n.outputs]:
+        weight = cast.inputs[0]
+        scaling = _only_reader(graph, cast.outputs[0])
+        if cast.attrs.get("to") != TensorProto.FLOAT or scaling is None or scaling.op != "Mul":
+            continue
+        if not isinstance(weight, gs.Constant) or weight.values.dtype != np.int8:
+            continue
+        scale = next((t for t in scaling.inputs if t is not cast.outputs[0]), None)
+        columns = _column_scale(scale, weight.values.shape)
+        if columns is None:
+            continue
+        scale_constant = gs.Constant(fresh_name(names, f"{weight.name}_scale"), columns)
+        scaling.op, scaling.inputs = "DequantizeLinear", [weight, scale_constant]
+        scaling.attrs = {"axis": 1} if columns.ndim else {}
+        count += 1
+    return count
+
+
+def _column_scale(scale: gs.Tensor | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A float32 scale of a [k, n] weight as DequantizeLinear takes it: a scalar or [n]."""
+    if not isinstance(scale, gs.Constant) or len(shape) != 2:
+        return None
+    values = np.asarray(scale.values)
+    if values.dtype != np.float32 or values.ndim > 2:
+        return None
+    if values.size == 1:
+        return values.reshape(())
+    if values.shape[-1] == shape[1] and values.size == shape[1]:
+        return values.reshape(shape[1])
+    return None
+
+
 def _only_reader(graph: gs.Graph, tensor: gs.Tensor) -> gs.Node | None:
     readers = consumers(tensor)
     return readers[0] if len(readers) == 1 and not is_graph_output(graph, tensor) else None

@@ -154,6 +154,13 @@ REWRITES = {
         [gemm] yf = Gemm(xf, w, c)
         [restore] y = Reshape(yf, t)
     }""",
+    # scaled_casts_as_dequantize: a weight-only file's int8 weight, cast and scaled per column.
+    "fold-weight-only-cast-mul": """g (float[n, 3] x) => (float[n, 2] y)
+        <int8[3, 2] w = {1, -2, 3, -4, 5, -127}, float[1, 2] s = {0.5, 0.25}> {
+        [cast] wf = Cast<to = 1>(w)
+        [scale] ws = Mul(wf, s)
+        [matmul] y = MatMul(x, ws)
+    }""",
     # deduplicated: identical initializers merge, then identical nodes on them.
     "fold-duplicates": """g (float[n, 2] x) => (float[n, 2] y)
         <float[2] b1 = {1, 2}, float[2] b2 = {1, 2}> {
