@@ -79,12 +79,12 @@ def measure(
     pruned = session(result.model, optimize=True)
     scores = {
         "domain held-out": sentence_fidelity(
-            pruned, reference, tokenizer, domain_heldout, entry.max_length
+            pruned, reference, tokenizer, domain_heldout, entry.cut_length
         ),
         "zoo held-out": sentence_fidelity(
-            pruned, reference, tokenizer, zoo_heldout, entry.max_length
+            pruned, reference, tokenizer, zoo_heldout, entry.cut_length
         ),
-        "evaluation pairs": fidelity(pruned, reference, tokenizer, entry.max_length),
+        "evaluation pairs": fidelity(pruned, reference, tokenizer, entry.cut_length),
     }
     return {
         "calibrated_on": label,

@@ -81,7 +81,8 @@ def read_folder(path: str | os.PathLike[str]) -> Folder:
     pooling = _pooling(root / types[POOLING]) if POOLING in types else None
     found = [d / TOKENIZER for d in (transformer, root) if (d / TOKENIZER).is_file()]
     tokenizer = found[0] if found else None
-    return Folder(root, transformer, tokenizer, pooling, NORMALIZE in types, _max_length(root))
+    length = _max_length(transformer)
+    return Folder(root, transformer, tokenizer, pooling, NORMALIZE in types, length)
 
 
 def content_sha256(folder: Folder) -> str:
@@ -123,8 +124,9 @@ def _pooling(folder: Path) -> str:
     return POOLING_MODES[chosen[0]]
 
 
-def _max_length(root: Path) -> int | None:
-    config = root / "sentence_bert_config.json"
+def _max_length(transformer: Path) -> int | None:
+    """The max_seq_length in the transformer's folder, where sentence-transformers reads it."""
+    config = transformer / "sentence_bert_config.json"
     value = _json(config).get("max_seq_length") if config.is_file() else None
     return value if isinstance(value, int) and value > 0 else None
 

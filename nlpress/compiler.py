@@ -155,7 +155,7 @@ def heldout_text(source: Source, calibration: Calibration) -> tuple[HeldOutText 
     if text is None:
         return None, None
     tokenizer = tokenizer_path(calibration.tokenizer, source.zoo)
-    length = source.zoo.max_length if source.zoo else zoo.DEFAULT_MAX_LENGTH
+    length = source.zoo.cut_length if source.zoo else zoo.DEFAULT_MAX_LENGTH
     return held_out(*text, source.model, tokenizer, length)
 
 

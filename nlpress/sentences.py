@@ -7,8 +7,9 @@ An artifact of a text model records how `Session.encode` turns sentences into em
 
 `pooling` and `output` are None when no pool pass ran (encode then mean-pools the embedding output,
 `ir/embedding.py`, itself), `tokenizer` is None when the artifact carries none, and
-`max_length` is the longest text in tokens the model takes: its static sequence length, else the
-largest its position table allows, else the zoo model's limit or 128.
+`max_length` is the longest text in tokens the encoder takes (`zoo.text_length`): its static
+sequence length, else the length its folder declares (at most its position table's), else the
+largest its position table allows, else 128.
 """
 
 from __future__ import annotations
@@ -88,9 +89,6 @@ def longest_text(model: Model, entry: zoo.ZooModel | None) -> int:
     first = inputs.get("input_ids") or next(iter(inputs.values()), None)
     shape = list(first.shape or []) if first is not None else []
     dim = shape[1] if len(shape) > 1 else None
-    if isinstance(dim, int):
-        return dim
     limits = dim_limits(model.graph)
-    if isinstance(dim, str) and dim in limits:
-        return int(limits[dim].maximum)
-    return entry.max_length if entry else zoo.DEFAULT_MAX_LENGTH
+    limit = int(limits[dim].maximum) if isinstance(dim, str) and dim in limits else None
+    return zoo.text_length(dim if isinstance(dim, int) else None, limit, entry)

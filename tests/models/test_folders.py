@@ -56,7 +56,8 @@ def test_a_sentence_transformers_folder_names_its_transformer_and_pooling(tmp_pa
     )
     _write(tmp_path / "modules.json", modules)
     _write(tmp_path / "1_Pooling" / "config.json", _pooling("cls"))
-    _write(tmp_path / "sentence_bert_config.json", {"max_seq_length": 256})
+    _write(tmp_path / "sentence_bert_config.json", {"max_seq_length": 64})  # not the module's
+    _write(tmp_path / "0_Transformer" / "sentence_bert_config.json", {"max_seq_length": 256})
     found = read_folder(tmp_path)
     assert found.transformer == tmp_path / "0_Transformer"
     assert found.tokenizer == tmp_path / "tokenizer.json"
@@ -111,8 +112,9 @@ def test_a_hub_id_is_not_downloaded(capsys):
 
 @pytest.fixture(scope="module")
 def tiny_sentence_transformer(tmp_path_factory):
-    """A sentence-transformers folder around a 2-layer random BERT: its own transformer folder,
-    cls pooling and normalization, MiniLM's vocabulary as vocab.txt only (no tokenizer.json)."""
+    """A sentence-transformers folder around a 2-layer random BERT: its own transformer folder
+    (texts cut to 12 tokens), cls pooling and normalization, MiniLM's vocabulary as vocab.txt
+    only (no tokenizer.json)."""
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
     root = tmp_path_factory.mktemp("st") / "tiny-st"
@@ -123,6 +125,7 @@ def tiny_sentence_transformer(tmp_path_factory):
     transformers.BertModel(config).save_pretrained(root / "0_Transformer")
     shutil.copy(export.minilm_weights_dir() / "vocab.txt", root / "0_Transformer" / "vocab.txt")
     _write(root / "0_Transformer" / "tokenizer_config.json", {"do_lower_case": True})
+    _write(root / "0_Transformer" / "sentence_bert_config.json", {"max_seq_length": 12})
     modules = _modules(
         ("Transformer", "0_Transformer"), ("Pooling", "1_Pooling"), ("Normalize", "2")
     )
@@ -141,11 +144,13 @@ def test_a_sentence_transformers_folder_compiles_and_encodes_as_it_does(
     assert manifest["pipeline"].endswith("pool{mode=cls normalize=true}")
     assert manifest["source"]["origin"].endswith("sentence-transformers folder tiny-st")
     assert [i["name"] for i in manifest["inputs"]] == list(export.INPUT_NAMES)
-    ours = nlpress.load(out).encode(TEXTS)
+    assert manifest["encoder"]["max_length"] == 12  # the folder's max_seq_length, not 512
+    texts = [*TEXTS, "a sentence of more words than the folder's twelve tokens allow it"]
+    ours = nlpress.load(out).encode(texts)
     sentence_transformers = pytest.importorskip("sentence_transformers")
     theirs = sentence_transformers.SentenceTransformer(
         str(tiny_sentence_transformer), device="cpu"
-    ).encode(TEXTS)
+    ).encode(texts)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
     made = zoo.folder_entry(tiny_sentence_transformer).tokenizer()
     assert made.is_file() and made.parent == zoo.cache_dir()  # built from vocab.txt, cached
