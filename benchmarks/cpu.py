@@ -340,7 +340,11 @@ def _row(m: int, k: int, n: int, tile: Any, base: Any, candidate: Any) -> dict[s
 def _kernel(
     m: int, k: int, n: int, quantized: bool, fp32_tile: Any = None, int8_tile: Any = None
 ) -> Any:
-    """A callable running the (fused) matmul kernel of x[1, m, k] @ W[k, n] + b once."""
+    """A callable running the (fused) matmul kernel of x[1, m, k] @ W[k, n] + b once.
+
+    Float kernels take a symbolic row count, as a sentence's tokens are, and run on m rows: the
+    panel rule tiles those, the Matmul rule static ones (`schedules/panels.py`).
+    """
     import tvm
 
     from nlpress.targets import get_target, lower
@@ -356,19 +360,21 @@ def _kernel(
     if int8_tile is not None:
         int8.TILES[family] = tuple(int8_tile)
     try:
-        mod, _ = lower.cpu_kernels(lower.import_onnx(_dense(m, k, n, quantized)), target)
+        rows = m if quantized else "rows"
+        mod, _ = lower.cpu_kernels(lower.import_onnx(_dense(rows, k, n, quantized)), target)
     finally:
         panels.PANELS, int8.TILES = saved[0], saved[1]
     name = next(x for x in _kernel_calls(mod) if "matmul" in x)
     func = mod[name].with_attr("global_symbol", "main")
     library = tvm.compile(tvm.IRModule({"main": func}), target, tir_pipeline=pipeline_for(target))
     rng = np.random.default_rng(0)
-    args = [tvm.runtime.tensor(_random_array(rng, p)) for p in mod[name].params]
+    args = [tvm.runtime.tensor(_random_array(rng, p, m)) for p in mod[name].params]
     return lambda: library["main"](*args)
 
 
-def _dense(m: int, k: int, n: int, quantized: bool) -> Any:
-    """x[1, m, k] @ W[k, n] + b as ONNX, the weight behind QDQ when `quantized`."""
+def _dense(m: int | str, k: int, n: int, quantized: bool) -> Any:
+    """x[1, m, k] @ W[k, n] + b as ONNX (m a size or a dim's name), the weight behind QDQ when
+    `quantized`."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)

@@ -462,8 +462,9 @@ def random_args(func: Any, device: Any) -> list[Any]:
     return [tvm.runtime.tensor(_random_array(rng, param), device) for param in func.params]
 
 
-def _random_array(rng: np.random.Generator, param: Any) -> np.ndarray:
-    shape = [int(dim) for dim in param.shape]
+def _random_array(rng: np.random.Generator, param: Any, symbolic: int = 1) -> np.ndarray:
+    """Seeded random values for one parameter; each symbolic dim takes the size `symbolic`."""
+    shape = [int(dim) if hasattr(dim, "value") else symbolic for dim in param.shape]
     dtype = str(param.dtype)
     if dtype == "bool":
         return rng.integers(0, 2, size=shape).astype(bool)

@@ -6,11 +6,11 @@ touches a new cache line and, for n of 1024 floats or more, a new page, which th
 prefetchers do not follow. Packed into panels of bn columns, the tile reads its weights as one
 contiguous stream. The rewrite takes `matmul(x, W)` of a constant float32 [k, n] weight and an
 activation x of rank 2 or more (its rows may be symbolic) and emits one kernel (`call_te`) over
-the panels,
-with n zero-padded to whole panels and the padding sliced off after. The bias, GELU and other
-elementwise consumers are fused into the kernel by Relax's operator fusion; the panel rule of
-`schedules/panels.py` tiles it. The panel's last axis (of size one) gives it the shape of the
-integer kernels' packed weights, so both share one weight layout.
+the panels, with n zero-padded to whole panels and the padding sliced off after. The bias,
+GELU and other elementwise consumers are fused into the kernel by Relax's operator fusion; the
+panel rule of `schedules/panels.py` tiles it over a symbolic row count, the Matmul rule over a
+static one. The panel's last axis (of size one) gives it the shape of the integer kernels'
+packed weights, so both share one weight layout.
 
 A weight-only quantized matmul, `matmul(x, dequantize(W_q, s))` with x float32, a constant int8
 W_q [k, n], a per-column (or per-tensor) scale s and zero zero-points, keeps W_q packed as int8

@@ -18,8 +18,8 @@ from tvm import relax
 
 from nlpress.ir import Model
 from nlpress.ir.verify import run
-from nlpress.targets import get_target, lower, panels
-from nlpress.targets.schedules import PanelMatmul
+from nlpress.targets import get_target, lower, panels, schedules
+from nlpress.targets.schedules import Matmul, PanelMatmul
 from nlpress.targets.schedules.panels import panel_tile
 
 AVX2 = get_target("x86", mcpu="haswell")
@@ -53,7 +53,26 @@ def test_static_matmul_becomes_one_panel_kernel_with_its_epilogue() -> None:
     assert unscheduled == []
     names = [n for n in _kernels(mod) if panels.KERNEL_NAME in n]
     assert len(names) == 1 and "add" in names[0]  # bias (and GELU) fused into the kernel
-    assert PanelMatmul().apply(_kernels(mod)[names[0]], target, False) is None  # scheduled
+
+
+@pytest.mark.parametrize(
+    ("shape", "by_panel_rule"), [([1, 24, 40], False), (["batch", "sequence", 40], True)]
+)
+def test_symbolic_rows_take_the_panel_rule_and_static_rows_the_matmul_rule(
+    shape: list[Any], by_panel_rule: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target, before = lower.tvm_target(AVX2), {}
+    scheduled = schedules.schedule_module
+
+    def schedule_module(mod: Any, *args: Any) -> Any:
+        before.update(_kernels(mod))
+        return scheduled(mod, *args)
+
+    monkeypatch.setattr(schedules, "schedule_module", schedule_module)
+    lower.cpu_kernels(lower.import_onnx(_model(shape, 40, 56)), target)
+    [kernel] = [f for name, f in before.items() if panels.KERNEL_NAME in name]
+    assert (PanelMatmul().apply(kernel, target, False) is not None) == by_panel_rule
+    assert by_panel_rule or Matmul().apply(kernel, target, False) is not None
 
 
 @pytest.mark.parametrize("target", [AVX2, get_target("x86")], ids=["avx2", "host"])
