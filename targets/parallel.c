@@ -125,16 +125,19 @@ static void widen(void) {
 #endif
 }
 
-/* Take and run tasks of `job` until none is left. */
+/* Take and run tasks of `job` until none is left; count them done once, at the end (one
+ * atomic add per thread, not one per task: a contended add costs a cache line's trip). */
 static void run_tasks(Job* job) {
+  int ran = 0;
   for (;;) {
     int task = ADD(job->next, 1);
-    if (task >= job->env.num_task) return;
+    if (task >= job->env.num_task) break;
     in_job = 1;
     if (job->lambda(task, &job->env, job->cdata) != 0) STORE(job->failed, 1);
     in_job = 0;
-    ADD(job->done, 1);
+    ++ran;
   }
+  if (ran) ADD(job->done, ran);
 }
 
 /* A worker on the CPU of the last caller steps aside: spinning or working there, it would
