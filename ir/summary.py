@@ -1,10 +1,12 @@
 """What `nlpress inspect` shows: ops, parameters, bytes by dtype, sparsity, inputs and outputs.
 
 Sparsity is shown three ways: `sparsity`, the share of zeros among all float parameters;
-`weight_sparsity`, the same over the constant weights of MatMul/Gemm only; and `layers`, one
-entry per such weight with its shape, its share of zeros, and the tightest N:M pattern
-(N nonzeros at most in every M consecutive weights along the reduction axis, M in 4 or 8)
-that it satisfies, if its zeros fall in one. Zeros stay in the dense tensors of the artifact
+`weight_sparsity`, the same over the constant weights of the matmuls only; and `layers`, one
+entry per such weight (of MatMul and Gemm, and of the quantized MatMulInteger and
+QLinearMatMul; followed back to the constant it is stored as, e.g. int8 behind a
+DequantizeLinear) with its dtype, shape, share of zeros, and the tightest N:M pattern (N
+nonzeros at most in every M consecutive weights along the reduction axis, M in 4 or 8) that it
+satisfies, if its zeros fall in one. Zeros stay in the dense tensors of the artifact
 (TVM has no sparse kernel to run them; see `passes.prune_sparsify`), so this is what the
 compression did, not what the kernels skip.
 
@@ -22,7 +24,6 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from nlpress.ir.graph import WeightedMatMul, weighted_matmuls
 from nlpress.ir.model import Model
 
 # Integer constants wider than 8 bits are shape arithmetic and indices, not parameters.
@@ -39,7 +40,7 @@ def summarize(model: Model) -> dict[str, Any]:
     bytes_by_dtype: Counter[str] = Counter()
     for value in constants:
         bytes_by_dtype[str(value.dtype)] += int(value.nbytes)
-    layers = [_layer(wm) for wm in weighted_matmuls(graph) if wm.weight.values.dtype.kind == "f"]
+    layers = [layer for node in graph.nodes if (layer := _layer(node))]
     weights = sum(int(np.prod(layer["shape"])) for layer in layers)
     weight_zeros = sum(layer["zeros"] for layer in layers)
     return {
@@ -73,10 +74,10 @@ def _layer_bytes(node: gs.Node) -> dict[str, Any] | None:
     """The stored weight of a MatMul, Gemm or Gather: its dtype, elements and bytes."""
     reads = _WEIGHT_INPUTS.get(node.op, ())
     stored = [_stored(node.inputs[i]) for i in reads if i < len(node.inputs)]
-    weights = [s for s in stored if s is not None and s[0].ndim >= 2]
+    weights = [s for s in stored if s is not None and s[0].values.ndim >= 2]
     if not weights:
         return None
-    weight = weights[0][0]
+    weight = np.asarray(weights[0][0].values)
     constants = [c for s in stored if s is not None for c in s[1]]
     return {
         "dtype": str(weight.dtype),
@@ -91,11 +92,10 @@ _WEIGHT_INPUTS = {"MatMul": (0, 1), "Gemm": (1, 2), "Gather": (0,)}
 _WEIGHT_PATH = {"DequantizeLinear", "Transpose", "Reshape", "Cast", "Unsqueeze"}
 
 
-def _stored(tensor: gs.Tensor) -> tuple[np.ndarray, list[np.ndarray]] | None:
+def _stored(tensor: gs.Tensor) -> tuple[gs.Constant, list[np.ndarray]] | None:
     """The constant a tensor is stored as, and every constant that rebuilds it; None if none."""
     if isinstance(tensor, gs.Constant):
-        value = np.asarray(tensor.values)
-        return value, [value]
+        return tensor, [np.asarray(tensor.values)]
     node = tensor.inputs[0] if len(tensor.inputs) == 1 else None
     if node is None or node.op not in _WEIGHT_PATH or not node.inputs:
         return None
@@ -131,18 +131,43 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _layer(wm: WeightedMatMul) -> dict[str, Any]:
-    value = np.asarray(wm.weight.values)
+def _layer(node: gs.Node) -> dict[str, Any] | None:
+    """The stored weight of a matmul node and its sparsity, None when it has no constant one."""
+    inputs = _MATMUL_INPUTS.get(node.op)
+    if inputs is None or len(node.inputs) <= max(inputs):
+        return None
+    for other, weight_index in (inputs, inputs[::-1]):
+        stored = _stored(node.inputs[weight_index])
+        if stored is not None and _stored(node.inputs[other]) is None:
+            break
+    else:
+        return None
+    constant = stored[0]
+    value = np.asarray(constant.values)
+    if value.ndim != 2:
+        return None
     zeros = int(value.size - np.count_nonzero(value))
-    reduction = 1 if wm.transposed or wm.weight_index == 0 else 0
+    transposed = node.op == "Gemm" and bool(node.attrs.get("transB", 0))
+    reduction = 1 if transposed or weight_index == inputs[0] else 0
     return {
-        "node": wm.node.name,
-        "weight": wm.weight.name,
+        "node": node.name,
+        "weight": constant.name,
+        "dtype": str(value.dtype),
         "shape": list(value.shape),
         "zeros": zeros,
         "sparsity": zeros / value.size if value.size else 0.0,
         "n_m": _n_m(value, reduction) if zeros else None,
     }
+
+
+# (activation-side input, weight-side input) of each matmul op, in the order a weight is
+# looked for: the second operand first, as the MatMul of a layer has it.
+_MATMUL_INPUTS = {
+    "MatMul": (0, 1),
+    "Gemm": (0, 1),
+    "MatMulInteger": (0, 1),
+    "QLinearMatMul": (0, 3),
+}
 
 
 def _n_m(value: np.ndarray, axis: int) -> str | None:

@@ -64,3 +64,37 @@ def test_size_summary_counts_an_int8_layer_with_its_scales():
     assert sizes["bytes"] == 32 + 16 + 4 + 64
     assert sizes["bytes_by_dtype"] == {"float32": 16 + 64, "int8": 32 + 4}
     assert type(sizes["parameters"]) is int
+
+
+def test_quantized_matmuls_are_layers_with_their_stored_int8_weights():
+    """MatMulInteger, QLinearMatMul and a MatMul of a DequantizeLinear of an int8 constant."""
+    w = np.zeros((8, 8), np.int8)
+    w[::2] = 3  # every second input row is zero: 2 of every 4 along the reduction axis
+    scale, zero = np.float32(0.1), np.int8(0)
+    uscale, uzero = np.float32(0.2), np.uint8(128)
+    nodes = [
+        helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+        helper.make_node("MatMulInteger", ["xq", "w", "xz", "wz"], ["a"], name="integer"),
+        helper.make_node("Cast", ["a"], ["af"], to=1),
+        helper.make_node("QuantizeLinear", ["af", "us", "uz"], ["aq"]),
+        helper.make_node(
+            "QLinearMatMul", ["aq", "us", "uz", "w", "ws", "wz", "us", "uz"], ["bq"], name="qlinear"
+        ),
+        helper.make_node("DequantizeLinear", ["bq", "us", "uz"], ["b"]),
+        helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wf"]),
+        helper.make_node("MatMul", ["b", "wf"], ["y"], name="qdq"),
+    ]
+    inits = [
+        initializer("w", w),
+        initializer("ws", scale),
+        initializer("wz", zero),
+        initializer("us", uscale),
+        initializer("uz", uzero),
+    ]
+    summary = summarize(model(nodes, [tensor("x", [2, 8])], [tensor("y", [2, 8])], inits))
+    facts = {
+        (layer["node"], layer["weight"], layer["dtype"], layer["n_m"])
+        for layer in summary["layers"]
+    }
+    assert facts == {(name, "w", "int8", "2:4") for name in ("integer", "qlinear", "qdq")}
+    assert summary["weight_sparsity"] == 0.5
