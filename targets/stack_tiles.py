@@ -10,7 +10,8 @@ constant size up to STACK_LIMIT bytes are annotated to stay allocations (TVM's o
 to registers where it can.
 
 `TIR_PIPELINE` names TVM's default s_tir pipeline with this pass first in the host
-finalization; `pipeline_for` registers it and gives its name for CPU targets.
+finalization, then `parallel_when_worth`; `pipeline_for` registers it and gives its name for
+CPU targets.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def stack_tiles_pass() -> Any:
 
     @tirx.transform.prim_func_pass(opt_level=0, name="StackTiles")  # type: ignore[untyped-decorator]
     def _pass(func: Any, _mod: Any, _ctx: Any) -> Any:
-        body = _rebuild(func.body, _on_stack)
+        body = rebuild(func.body, leaf=_on_stack)
         return func if body.same_as(func.body) else func.with_body(body)
 
     return _pass
@@ -51,39 +52,47 @@ def _on_stack(stmt: Any) -> Any:
     return tirx.AllocBuffer(stmt.buffer, annotations, stmt.span)
 
 
-def _rebuild(stmt: Any, leaf: Any) -> Any:
-    """`stmt` with `leaf` applied to every statement that has no statement inside it.
+def _same(stmt: Any) -> Any:
+    return stmt
 
+
+def rebuild(stmt: Any, leaf: Any = _same, loop: Any = _same) -> Any:
+    """`stmt` with `leaf` applied to its innermost statements and `loop` to its loops.
+
+    `loop` sees each loop once its body is rebuilt; there is no Python statement mutator.
     Only the statements that nest others are taken apart (sequences, loops, branches,
     attributes); AllocBuffer declares a buffer for the rest of its sequence, so it is a leaf.
     """
     from tvm import tirx
 
+    def again(inner: Any) -> Any:
+        return rebuild(inner, leaf, loop)
+
     if isinstance(stmt, tirx.SeqStmt):
-        items = [_rebuild(s, leaf) for s in stmt.seq]
+        items = [again(s) for s in stmt.seq]
         same = all(a.same_as(b) for a, b in zip(items, stmt.seq, strict=True))
         return stmt if same else tirx.SeqStmt(items, stmt.span)
     if isinstance(stmt, tirx.For):
-        body = _rebuild(stmt.body, leaf)
-        if body.same_as(stmt.body):
-            return stmt
-        return tirx.For(
-            stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body,
-            stmt.thread_binding, stmt.annotations, stmt.step, stmt.span,
-        )  # fmt: skip
+        body = again(stmt.body)
+        if not body.same_as(stmt.body):
+            stmt = tirx.For(
+                stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body,
+                stmt.thread_binding, stmt.annotations, stmt.step, stmt.span,
+            )  # fmt: skip
+        return loop(stmt)
     if isinstance(stmt, tirx.IfThenElse):
-        then = _rebuild(stmt.then_case, leaf)
-        other = None if stmt.else_case is None else _rebuild(stmt.else_case, leaf)
+        then = again(stmt.then_case)
+        other = None if stmt.else_case is None else again(stmt.else_case)
         if then.same_as(stmt.then_case) and (other is None or other.same_as(stmt.else_case)):
             return stmt
         return tirx.IfThenElse(stmt.condition, then, other, stmt.span)
     if isinstance(stmt, tirx.AttrStmt):
-        body = _rebuild(stmt.body, leaf)
+        body = again(stmt.body)
         if body.same_as(stmt.body):
             return stmt
         return tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, body, stmt.span)
     if isinstance(stmt, tirx.While):
-        body = _rebuild(stmt.body, leaf)
+        body = again(stmt.body)
         return stmt if body.same_as(stmt.body) else tirx.While(stmt.condition, body, stmt.span)
     return leaf(stmt)
 
@@ -99,13 +108,21 @@ def register() -> str:
     from tvm.s_tir import pipeline as s_tir_pipeline
     from tvm.tirx import compilation_pipeline
 
+    from nlpress.targets.parallel_when_worth import parallel_when_worth_pass
+
     def factory() -> tuple[Any, Any, Any]:
         lower, finalize_host, finalize_device = s_tir_pipeline.default_s_tir_pipeline()
 
-        def finalize_host_on_stack() -> Any:
-            return tvm.ir.transform.Sequential([stack_tiles_pass(), finalize_host()])
+        def finalize_host_for_cpu() -> Any:
+            passes = [
+                stack_tiles_pass(),
+                parallel_when_worth_pass(),
+                tvm.tirx.transform.ConvertSSA(),  # its two copies of a loop define new vars
+                finalize_host(),
+            ]
+            return tvm.ir.transform.Sequential(passes)
 
-        return lower, finalize_host_on_stack, finalize_device
+        return lower, finalize_host_for_cpu, finalize_device
 
     compilation_pipeline.register_tir_pipeline(TIR_PIPELINE, factory)
     return TIR_PIPELINE
