@@ -45,8 +45,8 @@ def _guarded(loop: Any) -> Any:
     work = _work(loop)
     if work is None:
         return loop
-    outside = {v.name for v in tirx.analysis.undefined_vars(loop)}
-    if any(v.name not in outside for v in tirx.analysis.undefined_vars(work)):
+    outside = tirx.analysis.undefined_vars(loop)
+    if not all(any(v.same_as(o) for o in outside) for v in tirx.analysis.undefined_vars(work)):
         return loop  # it counts something computed inside the nest
     serial = tirx.For(
         loop.loop_var, loop.min, loop.extent, tirx.ForKind.SERIAL, loop.body,
@@ -75,8 +75,10 @@ def _work(stmt: Any) -> Any:
         then = _work(stmt.then_case)
         other = tirx.IntImm("int64", 0) if stmt.else_case is None else _work(stmt.else_case)
         return None if then is None or other is None else tirx.max(then, other)
-    if isinstance(stmt, (tirx.AttrStmt, tirx.While)):
-        return _work(stmt.body) if isinstance(stmt, tirx.AttrStmt) else None
+    if isinstance(stmt, tirx.AttrStmt):
+        return _work(stmt.body)
+    if isinstance(stmt, tirx.While):
+        return None
     if isinstance(stmt, tirx.Bind):
         return tirx.IntImm("int64", 0)
     if isinstance(stmt, tirx.BufferStore):  # a vector store is one element a lane
