@@ -17,9 +17,7 @@ benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -104,8 +102,6 @@ def _summary(found: Fidelity) -> dict[str, float]:
 
 def write(report: dict[str, Any], args: argparse.Namespace) -> None:
     """domain.json (everything) and the RESULTS.md section (the table)."""
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "domain.json").write_text(json.dumps(report, indent=2) + "\n")
     sizes = {name: report["rows"][0][name]["sentences"] for name in COLUMNS}
     lines = [
         f"{MODEL}, `{PIPELINE}`, calibrated on each text's calibration part; cosine of "
@@ -123,10 +119,8 @@ def write(report: dict[str, Any], args: argparse.Namespace) -> None:
         lines.append(
             f"| {r['calibrated_on']} | {r['calibration_sentences']} | {' | '.join(cells)} |"
         )
-    command = machine.command(__file__, sys.argv[1:])
-    title = "Calibration text from the user's domain (benchmarks/domain.py)"
-    machine.write_section("domain", title, lines, command.strip())
-    log.info("wrote %s and %s", args.out / "domain.json", machine.RESULTS)
+    title = "Calibration text from the user's domain"
+    machine.publish(__file__, "domain", title, report, args.out, lines)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -114,8 +113,6 @@ def _lossy_cell(folder: str, pipeline: str) -> dict[str, Any]:
 
 def write(report: dict[str, Any], args: argparse.Namespace) -> None:
     """families.json (everything) and the RESULTS.md section (the table)."""
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "families.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         "Random-weight folders (hidden 64, two layers) of transformers' own classes, compiled "
         "as a user's folder; cosines are held-out mean cosines to the exported model on the "
@@ -128,10 +125,8 @@ def write(report: dict[str, Any], args: argparse.Namespace) -> None:
     ]
     for row in report["rows"]:
         lines.append(f"| {row['family']} | {' | '.join(row[c]['text'] for c in COLUMNS)} |")
-    command = machine.command(__file__, sys.argv[1:])
-    title = "Encoder families through every step (benchmarks/families.py)"
-    machine.write_section("families", title, lines, command.strip())
-    log.info("wrote %s and %s", args.out / "families.json", machine.RESULTS)
+    title = "Encoder families through every step"
+    machine.publish(__file__, "families", title, report, args.out, lines)
 
 
 if __name__ == "__main__":

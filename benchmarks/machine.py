@@ -8,10 +8,13 @@ section and leaves the others as they are.
 from __future__ import annotations
 
 import datetime
+import json
+import logging
 import os
 import platform
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +83,18 @@ def command(script: str, argv: list[str]) -> str:
 def clean_environment() -> dict[str, str]:
     """This process's environment without the thread settings a user would not set."""
     return {k: v for k, v in os.environ.items() if not k.startswith(("TVM_", "OMP_"))}
+
+
+def publish(script: str, section: str, title: str, report: Any, out: Path, body: list[str]) -> None:
+    """`report` as SCRIPT.json in `out`, and `body` as RESULTS.md section `section`, with the
+    command that ran `script` (this process's arguments)."""
+    out.mkdir(parents=True, exist_ok=True)
+    report_path = out / f"{Path(script).stem}.json"
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    name = f"benchmarks/{Path(script).name}"
+    write_section(section, f"{title} ({name})", body, command(script, sys.argv[1:]).strip())
+    log = logging.getLogger(f"benchmarks.{Path(script).stem}")
+    log.info("wrote %s and %s", report_path, RESULTS)
 
 
 def write_section(name: str, title: str, body: list[str], command: str) -> None:

@@ -22,7 +22,6 @@ Writes quantized_files.json into --out and the "quantized-files" section of RESU
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -189,8 +188,6 @@ COLUMNS = (
 
 def write(report: dict[str, Any], args: argparse.Namespace) -> None:
     """quantized_files.json (everything) and the RESULTS.md section (the table)."""
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "quantized_files.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         f"minilm-l6 quantized by ONNX Runtime's tools (calibrated on {report['sentences']} "
         "sentences of the zoo's calibration text) or weight-only, compiled with `nlpress "
@@ -204,10 +201,8 @@ def write(report: dict[str, Any], args: argparse.Namespace) -> None:
     ]
     for row in report["rows"]:
         lines.append(f"| {' | '.join(str(row[key]) for key, _ in COLUMNS)} |")
-    command = machine.command(__file__, sys.argv[1:])
-    title = "Quantized files users bring (benchmarks/quantized_files.py)"
-    machine.write_section("quantized-files", title, lines, command.strip())
-    log.info("wrote %s and %s", args.out / "quantized_files.json", machine.RESULTS)
+    title = "Quantized files users bring"
+    machine.publish(__file__, "quantized-files", title, report, args.out, lines)
 
 
 if __name__ == "__main__":
