@@ -1,10 +1,10 @@
 """Panel matmul rule: C[..., j] += A[..., k] * W_p[j/bn, k, j%bn, 0], over weight panels.
 
 It takes the float kernels of `targets/panels.py` whose row count is symbolic (a sentence's
-tokens): static ones go to the Matmul rule, whose 4 x 96 tiles over the same panels ran
-all-MiniLM-L6-v2 at 1x128 in 0.94 of this rule's time. Each task of the parallel loop computes an
-MR x bn tile of C over the whole k, accumulating in a local buffer that LLVM keeps in registers
-(`targets/stack_tiles.py` keeps it off the heap): per step of k, bn/lanes vector loads of the
+tokens); static ones go to the Matmul rule, whose wider tiles over the same panels are faster
+there. Each task of the parallel loop computes an MR x bn tile of C over the whole k,
+accumulating in a local buffer that LLVM keeps in registers (`targets/stack_tiles.py` keeps it
+off the heap): per step of k, bn/lanes vector loads of the
 panel, MR broadcasts of A and MR * bn/lanes fused multiply-adds. Panels run outermost, so one
 panel (bn x k floats) stays in cache while every row tile passes over it. The kernel's rows are
 whole tiles (`panels.whole_tiles`), so no tile is guarded: a guard on a row inside the reduction
