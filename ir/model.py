@@ -59,6 +59,7 @@ class Model:
 
     def to_onnx(self) -> onnx.ModelProto:
         """Export the IR to a ModelProto."""
+        _pack_4bit(self.graph)
         proto: onnx.ModelProto = gs.export_onnx(self.graph, do_type_check=False)
         proto.graph.initializer.extend(self.loose_initializers)
         proto.doc_string = self.doc_string
@@ -68,6 +69,19 @@ class Model:
     def copy(self) -> Model:
         """A structural copy that a pass may rewrite freely (constant values are shared)."""
         return replace(self, graph=self.graph.copy(), metadata=dict(self.metadata))
+
+
+# numpy dtypes (ml_dtypes) that ONNX stores two to a byte; graphsurgeon writes them one per byte.
+_4BIT = frozenset({"int4", "uint4"})
+
+
+def _pack_4bit(graph: gs.Graph) -> None:
+    """Give each 4-bit constant whose values were read its packed tensor to export."""
+    for tensor in graph.tensors().values():
+        loaded = isinstance(tensor, gs.Constant) and isinstance(tensor._values, np.ndarray)
+        if loaded and tensor.values.dtype.name in _4BIT:
+            proto = onnx.numpy_helper.from_array(tensor.values, tensor.name)
+            tensor.values = gs.ir.tensor.LazyValues(proto)
 
 
 def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:

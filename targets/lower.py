@@ -48,7 +48,10 @@ def import_onnx(proto: onnx.ModelProto) -> Any:
     """
     from tvm.relax.frontend.onnx import onnx_frontend as frontend
 
+    from nlpress.targets import blocked
+
     _check_ops(proto, frontend._get_convert_map())
+    proto = blocked.widen_4bit(proto)
     importer = _NamingImporter(None, None, keep_params_in_input=False, sanitize=True)
     with _quiet():
         try:
@@ -93,7 +96,7 @@ class _NamingImporter(_importer_base()):  # type: ignore[misc]
     def _convert_operator(self, op_name: str, inputs: Any, attrs: Any, opset: int) -> Any:
         try:
             own = _CONVERTERS.get(op_name)
-            if own is not None and (converted := own(self.bb, inputs)) is not None:
+            if own is not None and (converted := own(self.bb, inputs, attrs)) is not None:
                 return converted
             return super()._convert_operator(op_name, inputs, attrs, opset)
         except Exception as exc:
@@ -103,7 +106,7 @@ class _NamingImporter(_importer_base()):  # type: ignore[misc]
             ) from exc
 
 
-def _symbolic_arange(builder: Any, inputs: Any) -> Any:
+def _symbolic_arange(builder: Any, inputs: Any, _attrs: Any) -> Any:
     """Range(const start, symbolic limit, const delta) as an arange of known symbolic length.
 
     TVM's converter gives every Range with a dynamic bound a fresh length variable, so
@@ -128,7 +131,7 @@ def _symbolic_arange(builder: Any, inputs: Any) -> Any:
     return builder.normalize(relax.op.arange(bounds[0], limit, bounds[1], dtype))
 
 
-def _constant_expand(builder: Any, inputs: Any) -> Any:
+def _constant_expand(builder: Any, inputs: Any, _attrs: Any) -> Any:
     """Expand(x, constant shape) where x has symbolic dims, as ONNX's bidirectional broadcast.
 
     TVM's converter reads every dim of x as a number. An output dim is x's where the shape
@@ -160,10 +163,17 @@ def _constant_expand(builder: Any, inputs: Any) -> Any:
     return builder.normalize(relax.op.broadcast_to(data, relax.ShapeExpr(out)))
 
 
+def _blocked_dequantize(builder: Any, inputs: Any, attrs: Any) -> Any:
+    from nlpress.targets import blocked
+
+    return blocked.convert_dequantize(builder, inputs, attrs)
+
+
 # Converters that replace TVM's for the inputs they take (None: TVM's converter runs).
-_CONVERTERS: dict[str, Callable[[Any, Any], Any]] = {
+_CONVERTERS: dict[str, Callable[[Any, Any, Any], Any]] = {
     "Range": _symbolic_arange,
     "Expand": _constant_expand,
+    "DequantizeLinear": _blocked_dequantize,
 }
 
 

@@ -17,6 +17,13 @@ W_q [k, n], a per-column (or per-tensor) scale s and zero zero-points, keeps W_q
 panels: the kernel widens each panel vector to float as it reads it and scales the sums,
 C[..., j] = s[j] * sum_k x[..., k] * W_q[k, j], which is x @ (W_q * s) up to float rounding (the
 scale of a column is common to its whole sum). The library holds a quarter of the weight bytes.
+
+A group-wise weight (`blocked.py`: W[i, j] = u[i, j] s[i // g, j] - o[i // g, j], groups of g
+along k) keeps its codes u as panels too, two rows of k to a byte (low nibble first) when they
+fit in 4 bits, with s and o packed as panels p[n/bn, k/g, bn]: the kernel unpacks each code,
+scales and offsets it as it reads it, C[..., j] = sum_k x[..., k] (u[k, j] s[k/g, j] -
+o[k/g, j]). The library holds an eighth (4-bit) or a quarter (8-bit) of the weight bytes, plus
+two floats per group and column.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from nlpress.targets import quantized, relax_match
+from nlpress.targets import blocked, quantized, relax_match
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,13 @@ def pack_panels(w: np.ndarray, columns: int) -> np.ndarray:
     padded[:, :n] = w
     panels = padded.reshape(k, -1, columns).transpose(1, 0, 2)
     return np.ascontiguousarray(panels[..., None])
+
+
+def pack_nibbles(panels: np.ndarray) -> np.ndarray:
+    """Codes below 16 in panels p[n/bn, k, bn, 1], two rows of k to a byte (even k low)."""
+    if panels.shape[1] % 2:
+        panels = np.concatenate([panels, np.zeros_like(panels[:, :1])], axis=1)
+    return np.ascontiguousarray(panels[:, 0::2] | (panels[:, 1::2] << 4)).astype(np.uint8)
 
 
 def rewrite_float_matmuls(mod: Any, tile: tuple[int, int]) -> Any:
@@ -65,7 +79,7 @@ def rewrite_float_matmuls(mod: Any, tile: tuple[int, int]) -> Any:
             continue
         values = relax_match.bound_values(func)
         matched = {
-            var: weight for var, value in values.items() if (weight := _weight(value, values))
+            var: weight for var, value in values.items() if (weight := _weight(value, values, mod))
         }
         if matched:
             mod = relax_match.rewrite_bindings(mod, gvar, _replacement(matched, tile))
@@ -86,16 +100,18 @@ def panel_matmul_pass(tile: tuple[int, int]) -> Any:
 
 @dataclass(frozen=True)
 class _Weight:
-    """The [k, n] weight of a matmul: float32, or int8 with a float32 scale per column."""
+    """The [k, n] weight of a matmul: float32, int8 scaled per column, or group-wise codes."""
 
     values: np.ndarray
     scale: np.ndarray | None = None
+    groups: blocked.Grouped | None = None
 
 
-def _weight(value: Any, values: dict[Any, Any]) -> _Weight | None:
+def _weight(value: Any, values: dict[Any, Any], mod: Any) -> _Weight | None:
     """The constant weight of `matmul(x, W)` with x float32 of rank 2 or more, else None.
 
-    W is a float32 constant, or the dequantization of a weight-only int8 one (module doc).
+    W is a float32 constant, or the dequantization of a weight-only int8 or group-wise one
+    (module doc).
     """
     if relax_match.op_of(value) != "relax.matmul":
         return None
@@ -105,14 +121,18 @@ def _weight(value: Any, values: dict[Any, Any]) -> _Weight | None:
         return None
     if relax_match.dtype_of(x) != "float32":
         return None
-    weight = _constant_weight(w, values)
+    weight = _constant_weight(w, values, mod)
     depth = getattr(shape[-1], "value", None)
     if weight is None or weight.values.ndim != 2 or weight.values.shape[0] != depth:
         return None
     return weight
 
 
-def _constant_weight(w: Any, values: dict[Any, Any]) -> _Weight | None:
+def _constant_weight(w: Any, values: dict[Any, Any], mod: Any) -> _Weight | None:
+    groups = blocked.grouped_weight(w, values, mod)
+    if groups is not None:
+        along_k = groups.axis == 0 and groups.codes.ndim == 2
+        return _Weight(groups.codes, groups=groups) if along_k else None
     if relax_match.is_const(w):
         array = np.asarray(w.value.numpy())
         return _Weight(array) if array.dtype == np.float32 else None
@@ -134,13 +154,16 @@ def _replacement(matched: dict[Any, _Weight], tile: tuple[int, int]) -> relax_ma
             return None
         x = visit(binding.value.args[0])
         panels = pack_panels(weight.values, columns)
-        args = [x, relax.const(panels, str(panels.dtype))]
-        if weight.scale is not None:
-            padded = np.zeros(panels.shape[0] * columns, dtype=np.float32)
-            padded[: weight.scale.size] = weight.scale
-            args.append(relax.const(padded, "float32"))
-        kernel = bb.call_te(_te_panel_matmul, *args, rows=rows, primfunc_name_hint=KERNEL_NAME)
-        out = bb.emit(kernel)
+        if weight.groups is not None:
+            out = bb.emit(_grouped_kernel(bb, x, panels, weight.groups, rows, columns))
+        else:
+            args = [x, relax.const(panels, str(panels.dtype))]
+            if weight.scale is not None:
+                padded = np.zeros(panels.shape[0] * columns, dtype=np.float32)
+                padded[: weight.scale.size] = weight.scale
+                args.append(relax.const(padded, "float32"))
+            kernel = bb.call_te(_te_panel_matmul, *args, rows=rows, primfunc_name_hint=KERNEL_NAME)
+            out = bb.emit(kernel)
         n = weight.values.shape[1]
         if n % columns:
             axis = relax_match.ndim_of(x) - 1
@@ -148,6 +171,26 @@ def _replacement(matched: dict[Any, _Weight], tile: tuple[int, int]) -> relax_ma
         return out
 
     return replace
+
+
+def _grouped_kernel(
+    bb: Any, x: Any, panels: np.ndarray, groups: blocked.Grouped, rows: int, columns: int
+) -> Any:
+    """The panel kernel over a group-wise weight's codes, scales and offsets (module doc)."""
+    from tvm import relax
+
+    codes = pack_nibbles(panels) if groups.bits == 4 else panels
+    scale, offset = (pack_panels(p, columns)[..., 0] for p in (groups.scale, groups.offset))
+    args = [relax.const(a) for a in (codes, scale, offset)]
+    return bb.call_te(
+        _te_panel_matmul,
+        x,
+        *args,
+        rows=rows,
+        group=groups.group,
+        nibbles=groups.bits == 4,
+        primfunc_name_hint=KERNEL_NAME,
+    )
 
 
 # Rows of an integer tile over a symbolic row count at most: a sentence's rows are padded to
@@ -184,10 +227,21 @@ def whole_tiles(a: Any, rows: int) -> tuple[Any, Any] | None:
     return (count + rows - 1) // rows * rows, read
 
 
-def _te_panel_matmul(a: Any, w: Any, scale: Any = None, *, rows: int) -> Any:
+def _te_panel_matmul(
+    a: Any,
+    w: Any,
+    scale: Any = None,
+    offset: Any = None,
+    *,
+    rows: int,
+    group: int = 0,
+    nibbles: bool = False,
+) -> Any:
     """C[..., j] = sum_k a[..., k] * w[j // bn, k, j % bn, 0]; the result has whole panels.
 
     An int8 `w` is widened to float as it is read, and the sums are multiplied by `scale[j]`.
+    With a `group`, `w` holds codes (two rows of k to a byte with `nibbles`), each read as
+    code * scale[j // bn, k // group, j % bn] - offset[j // bn, k // group, j % bn].
     The sums run over the rows rounded up to whole tiles (`whole_tiles`); the first rows are
     the result.
     """
@@ -199,13 +253,29 @@ def _te_panel_matmul(a: Any, w: Any, scale: Any = None, *, rows: int) -> Any:
     tiles = whole_tiles(a, rows)
     count, read = tiles if tiles else (lead[-1], lambda *index: a[index])
 
+    def weight(j: Any) -> Any:
+        panel, column = j // bn, j % bn
+        if not group:
+            return w[panel, k, column, 0].astype("float32")
+        code = _nibble(w[panel, k // 2, column, 0], k) if nibbles else w[panel, k, column, 0]
+        at = (panel, k // group, column)
+        return code.astype("float32") * scale[at] - offset[at]
+
     def product(*index: Any) -> Any:
         *head, j = index
-        return te.sum(read(*head, k) * w[j // bn, k, j % bn, 0].astype("float32"), axis=k)
+        return te.sum(read(*head, k) * weight(j), axis=k)
 
     acc = te.compute((*lead[:-1], count, w.shape[0] * bn), product, name=ACC_BLOCK)
     if tiles is not None:
         acc = te.compute((*lead, w.shape[0] * bn), lambda *index: acc[index], name=ROWS_BLOCK)
-    if scale is None:
+    if scale is None or group:
         return acc
     return te.compute(acc.shape, lambda *index: acc[index] * scale[index[-1]], name="scaled")
+
+
+def _nibble(byte: Any, k: Any) -> Any:
+    """Row k's code in a byte holding rows 2i (low nibble) and 2i + 1 (high nibble)."""
+    from tvm import tirx
+
+    shift = tirx.Cast("uint8", (k % 2) * 4)
+    return (byte >> shift) & tirx.const(15, "uint8")
