@@ -80,3 +80,112 @@ WEIGHT = Scheme(np.int8, -127, 127, symmetric=True, axis=1)
 TABLE = Scheme(np.int8, -127, 127, symmetric=True, axis=0)
 ACTIVATION = Scheme(np.uint8, 0, 255, symmetric=False, axis=None)
 SIGNED_ACTIVATION = Scheme(np.int8, -127, 127, symmetric=True, axis=None)
+
+
+@dataclass(frozen=True)
+class Groups:
+    """A constant quantized in groups of `group` along `axis`: values ~ (q - zero) scale.
+
+    Attributes:
+        q: The integers, the values' shape: int4/uint4 (ml_dtypes) for 4 bits, else int8/uint8.
+        scale: float32, the values' shape with ceil(size / group) along `axis`.
+        zero: Zero points of q's type and the scale's shape; None when symmetric (0).
+        axis: The grouped axis.
+        group: The group size; 0 for one scale per index of the other axis (per channel).
+    """
+
+    q: np.ndarray
+    scale: np.ndarray
+    zero: np.ndarray | None
+    axis: int
+    group: int
+
+    def dequantized(self) -> np.ndarray:
+        """The values the integers stand for, in float32."""
+        size = self.q.shape[self.axis]
+
+        def expanded(p: np.ndarray) -> np.ndarray:
+            if not self.group:  # one per index of the other axis
+                return np.expand_dims(p.astype(np.float64), self.axis)
+            repeated = np.repeat(p.astype(np.float64), self.group, axis=self.axis)
+            return np.asarray(repeated.take(np.arange(size), axis=self.axis))
+
+        zero = 0.0 if self.zero is None else expanded(self.zero)
+        return np.asarray((self.q.astype(np.float64) - zero) * expanded(self.scale), np.float32)
+
+
+# Shrinks of a group's range tried by `quantize_groups(clip=True)`; the least squared error wins.
+CLIP_SHRINKS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
+
+
+def quantize_groups(
+    values: np.ndarray, bits: int, group: int, axis: int, symmetric: bool, clip: bool
+) -> Groups:
+    """Quantize a 2-D constant to `bits` in groups of `group` along `axis` (0: whole axis).
+
+    Symmetric groups use q in [-2^(b-1), 2^(b-1) - 1] with s = absmax / (2^(b-1) - 1);
+    asymmetric ones q in [0, 2^b - 1] over [min(w, 0), max(w, 0)]. With `clip`, each group's
+    range is shrunk by the factor of CLIP_SHRINKS that gives the least squared error.
+    """
+    import ml_dtypes
+
+    size = values.shape[axis]
+    width = group or size
+    count = -(-size // width)
+    moved = np.moveaxis(values.astype(np.float64), axis, 0)
+    padded = np.pad(moved, [(0, count * width - size), (0, 0)], mode="edge")
+    blocks = padded.reshape(count, width, -1)
+    best_error = np.full((count, blocks.shape[2]), np.inf)
+    best: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    for shrink in CLIP_SHRINKS if clip else (1.0,):
+        scale, zero, low, high = _group_range(blocks, bits, symmetric, shrink)
+        q = np.clip(np.round(blocks / scale) + zero, low, high)
+        error = (((q - zero) * scale - blocks) ** 2).sum(axis=1, keepdims=True)[:, 0]
+        better = error < best_error
+        best_error = np.where(better, error, best_error)
+        if best is None:
+            best = (q, scale[:, 0], zero[:, 0])
+        else:
+            keep = better[:, None, :]
+            best = (
+                np.where(keep, q, best[0]),
+                np.where(better, scale[:, 0], best[1]),
+                np.where(better, zero[:, 0], best[2]),
+            )
+    assert best is not None
+    q, scale, zero = best
+    integers = np.moveaxis(q.reshape(count * width, -1)[:size], 0, axis)
+    dtype = {
+        (4, True): ml_dtypes.int4,
+        (4, False): ml_dtypes.uint4,
+        (8, True): np.int8,
+        (8, False): np.uint8,
+    }[bits, symmetric]
+    shaped = [np.moveaxis(p, 0, axis) for p in (scale, zero)]
+    if not group:  # one per index of the other axis
+        shaped = [p.reshape(-1) for p in shaped]
+    return Groups(
+        integers.astype(np.int16).astype(dtype),
+        shaped[0].astype(np.float32),
+        None if symmetric else shaped[1].astype(np.int16).astype(dtype),
+        axis,
+        group,
+    )
+
+
+def _group_range(
+    blocks: np.ndarray, bits: int, symmetric: bool, shrink: float
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Scale, zero point and integer bounds of each group [count, 1, columns], float64."""
+    if symmetric:
+        high = 2 ** (bits - 1) - 1
+        absmax = np.abs(blocks).max(axis=1, keepdims=True) * shrink
+        scale = np.where(absmax > 0, absmax / high, 1.0)
+        return scale, np.zeros_like(scale), -high - 1, high
+    high = 2**bits - 1
+    lo = np.minimum(blocks.min(axis=1, keepdims=True), 0.0) * shrink
+    hi = np.maximum(blocks.max(axis=1, keepdims=True), 0.0) * shrink
+    span = hi - lo
+    scale = np.where(span > 0, span / high, 1.0)
+    zero = np.clip(np.round(-lo / scale), 0, high)
+    return scale, zero, 0, high

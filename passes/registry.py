@@ -14,6 +14,7 @@ from nlpress.passes.pipeline import Pipeline, parse_pipeline
 from nlpress.passes.pool import Pool
 from nlpress.passes.prune_sparsify import PruneSparsify
 from nlpress.passes.quantize_insert import QuantizeInsert
+from nlpress.passes.quantize_weights import QuantizeWeights
 
 PASSES: Mapping[str, type[Pass]] = MappingProxyType(
     {
@@ -26,6 +27,7 @@ PASSES: Mapping[str, type[Pass]] = MappingProxyType(
             Pool,
             PruneSparsify,
             QuantizeInsert,
+            QuantizeWeights,
         )
     }
 )
