@@ -11,7 +11,6 @@ unpacks them inside the matmul and gather kernels (`targets/blocked.py`, `target
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -25,7 +24,13 @@ from nlpress.ir.graph import fresh_name, fresh_node_name, opset_version
 from nlpress.ir.linear import linears
 from nlpress.ir.qdq import Groups, quantize_groups
 from nlpress.passes.base import Pass, PassResult, PreconditionError
-from nlpress.passes.compress.options import check_exclude, exclude_option, excluded
+from nlpress.passes.compress.options import (
+    check_exclude,
+    check_include,
+    exclude_option,
+    excluded,
+    included,
+)
 from nlpress.passes.quantize_insert.layers import Table, find_tables, gemm_as_matmul
 
 # 4-bit integers and blocked scales exist in DequantizeLinear from this opset on.
@@ -65,11 +70,7 @@ class QuantizeWeights(Pass):
             raise ValueError(f"bits {self.bits}: expected 4 or 8")
         if self.group < 0 or (self.group and self.group % 2):
             raise ValueError(f"group {self.group}: expected 0 or an even size, e.g. 32")
-        for pattern in self.include:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"include {pattern!r} is not a valid regex ({exc})") from exc
+        check_include(self.include)
         check_exclude(self.name, self.exclude)
 
     @property
@@ -128,9 +129,7 @@ class QuantizeWeights(Pass):
     def _selected(self, node: gs.Node) -> bool:
         weights = [t.name for t in node.inputs[:2] if isinstance(t, gs.Constant)]
         names = [node.name or "", *weights]
-        if self.include and not any(re.search(p, n) for p in self.include for n in names if n):
-            return False
-        return not excluded(self.exclude, node.op, names)
+        return included(self.include, names) and not excluded(self.exclude, node.op, names)
 
 
 def _at_opset(model: Model, version: int) -> Model:

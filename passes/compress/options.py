@@ -70,6 +70,20 @@ def check_exclude(pass_name: str, patterns: Sequence[str]) -> None:
             ) from exc
 
 
+def check_include(patterns: Sequence[str]) -> None:
+    """Raise ValueError for an `include` pattern that is no regex."""
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"include {pattern!r}: bad regex ({exc})") from exc
+
+
+def included(patterns: Sequence[str], names: Iterable[str]) -> bool:
+    """Whether a layer with these names is selected by `include` (every layer when empty)."""
+    return not patterns or any(re.search(p, name) for p in patterns for name in names if name)
+
+
 def check_budget_cosine(value: float | None) -> None:
     """Raise ValueError unless the budget is None or in (0, 1]."""
     if value is not None and not 0.0 < value <= 1.0:

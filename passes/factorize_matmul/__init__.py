@@ -25,7 +25,6 @@ and never factorized again, so a second run changes nothing.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +47,13 @@ from nlpress.passes.compress.distillation import (
     require_distill,
 )
 from nlpress.passes.compress.grams import Grams, paired_grams
-from nlpress.passes.compress.options import check_exclude, exclude_option, excluded
+from nlpress.passes.compress.options import (
+    check_exclude,
+    check_include,
+    exclude_option,
+    excluded,
+    included,
+)
 from nlpress.passes.factorize_matmul.allocation import Plan, global_ranks, sensitivities
 from nlpress.passes.factorize_matmul.edits import (
     MARK_U,
@@ -190,11 +195,7 @@ class FactorizeMatmul(Pass):
         if not self.damping >= 0:
             raise ValueError(f"damping must be >= 0, got {self.damping}")
         check_exclude(self.name, self.exclude)
-        for pattern in self.include:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"bad regex {pattern!r}: {exc}") from exc
+        check_include(self.include)
 
     def _rule_value(self, option: str) -> float | None:
         value: float | None = getattr(self, option.replace("-", "_"))
@@ -345,7 +346,7 @@ class FactorizeMatmul(Pass):
         name = node.name or ""
         if name.endswith((MARK_U, MARK_V)):
             return False
-        if self.include and not any(re.search(p, name) for p in self.include):
+        if not included(self.include, [name]):
             return False
         weights = [t.name for t in node.inputs[:2] if isinstance(t, gs.Constant)]
         return not excluded(self.exclude, node.op, [name, *weights])
