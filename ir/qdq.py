@@ -135,25 +135,14 @@ def quantize_groups(
     moved = np.moveaxis(values.astype(np.float64), axis, 0)
     padded = np.pad(moved, [(0, count * width - size), (0, 0)], mode="edge")
     blocks = padded.reshape(count, width, -1)
-    best_error = np.full((count, blocks.shape[2]), np.inf)
-    best: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-    for shrink in CLIP_SHRINKS if clip else (1.0,):
-        scale, zero, low, high = _group_range(blocks, bits, symmetric, shrink)
-        q = np.clip(np.round(blocks / scale) + zero, low, high)
-        error = (((q - zero) * scale - blocks) ** 2).sum(axis=1, keepdims=True)[:, 0]
-        better = error < best_error
-        best_error = np.where(better, error, best_error)
-        if best is None:
-            best = (q, scale[:, 0], zero[:, 0])
-        else:
-            keep = better[:, None, :]
-            best = (
-                np.where(keep, q, best[0]),
-                np.where(better, scale[:, 0], best[1]),
-                np.where(better, zero[:, 0], best[2]),
-            )
-    assert best is not None
-    q, scale, zero = best
+    q, scale, zero, error = _rounded(blocks, bits, symmetric, 1.0)
+    for shrink in CLIP_SHRINKS[1:] if clip else ():
+        candidate = _rounded(blocks, bits, symmetric, shrink)
+        better = candidate[3] < error
+        q = np.where(better[:, None], candidate[0], q)
+        scale, zero, error = (
+            np.where(better, c, b) for c, b in zip(candidate[1:], (scale, zero, error), strict=True)
+        )
     integers = np.moveaxis(q.reshape(count * width, -1)[:size], 0, axis)
     dtype = {
         (4, True): ml_dtypes.int4,
@@ -171,6 +160,16 @@ def quantize_groups(
         axis,
         group,
     )
+
+
+def _rounded(
+    blocks: np.ndarray, bits: int, symmetric: bool, shrink: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Integers [count, width, columns], scale, zero point and squared error [count, columns]."""
+    scale, zero, low, high = _group_range(blocks, bits, symmetric, shrink)
+    q = np.clip(np.round(blocks / scale) + zero, low, high)
+    error = (((q - zero) * scale - blocks) ** 2).sum(axis=1)
+    return q, scale[:, 0], zero[:, 0], error
 
 
 def _group_range(

@@ -8,9 +8,9 @@ importer takes neither 4-bit initializers nor block sizes, so the lowering:
 - `convert_dequantize`: makes a blocked DequantizeLinear of constants a kernel named `KERNEL`
   over them, which `grouped_weight` reads back as unsigned codes u with a scale and an offset
   per group, W = u s - o (u = W_q + b and o = (z + b) s for the bias b that makes the codes
-  unsigned: 8 for int4, 128 for int8). The panel matmul (`panels.py`) and `rewrite_gathers`
-  (embedding rows) keep the codes, two to a byte when they fit in 4 bits; anything else
-  computes the float constant from them.
+  unsigned: 8 for int4, 128 for int8). The panel matmul (`panels.py`) keeps the codes, two to
+  a byte when they fit in 4 bits; anything else (a table's gather among them) computes the
+  float constant from them.
 """
 
 from __future__ import annotations
@@ -26,16 +26,12 @@ from nlpress.targets import relax_match
 
 # The name hint of the dequantizing kernel that `grouped_weight` recognises.
 KERNEL = "nlpress_blocked_dequantize"
-# The name hint of the kernel that gathers rows of a grouped table.
-GATHER = "nlpress_grouped_gather"
 # Its PrimFunc's attributes: the group size and the grouped axis.
 GROUP_ATTR = "nlpress.group"
 AXIS_ATTR = "nlpress.group_axis"
 
-_WIDENED = {
-    onnx.TensorProto.INT4: (onnx.TensorProto.INT8, np.int8),
-    onnx.TensorProto.UINT4: (onnx.TensorProto.UINT8, np.uint8),
-}
+# The 8-bit type that holds each 4-bit type's integers.
+_WIDENED = {onnx.TensorProto.INT4: np.int8, onnx.TensorProto.UINT4: np.uint8}
 
 
 def widen_4bit(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -46,8 +42,7 @@ def widen_4bit(proto: onnx.ModelProto) -> onnx.ModelProto:
     widened.CopyFrom(proto)
     for tensor in widened.graph.initializer:
         if tensor.data_type in _WIDENED:
-            _, dtype = _WIDENED[tensor.data_type]
-            values = numpy_helper.to_array(tensor).astype(dtype)
+            values = numpy_helper.to_array(tensor).astype(_WIDENED[tensor.data_type])
             tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
     return widened
 
@@ -83,8 +78,12 @@ def grouped(
     codes = (q.astype(np.int16) + bias).astype(np.uint8)
     zero_point = np.zeros(scale.shape) if zero is None else zero.astype(np.float64)
     offset = ((zero_point + bias) * scale.astype(np.float64)).astype(np.float32)
-    bits = 4 if codes.size and codes.max() < 16 else 8
-    return Grouped(codes, scale.astype(np.float32), offset, axis % q.ndim, group, bits)
+    return Grouped(codes, scale.astype(np.float32), offset, axis % q.ndim, group, _bits(codes))
+
+
+def _bits(codes: np.ndarray) -> int:
+    """4 when every code fits in 4 bits, else 8."""
+    return 4 if codes.size and codes.max() < 16 else 8
 
 
 def convert_dequantize(builder: Any, inputs: Any, attrs: dict[str, Any]) -> Any:
@@ -137,5 +136,5 @@ def grouped_weight(expr: Any, values: dict[Any, Any], mod: Any) -> Grouped | Non
     if not all(relax_match.is_const(a) for a in args):
         return None
     codes, scale, offset = (a.value.numpy() for a in args)
-    bits = 4 if codes.size and codes.max() < 16 else 8
-    return Grouped(codes, scale, offset, int(attrs[AXIS_ATTR]), int(attrs[GROUP_ATTR]), bits)
+    axis, group = int(attrs[AXIS_ATTR]), int(attrs[GROUP_ATTR])
+    return Grouped(codes, scale, offset, axis, group, _bits(codes))

@@ -21,6 +21,7 @@ from typing import Any
 import onnx
 
 from nlpress.ir import NlpressError
+from nlpress.targets import blocked
 from nlpress.targets.target import Target
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,6 @@ def import_onnx(proto: onnx.ModelProto) -> Any:
 
     """
     from tvm.relax.frontend.onnx import onnx_frontend as frontend
-
-    from nlpress.targets import blocked
 
     _check_ops(proto, frontend._get_convert_map())
     proto = blocked.widen_4bit(proto)
@@ -163,17 +162,11 @@ def _constant_expand(builder: Any, inputs: Any, _attrs: Any) -> Any:
     return builder.normalize(relax.op.broadcast_to(data, relax.ShapeExpr(out)))
 
 
-def _blocked_dequantize(builder: Any, inputs: Any, attrs: Any) -> Any:
-    from nlpress.targets import blocked
-
-    return blocked.convert_dequantize(builder, inputs, attrs)
-
-
 # Converters that replace TVM's for the inputs they take (None: TVM's converter runs).
 _CONVERTERS: dict[str, Callable[[Any, Any, Any], Any]] = {
     "Range": _symbolic_arange,
     "Expand": _constant_expand,
-    "DequantizeLinear": _blocked_dequantize,
+    "DequantizeLinear": blocked.convert_dequantize,
 }
 
 
