@@ -12,7 +12,7 @@ unpacks them inside the matmul and gather kernels (`targets/blocked.py`, `target
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -28,8 +28,8 @@ from nlpress.passes.compress.options import (
     check_exclude,
     check_include,
     exclude_option,
-    excluded,
-    included,
+    include_option,
+    selected,
 )
 from nlpress.passes.quantize_insert.layers import Table, find_tables, gemm_as_matmul
 
@@ -50,8 +50,6 @@ class QuantizeWeights(Pass):
             group's [min, max].
         clip: Shrink each group's range where that lowers its squared error.
         embeddings: Also quantize the constant tables read by Gather (embeddings).
-        include: Regexes on node and weight names; only matching layers are quantized
-            (default: all).
     """
 
     name: ClassVar[str] = "quantize-weights"
@@ -62,7 +60,7 @@ class QuantizeWeights(Pass):
     symmetric: bool = False
     clip: bool = True
     embeddings: bool = True
-    include: tuple[str, ...] = field(default=())
+    include: tuple[str, ...] = include_option()
     exclude: tuple[str, ...] = exclude_option()
 
     def __post_init__(self) -> None:
@@ -127,9 +125,7 @@ class QuantizeWeights(Pass):
         return [t for t in find_tables(graph) if all(self._selected(n) for n in t.readers)]
 
     def _selected(self, node: gs.Node) -> bool:
-        weights = [t.name for t in node.inputs[:2] if isinstance(t, gs.Constant)]
-        names = [node.name or "", *weights]
-        return included(self.include, names) and not excluded(self.exclude, node.op, names)
+        return selected(self.include, self.exclude, node)
 
 
 def _at_opset(model: Model, version: int) -> Model:

@@ -1,4 +1,7 @@
-"""The options every lossy pass spells alike: `exclude` and `budget-cosine`, defined once.
+"""The options every lossy pass spells alike: `include`, `exclude` and `budget-cosine`, once.
+
+`include`: regexes searched in a layer's node and weight names; only matching layers are
+compressed (default: all). The planner writes its per-layer choices this way.
 
 `exclude`: layers left as they are. A pattern excludes a layer when it is the layer's op type
 (e.g. `Gemm`) or a regex found (`re.search`) in the layer's node name or weight name. A pattern
@@ -21,10 +24,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import field
 from typing import Any
 
+import onnx_graphsurgeon as gs
+
 log = logging.getLogger(__name__)
 
 EXCLUDE_HELP = (
     "Layers left as they are: op types (e.g. Gemm), or regexes searched in node and weight names."
+)
+INCLUDE_HELP = (
+    "Regexes on node and weight names; only matching layers are compressed (default: all)."
 )
 BUDGET_HELP = (
     "A least pooled cosine, in (0, 1], between the embedding output and the input model's on "
@@ -37,6 +45,11 @@ _GLOB = re.compile(r"(^|[^.)\]\\])[*?]")
 def exclude_option() -> Any:
     """The `exclude` option field: patterns of layers left as they are (default none)."""
     return field(default_factory=tuple, metadata={"help": EXCLUDE_HELP})
+
+
+def include_option() -> Any:
+    """The `include` option field: patterns of the only layers compressed (default all)."""
+    return field(default_factory=tuple, metadata={"help": INCLUDE_HELP})
 
 
 def budget_cosine_option() -> Any:
@@ -82,6 +95,18 @@ def check_include(patterns: Sequence[str]) -> None:
 def included(patterns: Sequence[str], names: Iterable[str]) -> bool:
     """Whether a layer with these names is selected by `include` (every layer when empty)."""
     return not patterns or any(re.search(p, name) for p in patterns for name in names if name)
+
+
+def selected(
+    include: Sequence[str], exclude: Sequence[str], node: gs.Node, names: Sequence[str] = ()
+) -> bool:
+    """Whether `include` selects a layer and `exclude` leaves it.
+
+    Its names are the node's, those of its constant inputs and any `names` given.
+    """
+    constants = [t.name for t in node.inputs[:2] if isinstance(t, gs.Constant)]
+    every = [node.name or "", *constants, *names]
+    return included(include, every) and not excluded(exclude, node.op, every)
 
 
 def check_budget_cosine(value: float | None) -> None:

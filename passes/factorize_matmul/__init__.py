@@ -51,8 +51,8 @@ from nlpress.passes.compress.options import (
     check_exclude,
     check_include,
     exclude_option,
-    excluded,
-    included,
+    include_option,
+    selected,
 )
 from nlpress.passes.factorize_matmul.allocation import Plan, global_ranks, sensitivities
 from nlpress.passes.factorize_matmul.edits import (
@@ -126,7 +126,6 @@ class FactorizeMatmul(Pass):
             layers before it are factorized; needs calibration data.
         damping: Ridge strength for recovery and whitening, relative to the mean diagonal of the
             Gram matrix; >= 0.
-        include: Regexes on node names; only matching layers are factorized (default: all).
         seed: Seed of the randomized SVD's sketch.
         budget-cosine: Deprecated here: the old spelling of layer-cosine (a per-layer cosine,
             not the model budget the other passes take).
@@ -147,7 +146,7 @@ class FactorizeMatmul(Pass):
     recover: bool = False
     sequential: bool = False
     damping: float = 1e-2
-    include: tuple[str, ...] = field(default=())
+    include: tuple[str, ...] = include_option()
     exclude: tuple[str, ...] = exclude_option()
     seed: int = 0
     rank_multiple: int = 16
@@ -346,7 +345,4 @@ class FactorizeMatmul(Pass):
         name = node.name or ""
         if name.endswith((MARK_U, MARK_V)):
             return False
-        if not included(self.include, [name]):
-            return False
-        weights = [t.name for t in node.inputs[:2] if isinstance(t, gs.Constant)]
-        return not excluded(self.exclude, node.op, [name, *weights])
+        return selected(self.include, self.exclude, node)

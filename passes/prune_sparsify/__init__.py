@@ -60,8 +60,10 @@ from nlpress.passes.compress.options import (
     budget_cosine_option,
     check_budget_cosine,
     check_exclude,
+    check_include,
     exclude_option,
-    excluded,
+    include_option,
+    selected,
 )
 from nlpress.passes.prune_sparsify.edits import Statistics, Unit, collect
 from nlpress.passes.prune_sparsify.planner import Planner, PlanOptions, meet_cosine
@@ -119,6 +121,7 @@ class PruneSparsify(Pass):
     scope: Literal["layer", "global"] = "layer"
     recover: bool | None = None
     damping: float = DEFAULT_DAMPING
+    include: tuple[str, ...] = include_option()
     exclude: tuple[str, ...] = exclude_option()
     budget_cosine: float | None = budget_cosine_option()
     sequential: bool = False
@@ -150,6 +153,7 @@ class PruneSparsify(Pass):
         if self.damping < 0:
             raise ValueError(f"damping {self.damping}: expected >= 0")
         check_budget_cosine(self.budget_cosine)
+        check_include(self.include)
         check_exclude(self.name, self.exclude)
 
     @property
@@ -285,8 +289,8 @@ class PruneSparsify(Pass):
         return units, found
 
     def _excluded(self, unit: Unit) -> bool:
-        return any(
-            excluded(self.exclude, lin.node.op, [lin.name, lin.matmul.weight.name])
+        return not all(
+            selected(self.include, self.exclude, lin.node, [lin.matmul.weight.name])
             for lin in unit.linears
         )
 

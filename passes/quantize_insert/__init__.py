@@ -36,8 +36,10 @@ from nlpress.passes.compress.options import (
     budget_cosine_option,
     check_budget_cosine,
     check_exclude,
+    check_include,
     exclude_option,
-    excluded,
+    include_option,
+    selected,
 )
 from nlpress.passes.quantize_insert.budget import float_layers, predicted_count, sensitivity_batches
 from nlpress.passes.quantize_insert.layers import (
@@ -90,6 +92,7 @@ class QuantizeInsert(Pass):
     per_channel: bool = True
     attention: bool = False
     smooth: float | None = None
+    include: tuple[str, ...] = include_option()
     exclude: tuple[str, ...] = exclude_option()
     embeddings: bool = True
     budget_cosine: float | None = budget_cosine_option()
@@ -106,6 +109,7 @@ class QuantizeInsert(Pass):
         if self.smooth is not None and not 0.0 <= self.smooth <= 1.0:
             raise ValueError(f"smooth {self.smooth}: expected an alpha in [0, 1]")
         check_budget_cosine(self.budget_cosine)
+        check_include(self.include)
         check_exclude(self.name, self.exclude)
 
     @property
@@ -169,7 +173,7 @@ class QuantizeInsert(Pass):
         for layer in candidates(graph, self.attention):
             reason = (
                 "excluded"
-                if self._excluded(layer.node)
+                if not selected(self.include, self.exclude, layer.node)
                 else "float_recorded"
                 if layer.label in recorded
                 else None
@@ -188,11 +192,11 @@ class QuantizeInsert(Pass):
         """The constant tables to store as int8 (none unless `embeddings`)."""
         if not self.embeddings:
             return []
-        return [t for t in find_tables(graph) if not any(self._excluded(n) for n in t.readers)]
-
-    def _excluded(self, node: gs.Node) -> bool:
-        weights = [t.name for t in node.inputs[1:2] if isinstance(t, gs.Constant)]
-        return excluded(self.exclude, node.op, [node.name or "", *weights])
+        return [
+            t
+            for t in find_tables(graph)
+            if all(selected(self.include, self.exclude, n) for n in t.readers)
+        ]
 
     def _smooth(
         self, work: Model, layers: Sequence[Layer], feeds: Sequence[Feeds]
