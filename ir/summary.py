@@ -13,7 +13,8 @@ compression did, not what the kernels skip.
 `size_summary` is the part of it that manifests record before and after a pipeline: totals,
 bytes by dtype, and the stored bytes of each weighted layer (MatMul, Gemm, embedding Gather),
 its weight followed back through DequantizeLinear, Transpose, Reshape, Cast and Unsqueeze to
-the constants it is stored as (an int8 weight counts its scales and zero points too).
+the constants it is stored as (an int8 weight counts its scales and zero points too). Bytes
+are the bytes a library stores: 4-bit values two to a byte (numpy holds one in each).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def summarize(model: Model) -> dict[str, Any]:
     zeros = int(sum(int(np.count_nonzero(v == 0)) for v in parameters))
     bytes_by_dtype: Counter[str] = Counter()
     for value in constants:
-        bytes_by_dtype[str(value.dtype)] += int(value.nbytes)
+        bytes_by_dtype[str(value.dtype)] += stored_bytes(value)
     layers = [layer for node in graph.nodes if (layer := _layer(node))]
     weights = sum(int(np.prod(layer["shape"])) for layer in layers)
     weight_zeros = sum(layer["zeros"] for layer in layers)
@@ -55,6 +56,17 @@ def summarize(model: Model) -> dict[str, Any]:
         "outputs": [_io(t) for t in graph.outputs],
         "opset": {d.domain or "ai.onnx": d.version for d in graph.import_domains or []},
     }
+
+
+# Types of 4 bits a value, which numpy (ml_dtypes) holds in a byte each.
+_HALF_BYTE_KINDS = ("int4", "uint4", "float4_e2m1fn")
+
+
+def stored_bytes(value: np.ndarray) -> int:
+    """The bytes that hold `value` packed: 4-bit types two values to a byte."""
+    if value.dtype.name in _HALF_BYTE_KINDS:
+        return (int(value.size) + 1) // 2
+    return int(value.nbytes)
 
 
 def size_summary(model: Model) -> dict[str, Any]:
@@ -82,7 +94,7 @@ def _layer_bytes(node: gs.Node) -> dict[str, Any] | None:
     return {
         "dtype": str(weight.dtype),
         "parameters": int(weight.size),
-        "bytes": int(sum(c.nbytes for c in constants)),
+        "bytes": sum(stored_bytes(c) for c in constants),
     }
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from nlpress.targets import blocked, quantized, relax_match
+from nlpress.targets.blocked import nibble, pack_nibbles
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,6 @@ def pack_panels(w: np.ndarray, columns: int) -> np.ndarray:
     padded[:, :n] = w
     panels = padded.reshape(k, -1, columns).transpose(1, 0, 2)
     return np.ascontiguousarray(panels[..., None])
-
-
-def pack_nibbles(panels: np.ndarray) -> np.ndarray:
-    """Codes below 16 in panels p[n/bn, k, bn, 1], two rows of k to a byte (even k low)."""
-    if panels.shape[1] % 2:
-        panels = np.concatenate([panels, np.zeros_like(panels[:, :1])], axis=1)
-    return np.ascontiguousarray(panels[:, 0::2] | (panels[:, 1::2] << 4)).astype(np.uint8)
 
 
 def rewrite_float_matmuls(mod: Any, tile: tuple[int, int]) -> Any:
@@ -257,7 +251,7 @@ def _te_panel_matmul(
         panel, column = j // bn, j % bn
         if not group:
             return w[panel, k, column, 0].astype("float32")
-        code = _nibble(w[panel, k // 2, column, 0], k) if nibbles else w[panel, k, column, 0]
+        code = nibble(w[panel, k // 2, column, 0], k) if nibbles else w[panel, k, column, 0]
         at = (panel, k // group, column)
         return code.astype("float32") * scale[at] - offset[at]
 
@@ -271,11 +265,3 @@ def _te_panel_matmul(
     if scale is None or group:
         return acc
     return te.compute(acc.shape, lambda *index: acc[index] * scale[index[-1]], name="scaled")
-
-
-def _nibble(byte: Any, k: Any) -> Any:
-    """Row k's code in a byte holding rows 2i (low nibble) and 2i + 1 (high nibble)."""
-    from tvm import tirx
-
-    shift = tirx.Cast("uint8", (k % 2) * 4)
-    return (byte >> shift) & tirx.const(15, "uint8")

@@ -21,10 +21,11 @@ quantize of x stays: it is real work (float -> uint8). What replaces the float m
 The weights are stored as int8 constants (plus an int32 column sum and a float scale per
 column), so the library holds a quarter of the float weight bytes. Two companions: a Gather of
 a dequantized constant table (an embedding) gathers int8 rows and dequantizes only those, so
-the table stays int8 too; and DynamicQuantizeLinear's max(x) and min(x) over a whole tensor
-become two row reductions, which the row-reduction schedule takes. Anything else (int8
-activations, per-channel activation scales, nonzero weight zero-points, batched matmuls of two
-activations) is left in float.
+the table stays int8 too (a group-wise table of `blocked.py`, or one whose codes fit in 4
+bits, is gathered by `blocked.gather`, its codes two to a byte); and DynamicQuantizeLinear's
+max(x) and min(x) over a whole tensor become two row reductions, which the row-reduction
+schedule takes. Anything else (int8 activations, per-channel activation scales, nonzero weight
+zero-points, batched matmuls of two activations) is left in float.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from nlpress.ir.qdq import ACTIVATION, TABLE, WEIGHT
-from nlpress.targets import relax_match
+from nlpress.targets import blocked, relax_match
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class _Plan:
 
     matmuls: list[_Match]
     ranges: set[Any]
-    gathers: dict[Any, tuple[Any, Any]]  # var -> (dequantize call, indices)
+    gathers: dict[Any, tuple[Any, Any]]  # var -> (dequantize call or Grouped table, indices)
 
     def __bool__(self) -> bool:
         return bool(self.matmuls or self.ranges or self.gathers)
@@ -128,7 +129,7 @@ def rewrite_qdq_matmuls(
     from tvm import relax
 
     plans = {
-        gvar: _Plan(_find_matches(func), _full_ranges(func), _find_gathers(func))
+        gvar: _Plan(_find_matches(func), _full_ranges(func), _find_gathers(func, mod))
         for gvar, func in mod.functions_items()
         if isinstance(func, relax.Function)
     }
@@ -206,11 +207,14 @@ def _full_ranges(func: Any) -> set[Any]:
     return found
 
 
-def _find_gathers(func: Any) -> dict[Any, tuple[Any, Any]]:
-    """Gathers of rows of a dequantized constant table (an embedding): var -> (dequantize, ids).
+def _find_gathers(func: Any, mod: Any) -> dict[Any, tuple[Any, Any]]:
+    """Gathers of rows of a dequantized constant table (an embedding): var -> (table, ids).
 
-    They gather int8 rows and dequantize only those, so the table stays int8 in the library
-    (a dequantize of a constant would be folded into a float table).
+    The table is the `relax.dequantize` call of an int8 or uint8 table, or a
+    `blocked.Grouped` one: a group-wise table (`blocked.grouped_weight`), or a dequantized
+    one whose codes fit in 4 bits. They gather integer rows and dequantize only those, so the
+    table stays 4- or 8-bit in the library (a dequantize of a constant would be folded into a
+    float table).
     """
     values = relax_match.bound_values(func)
     found = {}
@@ -218,18 +222,30 @@ def _find_gathers(func: Any) -> dict[Any, tuple[Any, Any]]:
         take = relax_match.call_of(value, "relax.take", values)
         if take is None or take.attrs.axis is None or int(take.attrs.axis) != 0:
             continue
-        dequantize = relax_match.call_of(take.args[0], "relax.dequantize", values)
-        if dequantize is None or not all(relax_match.is_const(a) for a in dequantize.args):
-            continue
-        table = dequantize.args[0]
-        float_result = str(dequantize.attrs.out_dtype) == "float32"
-        if (
-            relax_match.dtype_of(table) in (TABLE.name, ACTIVATION.name)
-            and relax_match.ndim_of(table) == 2
-            and float_result
-        ):
-            found[var] = (dequantize, take.args[1])
+        table = _gathered_table(take.args[0], values, mod)
+        if table is not None:
+            found[var] = (table, take.args[1])
     return found
+
+
+def _gathered_table(expr: Any, values: dict[Any, Any], mod: Any) -> Any:
+    """The table `_find_gathers` gathers from when `expr` is a dequantized 2-D constant."""
+    groups = blocked.grouped_weight(expr, values, mod)
+    if groups is not None:
+        return groups if groups.codes.ndim == 2 else None
+    dequantize = relax_match.call_of(expr, "relax.dequantize", values)
+    if dequantize is None or not all(relax_match.is_const(a) for a in dequantize.args):
+        return None
+    table = dequantize.args[0]
+    if (
+        relax_match.dtype_of(table) not in (TABLE.name, ACTIVATION.name)
+        or relax_match.ndim_of(table) != 2
+        or str(dequantize.attrs.out_dtype) != "float32"
+    ):
+        return None
+    q, scale, zero_point = (a.value.numpy() for a in dequantize.args)
+    groups = blocked.per_axis(q, scale, zero_point, int(dequantize.attrs.axis))
+    return groups if groups is not None and groups.bits == 4 else dequantize
 
 
 def _match_matmul(value: Any, values: dict[Any, Any]) -> tuple[Any, Any, Any, _Weight] | None:
@@ -347,12 +363,17 @@ def _static_shape_of(value: Any) -> list[int] | None:
 
 
 def _emit_gather(bb: Any, dequantize: Any, indices: Any, visit: Any) -> Any:
-    """take(dequantize(T_q, s, zp), ids) as (take(T_q, ids) - zp) * s, per row or column."""
+    """take(dequantize(T_q, s, zp), ids) as (take(T_q, ids) - zp) * s, per row or column.
+
+    A `blocked.Grouped` table instead is gathered by `blocked.gather`.
+    """
     from tvm import relax
 
+    ids = visit(indices)
+    if isinstance(dequantize, blocked.Grouped):
+        return blocked.gather(bb, dequantize, ids)
     op = relax.op
     table, scale, zero_point = dequantize.args
-    ids = visit(indices)
     rows = op.astype(op.take(table, ids, axis=0), "float32")
     per_row = (
         relax_match.ndim_of(scale) == 1

@@ -98,3 +98,27 @@ def test_quantized_matmuls_are_layers_with_their_stored_int8_weights():
     }
     assert facts == {(name, "w", "int8", "2:4") for name in ("integer", "qlinear", "qdq")}
     assert summary["weight_sparsity"] == 0.5
+
+
+def test_4_bit_constants_count_half_a_byte_each():
+    import ml_dtypes
+    from onnx import TensorProto
+
+    from nlpress.ir.summary import size_summary, stored_bytes
+
+    codes = np.arange(9 * 6).reshape(9, 6) % 16
+    nodes = [
+        helper.make_node("DequantizeLinear", ["tq", "scale", "zero"], ["t"], name="dq", axis=0),
+        helper.make_node("Gather", ["t", "ids"], ["y"], name="embed"),
+    ]
+    inits = [
+        initializer("tq", codes.astype(ml_dtypes.uint4)),
+        initializer("scale", np.full(9, 0.1, np.float32)),
+        initializer("zero", np.full(9, 3, ml_dtypes.uint4)),
+    ]
+    ids = tensor("ids", [2], TensorProto.INT64)
+    sizes = size_summary(model(nodes, [ids], [tensor("y", [2, 6])], inits, opset=21))
+    assert sizes["bytes_by_dtype"] == {"float32": 36, "uint4": 27 + 5}
+    assert sizes["layers"]["embed"] == {"dtype": "uint4", "parameters": 54, "bytes": 27 + 36 + 5}
+    assert stored_bytes(np.zeros(3, ml_dtypes.int4)) == 2
+    assert stored_bytes(np.zeros(3, np.int8)) == 3
