@@ -20,10 +20,12 @@ scale of a column is common to its whole sum). The library holds a quarter of th
 
 A group-wise weight (`blocked.py`: W[i, j] = u[i, j] s[i // g, j] - o[i // g, j], groups of g
 along k) keeps its codes u as panels too, two rows of k to a byte (low nibble first) when they
-fit in 4 bits, with s and o packed as panels p[n/bn, k/g, bn]: the kernel unpacks each code,
-scales and offsets it as it reads it, C[..., j] = sum_k x[..., k] (u[k, j] s[k/g, j] -
-o[k/g, j]). The library holds an eighth (4-bit) or a quarter (8-bit) of the weight bytes, plus
-two floats per group and column.
+fit in 4 bits, with s and o packed as panels p[n/bn, k/g, bn]: the kernel unpacks a panel's
+codes into a float panel, u[k, j] s[k/g, j] - o[k/g, j] (its `DEQUANTIZE_BLOCK`), and sums
+over that as the float kernel does; the panel rule unpacks each panel once, before its row
+tiles, into a buffer they all read, or in the tile when there is one (`schedules/panels.py`).
+The library holds an eighth (4-bit) or a quarter (8-bit) of the weight bytes, plus two floats
+per group and column.
 """
 
 from __future__ import annotations
@@ -39,10 +41,12 @@ from nlpress.targets.blocked import nibble, pack_nibbles
 
 log = logging.getLogger(__name__)
 
-# The name hint of the kernel (its reduction block is `ACC_BLOCK`, its rows `ROWS_BLOCK`).
+# The name hint of the kernel (its reduction block is `ACC_BLOCK`, its rows `ROWS_BLOCK`; a
+# group-wise weight's panels are dequantized by `DEQUANTIZE_BLOCK`).
 KERNEL_NAME = "pmatmul"
 ACC_BLOCK = "pmatmul_acc"
 ROWS_BLOCK = "pmatmul_rows"
+DEQUANTIZE_BLOCK = "pmatmul_dequantize"
 
 
 def pack_panels(w: np.ndarray, columns: int) -> np.ndarray:
@@ -234,8 +238,8 @@ def _te_panel_matmul(
     """C[..., j] = sum_k a[..., k] * w[j // bn, k, j % bn, 0]; the result has whole panels.
 
     An int8 `w` is widened to float as it is read, and the sums are multiplied by `scale[j]`.
-    With a `group`, `w` holds codes (two rows of k to a byte with `nibbles`), each read as
-    code * scale[j // bn, k // group, j % bn] - offset[j // bn, k // group, j % bn].
+    With a `group`, `w` holds codes (two rows of k to a byte with `nibbles`), dequantized
+    into float panels first (`_te_dequantize`).
     The sums run over the rows rounded up to whole tiles (`whole_tiles`); the first rows are
     the result.
     """
@@ -247,17 +251,11 @@ def _te_panel_matmul(
     tiles = whole_tiles(a, rows)
     count, read = tiles if tiles else (lead[-1], lambda *index: a[index])
 
-    def weight(j: Any) -> Any:
-        panel, column = j // bn, j % bn
-        if not group:
-            return w[panel, k, column, 0].astype("float32")
-        code = nibble(w[panel, k // 2, column, 0], k) if nibbles else w[panel, k, column, 0]
-        at = (panel, k // group, column)
-        return code.astype("float32") * scale[at] - offset[at]
+    panel = _te_dequantize(w, scale, offset, depth, group, nibbles) if group else w
 
     def product(*index: Any) -> Any:
         *head, j = index
-        return te.sum(read(*head, k) * weight(j), axis=k)
+        return te.sum(read(*head, k) * panel[j // bn, k, j % bn, 0].astype("float32"), axis=k)
 
     acc = te.compute((*lead[:-1], count, w.shape[0] * bn), product, name=ACC_BLOCK)
     if tiles is not None:
@@ -265,3 +263,19 @@ def _te_panel_matmul(
     if scale is None or group:
         return acc
     return te.compute(acc.shape, lambda *index: acc[index] * scale[index[-1]], name="scaled")
+
+
+def _te_dequantize(
+    codes: Any, scale: Any, offset: Any, depth: Any, group: int, nibbles: bool
+) -> Any:
+    """Float panels p[P, i, c, 0] = code[P, i, c] * scale[P, i // group, c] - offset[same]."""
+    from tvm import te
+
+    def value(panel: Any, i: Any, column: Any, unit: Any) -> Any:
+        byte = codes[panel, i // 2 if nibbles else i, column, unit]
+        code = nibble(byte, i) if nibbles else byte
+        at = (panel, i // group, column)
+        return code.astype("float32") * scale[at] - offset[at]
+
+    shape = (codes.shape[0], depth, codes.shape[2], 1)
+    return te.compute(shape, value, name=DEQUANTIZE_BLOCK)

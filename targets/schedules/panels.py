@@ -1,15 +1,23 @@
 """Panel matmul rule: C[..., j] += A[..., k] * W_p[j/bn, k, j%bn, 0], over weight panels.
 
 It takes the float kernels of `targets/panels.py` whose row count is symbolic (a sentence's
-tokens); static ones go to the Matmul rule, whose wider tiles over the same panels are faster
-there. Each task of the parallel loop computes an MR x bn tile of C over the whole k,
-accumulating in a local buffer that LLVM keeps in registers (`targets/stack_tiles.py` keeps it
-off the heap): per step of k, bn/lanes vector loads of the
+tokens) or a single one, and those over a group-wise weight's codes (below); other static ones
+go to the Matmul rule, whose wider tiles over the same panels are faster there (it does not take
+one row, which would fall to the row-reduction rule). Each task of the parallel loop computes an MR
+x bn tile of C over the whole k, accumulating in a local buffer that LLVM keeps in registers
+(`targets/stack_tiles.py` keeps it off the heap): per step of k, bn/lanes vector loads of the
 panel, MR broadcasts of A and MR * bn/lanes fused multiply-adds. Panels run outermost, so one
 panel (bn x k floats) stays in cache while every row tile passes over it. The kernel's rows are
 whole tiles (`panels.whole_tiles`), so no tile is guarded: a guard on a row inside the reduction
 would keep that row's accumulators in memory. The epilogue (bias, GELU, residual add, ...) is
 applied as each tile is stored.
+
+A kernel over a group-wise weight's codes unpacks each panel once, before the row tiles pass
+over it, into a k x bn float buffer (shift, mask, widen, convert and one fused multiply-subtract
+per vector): k x bn unpacks per panel against rows x k x bn multiply-adds, and the tile's loop
+is the float one (unpacked inside the reduction, the loop does not vectorize). A static row
+count of one tile or less unpacks as often either way, so it unpacks in the tile and writes no
+buffer.
 
 `PANELS` holds the tile per instruction set, the first whose feature the target has; an
 instruction set it gives None keeps its matmuls in the layout of `schedules/matmul.py`.
@@ -31,6 +39,9 @@ PANELS: tuple[tuple[str, tuple[int, int] | None], ...] = (
     ("avx512f", (4, 64)),
     ("avx2", (6, 16)),
 )
+
+# Static row counts from which float kernels go to the Matmul rule (module doc).
+MATMUL_RULE_ROWS = 2
 
 
 def panel_tile(target: Any) -> tuple[int, int] | None:
@@ -56,9 +67,15 @@ class PanelMatmul:
         main = _panel_block(sch)
         if main is None:
             return None
-        common.inline_intermediates(sch, main)
+        dequantize = _block(sch, panels.DEQUANTIZE_BLOCK)
+        count = _static_rows(sch, main)
+        if dequantize is None and count is not None and count >= MATMUL_RULE_ROWS:
+            return None  # static rows: the Matmul rule's (module doc)
         rows = (panel_tile(target) or (4, 0))[0]
-        _tile(sch, main, target, rows)
+        if count is not None and count <= rows:
+            dequantize = None  # one row tile per panel: it unpacks the codes itself (module doc)
+        common.inline_intermediates(sch, main, dequantize)
+        _tile(sch, main, target, rows, dequantize)
         return sch
 
 
@@ -82,27 +99,40 @@ def _panel_block(sch: Any) -> Any:
         return None  # already tiled, or not the panel kernel
     if None in (common.static_extent(sch, loop) for loop in loops[-2:]):
         return None  # the columns and the reduction are static
-    if common.static_extent(sch, loops[-3]) is not None:
-        return None  # static rows: the Matmul rule's (module doc)
     return main
 
 
-def _tile(sch: Any, main: Any, target: Any, rows: int) -> None:
+def _static_rows(sch: Any, main: Any) -> int | None:
+    """The kernel's row count when it is a constant, else None."""
+    return common.static_extent(sch, sch.get_loops(main)[-3])
+
+
+def _tile(sch: Any, main: Any, target: Any, rows: int, dequantize: Any) -> None:
     """Tile MR rows x one panel over the whole k; vectorize the panel, unroll the rows."""
     weight = next(r.source for r in sch.get(main).reads if len(r.source.shape) == 4)
     bn = int(weight.shape[2])
     lanes = common.vector_lanes(target, 32)
     *outer, row, j, k = sch.get_loops(main)
-    io, ii = sch.split(row, factors=[None, rows])
+    count = common.static_extent(sch, row)
+    io, ii = sch.split(row, factors=[None, min(rows, count or rows)])
     jo, ji = sch.split(j, factors=[None, bn])
     sch.reorder(*outer, jo, io, k, ii, ji)
     common.write_back_tile(sch, main, io, target, lanes)
+    if dequantize is not None:
+        _dequantize_per_panel(sch, dequantize, jo, lanes)
     # The symbolic tile count stays its own loop: fused, it would make the bindings non-affine.
     parallel = [*outer, jo]
     if common.worth_parallel(common.block_work(sch, main)):
         sch.parallel(sch.fuse(*parallel) if len(parallel) > 1 else parallel[0])
     _vectorize_tile(sch, main, ji, ii, lanes)  # while the block is still a reduction
     sch.decompose_reduction(main, k)
+
+
+def _dequantize_per_panel(sch: Any, dequantize: Any, panel: Any, lanes: int) -> None:
+    """Dequantize each panel once, before its row tiles, into a buffer they all read."""
+    sch.compute_at(dequantize, panel)
+    sch.set_scope(dequantize, 0, "local")
+    common.split_vector(sch, sch.get_loops(dequantize)[-1], lanes)
 
 
 def _vectorize_tile(sch: Any, main: Any, columns: Any, rows: Any, lanes: int) -> None:

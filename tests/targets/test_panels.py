@@ -18,6 +18,7 @@ from tvm import relax
 
 from nlpress.ir import Model
 from nlpress.ir.verify import run
+from nlpress.passes.quantize_weights import QuantizeWeights
 from nlpress.targets import get_target, lower, panels, schedules
 from nlpress.targets.schedules import Matmul, PanelMatmul
 from nlpress.targets.schedules.panels import panel_tile
@@ -36,6 +37,21 @@ def _model(shape: list[int | str], k: int, n: int, seed: int = 0) -> Any:
 
 def _kernels(mod: Any) -> dict[str, Any]:
     return {g.name_hint: f for g, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def _unscheduled_kernel(proto: onnx.ModelProto, target: Any, monkeypatch: Any) -> Any:
+    """The panel kernel of `proto` as the schedule rules receive it."""
+    before: dict[str, Any] = {}
+    scheduled = schedules.schedule_module
+
+    def schedule_module(mod: Any, *args: Any) -> Any:
+        before.update(_kernels(mod))
+        return scheduled(mod, *args)
+
+    monkeypatch.setattr(schedules, "schedule_module", schedule_module)
+    lower.cpu_kernels(lower.import_onnx(proto), target)
+    [kernel] = [f for name, f in before.items() if panels.KERNEL_NAME in name]
+    return kernel
 
 
 def test_pack_panels_puts_columns_of_a_panel_together() -> None:
@@ -61,18 +77,58 @@ def test_static_matmul_becomes_one_panel_kernel_with_its_epilogue() -> None:
 def test_symbolic_rows_take_the_panel_rule_and_static_rows_the_matmul_rule(
     shape: list[Any], by_panel_rule: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    target, before = lower.tvm_target(AVX2), {}
-    scheduled = schedules.schedule_module
-
-    def schedule_module(mod: Any, *args: Any) -> Any:
-        before.update(_kernels(mod))
-        return scheduled(mod, *args)
-
-    monkeypatch.setattr(schedules, "schedule_module", schedule_module)
-    lower.cpu_kernels(lower.import_onnx(_model(shape, 40, 56)), target)
-    [kernel] = [f for name, f in before.items() if panels.KERNEL_NAME in name]
+    target = lower.tvm_target(AVX2)
+    kernel = _unscheduled_kernel(_model(shape, 40, 56), target, monkeypatch)
     assert (PanelMatmul().apply(kernel, target, False) is not None) == by_panel_rule
     assert by_panel_rule or Matmul().apply(kernel, target, False) is not None
+
+
+def test_a_single_static_row_takes_the_panel_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Matmul rule does not take one row; RowReduction did, over strided panel reads."""
+    target = lower.tvm_target(AVX512)
+    kernel = _unscheduled_kernel(_model([1, 1, 40], 40, 56), target, monkeypatch)
+    assert Matmul().apply(kernel, target, False) is None
+    assert PanelMatmul().apply(kernel, target, False) is not None
+
+
+@pytest.mark.parametrize(
+    ("shape", "buffered"),
+    [([1, 13, 40], True), (["batch", "sequence", 40], True), ([1, 3, 40], False)],
+)
+@pytest.mark.parametrize("target", [AVX2, AVX512], ids=["avx2", "avx512"])
+def test_grouped_codes_are_unpacked_once_per_panel_outside_the_float_tile(
+    shape: list[Any], buffered: bool, target: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The panel rule's tile reads floats unpacked per panel, or the codes when it is alone."""
+    quantized = QuantizeWeights(bits=4, group=32).run(Model.from_onnx(_model(shape, 40, 56)))
+    tvm_target = lower.tvm_target(target)
+    kernel = _unscheduled_kernel(quantized.model.to_onnx(), tvm_target, monkeypatch)
+    sch = PanelMatmul().apply(kernel, tvm_target, False)
+    assert sch is not None
+    update = sch.get(sch.get_sblock(f"{panels.ACC_BLOCK}_update"))
+    assert ("uint8" in {str(r.source.dtype) for r in update.reads}) != buffered
+    if buffered:
+        dequantize = sch.get_sblock(panels.DEQUANTIZE_BLOCK)
+        assert sch.get(sch.get_loops(dequantize)[-1]).kind == tvm.tirx.ForKind.VECTORIZED
+        assert sch.get(dequantize).writes[0].source.scope() == "local"
+
+
+@pytest.mark.parametrize(
+    ("shape", "k", "n"), [([1, 3, 40], 40, 56), ([2, 1, 37], 37, 33), ([1, 9, 70], 70, 17)]
+)
+@pytest.mark.parametrize("target", [AVX2, get_target("x86")], ids=["avx2", "host"])
+def test_grouped_panel_kernel_is_exact_over_few_rows(
+    shape: list[int], k: int, n: int, target: Any
+) -> None:
+    """Codes unpacked in the tile (rows of one tile) or into a panel buffer (more rows)."""
+    model = Model.from_onnx(_model(shape, k, n, seed=k + n))
+    quantized = QuantizeWeights(bits=4, group=32).run(model).model
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    expected = run(quantized, {"x": x})["y"]
+    executable = lower.build(lower.import_onnx(quantized.to_onnx()), target)
+    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    bound = 1e-5 * float(np.abs(expected).max()) + 1e-5
+    np.testing.assert_allclose(got, expected, rtol=0, atol=bound)
 
 
 @pytest.mark.parametrize("target", [AVX2, get_target("x86")], ids=["avx2", "host"])
@@ -97,7 +153,13 @@ def test_each_instruction_set_has_its_panel_tile() -> None:
 
 @pytest.mark.parametrize(
     ("shape", "k", "n"),
-    [([1, 128, 64], 64, 96), ([1, 13, 40], 40, 56), ([3, 7, 19], 19, 33), ([5, 33], 33, 17)],
+    [
+        ([1, 128, 64], 64, 96),
+        ([1, 13, 40], 40, 56),
+        ([3, 7, 19], 19, 33),
+        ([5, 33], 33, 17),
+        ([2, 1, 19], 19, 33),
+    ],
 )
 def test_panel_kernel_matches_onnxruntime(shape: list[int], k: int, n: int) -> None:
     proto = _model(shape, k, n, seed=k + n)
