@@ -234,10 +234,11 @@ def cpu_kernels(
 
     from nlpress.targets import legalize, panels, quantized, schedules, softmax
     from nlpress.targets.schedules import common, int8, int8_intrinsics
-    from nlpress.targets.schedules.panels import panel_tile
+    from nlpress.targets.schedules.panels import grouped_panel_tile, panel_tile
 
     kernel = int8_intrinsics.int8_kernel(tvm_target)
     tile = panel_tile(tvm_target) if default_schedules else None
+    grouped_tile = grouped_panel_tile(tvm_target) if default_schedules else None
     with tvm_target:
         mod = tvm.transform.Sequential(
             [
@@ -248,7 +249,8 @@ def cpu_kernels(
                     activation_dtype=kernel.activation_dtype,
                     rows=int8.TILES[kernel.family][0],
                 ),
-                *([panels.panel_matmul_pass(tile)] if tile else []),
+                # Where float matmuls keep their layout, group-wise ones are still packed.
+                *([panels.panel_matmul_pass(grouped_tile, tile is None)] if grouped_tile else []),
                 *cpu.library_dispatch_passes(tvm_target),
                 softmax.symbolic_softmax_pass(common.vector_lanes(tvm_target, 32)),
                 relax.transform.FastMathTransform(),

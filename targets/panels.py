@@ -58,13 +58,14 @@ def pack_panels(w: np.ndarray, columns: int) -> np.ndarray:
     return np.ascontiguousarray(panels[..., None])
 
 
-def rewrite_float_matmuls(mod: Any, tile: tuple[int, int]) -> Any:
+def rewrite_float_matmuls(mod: Any, tile: tuple[int, int], grouped_only: bool = False) -> Any:
     """Replace every float matmul of a static activation and a constant weight by the panel kernel.
 
     Args:
         mod: A Relax IRModule, as `from_onnx` imports it.
         tile: (rows, columns) of the target's register tile: the panel width bn is its
             columns; row counts are rounded up to whole tiles of its rows.
+        grouped_only: Replace only matmuls over group-wise weights (`blocked.py`).
 
     Returns:
         The rewritten module (the same object when nothing matched).
@@ -77,7 +78,9 @@ def rewrite_float_matmuls(mod: Any, tile: tuple[int, int]) -> Any:
             continue
         values = relax_match.bound_values(func)
         matched = {
-            var: weight for var, value in values.items() if (weight := _weight(value, values, mod))
+            var: weight
+            for var, value in values.items()
+            if (weight := _weight(value, values, mod)) and (weight.groups or not grouped_only)
         }
         if matched:
             mod = relax_match.rewrite_bindings(mod, gvar, _replacement(matched, tile))
@@ -85,13 +88,13 @@ def rewrite_float_matmuls(mod: Any, tile: tuple[int, int]) -> Any:
     return mod
 
 
-def panel_matmul_pass(tile: tuple[int, int]) -> Any:
+def panel_matmul_pass(tile: tuple[int, int], grouped_only: bool = False) -> Any:
     """`rewrite_float_matmuls` as a TVM module pass, for Relax pipelines."""
     import tvm
 
     @tvm.transform.module_pass(opt_level=0, name="NlpressPanelMatmul")  # type: ignore[untyped-decorator]
     def _pass(mod: Any, _ctx: Any) -> Any:
-        return rewrite_float_matmuls(mod, tile)
+        return rewrite_float_matmuls(mod, tile, grouped_only)
 
     return _pass
 

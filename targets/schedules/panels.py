@@ -40,6 +40,11 @@ PANELS: tuple[tuple[str, tuple[int, int] | None], ...] = (
     ("avx2", (6, 16)),
 )
 
+# The tile of targets whose float matmuls keep their layout (aarch64): group-wise weights are
+# still packed, since dequantized to a float constant the library would hold 8x their bytes.
+# 4 x 16 floats is 16 of NEON's 32 vector registers.
+GROUPED_TILE = (4, 16)
+
 # Static row counts from which float kernels go to the Matmul rule (module doc).
 MATMUL_RULE_ROWS = 2
 
@@ -54,6 +59,12 @@ def panel_tile(target: Any) -> tuple[int, int] | None:
         if codegen.target_has_features(feature, target):
             return tile
     return None
+
+
+def grouped_panel_tile(target: Any) -> tuple[int, int] | None:
+    """The tile for group-wise weights: the panel tile, or `GROUPED_TILE` on any CPU target."""
+    tile = panel_tile(target)
+    return tile if tile or target.kind.name != "llvm" else GROUPED_TILE
 
 
 class PanelMatmul:

@@ -207,3 +207,17 @@ def test_integer_tiles_over_a_symbolic_row_count_take_at_most_four_rows() -> Non
     assert int8_tile_rows(tirx.IntImm("int64", 128), 8) == 8  # static: the table's tile
     assert int8_tile_rows(tirx.Var("sequence", "int64"), 8) == 4
     assert int8_tile_rows(tirx.Var("sequence", "int64"), 2) == 2
+
+
+@pytest.mark.parametrize("weights", ["float", "4-bit"])
+def test_aarch64_packs_group_wise_weights_only(weights: str) -> None:
+    """Float matmuls keep their layout on arm; group-wise ones stay codes in panels (a float
+    constant dequantized from them would hold 8x their bytes)."""
+    model = Model.from_onnx(_model(["batch", "sequence", 64], 64, 48))
+    if weights == "4-bit":
+        model = QuantizeWeights(bits=4, group=32).run(model).model
+    arm = lower.tvm_target(get_target("arm"))
+    mod, unscheduled = lower.cpu_kernels(lower.import_onnx(model.to_onnx()), arm)
+    packed = [name for name in _kernels(mod) if panels.KERNEL_NAME in name]
+    assert unscheduled == []
+    assert bool(packed) == (weights == "4-bit")
