@@ -200,6 +200,8 @@ def _compile(args: argparse.Namespace) -> int:
         "mattr": tuple(args.mattr) or config.mattr,
         "arch": args.arch or config.arch,
     }
+    if args.budget is not None and (args.pipeline or config.pipeline):
+        raise UsageError("give -p PIPELINE or --budget, not both: the budget chooses the pipeline")
     instruments, timer = _instruments(args)
     inputs = [_model_file(model), *_input_files(args), args.dump_ir, args.tuning_records]
     refuse_overwrite(output, inputs, folder=True)
@@ -220,6 +222,8 @@ def _compile(args: argparse.Namespace) -> int:
             normalize=args.normalize or config.normalize,
             tokenizer=config.tokenizer,
             embedding=args.embedding or config.embedding,
+            budget=args.budget,
+            objective=args.objective,
             **{k: v for k, v in options.items() if v},
         )
     if timer:
@@ -227,6 +231,26 @@ def _compile(args: argparse.Namespace) -> int:
     if not args.quiet:
         _say_built(Path(path), time.perf_counter() - began)
     print(path)
+    return EXIT_OK
+
+
+def _plan(args: argparse.Namespace) -> int:
+    with _progress(args):
+        found = compiler.plan(
+            args.model,
+            args.budget,
+            args.objective,
+            args.target,
+            shapes=_shapes(args),
+            calibration=_calibration(args),
+            embedding=args.embedding,
+        )
+    if args.json:
+        print(json.dumps(found.as_dict(), indent=2))
+    else:
+        print(found.describe())
+    if found.chosen is None:
+        raise BudgetNotMet("planner", "cosine", found.budget, found.cosine)
     return EXIT_OK
 
 
@@ -676,6 +700,35 @@ def _calibration(args: argparse.Namespace) -> compiler.Calibration:
     return compiler.Calibration(args.calibration_text, args.tokenizer, args.calibration)
 
 
+def _budget(text: str) -> float:
+    """`cosine=X`: the least mean output cosine a plan must keep."""
+    key, sep, value = text.partition("=")
+    try:
+        cosine = float(value) if sep and key == "cosine" else -1.0
+    except ValueError:
+        cosine = -1.0
+    if not 0.0 < cosine < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected cosine=X with 0 < X < 1")
+    return cosine
+
+
+def _add_budget_flags(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument(
+        "--budget",
+        type=_budget,
+        required=required,
+        metavar="cosine=X",
+        help="the least mean output cosine to the model on held-out calibration text; the "
+        "planner chooses per layer between float, int8, 4-bit, neurons and heads removed",
+    )
+    p.add_argument(
+        "--objective",
+        choices=["latency", "size"],
+        default="latency",
+        help="what the plan makes least within the budget (default latency)",
+    )
+
+
 def _count(text: str) -> int:
     """A positive whole number, e.g. of runs or trials."""
     try:
@@ -820,8 +873,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--normalize", action="store_true", help="L2-normalize the pooled sentence_embedding"
     )
+    _add_budget_flags(p, required=False)
     _add_pipeline_flags(p)
     p.set_defaults(handler=_compile)
+
+    p = sub.add_parser(
+        "plan",
+        help="print the frontier of per-layer plans and the one that meets a budget",
+        usage="nlpress plan MODEL --budget cosine=X [--objective latency|size] [options]",
+    )
+    p.add_argument("model", metavar="MODEL", help="an ONNX file or a zoo name")
+    p.add_argument("-t", "--target", default="x86", help="x86 (kernels timed), arm or cuda")
+    _add_budget_flags(p, required=True)
+    _add_shape_flag(p, "fix an input's dims; the kernels are timed at batch x sequence rows")
+    p.add_argument("--tokenizer", metavar="ZOO-NAME|tokenizer.json", help="for --calibration-text")
+    p.add_argument("--calibration-text", metavar="FILE", help="sentences, one per line")
+    p.add_argument("--calibration", metavar="FEEDS.npz", help="calibration feeds")
+    _add_embedding_flag(p, "the output the budget measures")
+    p.add_argument("--json", action="store_true", help="print the plan and frontier as JSON")
+    p.set_defaults(handler=_plan)
 
     p = sub.add_parser(
         "opt",

@@ -32,6 +32,7 @@ from nlpress.models import zoo
 from nlpress.models.feeds import Session, batches_from_npz, batches_from_text
 from nlpress.models.text import calibration_sentences, load_tokenizer, read_sentences, split_heldout
 from nlpress.passes import Instrument, Pass, Pipeline, PipelineResult, parse, run_pipeline
+from nlpress.planner import Plan
 from nlpress.targets.remote import Board
 from nlpress.targets.runtime import FeedError, NodeArg, check_feeds
 
@@ -386,6 +387,8 @@ def compile(
     normalize: bool = False,
     tokenizer: str | None = None,
     embedding: str | None = None,
+    budget: float | None = None,
+    objective: str = "latency",
     **target_options: Any,
 ) -> Path:
     """Optimize a model (fold first) and lower it to an artifact folder for `target`.
@@ -397,7 +400,9 @@ def compile(
     pipeline ends in `pool{mode=POOLING normalize=...}`: the artifact gets a
     `sentence_embedding` output. `tokenizer` (a zoo name or tokenizer.json;
     default the calibration's, else a zoo model's own) is copied into the artifact. `embedding`
-    names the output that budgets, fidelity and `encode` read (as in `optimize`).
+    names the output that budgets, fidelity and `encode` read (as in `optimize`). With `budget`
+    (a least output cosine) the pipeline is the one `plan` chooses for `objective`, recorded
+    with its frontier in the manifest; BudgetNotMet when no plan meets it.
     """
     from nlpress import sentences, targets
     from nlpress.targets import tuning
@@ -411,6 +416,14 @@ def compile(
     _refuse_overwrite(output, model, calibration, tuning_records)
     check_writable(output, folder=True)
     targets.check_replaceable(Path(output))
+    planned = None
+    if budget is not None:
+        planned = plan(
+            model, budget, objective, target, shapes, calibration, embedding, **target_options
+        )
+        if planned.chosen is None:
+            raise BudgetNotMet("planner", "cosine", budget, planned.cosine)
+        parsed = parse(planned.chosen.pipeline)
     source, parsed, feeds = _prepare(model, parsed, shapes or {}, calibration, embedding)
     parsed = sentences.with_pooling(parsed, pooling, normalize, source.zoo)
     if tune:
@@ -423,6 +436,8 @@ def compile(
     check_budgets(parsed, result)
     heldout, note = measure(source.model, result.model, held, note)
     manifest = run_record(source, parsed, result, heldout, note)
+    if planned is not None:
+        manifest["plan"] = planned.as_dict()
     encoder = sentences.encoder_entry(parsed, result.model, carried, source.zoo)
     if encoder:
         manifest["encoder"] = encoder
@@ -442,6 +457,64 @@ def compile(
             records=tuning_records,
             version=__version__,
         )
+
+
+PLAN_ROWS = 128
+
+
+def plan(
+    model: ModelLike,
+    budget: float,
+    objective: str = "latency",
+    target: str = "x86",
+    shapes: Shapes | None = None,
+    calibration: Calibration = Calibration(),
+    embedding: str | None = None,
+    **target_options: Any,
+) -> Plan:
+    """Choose per unit between float, int8, 4-bit and cuts so the output cosine meets `budget`.
+
+    Sensitivities are measured on the calibration batches and the plan verified on the
+    held-out part of the calibration text (on the calibration batches where there is no text);
+    kernels are timed for `target` at the workload's rows (`shapes`' batch x sequence, else
+    PLAN_ROWS). The plan's pipeline text (`Plan.chosen.pipeline`) compiles without searching.
+    """
+    from nlpress.planner import OBJECTIVES
+    from nlpress.planner import plan as plan_units
+    from nlpress.targets import get_target
+
+    if not 0.0 < budget < 1.0:
+        raise UsageError(f"--budget cosine={budget}: expected 0 < cosine < 1")
+    if objective not in OBJECTIVES:
+        raise UsageError(f"--objective {objective}: expected one of {', '.join(OBJECTIVES)}")
+    descriptor = get_target(target, **target_options)
+    head = with_shapes(parse("fold"), shapes or {})
+    source = with_embedding(resolve_model(model), embedding)
+    check_shapes(source.model, shapes or {})
+    feeds = calibration_batches(calibration, source.zoo, shapes or {})
+    if not feeds:
+        raise UsageError(
+            "planning needs calibration data: --calibration-text with --tokenizer, or "
+            "--calibration FEEDS.npz (zoo models bring their own text)"
+        )
+    if calibration.batches or calibration.feeds:
+        check_calibration_feeds("calibration", source.model, feeds, shapes or {})
+    folded = run_pipeline(source.model, head, (), ()).model
+    static = _static_text_shape(shapes or {})
+    check = _heldout_batches(source, calibration, static) or feeds
+    rows = static[0] * static[1] if static else PLAN_ROWS
+    return plan_units(folded, feeds, check, budget, objective, descriptor, rows, str(head))
+
+
+def _heldout_batches(
+    source: Source, calibration: Calibration, static: tuple[int, int] | None
+) -> tuple[Feeds, ...]:
+    """The held-out sentences as batches, or none without a held-out text."""
+    text, _ = heldout_text(source, calibration)
+    if text is None:
+        return ()
+    tokenizer = load_tokenizer(text.tokenizer)
+    return batches_from_text(tokenizer, text.sentences, text.max_length, static)
 
 
 def _check_tuning(tune: int, records: str | os.PathLike[str] | None, board: Board | None) -> None:
