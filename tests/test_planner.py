@@ -10,6 +10,7 @@ import itertools
 import json
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,18 @@ import nlpress as api
 from nlpress import compiler
 from nlpress.ir import Feeds, Model
 from nlpress.passes import parse, run_pipeline
-from nlpress.planner import Plan
+from nlpress.planner import Plan, accuracy, cache
 from nlpress.planner.search import Option, _bins, cheapest_within, frontier
 from nlpress.planner.units import Choice, find_units, literal, pipeline_text
+
+
+@pytest.fixture(scope="module", autouse=True)
+def planner_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The planner's results kept in a folder of this module's own, not the user's cache."""
+    folder = tmp_path_factory.mktemp("planner-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cache, "cache_file", lambda name: folder / f"{name}.json")
+        yield folder
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +110,16 @@ def test_a_literal_matches_its_name_alone(name: str) -> None:
     assert not re.search(pattern, name + "x") and not re.search(pattern, "x" + name)
 
 
+def test_sensitivities_are_measured_once(
+    tiny: Model, feeds: list[Feeds], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    units = find_units(tiny)[:1]
+    first = accuracy.measure(tiny, units, feeds[:1])
+    assert len(first.parts) == len(accuracy.parts(units[0]))
+    monkeypatch.setattr(accuracy, "run_pipeline", lambda *a: pytest.fail("measured again"))
+    assert accuracy.measure(tiny, units, feeds[:1]) == first
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_the_frontier_is_the_least_cost_at_every_loss(seed: int) -> None:
     """Against every combination of 4 units x 3 options: no plan within a point's loss costs
@@ -160,12 +180,16 @@ def test_compile_with_a_budget_records_a_plan_that_compiles_again_identically(
 
 
 def test_no_plan_within_the_budget_exits_3(
-    monkeypatch: pytest.MonkeyPatch, calibration_text: Path, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch,
+    calibration_text: Path,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
     """Every plan verified misses (the cosine measured is below any budget): exit 3."""
     from nlpress.passes.compress.sensitivity import Fidelity
 
     monkeypatch.setattr(Fidelity, "cosine", lambda self, model: 0.5)
+    monkeypatch.setattr(cache, "cache_file", lambda name: tmp_path / f"{name}.json")
     argv = ["plan", "bert-tiny-random", "--budget", "cosine=0.99", "-t", "arm"]
     assert nlpress(*argv, "--calibration-text", calibration_text) == 3
     assert "no plan meets the budget" in capsys.readouterr().out

@@ -17,6 +17,7 @@ from nlpress.ir import Feeds, Model
 from nlpress.ir.progress import steps
 from nlpress.passes import parse, run_pipeline
 from nlpress.passes.compress.sensitivity import Fidelity
+from nlpress.planner import cache
 from nlpress.planner.units import Choice, Unit, choices, pipeline_text
 
 
@@ -60,16 +61,29 @@ def parts(unit: Unit) -> list[Choice]:
 
 
 def measure(model: Model, units: Sequence[Unit], feeds: Sequence[Feeds]) -> Sensitivities:
-    """Each unit's parts, one compressed copy of `model` each, scored on `feeds`."""
+    """Each unit's parts, one compressed copy of `model` each, scored on `feeds`.
+
+    Parts measured before on the same model, batches and passes are read back (`cache.py`).
+    """
     fidelity = Fidelity(model, feeds)
-    size = model_bytes(model)
+    proto = model.to_onnx()
+    size = int(proto.ByteSize())
+    sources = cache.source_digest("nlpress.ir", "nlpress.passes", "nlpress.planner")
+    name = "sensitivities-" + cache.digest(
+        (proto.SerializeToString(), cache.feeds_digest(feeds), sources)
+    )
+    kept = cache.read(name)
     found: dict[tuple[str, Choice], Part] = {}
     todo = [(unit, choice) for unit in units for choice in parts(unit)]
     for unit, choice in steps(todo, "measure sensitivities"):
-        text = pipeline_text({unit: choice}, head="", tail="")
-        compressed = run_pipeline(model, parse(text), (), feeds).model
-        change = model_bytes(compressed) - size
-        found[(unit.name, choice)] = Part(fidelity.loss(compressed), weight_bytes(unit) + change)
+        key = f"{unit.name}|{choice}"
+        if key not in kept:
+            text = pipeline_text({unit: choice}, head="", tail="")
+            compressed = run_pipeline(model, parse(text), (), feeds).model
+            kept[key] = [fidelity.loss(compressed), model_bytes(compressed) - size]
+            cache.write(name, kept)
+        loss, change = kept[key]
+        found[(unit.name, choice)] = Part(float(loss), weight_bytes(unit) + int(change))
     return Sensitivities(found, {unit.name: weight_bytes(unit) for unit in units})
 
 

@@ -10,21 +10,17 @@ that a choice changes.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from nlpress.ir import Model
-from nlpress.models import zoo
 from nlpress.passes import parse, run_pipeline
+from nlpress.planner import cache
 from nlpress.planner.units import PRECISION_STEP, Choice, Unit
 from nlpress.targets.target import Target, host_cpu
 
@@ -34,11 +30,8 @@ log = logging.getLogger(__name__)
 ESTIMATED_COST = {"float": 1.0, "int8": 0.35, "int4": 1.0}
 ESTIMATED_NS_PER_MAC = 0.01
 OPSET = 17
-
-
-def cache_file() -> Path:
-    """Where measured kernel costs are kept."""
-    return zoo.cache_dir().parent / "kernel-costs.json"
+# The cache file of kernel costs (`cache.py`).
+CACHE = "kernel-costs"
 
 
 @dataclass
@@ -59,7 +52,7 @@ class Costs:
     def __post_init__(self) -> None:
         self.measured = self.target.runs_on_host
         if self.measured:
-            self._table = _read_cache()
+            self._table = {k: float(v) for k, v in cache.read(CACHE).items()}
 
     def unit_ms(self, unit: Unit, choice: Choice) -> float:
         """Milliseconds per call of the unit's linears under `choice`."""
@@ -74,12 +67,12 @@ class Costs:
         key = f"{self._context()}|{precision}|{self.rows}x{k}x{n}"
         if key not in self._table:
             self._table[key] = _timed(self.target, precision, self.rows, k, n)
-            _write_cache(self._table)
+            cache.write(CACHE, self._table)
         return self._table[key]
 
     def _context(self) -> str:
         target = json.dumps(dict(self.target.tvm_target), sort_keys=True)
-        return f"{target}|{host_cpu()}|{_lowering_digest()}"
+        return f"{target}|{host_cpu()}|{cache.source_digest('nlpress.targets')}"
 
 
 def _timed(target: Target, precision: str, rows: int, k: int, n: int) -> float:
@@ -117,38 +110,3 @@ def _linear(rows: int, k: int, n: int) -> onnx.ModelProto:
 
 def _rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
-
-
-def _read_cache() -> dict[str, float]:
-    try:
-        found = json.loads(cache_file().read_text())
-    except (OSError, ValueError):
-        return {}
-    return {str(k): float(v) for k, v in found.items()} if isinstance(found, dict) else {}
-
-
-def _write_cache(table: dict[str, float]) -> None:
-    path = cache_file()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps(table, indent=0, sort_keys=True))
-        partial.replace(path)
-    except OSError as exc:  # a cache that cannot be written costs time, not results
-        log.warning("kernel costs not cached: %s", exc)
-
-
-@functools.cache
-def _lowering_digest() -> str:
-    """A digest of the lowering's source: costs timed under other schedules do not carry over."""
-    from nlpress import targets
-
-    digest = hashlib.sha256()
-    for path in sorted(_sources(Path(targets.__file__).parent)):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _sources(folder: Path) -> Iterator[Path]:
-    yield from folder.rglob("*.py")
-    yield from folder.rglob("*.c")
