@@ -63,12 +63,13 @@ def parts(unit: Unit) -> list[Choice]:
 def measure(model: Model, units: Sequence[Unit], feeds: Sequence[Feeds]) -> Sensitivities:
     """Each unit's parts, one compressed copy of `model` each, scored on `feeds`.
 
-    Parts measured before on the same model, batches and passes are read back (`cache.py`).
+    Parts measured before (the same pipeline text on the same model and batches, by the same
+    passes and this module) are read back (`cache.py`).
     """
     fidelity = Fidelity(model, feeds)
     proto = model.to_onnx()
     size = int(proto.ByteSize())
-    sources = cache.source_digest("nlpress.ir", "nlpress.passes", "nlpress.planner")
+    sources = cache.source_digest("nlpress.ir", "nlpress.passes") + cache.file_digest(__file__)
     name = "sensitivities-" + cache.digest(
         (proto.SerializeToString(), cache.feeds_digest(feeds), sources)
     )
@@ -76,13 +77,12 @@ def measure(model: Model, units: Sequence[Unit], feeds: Sequence[Feeds]) -> Sens
     found: dict[tuple[str, Choice], Part] = {}
     todo = [(unit, choice) for unit in units for choice in parts(unit)]
     for unit, choice in steps(todo, "measure sensitivities"):
-        key = f"{unit.name}|{choice}"
-        if key not in kept:
-            text = pipeline_text({unit: choice}, head="", tail="")
+        text = pipeline_text({unit: choice}, head="", tail="")
+        if text not in kept:
             compressed = run_pipeline(model, parse(text), (), feeds).model
-            kept[key] = [fidelity.loss(compressed), model_bytes(compressed) - size]
+            kept[text] = [fidelity.loss(compressed), model_bytes(compressed) - size]
             cache.write(name, kept)
-        loss, change = kept[key]
+        loss, change = kept[text]
         found[(unit.name, choice)] = Part(float(loss), weight_bytes(unit) + int(change))
     return Sensitivities(found, {unit.name: weight_bytes(unit) for unit in units})
 

@@ -68,6 +68,11 @@ def source_digest(*packages: str) -> str:
     return digest(path.read_bytes() for path in files)
 
 
+def file_digest(path: str) -> str:
+    """A digest of one source file."""
+    return digest([Path(path).read_bytes()])
+
+
 def feeds_digest(feeds: Sequence[Feeds]) -> str:
     """A digest of calibration batches: names, types, shapes and values."""
     return digest(

@@ -29,7 +29,11 @@ CUTS = {
     "table": (0.0,),
 }
 # The pass that writes each precision, and the pass and pattern that cut each kind.
-PRECISION_STEP = {"int8": ("quantize-insert", ""), "int4": ("quantize-weights", "bits=4 group=32")}
+# int8 migrates activation outliers into the weights as `-p int8` does (SmoothQuant, 0.8).
+PRECISION_STEP = {
+    "int8": ("quantize-insert", "smooth=0.8"),
+    "int4": ("quantize-weights", "bits=4 group=32"),
+}
 CUT_PATTERN = {"ffn": "neurons", "attention": "heads"}
 
 
