@@ -216,15 +216,8 @@ def measure_workload(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure_in_fresh_process(spec: dict[str, Any]) -> dict[str, Any]:
-    """`measure` in a new Python process without the thread settings in its environment."""
-    command = [sys.executable, __file__, "--measure", json.dumps(spec)]
-    done = subprocess.run(
-        command, env=machine.clean_environment(), capture_output=True, text=True, check=False
-    )
-    if done.returncode:
-        raise SystemExit(f"the measuring process failed:\n{done.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    """`measure` (or `measure_workload`) in a new process with default settings."""
+    return machine.in_fresh_process(__file__, spec)
 
 
 @contextlib.contextmanager

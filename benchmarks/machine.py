@@ -85,6 +85,19 @@ def clean_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("TVM_", "OMP_"))}
 
 
+def in_fresh_process(script: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """`python SCRIPT --measure SPEC` in a new process without the thread settings in its
+    environment (`clean_environment`): the JSON its last line of output holds."""
+    command = [sys.executable, script, "--measure", json.dumps(spec)]
+    done = subprocess.run(
+        command, env=clean_environment(), capture_output=True, text=True, check=False
+    )
+    if done.returncode:
+        raise SystemExit(f"the measuring process failed:\n{done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
 def publish(script: str, section: str, title: str, report: Any, out: Path, body: list[str]) -> None:
     """`report` as SCRIPT.json in `out`, and `body` as RESULTS.md section `section`, with the
     command that ran `script` (this process's arguments)."""
