@@ -17,7 +17,8 @@ ORT fp32's. Bytes are each artifact's library over the fp32 artifact's (ORT: the
 over the fp32 model file).
 
 Writes frontier.json, frontier.md and frontier.png (measured points beside the frontier each
-plan was chosen from, as predicted) into --out, and the "frontier" section of RESULTS.md.
+plan was chosen from, as predicted) into --out, and the "frontier" section of RESULTS.md
+("frontier-size" for --objective size).
 
     python benchmarks/frontier.py [--budgets 0.995 0.99 0.98] [--objective latency]
                                   [--shape 1x128] [--runs 20] [--model minilm-l6]
@@ -205,7 +206,11 @@ def write(report: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "frontier.md").write_text("\n".join(lines) + "\n")
     plot(report, out / "frontier.png")
-    machine.publish(__file__, "frontier", "Planned budgets vs ONNX Runtime", report, out, lines)
+    # Each objective's section of its own: a size run leaves the latency one as it is.
+    objective = report["objective"]
+    section = "frontier" if objective == "latency" else f"frontier-{objective}"
+    title = f"Planned budgets vs ONNX Runtime, objective {objective}"
+    machine.publish(__file__, section, title, report, out, lines)
 
 
 def _summary(plan: dict[str, Any]) -> str:
