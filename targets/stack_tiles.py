@@ -10,8 +10,8 @@ constant size up to STACK_LIMIT bytes are annotated to stay allocations (TVM's o
 to registers where it can.
 
 `TIR_PIPELINE` names TVM's default s_tir pipeline with this pass first in the host
-finalization, then `parallel_when_worth`; `pipeline_for` registers it and gives its name for
-CPU targets.
+finalization, then `prefetch` and `parallel_when_worth`; `pipeline_for` registers it and gives
+its name for CPU targets.
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ def register() -> str:
     from tvm.tirx import compilation_pipeline
 
     from nlpress.targets.parallel_when_worth import parallel_when_worth_pass
+    from nlpress.targets.prefetch import prefetch_pass
 
     def factory() -> tuple[Any, Any, Any]:
         lower, finalize_host, finalize_device = s_tir_pipeline.default_s_tir_pipeline()
@@ -116,6 +117,7 @@ def register() -> str:
         def finalize_host_for_cpu() -> Any:
             passes = [
                 stack_tiles_pass(),
+                prefetch_pass(),
                 parallel_when_worth_pass(),
                 tvm.tirx.transform.ConvertSSA(),  # its two copies of a loop define new vars
                 finalize_host(),

@@ -10,7 +10,8 @@ panel, MR broadcasts of A and MR * bn/lanes fused multiply-adds. Panels run oute
 panel (bn x k floats) stays in cache while every row tile passes over it. The kernel's rows are
 whole tiles (`panels.whole_tiles`), so no tile is guarded: a guard on a row inside the reduction
 would keep that row's accumulators in memory. The epilogue (bias, GELU, residual add, ...) is
-applied as each tile is stored.
+applied as each tile is stored. The reduction loop is marked to prefetch the panel's stream
+ahead (`targets/prefetch.py`): over a sentence's rows the kernel waits on its weights.
 
 A kernel over a group-wise weight's codes unpacks each panel once, before the row tiles pass
 over it, into a k x bn float buffer (shift, mask, widen, convert and one fused multiply-subtract
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nlpress.targets import panels
+from nlpress.targets import panels, prefetch
 from nlpress.targets.schedules import common
 
 # (LLVM feature, (rows MR, columns bn) or None), first match wins. AVX-512 has 32 vector
@@ -137,6 +138,7 @@ def _tile(sch: Any, main: Any, target: Any, rows: int, dequantize: Any) -> None:
         sch.parallel(sch.fuse(*parallel) if len(parallel) > 1 else parallel[0])
     _vectorize_tile(sch, main, ji, ii, lanes)  # while the block is still a reduction
     sch.decompose_reduction(main, k)
+    prefetch.mark(sch, k)
 
 
 def _dequantize_per_panel(sch: Any, dequantize: Any, panel: Any, lanes: int) -> None:
