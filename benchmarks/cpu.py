@@ -408,10 +408,27 @@ def write(report: dict[str, Any], out: Path, args: argparse.Namespace) -> None:
     """cpu.json (everything), cpu.md and the RESULTS.md section (the tables)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "cpu.json").write_text(json.dumps(report, indent=2) + "\n")
+    busy = [r for r in report["rows"] if "busy" in r]
+    tables = [static_table(report["rows"], args)] if report["rows"] else []
+    tables += [workload_table(report["workloads"])] if report.get("workloads") else []
+    tables += [busy_table(busy)] if busy else []
+    tables += [sweep_table(report["sweep"])] if report.get("sweep") else []
+    lines = [line for n, table in enumerate(tables) for line in [""] * (n > 0) + table]
+    (out / "cpu.md").write_text("\n".join(lines) + "\n")
+    command = machine.command(__file__, sys.argv[1:])
+    name, title = "cpu", "x86 artifacts vs ONNX Runtime (benchmarks/cpu.py)"
+    if args.mcpu:  # code for another CPU than this one: a section of its own
+        name, title = f"cpu-{args.mcpu}", f"{title}, compiled for {args.mcpu}"
+    machine.write_section(name, title, lines, command)
+    log.info("wrote %s, %s and %s", out / "cpu.json", out / "cpu.md", machine.RESULTS)
+
+
+def static_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+    """The static shapes' rows: the four runtimes' medians, the ratios and the agreement."""
     lines = [
         f"{MODEL}, static shapes, medians of {args.runs} runs of each in turn with "
         f"{args.settle} s of pause before each, in one fresh process with default settings "
-        f"(nlpress {report['rows'][0]['threads']['nlpress']} threads, ORT its default). "
+        f"(nlpress {rows[0]['threads']['nlpress']} threads, ORT its default). "
         "Ratios are medians of run-by-run ratios.",
         "",
         "| shape | nlpress fp32 ms | ORT fp32 ms | fp32 ratio | nlpress int8 ms | "
@@ -419,7 +436,7 @@ def write(report: dict[str, Any], out: Path, args: argparse.Namespace) -> None:
         "ORT int8 cos (min) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in report["rows"]:
+    for r in rows:
         ms, ratio = r["median_ms"], r["ratio"]
         lines.append(
             f"| {r['shape']} | {ms['nlpress fp32']:.1f} | {ms['ORT fp32']:.1f} | "
@@ -429,34 +446,26 @@ def write(report: dict[str, Any], out: Path, args: argparse.Namespace) -> None:
             f"({r['int8_cosine']['min']:.4f}) | {r['ort_int8_cosine']['mean']:.4f} "
             f"({r['ort_int8_cosine']['min']:.4f}) |"
         )
-    if report.get("workloads"):
-        lines += ["", *workload_table(report["workloads"])]
-    busy = [r for r in report["rows"] if "busy" in r]
-    if busy:
-        lines += [
-            "",
-            "Beside one CPU-bound process (a busy machine), measured right after the quiet rows:",
-            "",
-            "| shape | fp32 ratio busy | quiet | busy / quiet | int8 ratio busy | quiet | "
-            "busy / quiet | load average |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r in busy:
-            b, q, bq = r["busy"]["ratio"], r["ratio"], r["busy_over_quiet"]
-            lines.append(
-                f"| {r['shape']} | {b['fp32']:.3f} | {q['fp32']:.3f} | {bq['fp32']:.3f} | "
-                f"{b['int8']:.3f} | {q['int8']:.3f} | {bq['int8']:.3f} | "
-                f"{r['busy']['load_average'][0]:.2f} |"
-            )
-    if report.get("sweep"):
-        lines += ["", *sweep_table(report["sweep"])]
-    (out / "cpu.md").write_text("\n".join(lines) + "\n")
-    command = machine.command(__file__, sys.argv[1:])
-    name, title = "cpu", "x86 artifacts vs ONNX Runtime (benchmarks/cpu.py)"
-    if args.mcpu:  # code for another CPU than this one: a section of its own
-        name, title = f"cpu-{args.mcpu}", f"{title}, compiled for {args.mcpu}"
-    machine.write_section(name, title, lines, command)
-    log.info("wrote %s, %s and %s", out / "cpu.json", out / "cpu.md", machine.RESULTS)
+    return lines
+
+
+def busy_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The static rows measured beside a busy process, against their quiet ratios."""
+    lines = [
+        "Beside one CPU-bound process (a busy machine), measured right after the quiet rows:",
+        "",
+        "| shape | fp32 ratio busy | quiet | busy / quiet | int8 ratio busy | quiet | "
+        "busy / quiet | load average |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        b, q, bq = r["busy"]["ratio"], r["ratio"], r["busy_over_quiet"]
+        lines.append(
+            f"| {r['shape']} | {b['fp32']:.3f} | {q['fp32']:.3f} | {bq['fp32']:.3f} | "
+            f"{b['int8']:.3f} | {q['int8']:.3f} | {bq['int8']:.3f} | "
+            f"{r['busy']['load_average'][0]:.2f} |"
+        )
+    return lines
 
 
 def workload_table(rows: list[dict[str, Any]]) -> list[str]:
