@@ -2,15 +2,16 @@
 
 Over a sentence's few rows a matmul is a stream of its weights: every weight is read once per
 row tile, and the first row tile of a panel reads it from L3 or memory (a model's weights do not
-fit in L2). The hardware prefetchers follow one stream at a time within a page, and too little
-ahead to hide that latency. A schedule rule marks the reduction loop whose vector loads read the
-weight panel (`mark`); this PrimFunc pass, in the host finalization, puts before each such load
+fit in L2); the hardware prefetchers alone do not hide that latency. A schedule rule marks the
+reduction loop whose vector loads read the weight panel (`mark`); this PrimFunc pass, in the
+host finalization, puts before each such load
 
-    prefetch(&W[index(k + DISTANCE)])
+    prefetch(&W[index(k + distance)])
 
-the same load DISTANCE steps of k later, for each vector load of the loop body whose index
-moves with k. Prefetches never fault, so the steps past the panel's end (the next panel's first
-lines, or past the buffer) need no guard. Loads are unchanged: the outputs are bitwise the same.
+the same load `distance` steps of k later (AHEAD_BYTES of the stream ahead), for each vector
+load of the loop body whose index moves with k. Prefetches never fault, so the steps past the
+panel's end (the next panel's first lines, or past the buffer) need no guard. Loads are
+unchanged: the outputs are bitwise the same.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from typing import Any
 
 # The loop annotation that marks a reduction loop over weight panels, its value the distance.
 ANNOTATION = "nlpress_prefetch"
-# Steps of k between a prefetch and its load: 4 KiB ahead over AVX-512's 64-float panel rows
-# (8 and 32 steps ran minilm-l6 over sentences 2% and 1% slower, paired, on a Sapphire Rapids).
-DISTANCE = 16
+# How far ahead of its load a line is asked for: 16 steps of AVX-512's 64-float panel rows (8 and
+# 32 steps ran minilm-l6 over sentences 2% and 1% slower, paired, on a Sapphire Rapids).
+AHEAD_BYTES = 4096
 
 
-def mark(sch: Any, loop: Any, distance: int = DISTANCE) -> None:
-    """Mark a reduction `loop` of schedule `sch` to prefetch its weight loads `distance` ahead."""
-    sch.annotate(loop, ANNOTATION, distance)
+def mark(sch: Any, loop: Any, bytes_per_step: int) -> None:
+    """Mark a reduction `loop` that reads `bytes_per_step` of weights a step to prefetch them."""
+    sch.annotate(loop, ANNOTATION, max(1, AHEAD_BYTES // bytes_per_step))
 
 
 def prefetch_pass() -> Any:

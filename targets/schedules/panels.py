@@ -138,7 +138,7 @@ def _tile(sch: Any, main: Any, target: Any, rows: int, dequantize: Any) -> None:
         sch.parallel(sch.fuse(*parallel) if len(parallel) > 1 else parallel[0])
     _vectorize_tile(sch, main, ji, ii, lanes)  # while the block is still a reduction
     sch.decompose_reduction(main, k)
-    prefetch.mark(sch, k)
+    prefetch.mark(sch, k, bytes_per_step=bn * 4)
 
 
 def _dequantize_per_panel(sch: Any, dequantize: Any, panel: Any, lanes: int) -> None:

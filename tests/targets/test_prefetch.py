@@ -43,7 +43,7 @@ def marked(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, Any]]:
 
 
 @pytest.mark.parametrize("target", [AVX2, get_target("x86")], ids=["avx2", "host"])
-def test_each_weight_vector_load_is_prefetched_distance_steps_ahead(marked, target) -> None:
+def test_each_weight_vector_load_is_prefetched_a_few_kib_ahead(marked, target) -> None:
     proto = _ffn(40, 56)
     executable = lower.build(lower.import_onnx(proto), target)
     assert marked, "the panel rule marks its reduction loop"
@@ -53,10 +53,12 @@ def test_each_weight_vector_load_is_prefetched_distance_steps_ahead(marked, targ
         prefetches = result.body.seq[: len(loads)]
         assert loads and all(isinstance(p, tirx.Evaluate) for p in prefetches)
         assert "llvm.prefetch" in str(first) and prefetch.ANNOTATION not in result.annotations
-        k = loop.loop_var
+        k, distance = loop.loop_var, int(loop.annotations[prefetch.ANNOTATION])
+        step_bytes = sum(4 * load.ty.dtype.lanes for load in loads)  # one row of the panel
+        assert distance == prefetch.AHEAD_BYTES // step_bytes
         for load, call in zip(loads, prefetches, strict=True):
             [index] = load.indices
-            later = prefetch._substituted(index.base, {k: k + prefetch.DISTANCE})
+            later = prefetch._substituted(index.base, {k: k + distance})
             assert tvm_ffi.structural_equal(call.value.args[1].args[0].indices[0], later)
     [library] = executable.mod.imports
     assert "prefetcht0" in library.inspect_source("asm")
