@@ -24,21 +24,16 @@ MIN_WORK = 1 << 15  # elements
 
 def parallel_when_worth_pass() -> Any:
     """The PrimFunc pass of the module doc."""
-    from tvm import tirx
+    from nlpress.targets.stack_tiles import rebuild_pass
 
-    from nlpress.targets.stack_tiles import rebuild
-
-    @tirx.transform.prim_func_pass(opt_level=0, name="ParallelWhenWorth")  # type: ignore[untyped-decorator]
-    def _pass(func: Any, _mod: Any, _ctx: Any) -> Any:
-        body = rebuild(func.body, loop=_guarded)
-        return func if body.same_as(func.body) else func.with_body(body)
-
-    return _pass
+    return rebuild_pass("ParallelWhenWorth", loop=_guarded)
 
 
 def _guarded(loop: Any) -> Any:
     """A parallel loop of symbolic extent behind its run-time work test; others as they are."""
     from tvm import tirx
+
+    from nlpress.targets.stack_tiles import loop_with
 
     if loop.kind != tirx.ForKind.PARALLEL or isinstance(loop.extent, tirx.IntImm):
         return loop
@@ -48,10 +43,7 @@ def _guarded(loop: Any) -> Any:
     outside = tirx.analysis.undefined_vars(loop)
     if not all(any(v.same_as(o) for o in outside) for v in tirx.analysis.undefined_vars(work)):
         return loop  # it counts something computed inside the nest
-    serial = tirx.For(
-        loop.loop_var, loop.min, loop.extent, tirx.ForKind.SERIAL, loop.body,
-        loop.thread_binding, loop.annotations, loop.step, loop.span,
-    )  # fmt: skip
+    serial = loop_with(loop, kind=tirx.ForKind.SERIAL)
     worth = tirx.Cast("int64", work) >= tirx.IntImm("int64", MIN_WORK)
     return tirx.IfThenElse(worth, loop, serial, loop.span)
 

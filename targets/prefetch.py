@@ -32,21 +32,16 @@ def mark(sch: Any, loop: Any, bytes_per_step: int) -> None:
 
 def prefetch_pass() -> Any:
     """The PrimFunc pass of the module doc."""
-    from tvm import tirx
+    from nlpress.targets.stack_tiles import rebuild_pass
 
-    from nlpress.targets.stack_tiles import rebuild
-
-    @tirx.transform.prim_func_pass(opt_level=0, name="PrefetchWeights")  # type: ignore[untyped-decorator]
-    def _pass(func: Any, _mod: Any, _ctx: Any) -> Any:
-        body = rebuild(func.body, loop=_prefetched)
-        return func if body.same_as(func.body) else func.with_body(body)
-
-    return _pass
+    return rebuild_pass("PrefetchWeights", loop=_prefetched)
 
 
 def _prefetched(loop: Any) -> Any:
     """A marked loop with its weight loads prefetched ahead; other loops as they are."""
     from tvm import tirx
+
+    from nlpress.targets.stack_tiles import loop_with
 
     if ANNOTATION not in loop.annotations:
         return loop
@@ -55,10 +50,7 @@ def _prefetched(loop: Any) -> Any:
     prefetches = [_prefetch(load, later) for load in _streamed_loads(loop)]
     annotations = {k: v for k, v in loop.annotations.items() if k != ANNOTATION}
     body = tirx.SeqStmt([*prefetches, loop.body]) if prefetches else loop.body
-    return tirx.For(
-        loop.loop_var, loop.min, loop.extent, loop.kind, body,
-        loop.thread_binding, annotations, loop.step, loop.span,
-    )  # fmt: skip
+    return loop_with(loop, body=body, annotations=annotations)
 
 
 def _prefetch(load: Any, values: dict[Any, Any]) -> Any:

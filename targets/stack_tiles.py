@@ -21,18 +21,14 @@ from typing import Any
 TIR_PIPELINE = "nlpress_cpu"
 STACK_LIMIT = 16384  # bytes; far below a thread's stack, far above a register tile
 _DISABLE_LOWER_BUILTIN = "disable_lower_builtin"  # tvm::tirx::transform::kDisableLowerTVMBuiltin
+_FOR_FIELDS = (
+    "loop_var", "min", "extent", "kind", "body", "thread_binding", "annotations", "step", "span",
+)  # fmt: skip
 
 
 def stack_tiles_pass() -> Any:
     """The PrimFunc pass that keeps small constant-size local buffers on the stack."""
-    from tvm import tirx
-
-    @tirx.transform.prim_func_pass(opt_level=0, name="StackTiles")  # type: ignore[untyped-decorator]
-    def _pass(func: Any, _mod: Any, _ctx: Any) -> Any:
-        body = rebuild(func.body, leaf=_on_stack)
-        return func if body.same_as(func.body) else func.with_body(body)
-
-    return _pass
+    return rebuild_pass("StackTiles", leaf=_on_stack)
 
 
 def _on_stack(stmt: Any) -> Any:
@@ -74,12 +70,7 @@ def rebuild(stmt: Any, leaf: Any = _same, loop: Any = _same) -> Any:
         return stmt if same else tirx.SeqStmt(items, stmt.span)
     if isinstance(stmt, tirx.For):
         body = again(stmt.body)
-        if not body.same_as(stmt.body):
-            stmt = tirx.For(
-                stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body,
-                stmt.thread_binding, stmt.annotations, stmt.step, stmt.span,
-            )  # fmt: skip
-        return loop(stmt)
+        return loop(stmt if body.same_as(stmt.body) else loop_with(stmt, body=body))
     if isinstance(stmt, tirx.IfThenElse):
         then = again(stmt.then_case)
         other = None if stmt.else_case is None else again(stmt.else_case)
@@ -95,6 +86,25 @@ def rebuild(stmt: Any, leaf: Any = _same, loop: Any = _same) -> Any:
         body = again(stmt.body)
         return stmt if body.same_as(stmt.body) else tirx.While(stmt.condition, body, stmt.span)
     return leaf(stmt)
+
+
+def rebuild_pass(name: str, leaf: Any = _same, loop: Any = _same) -> Any:
+    """A PrimFunc pass that `rebuild`s each function's body with `leaf` and `loop`."""
+    from tvm import tirx
+
+    @tirx.transform.prim_func_pass(opt_level=0, name=name)  # type: ignore[untyped-decorator]
+    def _pass(func: Any, _mod: Any, _ctx: Any) -> Any:
+        body = rebuild(func.body, leaf, loop)
+        return func if body.same_as(func.body) else func.with_body(body)
+
+    return _pass
+
+
+def loop_with(loop: Any, **changes: Any) -> Any:
+    """A copy of the For `loop` with the fields named in `changes` (kind, body, annotations)."""
+    from tvm import tirx
+
+    return tirx.For(**{name: getattr(loop, name) for name in _FOR_FIELDS} | changes)
 
 
 def pipeline_for(tvm_target: Any) -> str:
