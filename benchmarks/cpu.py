@@ -349,7 +349,7 @@ def _kernel(
     family = int8.int8_intrinsics.int8_kernel(target).family
     saved = panels.PANELS, dict(int8.TILES)
     if fp32_tile is not None:
-        panels.PANELS = (("avx2", tuple(fp32_tile)),)
+        panels.PANELS = (("avx2", tuple(fp32_tile), 0),)
     if int8_tile is not None:
         int8.TILES[family] = tuple(int8_tile)
     try:

@@ -178,8 +178,8 @@ def seed_with_defaults(
         workload_mod = task.dispatched[0]
         func = workload_mod["main"]
         sch = schedules.schedule_func(func, tvm_target, name=task.task_name)
-        if sch is None:
-            continue
+        if sch is None or not sch.trace.insts:
+            continue  # no trace to replay (stitched schedules): the rules apply it at build time
         record = ms.database.TuningRecord(
             sch.trace,
             database.commit_workload(workload_mod),

@@ -29,16 +29,17 @@ from __future__ import annotations
 from typing import Any
 
 from nlpress.targets import panels, prefetch
-from nlpress.targets.schedules import common
+from nlpress.targets.schedules import common, tall_tiles
 
-# (LLVM feature, (rows MR, columns bn) or None), first match wins. AVX-512 has 32 vector
-# registers: 4 x 64 floats is 16 accumulators, 4 panel vectors and a broadcast, as fast as
-# 8 x 32 over 128 rows and faster over a sentence's rows, which are padded to whole tiles
-# (at most 3 rows computed in vain, not 7); AVX2 has 16: 6 x 16 floats is 12 accumulators,
-# 2 panel vectors and a broadcast. `benchmarks/cpu.py --sweep` times the others.
-PANELS: tuple[tuple[str, tuple[int, int] | None], ...] = (
-    ("avx512f", (4, 64)),
-    ("avx2", (6, 16)),
+# (LLVM feature, (rows MR, columns bn) or None, tall rows or 0), first match wins. A symbolic row
+# count runs tall tiles first where the set has them, then MR-row ones (`tall_tiles.py`).
+# AVX-512 has 32 vector registers: 12 x 32 floats is 24 accumulators, 2 panel vectors and a
+# broadcast, so a sentence of up to 12 rows passes over the weights once; the 4 x 32 tiles left
+# (at most 2) cost a pass each from cache. AVX2 has 16: 6 x 16 floats is 12 accumulators, 2 panel
+# vectors and a broadcast, no room for a taller tile. `benchmarks/cpu.py --sweep` times others.
+PANELS: tuple[tuple[str, tuple[int, int] | None, int], ...] = (
+    ("avx512f", (4, 32), 12),
+    ("avx2", (6, 16), 0),
 )
 
 # The tile of targets whose float matmuls keep their layout (aarch64): group-wise weights are
@@ -52,14 +53,24 @@ MATMUL_RULE_ROWS = 2
 
 def panel_tile(target: Any) -> tuple[int, int] | None:
     """(rows, columns) of the target's panel tile, None when its matmuls are not packed."""
+    return _panels(target)[0]
+
+
+def tall_rows(target: Any) -> int:
+    """Rows of the target's tall tile over a symbolic row count (0: none, MR-row tiles only)."""
+    return _panels(target)[1]
+
+
+def _panels(target: Any) -> tuple[tuple[int, int] | None, int]:
+    """The (tile, tall rows) of the first entry of PANELS whose feature the target has."""
     from tvm.target import codegen
 
     if target.kind.name != "llvm" or str(target.attrs.get("mtriple", "")).startswith("aarch64"):
-        return None
-    for feature, tile in PANELS:
+        return None, 0
+    for feature, tile, tall in PANELS:
         if codegen.target_has_features(feature, target):
-            return tile
-    return None
+            return tile, tall
+    return None, 0
 
 
 def grouped_panel_tile(target: Any) -> tuple[int, int] | None:
@@ -86,9 +97,14 @@ class PanelMatmul:
         rows = (panel_tile(target) or (4, 0))[0]
         if count is not None and count <= rows:
             dequantize = None  # one row tile per panel: it unpacks the codes itself (module doc)
-        common.inline_intermediates(sch, main, dequantize)
-        _tile(sch, main, target, rows, dequantize)
-        return sch
+        short = _tile(sch, main, target, rows, dequantize)
+        tall = tall_rows(target) if count is None and dequantize is None else 0
+        if not tall:
+            return sch
+        tall_sch = s_tir.Schedule(func)
+        tall_tiles.mark(tall_sch, _tile(tall_sch, _panel_block(tall_sch), target, tall, None), tall)
+        tall_tiles.mark(sch, short, rows)
+        return s_tir.Schedule(tall_tiles.stitch(tall_sch.mod["main"], sch.mod["main"]))
 
 
 def _block(sch: Any, name: str) -> Any:
@@ -119,8 +135,12 @@ def _static_rows(sch: Any, main: Any) -> int | None:
     return common.static_extent(sch, sch.get_loops(main)[-3])
 
 
-def _tile(sch: Any, main: Any, target: Any, rows: int, dequantize: Any) -> None:
-    """Tile MR rows x one panel over the whole k; vectorize the panel, unroll the rows."""
+def _tile(sch: Any, main: Any, target: Any, rows: int, dequantize: Any) -> Any:
+    """Tile MR rows x one panel over the whole k; vectorize the panel, unroll the rows.
+
+    Returns the loop over the row tiles.
+    """
+    common.inline_intermediates(sch, main, dequantize)
     weight = next(r.source for r in sch.get(main).reads if len(r.source.shape) == 4)
     bn = int(weight.shape[2])
     lanes = common.vector_lanes(target, 32)
@@ -139,6 +159,7 @@ def _tile(sch: Any, main: Any, target: Any, rows: int, dequantize: Any) -> None:
     _vectorize_tile(sch, main, ji, ii, lanes)  # while the block is still a reduction
     sch.decompose_reduction(main, k)
     prefetch.mark(sch, k, bytes_per_step=bn * 4)
+    return io
 
 
 def _dequantize_per_panel(sch: Any, dequantize: Any, panel: Any, lanes: int) -> None:

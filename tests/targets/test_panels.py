@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 import tvm
+import tvm_ffi
 from tvm import relax
 
 from nlpress.ir import Model
@@ -21,7 +22,7 @@ from nlpress.ir.verify import run
 from nlpress.passes.quantize_weights import QuantizeWeights
 from nlpress.targets import get_target, lower, panels, schedules
 from nlpress.targets.schedules import Matmul, PanelMatmul
-from nlpress.targets.schedules.panels import panel_tile
+from nlpress.targets.schedules.panels import panel_tile, tall_rows
 
 AVX2 = get_target("x86", mcpu="haswell")
 AVX512 = get_target("x86", mcpu="skylake-avx512")
@@ -137,7 +138,8 @@ def test_symbolic_rows_are_exact_in_whole_tiles(target: Any) -> None:
     mod, unscheduled = lower.cpu_kernels(lower.import_onnx(proto), lower.tvm_target(target))
     assert unscheduled == [] and [n for n in _kernels(mod) if panels.KERNEL_NAME in n]
     vm = relax.VirtualMachine(lower.build(lower.import_onnx(proto), target), tvm.cpu())
-    for batch, rows in [(1, 1), (2, 13), (3, 6), (1, 37)]:  # partial tiles, and less than one
+    # Partial tiles, less than one, and on AVX-512 whole tall tiles with 0, 1 and 2 short ones.
+    for batch, rows in [(1, 1), (2, 13), (3, 6), (1, 37), (1, 12), (2, 24), (1, 20), (1, 23)]:
         x = np.random.default_rng(rows).standard_normal((batch, rows, 40)).astype(np.float32)
         expected = run(Model.from_onnx(proto), {"x": x})["y"]
         got = vm["main"](tvm.runtime.tensor(x)).numpy()
@@ -146,9 +148,39 @@ def test_symbolic_rows_are_exact_in_whole_tiles(target: Any) -> None:
 
 
 def test_each_instruction_set_has_its_panel_tile() -> None:
-    assert panel_tile(lower.tvm_target(AVX512)) == (4, 64)
+    assert panel_tile(lower.tvm_target(AVX512)) == (4, 32)
+    assert tall_rows(lower.tvm_target(AVX512)) == 12
+    assert tall_rows(lower.tvm_target(AVX2)) == 0
     assert panel_tile(lower.tvm_target(AVX2)) == (6, 16)
     assert panel_tile(lower.tvm_target(get_target("arm"))) is None  # the plain layout
+
+
+def test_symbolic_rows_run_unguarded_tall_tiles_then_short_ones() -> None:
+    """On AVX-512: 12-row tiles, then 4-row ones, in one panel loop; no guard in either sum."""
+    from tvm.s_tir import SBlockRealize
+
+    proto = _model(["sequence", 40], 40, 64)
+    mod, _ = lower.cpu_kernels(lower.import_onnx(proto), lower.tvm_target(AVX512))
+    [kernel] = [f for name, f in _kernels(mod).items() if panels.KERNEL_NAME in name]
+    sums: list[Any] = []
+    unrolled: list[int] = []
+
+    def realize(node: Any) -> None:
+        if node.block.name_hint == f"{panels.ACC_BLOCK}_update":
+            sums.append(node)
+
+    def loop(node: Any) -> None:
+        if node.kind == tvm.tirx.ForKind.UNROLLED and node.extent in (4, 12):
+            unrolled.append(int(node.extent))
+
+    tvm_ffi.structural_walk(
+        kernel.body, ((SBlockRealize, realize), (tvm.tirx.For, loop)), order="pre"
+    )
+    assert len(sums) == 2
+    assert all(isinstance(s.predicate, tvm.tirx.IntImm) and int(s.predicate) for s in sums)
+    assert unrolled.index(12) < unrolled.index(4)  # the tall tiles come first
+    panels_loop = kernel.body.block.body  # one parallel loop over the panels holds both
+    assert isinstance(panels_loop, tvm.tirx.For) and panels_loop.kind == tvm.tirx.ForKind.PARALLEL
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,151 @@
+"""Tall tiles, then short ones: a sentence's rows in as few passes over the weights as fit.
+
+A matmul kernel over a symbolic row count tiles its rows by MR and passes over its weight panel
+once per row tile: the first pass streams the panel from L3 or memory while it multiplies, the
+others read it from cache, so over a sentence's rows (ten to twenty for most) the kernel's time
+grows by one pass per MR rows. A tall tile does more rows per pass, but a sentence's rows padded
+to whole tall tiles compute up to tall - 1 rows in vain.
+
+Here one compute, its rows padded to whole short tiles (T rows, a multiple of MR), is scheduled
+twice: with tall tiles (`tall` rows, a multiple of MR) and with short ones (MR rows), each
+rule marking its row-tile loop (`mark`). `stitch` keeps the first schedule's nest and, in place
+of its row-tile loop, runs two: the tall tiles over the first floor(T / tall) * tall rows, then
+the short schedule's row-tile loop (its enclosing loops' variables renamed to the tall ones) over
+the at most tall / MR - 1 short tiles left. So every tile is whole (its split guard holds for
+every row it runs: the loop never reaches a partial tile), both loops read the panel while it is
+in cache, and rows past T are never computed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The loop annotation that marks a schedule's row-tile loop, its value the tile's rows.
+ROW_TILES = "nlpress_row_tiles"
+
+
+def mark(sch: Any, loop: Any, rows: int) -> None:
+    """Mark `loop` as the row-tile loop of tiles of `rows` rows."""
+    sch.annotate(loop, ROW_TILES, rows)
+
+
+def stitch(tall: Any, short: Any) -> Any:
+    """The PrimFunc `tall` with its row tiles followed by those of `short` (module doc)."""
+    import tvm_ffi
+    from tvm import tirx
+    from tvm.s_tir import SBlock, SBlockRealize
+
+    from nlpress.targets.stack_tiles import loop_with
+
+    tall_tiles, tall_outer = _row_tiles(tall)
+    short_tiles, short_outer = _row_tiles(short)
+    if len(tall_outer) != len(short_outer):
+        raise ValueError("the two schedules nest their row tiles differently")
+    short_rows = int(short_tiles.annotations[ROW_TILES])
+    ratio = int(tall_tiles.annotations[ROW_TILES]) // short_rows
+    whole = tirx.floordiv(short_tiles.extent, ratio)  # tall tiles that the T rows fill
+    renamed = [(s.loop_var, t.loop_var) for s, t in zip(short_outer, tall_outer, strict=True)]
+    rest = loop_with(
+        short_tiles, min=whole * ratio, extent=short_tiles.extent - whole * ratio, annotations={}
+    )
+    rest = _substituted(rest, renamed + [(v, tirx.Var(v.name, v.ty)) for v in _defined(rest)])
+
+    def both(loop: Any) -> Any:
+        if not loop.loop_var.same_as(tall_tiles.loop_var):
+            return loop
+        return tirx.SeqStmt(
+            [
+                _unguarded(
+                    loop_with(loop, extent=whole, annotations={}), short_tiles.extent * short_rows
+                ),
+                rest,
+            ]
+        )
+
+    realize = tvm_ffi.structural_map(tall.body, ((tirx.For, both),))
+    root = realize.block
+    block = SBlock(
+        root.iter_vars,
+        root.reads,
+        root.writes,
+        root.name_hint,
+        root.body,
+        root.init,
+        [*root.alloc_buffers, *short.body.block.alloc_buffers],
+        root.match_buffers,
+        root.annotations,
+    )
+    return tall.with_body(SBlockRealize(realize.iter_values, realize.predicate, block))
+
+
+def _unguarded(tiles: Any, padded: Any) -> Any:
+    """The row-tile loop `tiles` without its split's guard, row < `padded` (the rows T).
+
+    The loop runs whole tall tiles only, so the guard holds for every row it runs.
+    """
+    import tvm_ffi
+    from tvm import sym, tirx
+    from tvm.s_tir import SBlockRealize
+
+    analyzer = sym.Analyzer()
+
+    def unguarded(realize: Any) -> Any:
+        guard = realize.predicate
+        if not isinstance(guard, tirx.LT) or not analyzer.can_prove(guard.b == padded):
+            return realize
+        return SBlockRealize(realize.iter_values, tirx.const(True, "bool"), realize.block)
+
+    return tvm_ffi.structural_map(tiles, ((SBlockRealize, unguarded),))
+
+
+def _row_tiles(func: Any) -> tuple[Any, list[Any]]:
+    """The marked row-tile loop of `func`, and the loops around it, outermost first."""
+    loops = _loops(func.body)
+    marked = [loop for loop in loops if ROW_TILES in loop.annotations]
+    if len(marked) != 1:
+        raise ValueError(f"{len(marked)} row-tile loops marked, not one")
+    [tiles] = marked
+    around = [
+        loop
+        for loop in loops
+        if not loop.same_as(tiles) and any(inner.same_as(tiles) for inner in _loops(loop.body))
+    ]
+    return tiles, around
+
+
+def _loops(stmt: Any) -> list[Any]:
+    import tvm_ffi
+    from tvm import tirx
+
+    found: list[Any] = []
+    tvm_ffi.structural_walk(stmt, ((tirx.For, found.append),), order="pre")
+    return found
+
+
+def _defined(stmt: Any) -> list[Any]:
+    """The variables that `stmt` defines: its loops' and its blocks' iterators."""
+    import tvm_ffi
+    from tvm import tirx
+    from tvm.s_tir import SBlock
+
+    found: list[Any] = []
+    tvm_ffi.structural_walk(
+        stmt,
+        (
+            (tirx.For, lambda loop: found.append(loop.loop_var)),
+            (SBlock, lambda block: found.extend(iv.var for iv in block.iter_vars)),
+        ),
+        order="pre",
+    )
+    return found
+
+
+def _substituted(stmt: Any, pairs: list[tuple[Any, Any]]) -> Any:
+    """`stmt` with the second variable of each pair in place of the first."""
+    import tvm_ffi
+    from tvm import tirx
+
+    def put(var: Any) -> Any:
+        return next((new for old, new in pairs if old.same_as(var)), var)
+
+    return tvm_ffi.structural_map(stmt, ((tirx.Var, put),))
