@@ -413,11 +413,13 @@ def exact_qdq_case(
     zero_point: int = 131,
     seed: int = 0,
     weight_seed: int = 0,
+    symbolic_rows: int = 13,
 ) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
     """A `qdq_matmul` with unit scales and no bias, integral x and its exact output.
 
     x holds integers in [-zero_point, 256 - zero_point), so that quantizing it is exact, and the
-    output is relu(x @ W_q) in int32 arithmetic. A symbolic lead is run as 3, a symbolic m as 13.
+    output is relu(x @ W_q) in int32 arithmetic. A symbolic lead is run as 3, a symbolic m as
+    `symbolic_rows`.
     """
     scales = (1.0, 1.0)
     proto = qdq_matmul(
@@ -425,7 +427,7 @@ def exact_qdq_case(
     )
     wq = numpy_helper.to_array(next(i for i in proto.graph.initializer if i.name == "wq"))
     batch = 3 if isinstance(lead, str) else lead
-    rows = 13 if isinstance(m, str) else m
+    rows = symbolic_rows if isinstance(m, str) else m
     rng = np.random.default_rng(seed)
     x = rng.integers(-zero_point, 256 - zero_point, (batch, rows, k)).astype(np.int32)
     expected = np.maximum(x @ wq.astype(np.int32), 0).astype(np.float32)

@@ -17,12 +17,16 @@ import logging
 from typing import Any
 
 from nlpress.targets import panels
-from nlpress.targets.schedules import common, int8_intrinsics
+from nlpress.targets.schedules import common, int8_intrinsics, tall_tiles
 from nlpress.targets.schedules.int8_intrinsics import Int8Kernel
 
 log = logging.getLogger(__name__)
 
 # Register tile per family: (rows MR, blocks NB); MR * NB accumulators of bn int32 each.
+# Over a symbolic row count, rows run in tiles of at most `panels.SYMBOLIC_INT8_ROWS`, after tall
+# tiles of TALL_TILES (rows, blocks) where the family has them (`tall_tiles.py`): 12 x 2 blocks is
+# 24 of AVX-512's 32 registers, so a sentence of up to 12 rows passes over the weights once.
+TALL_TILES = {"avx512-vnni": (12, 2)}
 TILES = {
     "avx512-vnni": (8, 3),
     "avx-vnni": (4, 3),
@@ -39,19 +43,64 @@ class Int8Matmul:
 
     def apply(self, func: Any, target: Any, tunable: bool) -> Any:
         """A schedule of `func`, or None when it is not an integer matmul over packed weights."""
-        from tvm import s_tir
-
-        sch = s_tir.Schedule(func)
-        main = _int8_block(sch)
+        sch, main = _prepared(func)
         if main is None:
             return None
-        common.inline_intermediates(sch, main)
         kernel = int8_intrinsics.int8_kernel(target)
         block = _weight_block(sch, main)
         if block != kernel.block or not int8_intrinsics.fits(sch.get(main), kernel):
             kernel = int8_intrinsics.GENERIC  # a kernel built for another family: vectorized
-        _tile(sch, main, target, kernel, block)
-        return sch
+        max_rows, max_blocks = TILES[kernel.family]
+        row = sch.get_loops(main)[-3]
+        short = _rows_for(sch, row, max_rows)
+        tall = TALL_TILES.get(kernel.family)
+        if tall is None or short == 1 or common.static_extent(sch, row) is not None:
+            _tile(sch, main, target, kernel, block, (short, max_blocks))
+            return sch
+
+        return _tall_then_short(func, target, kernel, block, tall, short)
+
+
+def _tall_then_short(
+    func: Any,
+    target: Any,
+    kernel: Int8Kernel,
+    block: tuple[int, int],
+    tall: tuple[int, int],
+    short: int,
+) -> Any:
+    """Tiles of `tall` (rows, blocks) over the rows that fill them, then `short`-row ones.
+
+    The tall tiles' split guard goes only with the stitch (`tall_tiles.py`), and no guarded
+    block matches the intrinsic, so they are tensorized after it; the short ones before it
+    (tensorized in a loop that does not start at row 0, a block's binding loses the offset).
+    """
+
+    def tiled(rows: int) -> tuple[Any, Any]:
+        fresh, main = _prepared(func)
+        tile = (rows, tall[1])
+        return fresh, _tile(fresh, main, target, kernel, block, tile, True, rows == short)
+
+    sch, main = _prepared(func)
+    name = f"{sch.get(main).name_hint}_update"  # decompose_reduction's name for the tiled sum
+    depth = common.static_extent(sch, sch.get_loops(main)[-1]) or 0
+    stitched = tall_tiles.tall_then_short(tiled, tall[0], short)
+    intrinsic = _intrinsic(kernel, depth, block[1])
+    if intrinsic is not None:
+        tall_sum = tall_tiles.blocks_named(stitched, name)[0]
+        stitched.tensorize(stitched.get_loops(tall_sum)[-2], intrinsic)
+    return stitched
+
+
+def _prepared(func: Any) -> tuple[Any, Any]:
+    """A schedule of `func` with its integer block's producers inlined, and the block (or None)."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    main = _int8_block(sch)
+    if main is not None:
+        common.inline_intermediates(sch, main)
+    return sch, main
 
 
 def integer_reduction(sch: Any) -> tuple[Any, Any] | None:
@@ -106,18 +155,28 @@ def _int(value: Any) -> int | None:
     return int(value.value) if hasattr(value, "value") else None
 
 
-def _tile(sch: Any, main: Any, target: Any, kernel: Int8Kernel, block: tuple[int, int]) -> None:
-    """Tile rows x (NB x bn) columns over k in steps of bk; tensorize or vectorize each block.
+def _tile(
+    sch: Any,
+    main: Any,
+    target: Any,
+    kernel: Int8Kernel,
+    block: tuple[int, int],
+    tile: tuple[int, int],
+    rows_apart: bool = False,
+    tensorize: bool = True,
+) -> Any:
+    """Tile MR rows x (NB x bn) columns over k in steps of bk; tensorize or vectorize each block.
 
     Only the innermost row axis is tiled (fusing the row axes first would make the block's
-    bindings non-affine, which tensorization cannot split).
+    bindings non-affine, which tensorization cannot split). The row tiles run in the parallel
+    loop, or (`rows_apart`, for `tall_tiles`) in their own loop inside it. Returns the loop
+    over row tiles.
     """
     bn, bk = block
     *outer, row, j, k = sch.get_loops(main)
     columns, depth = common.static_extent(sch, j), common.static_extent(sch, k)
     assert columns is not None and depth is not None
-    max_rows, max_blocks = TILES[kernel.family]
-    mr = _rows_for(sch, row, max_rows)
+    mr, max_blocks = tile
     blocks = common.largest_divisor(columns // bn, max_blocks)
     io, ii = sch.split(row, factors=[None, mr])
     jo, jb, ji = sch.split(j, factors=[None, blocks, bn])
@@ -125,8 +184,9 @@ def _tile(sch: Any, main: Any, target: Any, kernel: Int8Kernel, block: tuple[int
     sch.reorder(*outer, jo, io, ko, ii, jb, ji, ki)
     common.write_back_tile(sch, main, io, target, bn)
     if common.worth_parallel(common.block_work(sch, main)):
-        sch.parallel(sch.fuse(*outer, jo, io))
-    intrinsic = kernel.intrinsic if depth % bk == 0 else None
+        parallel = [*outer, jo] if rows_apart else [*outer, jo, io]
+        sch.parallel(sch.fuse(*parallel) if len(parallel) > 1 else parallel[0])
+    intrinsic = _intrinsic(kernel, depth, bk)
     if intrinsic is None:  # the reduction steps outside, the bn columns in one vector
         sch.reorder(ki, ji)
         sch.vectorize(ji)
@@ -136,10 +196,16 @@ def _tile(sch: Any, main: Any, target: Any, kernel: Int8Kernel, block: tuple[int
     sch.vectorize(init_columns)
     sch.unroll(init_blocks)
     sch.unroll(init_rows)
-    if intrinsic is not None:
+    if intrinsic is not None and tensorize:
         sch.tensorize(ji, intrinsic)
     sch.unroll(jb)
     sch.unroll(ii)
+    return io
+
+
+def _intrinsic(kernel: Int8Kernel, depth: int, bk: int) -> Any:
+    """The family's instruction for a block of the sum, None when k is not whole blocks."""
+    return kernel.intrinsic if depth % bk == 0 else None
 
 
 def _rows_for(sch: Any, row: Any, limit: int) -> int:

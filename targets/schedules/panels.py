@@ -97,14 +97,16 @@ class PanelMatmul:
         rows = (panel_tile(target) or (4, 0))[0]
         if count is not None and count <= rows:
             dequantize = None  # one row tile per panel: it unpacks the codes itself (module doc)
-        short = _tile(sch, main, target, rows, dequantize)
         tall = tall_rows(target) if count is None and dequantize is None else 0
         if not tall:
+            _tile(sch, main, target, rows, dequantize)
             return sch
-        tall_sch = s_tir.Schedule(func)
-        tall_tiles.mark(tall_sch, _tile(tall_sch, _panel_block(tall_sch), target, tall, None), tall)
-        tall_tiles.mark(sch, short, rows)
-        return s_tir.Schedule(tall_tiles.stitch(tall_sch.mod["main"], sch.mod["main"]))
+
+        def tiled(tile_rows: int) -> tuple[Any, Any]:
+            fresh = s_tir.Schedule(func)
+            return fresh, _tile(fresh, _panel_block(fresh), target, tile_rows, None)
+
+        return tall_tiles.tall_then_short(tiled, tall, rows)
 
 
 def _block(sch: Any, name: str) -> Any:

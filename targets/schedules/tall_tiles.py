@@ -29,6 +29,31 @@ def mark(sch: Any, loop: Any, rows: int) -> None:
     sch.annotate(loop, ROW_TILES, rows)
 
 
+def tall_then_short(tiled: Any, tall: int, short: int) -> Any:
+    """The Schedule of the two `tiled(rows)` schedules, tall then short, stitched (module doc).
+
+    `tiled(rows)` schedules a fresh copy of the kernel with tiles of `rows` rows and returns the
+    schedule and its row-tile loop; both copies must nest the row tiles in the same loops.
+    """
+    from tvm import s_tir
+
+    if tall % short:
+        raise ValueError(f"tall tiles of {tall} rows are not whole tiles of {short}")
+    funcs = []
+    for rows in (tall, short):
+        sch, tiles = tiled(rows)
+        mark(sch, tiles, rows)
+        funcs.append(sch.mod["main"])
+    return s_tir.Schedule(stitch(*funcs))
+
+
+def blocks_named(sch: Any, name: str) -> list[Any]:
+    """The blocks of the stitched schedule `sch` called `name`: the tall tiles' one first."""
+    from tvm.s_tir.dlight.analysis import get_root_block
+
+    return [b for b in sch.get_child_blocks(get_root_block(sch)) if sch.get(b).name_hint == name]
+
+
 def stitch(tall: Any, short: Any) -> Any:
     """The PrimFunc `tall` with its row tiles followed by those of `short` (module doc)."""
     import tvm_ffi
@@ -44,23 +69,21 @@ def stitch(tall: Any, short: Any) -> Any:
     short_rows = int(short_tiles.annotations[ROW_TILES])
     ratio = int(tall_tiles.annotations[ROW_TILES]) // short_rows
     whole = tirx.floordiv(short_tiles.extent, ratio)  # tall tiles that the T rows fill
+    start = whole * ratio  # the first short tile
+    tile = tirx.Var(short_tiles.loop_var.name, short_tiles.loop_var.ty)
     renamed = [(s.loop_var, t.loop_var) for s, t in zip(short_outer, tall_outer, strict=True)]
+    fresh = [(v, tirx.Var(v.name, v.ty)) for v in _defined(short_tiles.body)]
+    body = _substituted(short_tiles.body, [(short_tiles.loop_var, tile + start), *renamed, *fresh])
     rest = loop_with(
-        short_tiles, min=whole * ratio, extent=short_tiles.extent - whole * ratio, annotations={}
+        short_tiles, loop_var=tile, extent=short_tiles.extent - start, body=body, annotations={}
     )
-    rest = _substituted(rest, renamed + [(v, tirx.Var(v.name, v.ty)) for v in _defined(rest)])
+    padded = short_tiles.extent * short_rows
 
     def both(loop: Any) -> Any:
         if not loop.loop_var.same_as(tall_tiles.loop_var):
             return loop
-        return tirx.SeqStmt(
-            [
-                _unguarded(
-                    loop_with(loop, extent=whole, annotations={}), short_tiles.extent * short_rows
-                ),
-                rest,
-            ]
-        )
+        tall_part = _unguarded(loop_with(loop, extent=whole, annotations={}), padded)
+        return tirx.SeqStmt([tall_part, rest])
 
     realize = tvm_ffi.structural_map(tall.body, ((tirx.For, both),))
     root = realize.block

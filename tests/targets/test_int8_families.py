@@ -85,6 +85,20 @@ def test_family_is_exact(
     np.testing.assert_array_equal(tq._run(proto, x, _target(cpu)), expected)
 
 
+def test_symbolic_rows_run_tall_tiles_then_short_ones_exactly() -> None:
+    """avx512-vnni: 12-row tiles over the rows that fill them, then 4-row ones, all vpdpbusd."""
+    target = lower.tvm_target(_target("znver4"))
+    proto, _, _ = graphs.exact_qdq_case("sequence", 68, 56)
+    kernel = tq._scheduled_kernel(proto, target)
+    assert str(kernel.script()).count("vpdpbusd") == 2  # the tall tiles' sum and the short ones'
+    if "avx512_vnni" not in HOST_FLAGS:
+        pytest.skip("this CPU lacks avx512_vnni: the stitched kernel's schedule is checked only")
+    vm = relax.VirtualMachine(lower.build(lower.import_onnx(proto), _target("znver4")), tvm.cpu())
+    for rows in (1, 4, 12, 13, 24, 27, 35):  # 0-2 tall tiles, 0-2 short ones
+        _, x, expected = graphs.exact_qdq_case("sequence", 68, 56, symbolic_rows=rows)
+        np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), expected)
+
+
 @pytest.mark.parametrize("family", [f.family for f in int8_intrinsics.FAMILIES])
 def test_every_weight_layout_is_exact_on_this_host(family: str) -> None:
     """Each family's packing and activation dtype, run through the generic vector kernel here."""
