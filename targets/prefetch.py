@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from nlpress.targets.schedules.loops import substituted
+
 # The loop annotation that marks a reduction loop over weight panels, its value the distance.
 ANNOTATION = "nlpress_prefetch"
 # How far ahead of its load a line is asked for: 16 steps of AVX-512's 64-float panel rows (8 and
@@ -58,7 +60,7 @@ def _prefetch(load: Any, values: dict[Any, Any]) -> Any:
     from tvm import tirx
 
     [index] = load.indices  # flattened
-    first = _substituted(index.base if isinstance(index, tirx.Ramp) else index, values)
+    first = substituted(index.base if isinstance(index, tirx.Ramp) else index, list(values.items()))
     address = tirx.address_of(tirx.BufferLoad(load.source, [first]))
     return tirx.Evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, 0, 3, 1))
 
@@ -77,25 +79,14 @@ def _streamed_loads(loop: Any) -> list[Any]:
     found: dict[str, Any] = {}
 
     def binding(stmt: Any) -> None:
-        bound[stmt.var] = _substituted(stmt.value, bound)
+        bound[stmt.var] = substituted(stmt.value, list(bound.items()))
 
     def load(node: Any) -> None:
         if node.ty.dtype.lanes == 1:
             return
-        indices = [_substituted(i, bound) for i in node.indices]
+        indices = [substituted(i, list(bound.items())) for i in node.indices]
         if any(v.same_as(loop.loop_var) for i in indices for v in tirx.analysis.undefined_vars(i)):
             found.setdefault(str(node), tirx.BufferLoad(node.source, indices))
 
     tvm_ffi.structural_walk(loop.body, ((tirx.Bind, binding), (TensorLoad, load)), order="pre")
     return list(found.values())
-
-
-def _substituted(expr: Any, values: dict[Any, Any]) -> Any:
-    """`expr` with `values[v]` in place of each variable v that `values` holds."""
-    import tvm_ffi
-    from tvm import tirx
-
-    def put(var: Any) -> Any:
-        return next((value for v, value in values.items() if v.same_as(var)), var)
-
-    return tvm_ffi.structural_map(expr, ((tirx.Var, put),)) if values else expr

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from nlpress.targets.schedules import loops
 from nlpress.targets.schedules.elementwise import Elementwise
 from nlpress.targets.schedules.int8 import Int8Matmul
 from nlpress.targets.schedules.matmul import Matmul
@@ -58,7 +59,7 @@ def schedule_module(
         if sch is None:
             unscheduled.append(gvar.name_hint)
         else:
-            updates[gvar] = sch.mod["main"].with_attr(SCHEDULED, True)
+            updates[gvar] = loops.vector_tails(sch.mod["main"]).with_attr(SCHEDULED, True)
     for gvar, func in updates.items():
         mod[gvar] = func
     return mod, sorted(unscheduled)

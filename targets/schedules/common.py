@@ -85,12 +85,15 @@ def extent_divisible(sch: Any, loop: Any, size: int) -> bool:
 def split_vector(sch: Any, loop: Any, lanes: int) -> Any:
     """Vectorize `loop` by `lanes` (its whole length when shorter); returns the vector loop.
 
-    A symbolic extent that is not whole vectors stays one plain loop: split, its last vector
-    would be guarded, and a guard inside a vector loop makes TVM emit every lane on its own
-    (twice the time of the plain loop, which LLVM vectorizes with a remainder loop).
+    A symbolic extent that is not whole vectors is marked to be cut in whole vectors and a
+    plain tail once scheduled (`loops.vector_tails`): split, its last vector would be guarded,
+    and a guard inside a vector loop makes TVM emit every lane on its own.
     """
+    from nlpress.targets.schedules import loops
+
     extent = static_extent(sch, loop)
     if extent is None and not extent_divisible(sch, loop, lanes):
+        loops.mark_vector_tail(sch, loop, lanes)
         return loop
     if extent is not None and extent <= lanes:
         if extent > 1:

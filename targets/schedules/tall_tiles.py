@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from nlpress.targets.schedules import loops
+
 # The loop annotation that marks a schedule's row-tile loop, its value the tile's rows.
 ROW_TILES = "nlpress_row_tiles"
 
@@ -72,8 +74,7 @@ def stitch(tall: Any, short: Any) -> Any:
     start = whole * ratio  # the first short tile
     tile = tirx.Var(short_tiles.loop_var.name, short_tiles.loop_var.ty)
     renamed = [(s.loop_var, t.loop_var) for s, t in zip(short_outer, tall_outer, strict=True)]
-    fresh = [(v, tirx.Var(v.name, v.ty)) for v in _defined(short_tiles.body)]
-    body = _substituted(short_tiles.body, [(short_tiles.loop_var, tile + start), *renamed, *fresh])
+    body = loops.copy_with(short_tiles.body, [(short_tiles.loop_var, tile + start), *renamed])
     rest = loop_with(
         short_tiles, loop_var=tile, extent=short_tiles.extent - start, body=body, annotations={}
     )
@@ -123,52 +124,15 @@ def _unguarded(tiles: Any, padded: Any) -> Any:
 
 def _row_tiles(func: Any) -> tuple[Any, list[Any]]:
     """The marked row-tile loop of `func`, and the loops around it, outermost first."""
-    loops = _loops(func.body)
-    marked = [loop for loop in loops if ROW_TILES in loop.annotations]
+    nested = loops.nested(func.body)
+    marked = [loop for loop in nested if ROW_TILES in loop.annotations]
     if len(marked) != 1:
         raise ValueError(f"{len(marked)} row-tile loops marked, not one")
     [tiles] = marked
     around = [
         loop
-        for loop in loops
-        if not loop.same_as(tiles) and any(inner.same_as(tiles) for inner in _loops(loop.body))
+        for loop in nested
+        if not loop.same_as(tiles)
+        and any(inner.same_as(tiles) for inner in loops.nested(loop.body))
     ]
     return tiles, around
-
-
-def _loops(stmt: Any) -> list[Any]:
-    import tvm_ffi
-    from tvm import tirx
-
-    found: list[Any] = []
-    tvm_ffi.structural_walk(stmt, ((tirx.For, found.append),), order="pre")
-    return found
-
-
-def _defined(stmt: Any) -> list[Any]:
-    """The variables that `stmt` defines: its loops' and its blocks' iterators."""
-    import tvm_ffi
-    from tvm import tirx
-    from tvm.s_tir import SBlock
-
-    found: list[Any] = []
-    tvm_ffi.structural_walk(
-        stmt,
-        (
-            (tirx.For, lambda loop: found.append(loop.loop_var)),
-            (SBlock, lambda block: found.extend(iv.var for iv in block.iter_vars)),
-        ),
-        order="pre",
-    )
-    return found
-
-
-def _substituted(stmt: Any, pairs: list[tuple[Any, Any]]) -> Any:
-    """`stmt` with the second variable of each pair in place of the first."""
-    import tvm_ffi
-    from tvm import tirx
-
-    def put(var: Any) -> Any:
-        return next((new for old, new in pairs if old.same_as(var)), var)
-
-    return tvm_ffi.structural_map(stmt, ((tirx.Var, put),))

@@ -14,6 +14,7 @@ from tvm import relax, tirx
 from nlpress.ir import Model
 from nlpress.ir.verify import run
 from nlpress.targets import get_target, lower, prefetch
+from nlpress.targets.schedules import loops
 
 AVX2 = get_target("x86", mcpu="haswell")
 
@@ -57,7 +58,7 @@ def test_each_weight_vector_load_is_prefetched_a_few_kib_ahead(marked, target) -
         assert distance == prefetch.AHEAD_BYTES // step_bytes
         for load, call in zip(loads, prefetches, strict=True):
             [index] = load.indices
-            later = prefetch._substituted(index.base, {k: k + distance})
+            later = loops.substituted(index.base, [(k, k + distance)])
             assert tvm_ffi.structural_equal(call.value.args[1].args[0].indices[0], later)
     [library] = executable.mod.imports
     assert "prefetcht0" in library.inspect_source("asm")

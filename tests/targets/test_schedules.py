@@ -18,7 +18,7 @@ from tvm import te, topi
 from tvm.script import tirx as T
 
 from nlpress.targets import get_target, lower, schedules, stack_tiles
-from nlpress.targets.schedules import Elementwise, Matmul, RowReduction, common, matmul
+from nlpress.targets.schedules import Elementwise, Matmul, RowReduction, common, loops, matmul
 from nlpress.targets.softmax import row_softmax
 
 HOST = lower.tvm_target(get_target("x86"))
@@ -272,15 +272,27 @@ def test_softmax_over_a_symbolic_row(batch: int, seq: int) -> None:
 @pytest.mark.parametrize(("batch", "seq"), [(2, 40), (1, 1), (1, 15), (1, 16), (1, 17), (1, 48)])
 def test_row_softmax_is_tvms_fast_softmax(batch: int, seq: int) -> None:
     """Lane partials and a guarded tail, scheduled, compute fast_softmax: rows shorter than a
-    vector, whole vectors with an empty tail, and both parts."""
+    vector, whole vectors with an empty tail, and both parts; the output is written in whole
+    vectors, then a plain tail (`loops.vector_tails`)."""
     sizes = {"batch": batch, "seq": seq}
     func = _func(_symbolic_row_softmax).with_attr("global_symbol", "main")
-    sch = RowReduction().apply(func, HOST, False)
-    assert sch.mod.script().count("T.vectorized(") >= 2  # the max's and the sum's partials
+    scheduled = loops.vector_tails(RowReduction().apply(func, HOST, False).mod["main"])
+    script = scheduled.script()
+    assert script.count("T.vectorized(") >= 3  # the max's and the sum's partials, the output
+    assert _lane_guards(script) == []
     reference = _func(_symbolic_softmax).with_attr("global_symbol", "main")
     expected = _run(reference, tvm.IRModule({"main": reference}), sizes)[-1]
-    got = _run(func, sch.mod, sizes)[-1]
+    got = _run(func, tvm.IRModule({"main": scheduled}), sizes)[-1]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_softmax_rows_of_a_symbolic_length_run_in_a_loop_under_the_heads() -> None:
+    """[batch, 12, seq] rows: the parallel loop is over batch x heads, the rows a loop inside
+    it, so that no row's place takes a division by the symbolic length."""
+    func = _func(_symbolic_row_softmax).with_attr("global_symbol", "main")
+    script = RowReduction().apply(func, HOST, False).mod.script()
+    parallel = re.search(r"in T\.parallel\((.*)\):", script)
+    assert parallel is not None and "seq" not in parallel.group(1)
 
 
 @pytest.mark.parametrize("shape", [(128, 384), (7, 40), (3, 13)])
