@@ -101,15 +101,17 @@ _ONE_CORE_PER_THREAD, _THREADS_SHARE_ALL_CORES = -2, -3
 _configured = threading.local()
 
 
-def configure_threads(options: SessionOptions) -> int:
+def configure_threads(options: SessionOptions, threads: int = 0) -> int:
     """Configure TVM's thread pool of the calling thread for `options`; returns its threads.
 
     TVM creates a thread's pool on its first configuration, with one worker per CPU it is
     given; every usable CPU is given (each thread may run on any of them, so the calling
     thread's own affinity is left as it was), repeated when more threads are asked. A later
-    configuration can use fewer workers than the pool has, never more.
+    configuration can use fewer workers than the pool has, never more. `threads`, when given,
+    is the count already resolved for `options` (a session's, at load: resolving reads the
+    environment and the affinity mask, a system call, on every run otherwise).
     """
-    threads = options.resolved_threads()
+    threads = threads or options.resolved_threads()
     wanted = (threads, options.pin)
     if getattr(_configured, "config", None) == wanted:
         return threads
@@ -211,16 +213,16 @@ class Session:
 
     def _invoke(self, arrays: Sequence[np.ndarray], wanted: Sequence[int]) -> list[np.ndarray]:
         """Call the model's main function on checked feeds; returns the outputs `wanted`."""
-        configure_threads(self.options)  # the pool of the calling thread
+        configure_threads(self.options, self.threads)  # the pool of the calling thread
         values = _flatten(self._vm["main"](*self._tensors(arrays)))
-        return [values[i].numpy() for i in wanted]
+        return [_numpy(values[i], arrays) for i in wanted]
 
     def kernel_times(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         """One run with a clock around every kernel call (see `targets/profile.py`)."""
         from nlpress.targets.profile import kernel_times
 
         arrays = check_feeds(self._inputs, feeds, self._index_ranges, dim_limits(self.manifest))
-        configure_threads(self.options)
+        configure_threads(self.options, self.threads)
         with self._lock:
             return kernel_times(self._vm, self._tensors(arrays))
 
@@ -657,6 +659,20 @@ def _aligned(array: np.ndarray, alignment: int = 64) -> np.ndarray:
     copy = raw[start : start + array.nbytes].view(array.dtype).reshape(array.shape)
     copy[...] = array
     return copy
+
+
+def _numpy(value: Any, feeds: Sequence[np.ndarray]) -> np.ndarray:
+    """An output as a numpy array: on the CPU, its own memory lent by DLPack, not a copy.
+
+    The array keeps the output's storage alive, so the virtual machine never reuses it. The
+    copy that `Tensor.numpy()` makes reads every byte right after the kernels' threads wrote
+    it on other cores, where it still sits in their caches (about 0.1 ms a sentence). An output
+    that is a feed passed through (its memory the caller's) is copied.
+    """
+    if value.device.dlpack_device_type() != 1:  # kDLCPU
+        return np.asarray(value.numpy())
+    array = np.from_dlpack(value)
+    return array.copy() if any(np.may_share_memory(array, f) for f in feeds) else array
 
 
 def _flatten(result: Any) -> list[Any]:

@@ -18,6 +18,7 @@ from nlpress.ir.verify import run
 from nlpress.targets import FeedError, build_artifact, get_target, load
 from nlpress.targets.bench import compare_with_ort
 from nlpress.targets.lower import LoweringError, UnsupportedOpError
+from nlpress.targets.runtime import _aligned
 
 FEEDS = {
     "x": np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32),
@@ -62,6 +63,37 @@ def test_feeds_at_any_alignment_and_stride_run_alike(x86_artifact: Path) -> None
     ):
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(misaligned, before)
+
+
+def test_outputs_are_lent_and_outlive_the_next_run(x86_artifact: Path) -> None:
+    """Outputs are the kernels' own memory (no copy), kept for the caller: a later run with
+    other feeds leaves them as they were."""
+    session = load(x86_artifact)
+    first = session.run(None, FEEDS)
+    kept = [a.copy() for a in first]
+    other = {name: value * 3 for name, value in FEEDS.items()}
+    second = session.run(None, other)
+    for got, want, later in zip(first, kept, second, strict=True):
+        np.testing.assert_array_equal(got, want)
+        assert got.flags.writeable and not np.shares_memory(got, later)
+    assert not np.array_equal(first[1], second[1])
+
+
+def test_an_output_that_is_a_feed_is_a_copy(tmp_path: Path) -> None:
+    """A feed passed through (a reshape is a view of it) is handed back in memory of its own:
+    writing it leaves the feed."""
+    model = graphs.model(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"], name="view")],
+        [graphs.tensor("x", ["batch", 8])],
+        [graphs.tensor("y", ["batch", 2, 4])],
+        [graphs.initializer("shape", np.array([-1, 2, 4], dtype=np.int64))],
+    )
+    out = build_artifact(model, get_target("x86"), tmp_path / "a", manifest={"pipeline": "fold"})
+    x = _aligned(FEEDS["x"].copy())  # lent to the kernels as it is, not copied first
+    [y] = load(out).run(None, {"x": x})
+    np.testing.assert_array_equal(y, x.reshape(3, 2, 4))
+    y[...] = 0
+    np.testing.assert_array_equal(x, FEEDS["x"])
 
 
 def test_manifest_records_the_interface(x86_artifact: Path) -> None:
