@@ -29,6 +29,27 @@ def worth_parallel(work: int | None) -> bool:
     return work is None or work >= PARALLEL_MIN_WORK
 
 
+# Rows of static extent that make a parallel loop of their own (`parallel_rows`).
+PARALLEL_ROWS = 8
+
+
+def parallel_rows(sch: Any, rows: list[Any]) -> tuple[Any, Any | None]:
+    """The row loops fused into the loop to run in parallel, and the row loop left inside it.
+
+    A symbolic last row axis after static ones of at least PARALLEL_ROWS rows (a softmax's or
+    a transpose's [batch, heads, sequence]) stays a plain loop inside the parallel one over the
+    others: fused with them, every row would find its place by divisions by the symbolic
+    extent, dozens of cycles against a short row's work. Otherwise all rows are fused (None).
+    """
+    extents = [static_extent(sch, loop) for loop in rows]
+    static = 1
+    for extent in extents[:-1]:
+        static *= extent or 1
+    inner = rows[-1] if len(rows) > 1 and extents[-1] is None and static >= PARALLEL_ROWS else None
+    outer = rows[:-1] if inner is not None else rows
+    return (sch.fuse(*outer) if len(outer) > 1 else outer[0]), inner
+
+
 def block_work(sch: Any, block: Any) -> int | None:
     """The product of the block's axis extents (None when one is symbolic)."""
     from tvm import tirx

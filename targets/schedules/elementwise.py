@@ -37,9 +37,10 @@ def _is_spatial(sch: Any, block: Any) -> bool:
 def schedule_block(sch: Any, block: Any, target: Any) -> None:
     """Fuse the block's loops, vectorize the inner part and parallelize the outer one.
 
-    With a symbolic extent, the axes up to the last symbolic one are fused into the parallel
-    loop and the static axes after it into the vector loop, so that the index arithmetic of a
-    symbolic shape (divisions by unknown extents) runs once per row, not once per element.
+    With a symbolic extent, the axes up to the last symbolic one are the rows, run in parallel
+    (`common.parallel_rows`), and the static axes after it are fused into the vector loop, so
+    that the index arithmetic of a symbolic shape (divisions by unknown extents) runs once per
+    row at most, not once per element.
     """
     loops = sch.get_loops(block)
     if not loops:
@@ -51,7 +52,7 @@ def schedule_block(sch: Any, block: Any, target: Any) -> None:
         last = max(i for i, extent in enumerate(extents) if extent is None)
         split = min(last + 1, len(loops) - 1)  # at least one loop on each side
         rows, columns = loops[:split], loops[split:]
-        sch.parallel(_fused(sch, rows))
+        sch.parallel(common.parallel_rows(sch, rows)[0])
         common.split_vector(sch, _fused(sch, columns), lanes)
         return
     fused = _fused(sch, loops)

@@ -14,9 +14,6 @@ from typing import Any
 
 from nlpress.targets.schedules import common
 
-# Static rows that make a parallel loop of their own (see `_per_row`).
-TASKS = 8
-
 
 class RowReduction:
     """Schedule rule for kernels mixing row reductions and elementwise blocks."""
@@ -144,37 +141,17 @@ def _vectorize_lanes(sch: Any, partial: Any) -> None:
 def _per_row(sch: Any, rows: int, lanes: int, parallel: bool) -> None:
     """Compute every block under the output's row loop; run the rows in parallel if asked.
 
-    Rows of a symbolic last axis after static ones with at least TASKS rows (a softmax's
-    [batch, heads, sequence]) run in a loop of their own under the parallel loop over the
-    others: fused with it, each row would find its place by divisions by the symbolic extent,
-    hundreds of cycles against a short row's work.
+    The row loop is the innermost of the rows that `common.parallel_rows` leaves.
     """
     from tvm.s_tir.dlight.analysis import get_root_block
 
     blocks = sch.get_child_blocks(get_root_block(sch))
-    last = blocks[-1]
-    loops = sch.get_loops(last)[:rows]
-    extents = [common.static_extent(sch, loop) for loop in loops]
-    outer = loops
-    if rows > 1 and extents[-1] is None and _static_product(extents[:-1]) >= TASKS:
-        outer = loops[:-1]
-    row = loops[-1]
-    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-    if len(outer) == rows:
-        row = fused
+    fused, inner = common.parallel_rows(sch, sch.get_loops(blocks[-1])[:rows])
     for block in reversed(blocks[:-1]):
-        sch.compute_at(block, row, preserve_unit_loops=True)
+        sch.compute_at(block, inner or fused, preserve_unit_loops=True)
     if parallel and common.static_extent(sch, fused) != 1:
         sch.parallel(fused)
     for block in sch.get_child_blocks(get_root_block(sch)):
-        inner = sch.get_loops(block)
-        if "R" not in _kinds(sch, block) and len(inner) > 1:
-            common.split_vector(sch, inner[-1], lanes)
-
-
-def _static_product(extents: list[int | None]) -> int:
-    """The product of the static extents (the symbolic ones count as one)."""
-    product = 1
-    for extent in extents:
-        product *= extent or 1
-    return product
+        loops = sch.get_loops(block)
+        if "R" not in _kinds(sch, block) and len(loops) > 1:
+            common.split_vector(sch, loops[-1], lanes)

@@ -286,13 +286,19 @@ def test_row_softmax_is_tvms_fast_softmax(batch: int, seq: int) -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
 
 
-def test_softmax_rows_of_a_symbolic_length_run_in_a_loop_under_the_heads() -> None:
+@pytest.mark.parametrize(
+    ("build", "rule"),
+    [(_symbolic_row_softmax, RowReduction()), (_symbolic_transpose, Elementwise())],
+    ids=["softmax", "transpose"],
+)
+def test_rows_of_a_symbolic_length_run_in_a_loop_under_the_heads(build: Any, rule: Any) -> None:
     """[batch, 12, seq] rows: the parallel loop is over batch x heads, the rows a loop inside
     it, so that no row's place takes a division by the symbolic length."""
-    func = _func(_symbolic_row_softmax).with_attr("global_symbol", "main")
-    script = RowReduction().apply(func, HOST, False).mod.script()
+    func = _func(build).with_attr("global_symbol", "main")
+    script = rule.apply(func, HOST, False).mod.script()
     parallel = re.search(r"in T\.parallel\((.*)\):", script)
     assert parallel is not None and "seq" not in parallel.group(1)
+    _check(_func(build), rule, sizes={"batch": 2, "seq": 19})
 
 
 @pytest.mark.parametrize("shape", [(128, 384), (7, 40), (3, 13)])
