@@ -8,9 +8,13 @@ fresh, so the function stays well formed with both copies in it.
 `vector_tails` cuts each loop that `mark_vector_tail` marked, of symbolic extent n, in two:
 
     for o in range(n // L): for v in vectorized(L): body(i = o * L + v)
-    for t in range(n - n // L * L): body(i = n // L * L + t)
+    if n % L:
+        if n >= L: for v in vectorized(L): body(i = n - L + v)
+        else: for t in range(n): body(i = t)
 
-whole vectors first, then the fewer than L iterations left, in a plain loop: no guard in the
+whole vectors first, then the fewer than L iterations left in one more vector, the row's last
+L elements: those it shares with the vectors before are computed and stored again, to the same
+values (a body that reads what it writes gets a plain tail loop instead). No guard sits in a
 vector loop (a guarded vector loop makes TVM emit every lane on its own), and a body too large
 for LLVM's own vectorizer (a softmax's exponential) still runs in vectors.
 """
@@ -30,7 +34,7 @@ def mark_vector_tail(sch: Any, loop: Any, lanes: int) -> None:
 
 
 def vector_tails(func: Any) -> Any:
-    """`func` with each marked loop cut in whole vectors and a plain tail (module doc)."""
+    """`func` with each marked loop cut in whole vectors and a tail (module doc)."""
     import tvm_ffi
     from tvm import tirx
 
@@ -40,32 +44,46 @@ def vector_tails(func: Any) -> Any:
         if VECTOR_TAIL not in loop.annotations:
             return loop
         lanes = int(loop.annotations[VECTOR_TAIL])
-        whole = tirx.floordiv(loop.extent, lanes) * lanes
-        outer, lane, tail = (tirx.Var(f"{loop.loop_var.name}_{s}", loop.loop_var.ty) for s in "ovt")
+        n, i = loop.extent, loop.loop_var
+        whole = tirx.floordiv(n, lanes) * lanes
+        outer, lane, last, tail = (tirx.Var(f"{i.name}_{s}", i.ty) for s in "ovlt")
+        zero, width = tirx.const(0, i.ty.dtype), tirx.const(lanes, i.ty.dtype)
+
+        def vector(var: Any, start: Any) -> Any:
+            body = copy_with(loop.body, [(i, start + var)])
+            return tirx.For(var, zero, width, tirx.ForKind.VECTORIZED, body)
+
         vectors = loop_with(
             loop,
             loop_var=outer,
-            extent=tirx.floordiv(loop.extent, lanes),
+            extent=n // lanes,
             annotations={},
-            body=tirx.For(
-                lane,
-                tirx.const(0, lane.ty.dtype),
-                tirx.const(lanes, lane.ty.dtype),
-                tirx.ForKind.VECTORIZED,
-                copy_with(loop.body, [(loop.loop_var, outer * lanes + lane)]),
-            ),
+            body=vector(lane, outer * lanes),
         )
-        rest = loop_with(
-            loop,
-            loop_var=tail,
-            extent=loop.extent - whole,
-            annotations={},
-            body=copy_with(loop.body, [(loop.loop_var, whole + tail)]),
-        )
-        return tirx.SeqStmt([vectors, rest])
+        plain = copy_with(loop.body, [(i, whole + tail)])
+        rest = loop_with(loop, loop_var=tail, extent=n - whole, annotations={}, body=plain)
+        if _rewrites_itself(loop.body):
+            return tirx.SeqStmt([vectors, rest])
+        last_vector = tirx.IfThenElse(n >= lanes, vector(last, n - lanes), rest)
+        return tirx.SeqStmt([vectors, tirx.IfThenElse(whole < n, last_vector, None)])
 
     body = tvm_ffi.structural_map(func.body, ((tirx.For, cut),))
     return func if body.same_as(func.body) else func.with_body(body)
+
+
+def _rewrites_itself(stmt: Any) -> bool:
+    """Whether a block of `stmt` reads a buffer it writes (then no element may be done twice)."""
+    import tvm_ffi
+    from tvm.s_tir import SBlock
+
+    found: list[bool] = []
+
+    def block(node: Any) -> None:
+        written = {w.source for w in node.writes}
+        found.append(any(r.source in written for r in node.reads))
+
+    tvm_ffi.structural_walk(stmt, ((SBlock, block),))
+    return any(found)
 
 
 def copy_with(stmt: Any, values: Sequence[tuple[Any, Any]]) -> Any:

@@ -286,6 +286,30 @@ def test_row_softmax_is_tvms_fast_softmax(batch: int, seq: int) -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
 
 
+@T.prim_func(s_tir=True)
+def _add_in_place(a_handle: T.handle) -> None:
+    n = T.int64()
+    a = T.match_buffer(a_handle, (n,), "float32")
+    for i in range(n):
+        with T.sblock("add"):
+            v = T.axis.spatial(n, i)
+            a[v] = a[v] * T.float32(2) + T.float32(1)
+
+
+@pytest.mark.parametrize("n", [5, 16, 21, 40])
+def test_a_loop_that_rewrites_what_it_reads_gets_a_plain_tail(n: int) -> None:
+    """Done twice, a[i] = 2 a[i] + 1 would differ: its tail is a plain loop, no last vector."""
+    sch = tvm.s_tir.Schedule(_add_in_place.with_attr("global_symbol", "main"))
+    loops.mark_vector_tail(sch, sch.get_loops(sch.get_sblock("add"))[0], 16)
+    func = loops.vector_tails(sch.mod["main"])
+    assert func.script().count("T.vectorized(") == 1
+    library = tvm.compile(tvm.IRModule({"main": func}), target=HOST)
+    a = np.arange(n, dtype=np.float32)
+    got = tvm.runtime.tensor(a)
+    library["main"](got)
+    np.testing.assert_array_equal(got.numpy(), a * 2 + 1)
+
+
 @pytest.mark.parametrize(
     ("build", "rule"),
     [(_symbolic_row_softmax, RowReduction()), (_symbolic_transpose, Elementwise())],
