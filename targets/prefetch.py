@@ -22,8 +22,9 @@ from nlpress.targets.schedules.loops import substituted
 
 # The loop annotation that marks a reduction loop over weight panels, its value the distance.
 ANNOTATION = "nlpress_prefetch"
-# How far ahead of its load a line is asked for: 16 steps of AVX-512's 64-float panel rows (8 and
-# 32 steps ran minilm-l6 over sentences 2% and 1% slower, paired, on a Sapphire Rapids).
+# How far ahead of its load a line is asked for: 16 steps of a 64-float panel row, 32 of a 32-float
+# one (8 and 32 steps of 64 floats ran minilm-l6 over sentences 2% and 1% slower, paired, on a
+# Sapphire Rapids).
 AHEAD_BYTES = 4096
 
 

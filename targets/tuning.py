@@ -179,7 +179,7 @@ def seed_with_defaults(
         func = workload_mod["main"]
         sch = schedules.schedule_func(func, tvm_target, name=task.task_name)
         if sch is None or not sch.trace.insts:
-            continue  # no trace to replay (stitched schedules): the rules apply it at build time
+            continue  # a stitched schedule has no trace to replay: the build applies the rule
         record = ms.database.TuningRecord(
             sch.trace,
             database.commit_workload(workload_mod),

@@ -107,8 +107,8 @@ def split_vector(sch: Any, loop: Any, lanes: int) -> Any:
     """Vectorize `loop` by `lanes` (its whole length when shorter); returns the vector loop.
 
     A symbolic extent that is not whole vectors is marked to be cut in whole vectors and a
-    plain tail once scheduled (`loops.vector_tails`): split, its last vector would be guarded,
-    and a guard inside a vector loop makes TVM emit every lane on its own.
+    tail once scheduled (`loops.vector_tails`): split, its last vector would be guarded, and a
+    guard inside a vector loop makes TVM emit every lane on its own.
     """
     from nlpress.targets.schedules import loops
 

@@ -8,7 +8,9 @@ columns x bk reduction steps) is one instruction of the target's kernel family
 (`int8_intrinsics.FAMILIES`: vpdpbusd, vpmaddwd, usdot, sdot, smull), or, for the generic
 family, bn columns vectorized plainly. Column tiles run outermost, so a tile's weight panel
 stays in cache while every row tile passes over it. The epilogue (zero-point correction, scales,
-bias and fused elementwise consumers) is applied as each tile is stored.
+bias and fused elementwise consumers) is applied as each tile is stored. Where the family has a
+tall tile, a symbolic row count runs tall tiles over the rows that fill them, then MR-row ones,
+within one pass of the column tiles (`tall_tiles.py`).
 """
 
 from __future__ import annotations
@@ -57,7 +59,6 @@ class Int8Matmul:
         if tall is None or short == 1 or common.static_extent(sch, row) is not None:
             _tile(sch, main, target, kernel, block, (short, max_blocks))
             return sch
-
         return _tall_then_short(func, target, kernel, block, tall, short)
 
 

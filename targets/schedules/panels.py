@@ -11,7 +11,9 @@ panel (bn x k floats) stays in cache while every row tile passes over it. The ke
 whole tiles (`panels.whole_tiles`), so no tile is guarded: a guard on a row inside the reduction
 would keep that row's accumulators in memory. The epilogue (bias, GELU, residual add, ...) is
 applied as each tile is stored. The reduction loop is marked to prefetch the panel's stream
-ahead (`targets/prefetch.py`): over a sentence's rows the kernel waits on its weights.
+ahead (`targets/prefetch.py`): over a sentence's rows the kernel waits on its weights. Where
+the instruction set has a tall tile, a symbolic row count runs tall tiles over the rows that
+fill them, then MR-row ones, within one pass of the panel loop (`tall_tiles.py`).
 
 A kernel over a group-wise weight's codes unpacks each panel once, before the row tiles pass
 over it, into a k x bn float buffer (shift, mask, widen, convert and one fused multiply-subtract
