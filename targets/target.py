@@ -113,11 +113,18 @@ def _reject_foreign_options(name: str, **options: Any) -> None:
             raise TargetError(f"target {name} takes no --{key}; it takes --{takes}")
 
 
+# LLVM may divide by multiplying with the reciprocal (-freciprocal-math): a division by a
+# constant or by a value computed once (GELU's x / sqrt(2), a softmax row's sum) becomes a
+# multiplication, within one unit in the last place. minilm-l6 int8 over sentences ran 2% faster
+# on a Sapphire Rapids, paired.
+RECIPROCAL_MATH = {"fast-math-arcp": True}
+
+
 def _x86(mcpu: str | None) -> Target:
     cpu = mcpu or host_cpu()
     if cpu not in x86_cpus():
         raise TargetError(f"unknown x86 CPU {cpu!r}; valid: {', '.join(x86_cpus())}")
-    tvm_target = {"kind": "llvm", "mtriple": X86_TRIPLE, "mcpu": cpu}
+    tvm_target = {"kind": "llvm", "mtriple": X86_TRIPLE, "mcpu": cpu, **RECIPROCAL_MATH}
     return Target("x86", tvm_target, options={"mcpu": mcpu})
 
 

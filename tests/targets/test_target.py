@@ -11,7 +11,12 @@ from nlpress.targets.target import host_cpu
 
 def test_x86_defaults_to_the_host_cpu() -> None:
     target = get_target("x86")
-    assert target.tvm_target == {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": host_cpu()}
+    assert target.tvm_target == {
+        "kind": "llvm",
+        "mtriple": "x86_64-linux-gnu",
+        "mcpu": host_cpu(),
+        "fast-math-arcp": True,  # divisions may multiply by the reciprocal
+    }
     assert target.device == "cpu" and target.cross_compiler is None
     assert target.runs_on_host
 
