@@ -49,19 +49,19 @@ def _prefetched(loop: Any) -> Any:
     if ANNOTATION not in loop.annotations:
         return loop
     distance = int(loop.annotations[ANNOTATION])
-    later = {loop.loop_var: loop.loop_var + distance}
+    later = [(loop.loop_var, loop.loop_var + distance)]
     prefetches = [_prefetch(load, later) for load in _streamed_loads(loop)]
     annotations = {k: v for k, v in loop.annotations.items() if k != ANNOTATION}
     body = tirx.SeqStmt([*prefetches, loop.body]) if prefetches else loop.body
     return loop_with(loop, body=body, annotations=annotations)
 
 
-def _prefetch(load: Any, values: dict[Any, Any]) -> Any:
+def _prefetch(load: Any, values: list[tuple[Any, Any]]) -> Any:
     """`prefetch(&load[0])` with `values` put for its variables: for reading, all cache levels."""
     from tvm import tirx
 
     [index] = load.indices  # flattened
-    first = substituted(index.base if isinstance(index, tirx.Ramp) else index, list(values.items()))
+    first = substituted(index.base if isinstance(index, tirx.Ramp) else index, values)
     address = tirx.address_of(tirx.BufferLoad(load.source, [first]))
     return tirx.Evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, 0, 3, 1))
 
@@ -76,16 +76,16 @@ def _streamed_loads(loop: Any) -> list[Any]:
     from tvm import tirx
     from tvm.ir.expr import TensorLoad  # what tirx.BufferLoad builds
 
-    bound: dict[Any, Any] = {}
+    bound: list[tuple[Any, Any]] = []
     found: dict[str, Any] = {}
 
     def binding(stmt: Any) -> None:
-        bound[stmt.var] = substituted(stmt.value, list(bound.items()))
+        bound.append((stmt.var, substituted(stmt.value, bound)))
 
     def load(node: Any) -> None:
         if node.ty.dtype.lanes == 1:
             return
-        indices = [substituted(i, list(bound.items())) for i in node.indices]
+        indices = [substituted(i, bound) for i in node.indices]
         if any(v.same_as(loop.loop_var) for i in indices for v in tirx.analysis.undefined_vars(i)):
             found.setdefault(str(node), tirx.BufferLoad(node.source, indices))
 

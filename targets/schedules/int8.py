@@ -59,7 +59,10 @@ class Int8Matmul:
         if tall is None or short == 1 or common.static_extent(sch, row) is not None:
             _tile(sch, main, target, kernel, block, (short, max_blocks))
             return sch
-        return _tall_then_short(func, target, kernel, block, tall, short)
+        depth = common.static_extent(sch, sch.get_loops(main)[-1]) or 0
+        # decompose_reduction names the tiled sum "<name>_update"
+        tall_sum = (f"{sch.get(main).name_hint}_update", _intrinsic(kernel, depth, block[1]))
+        return _tall_then_short(func, target, kernel, block, tall, short, tall_sum)
 
 
 def _tall_then_short(
@@ -69,8 +72,12 @@ def _tall_then_short(
     block: tuple[int, int],
     tall: tuple[int, int],
     short: int,
+    tall_sum: tuple[str, Any],
 ) -> Any:
     """Tiles of `tall` (rows, blocks) over the rows that fill them, then `short`-row ones.
+
+    `tall_sum` is the name of the tiled sum's block and the instruction for its blocks (None:
+    vectorized plainly).
 
     The tall tiles' split guard goes only with the stitch (`tall_tiles.py`), and no guarded
     block matches the intrinsic, so they are tensorized after it; the short ones before it
@@ -82,14 +89,11 @@ def _tall_then_short(
         tile = (rows, tall[1])
         return fresh, _tile(fresh, main, target, kernel, block, tile, True, rows == short)
 
-    sch, main = _prepared(func)
-    name = f"{sch.get(main).name_hint}_update"  # decompose_reduction's name for the tiled sum
-    depth = common.static_extent(sch, sch.get_loops(main)[-1]) or 0
     stitched = tall_tiles.tall_then_short(tiled, tall[0], short)
-    intrinsic = _intrinsic(kernel, depth, block[1])
+    name, intrinsic = tall_sum
     if intrinsic is not None:
-        tall_sum = tall_tiles.blocks_named(stitched, name)[0]
-        stitched.tensorize(stitched.get_loops(tall_sum)[-2], intrinsic)
+        first = tall_tiles.blocks_named(stitched, name)[0]
+        stitched.tensorize(stitched.get_loops(first)[-2], intrinsic)
     return stitched
 
 
